@@ -1,0 +1,125 @@
+"""The typed form of a rules directory (SPEC §3), as the loader produces it after validation.
+
+Durations are milliseconds; every struct carries the `file` and `line` it came from so later
+stages (compiler, expression errors, reports) can point at the source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+RULE_TYPES = ("threshold", "transactional", "behavioral", "recurring")
+AGGREGATE_KINDS = ("sum", "count", "last", "decayed_count")
+ANY_EVENT = "*"
+
+
+class Source(msgspec.Struct, frozen=True):
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class Aggregate(msgspec.Struct, frozen=True):
+    """A per-customer value kept in the state and readable by name in `if:` expressions.
+
+    kind `sum`: sum of `properties[field]` over events `on`, optionally over a sliding `window`.
+    kind `count`: number of events `on`, optionally over a sliding `window`.
+    kind `last`: the latest `properties[field]` (or the event time when `field == "ts"`).
+    kind `decayed_count`: per `by` value (e.g. category) a count that halves every `half_life`.
+    """
+
+    name: str
+    kind: str
+    on: tuple[str, ...]            # event types; ("*",) means every event
+    source: Source
+    field: str | None = None       # sum/last: the property read; "ts" for the event time
+    window: int | None = None      # ms; sum/count only
+    by: str | None = None          # decayed_count: the property that names the bucket
+    half_life: int | None = None   # ms; decayed_count only
+
+
+class Unless(msgspec.Struct, frozen=True):
+    """Absence: the rule (or journey step) is cancelled when one of `events` arrives in time.
+
+    `within` bounds the wait for a rule-level `unless`; in a journey step the wait is the
+    step's `after`. `match` values are templates over the cause event, e.g. `"{event.coupon}"`.
+    """
+
+    events: tuple[str, ...]
+    source: Source
+    within: int | None = None
+    match: dict[str, str] = {}
+
+
+class Action(msgspec.Struct, frozen=True):
+    action: str
+    channel: str
+    source: Source
+    payload: dict[str, Any] = {}   # values may be templates: "{event.sku}", "{profile.name}", "{lifetime_spend}"
+
+
+class Step(msgspec.Struct, frozen=True):
+    """One step of a multi-step series; `after` counts from the previous step's send time."""
+
+    then: Action
+    source: Source
+    after: int = 0                 # ms
+    unless: Unless | None = None
+    condition: str | None = None   # `if:` checked when the step is due
+
+
+class Rule(msgspec.Struct, frozen=True):
+    id: str
+    type: str                      # one of RULE_TYPES
+    source: Source
+    on: tuple[str, ...] = ()       # event types that start or evaluate the rule
+    condition: str | None = None   # `if:` expression source
+    condition_line: int = 0
+    unless: Unless | None = None
+    delay: int | None = None       # ms
+    steps: tuple[Step, ...] = ()
+    inactive: int | None = None    # ms without any event
+    every: str | None = None       # recurring: "year" or "month"
+    date: str | None = None        # recurring: "profile.<attr>" holding a date (YYYY-MM-DD or RFC 3339)
+    at: tuple[int, int] = (0, 0)   # recurring: local (hour, minute) in profile.timezone
+    then: Action | None = None     # None only when `steps` is given
+    cooldown: int | None = None    # ms; a re-fire inside it is suppressed with reason "cooldown"
+    priority: int = 0              # higher wins when several rules fire for a customer at once
+    control_group: float | None = None   # per-rule holdout share 0..1, overrides the policy's
+    quiet_hours: str | None = None       # per-rule quiet-hours mode override: "defer" or "drop"
+
+
+class FrequencyCap(msgspec.Struct, frozen=True):
+    channel: str                   # a channel name or "*" for all channels together
+    max: int
+    per: int                       # ms
+    source: Source
+
+
+class QuietHours(msgspec.Struct, frozen=True):
+    start: tuple[int, int]         # local (hour, minute), YAML key `from`
+    end: tuple[int, int]           # YAML key `to`
+    mode: str                      # "defer" or "drop"
+    source: Source
+
+
+class Policy(msgspec.Struct, frozen=True):
+    source: Source
+    frequency_caps: tuple[FrequencyCap, ...] = ()
+    quiet_hours: QuietHours | None = None
+    consent: str = "optional"      # "required" or "optional"
+    control_group: float = 0.0     # share 0..1 held out globally
+    control_group_salt: str = ""
+
+
+class RuleSet(msgspec.Struct, frozen=True):
+    """Everything in one rules directory, merged across its files and validated."""
+
+    aggregates: dict[str, Aggregate]
+    rules: tuple[Rule, ...]
+    policy: Policy | None = None
+    files: tuple[str, ...] = ()

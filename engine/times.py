@@ -1,0 +1,67 @@
+"""Time in the engine: epoch milliseconds (UTC) everywhere, durations as milliseconds.
+
+Event time is the clock of a backtest; the wall clock is the clock of a live run. Both are
+plain ints here so that deadline arithmetic on the hot path is integer addition.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
+
+
+def parse_duration(text: str) -> int:
+    """`"30m"`, `"7d"`, `"1h30m"`, `"500ms"` -> milliseconds. Raises ValueError with the accepted form."""
+    if not isinstance(text, str) or not _DURATION_WHOLE.fullmatch(text.strip()):
+        raise ValueError(
+            f"bad duration {text!r}: write a number and a unit, e.g. 30m, 24h, 7d, 1h30m "
+            "(units: ms, s, m, h, d, w)"
+        )
+    total = 0.0
+    for number, unit in _DURATION.findall(text.strip()):
+        total += float(number) * _UNITS_MS[unit]
+    if total <= 0:
+        raise ValueError(f"bad duration {text!r}: must be longer than zero")
+    return int(total)
+
+
+def format_duration(ms: int) -> str:
+    """The shortest exact spelling of a duration, for messages and reports."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNITS_MS[unit]
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def format_ts(ms: int) -> str:
+    """Epoch ms -> RFC 3339 UTC with milliseconds, e.g. `2026-11-20T14:33:11.250Z`."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_ts(value: str | int | float) -> int:
+    """RFC 3339 (a zone is required; `Z` accepted) or epoch milliseconds -> epoch ms.
+
+    Raises ValueError naming the accepted forms.
+    """
+    if isinstance(value, bool):
+        raise ValueError("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    if isinstance(value, (int, float)):
+        return int(value)
+    try:
+        dt = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ts {value!r} is not RFC 3339 (e.g. 2026-11-20T14:03:11.250Z) nor epoch ms") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"ts {value!r} has no time zone: add Z or an offset such as +01:00")
+    return int(dt.timestamp() * 1000 + (0.5 if dt.timestamp() >= 0 else -0.5))
+
+
+def now_ms() -> int:
+    """The wall clock, for live runs."""
+    return int(datetime.now(timezone.utc).timestamp() * 1000)
