@@ -1,0 +1,167 @@
+"""Aggregates: how each declared per-customer value is updated by an event and read by a rule.
+
+Each aggregate compiles to two closures over its own parameters, so the hot path does no
+lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Values live in
+`CustomerState.aggs[name]`; their shape depends on the kind (kept small for Redis):
+
+- sum / count: a number.
+- sum / count with `window`: a list of `[bucket, value]` pairs, at most WINDOW_BUCKETS + 1.
+  The window slides in steps of `window / WINDOW_BUCKETS`: a read counts the buckets that
+  overlap the last `window`, so an event is counted for at least `window` and at most
+  `window + window / WINDOW_BUCKETS`. That resolution bounds the state size.
+- last: the value itself (the event time in epoch ms for `last: ts`).
+- decayed_count: `[ref_ms, {key: score}]` where score = sum of 2^((ts - ref) / half_life)
+  over the key's events; the value at time t is score * 2^(-(t - ref) / half_life). Storing
+  scores against one reference keeps one float per key, exact, with no per-key timestamps.
+  Only the DECAYED_KEYS highest keys are kept, so a stale interest eventually drops out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine.events import Event
+from engine.rules.model import Aggregate
+from engine.state.customer import CustomerState
+
+WINDOW_BUCKETS = 8
+DECAYED_KEYS = 8
+_REBASE_AFTER = 256.0   # half-lives since ref before scores are rebased (2^256 is far from overflow)
+
+Update = Callable[[dict[str, Any], Event], None]
+Read = Callable[[CustomerState, int], Any]
+
+
+def _number(value: Any) -> float:
+    """A property as a number; missing or non-numeric values count as 0 rather than fail the event."""
+    if value.__class__ is float or value.__class__ is int:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
+    name = agg.name
+    if agg.kind in ("sum", "count") and agg.window:
+        return _windowed(agg)
+    if agg.kind == "sum":
+        field = agg.field
+
+        def update(aggs: dict[str, Any], ev: Event) -> None:
+            aggs[name] = aggs.get(name, 0) + _number(ev.properties.get(field))
+
+        def read(st: CustomerState, now: int) -> Any:
+            return st.aggs.get(name, 0)
+
+        return update, read
+    if agg.kind == "count":
+
+        def update(aggs: dict[str, Any], ev: Event) -> None:
+            aggs[name] = aggs.get(name, 0) + 1
+
+        def read(st: CustomerState, now: int) -> Any:
+            return st.aggs.get(name, 0)
+
+        return update, read
+    if agg.kind == "last":
+        field = agg.field
+        if field == "ts":
+
+            def update(aggs: dict[str, Any], ev: Event) -> None:
+                aggs[name] = ev.ts
+
+        else:
+
+            def update(aggs: dict[str, Any], ev: Event) -> None:
+                value = ev.properties.get(field)
+                if value is not None:
+                    aggs[name] = value
+
+        def read(st: CustomerState, now: int) -> Any:
+            return st.aggs.get(name)
+
+        return update, read
+    if agg.kind == "decayed_count":
+        return _decayed(agg)
+    raise ValueError(f"unknown aggregate kind {agg.kind!r}")
+
+
+def _windowed(agg: Aggregate) -> tuple[Update, Read]:
+    name, window, field = agg.name, agg.window, agg.field
+    assert window
+    bucket_ms = -(-window // WINDOW_BUCKETS)   # ceil
+    is_sum = agg.kind == "sum"
+
+    def update(aggs: dict[str, Any], ev: Event) -> None:
+        amount = _number(ev.properties.get(field)) if is_sum else 1
+        bucket = ev.ts // bucket_ms
+        buckets = aggs.get(name)
+        if buckets is None:
+            aggs[name] = [[bucket, amount]]
+            return
+        last = buckets[-1]
+        if last[0] == bucket:
+            last[1] += amount
+        elif last[0] < bucket:
+            buckets.append([bucket, amount])
+            oldest = bucket - WINDOW_BUCKETS
+            if buckets[0][0] < oldest:
+                buckets[:] = [b for b in buckets if b[0] >= oldest]
+        else:   # a late event: add it to its own bucket if still inside the window
+            for b in buckets:
+                if b[0] == bucket:
+                    b[1] += amount
+                    return
+            if bucket >= last[0] - WINDOW_BUCKETS:
+                buckets.append([bucket, amount])
+                buckets.sort()
+
+    def read(st: CustomerState, now: int) -> Any:
+        buckets = st.aggs.get(name)
+        if not buckets:
+            return 0
+        first = (now - window) // bucket_ms + 1
+        current = now // bucket_ms
+        return sum(v for b, v in buckets if first <= b <= current)
+
+    return update, read
+
+
+def _decayed(agg: Aggregate) -> tuple[Update, Read]:
+    name, by, half_life = agg.name, agg.by, agg.half_life
+    assert half_life
+
+    def update(aggs: dict[str, Any], ev: Event) -> None:
+        key = ev.properties.get(by)
+        if key is None:
+            return
+        key = str(key)
+        entry = aggs.get(name)
+        if entry is None:
+            aggs[name] = [ev.ts, {key: 1.0}]
+            return
+        ref, scores = entry
+        exponent = (ev.ts - ref) / half_life
+        if exponent > _REBASE_AFTER:
+            factor = 2.0 ** -exponent
+            for k in scores:
+                scores[k] *= factor
+            entry[0] = ref = ev.ts
+            exponent = 0.0
+        scores[key] = scores.get(key, 0.0) + 2.0**exponent
+        if len(scores) > DECAYED_KEYS:
+            weakest = min(scores, key=lambda k: (scores[k], k))
+            del scores[weakest]
+
+    def read(st: CustomerState, now: int) -> Any:
+        entry = st.aggs.get(name)
+        if entry is None:
+            return {}
+        ref, scores = entry
+        factor = 2.0 ** (-(now - ref) / half_life)
+        return {k: v * factor for k, v in scores.items()}
+
+    return update, read
