@@ -1,0 +1,91 @@
+"""JSONL file sink: backtest output and the simplest dead-letter output.
+
+One JSON object per line, so the output can be streamed, grepped and read back with
+`engine.decode.read_jsonl`. Opening a `FileSink` truncates its file: a backtest is
+deterministic, so re-running it rewrites its output rather than appending a second copy.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import IO, Any
+
+import msgspec
+
+__all__ = ["FileSinkConfig", "FileSink"]
+
+
+class FileSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`path` is the output file, truncated when the sink opens; `-` means stdout."""
+
+    path: str
+
+
+class FileSink:
+    """Writes structs (triggers, dead letters) as JSON lines, one `write` per batch.
+
+    Not thread-safe: one sink belongs to one worker, as Bytewax sink partitions do.
+    Durability is `flush()`'s (the OS page cache), not fsync: a backtest can be re-run.
+    """
+
+    def __init__(self, config: FileSinkConfig, *, stream: IO[Any] | None = None) -> None:
+        """`stream` is where path `-` writes (default stdout); the CLI passes stderr so that
+        dead letters do not mix with the triggers on stdout. Ignored for a real path."""
+        self.config = config
+        self._encoder = msgspec.json.Encoder()
+        self._owns_file = config.path != "-"
+        self._text: IO[Any] | None = None  # a text stream whose binary buffer we write to
+        self._str_only = False  # a text stream without a binary buffer (e.g. StringIO)
+        if self._owns_file:
+            self._fh: IO[Any] = open(config.path, "wb")
+        else:
+            target = stream if stream is not None else sys.stdout
+            buffer = getattr(target, "buffer", None)
+            if buffer is not None:
+                self._text, self._fh = target, buffer
+            else:
+                self._fh = target
+                self._str_only = isinstance(target, io.TextIOBase)
+        self._closed = False
+
+    def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
+        """Append the batch, one object per line, with a single write call."""
+        if self._closed:
+            raise ValueError(f"write to a closed FileSink ({self.config.path})")
+        if not items:
+            return
+        data = self._encoder.encode_lines(items)
+        if self._text is not None:
+            self._text.flush()  # keep order with what was printed to the same stream as text
+        if self._str_only:
+            self._fh.write(data.decode("utf-8"))
+        else:
+            self._fh.write(data)
+
+    def flush(self) -> None:
+        if not self._closed:
+            self._fh.flush()
+
+    def close(self) -> None:
+        """Flush and close; a `-` stream (stdout, stderr) is flushed but left open for the process."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_file:
+            self._fh.close()
+        else:
+            self._fh.flush()
+
+    def __enter__(self) -> FileSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,112 @@
+"""JSONL file sink: what a backtest writes can be read back unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from connectors.file import FileSink, FileSinkConfig
+from engine.decode import DeadLetter, read_jsonl
+from engine.triggers import SENT, SUPPRESSED, Trigger, trigger_id
+
+
+def _trigger(n: int, status: str = SENT, reason: str | None = None) -> Trigger:
+    return Trigger(
+        trigger_id=trigger_id("cart-abandoned", f"c-{n}", f"e-{n}"),
+        rule_id="cart-abandoned",
+        customer_id=f"c-{n}",
+        action="cart-reminder",
+        channel="email",
+        status=status,
+        reason=reason,
+        fired_at="2026-11-20T14:33:11.250Z",
+        cause_event_id=f"e-{n}",
+        payload={"sku": "A-77", "value": 129.8},
+    )
+
+
+def test_triggers_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "triggers.jsonl"
+    batch1 = [_trigger(1), _trigger(2, SUPPRESSED, "no_consent")]
+    batch2 = [_trigger(3)]
+    with FileSink(FileSinkConfig(path=str(out))) as sink:
+        sink.write_batch(batch1)
+        sink.write_batch([])
+        sink.write_batch(batch2)
+    decoder = msgspec.json.Decoder(Trigger)
+    back = [decoder.decode(line) for line, _ in read_jsonl(out)]
+    assert back == batch1 + batch2
+    assert out.read_bytes().count(b"\n") == 3
+    # SPEC §4: `reason` is always present, null when sent
+    assert b'"reason":null' in out.read_bytes().splitlines()[0]
+
+
+def test_dead_letters_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "dead.jsonl"
+    dead = [
+        DeadLetter("missing field 'customer_id'", "events.jsonl:17", '{"event_id": "e"}'),
+        DeadLetter("not JSON: x", "kafka customer-events/3@1234", "é\ufffd\nline break inside"),
+    ]
+    with FileSink(FileSinkConfig(path=str(out))) as sink:
+        sink.write_batch(dead)
+    decoder = msgspec.json.Decoder(DeadLetter)
+    assert [decoder.decode(line) for line, _ in read_jsonl(out)] == dead
+
+
+def test_open_truncates_existing_file(tmp_path: Path) -> None:
+    out = tmp_path / "triggers.jsonl"
+    out.write_text("old content\n" * 10)
+    with FileSink(FileSinkConfig(path=str(out))) as sink:
+        sink.write_batch([_trigger(1)])
+    assert out.read_bytes().count(b"\n") == 1
+    assert b"old content" not in out.read_bytes()
+
+
+def test_flush_makes_written_lines_visible(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    sink = FileSink(FileSinkConfig(path=str(out)))
+    sink.write_batch([_trigger(1)])
+    sink.flush()
+    assert out.read_bytes().count(b"\n") == 1
+    sink.close()
+    sink.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        sink.write_batch([_trigger(2)])
+
+
+def test_dash_writes_to_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    with FileSink(FileSinkConfig(path="-")) as sink:
+        sink.write_batch([_trigger(1)])
+    captured = capfdbinary.readouterr().out
+    assert msgspec.json.decode(captured.strip(), type=Trigger) == _trigger(1)
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"path": "x", "append": True}, FileSinkConfig)
+
+
+def test_dash_with_stream_writes_there(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    import sys
+
+    dead = DeadLetter("not JSON: x", "events.jsonl:3", "{")
+    print("progress line", file=sys.stderr)
+    with FileSink(FileSinkConfig(path="-"), stream=sys.stderr) as sink:
+        sink.write_batch([dead])
+    captured = capfdbinary.readouterr()
+    assert captured.out == b""
+    lines = captured.err.splitlines()
+    assert lines[0] == b"progress line"  # text printed before stays before
+    assert msgspec.json.decode(lines[1], type=DeadLetter) == dead
+
+
+def test_dash_with_text_only_stream() -> None:
+    import io
+
+    buf = io.StringIO()
+    with FileSink(FileSinkConfig(path="-"), stream=buf) as sink:
+        sink.write_batch([_trigger(1), _trigger(2)])
+    assert [msgspec.json.decode(line, type=Trigger) for line in buf.getvalue().splitlines()] == [_trigger(1), _trigger(2)]
+    assert not buf.closed
