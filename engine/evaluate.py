@@ -1,0 +1,246 @@
+"""The evaluation core: a customer's state, an event or the clock, and the compiled rules in;
+the updated state and the fired triggers out.
+
+Pure Python with no I/O, shared by the backtest and the live dataflow so that they cannot
+disagree. Time is whatever clock the caller passes: event time in a backtest, the wall
+clock live. Deadlines are event time (the cause's `ts` plus the rule's duration), and a
+trigger fired by a deadline carries the deadline as `fired_at`, so both runs produce the
+same triggers with the same ids.
+
+States are updated in place (they are per-customer and owned by one worker); functions
+return the state so that a new customer's fresh state reaches the caller.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from engine.calendar import next_occurrence, parse_date
+from engine.events import Event
+from engine.rules.compiler import (
+    ABSENCE, DELAY, INACTIVE, MAX_TIMERS_PER_RULE, RECURRING, SERIES, CompiledAction,
+    CompiledRule, CompiledRules,
+)
+from engine.state.customer import CustomerState, Timer
+from engine.times import format_ts
+from engine.triggers import SENT, SUPPRESSED, Trigger, trigger_id
+
+SEEN_IDS = 8          # recent event ids remembered per customer for de-duplication
+_EMPTY: dict = {}     # shared, never mutated: the ctx of timers whose rule reads no event property
+
+Decide = Callable[[CustomerState, CompiledRule, CompiledAction, int], tuple[str, str | None]]
+
+
+class Counters:
+    """Per-run counts the CLI and metrics report; plain ints, no per-event allocation."""
+
+    __slots__ = ("events", "duplicates", "late", "timers_fired", "timers_dropped")
+
+    def __init__(self) -> None:
+        self.events = self.duplicates = self.late = self.timers_fired = self.timers_dropped = 0
+
+
+class Evaluator:
+    """Applies compiled rules to one customer at a time. Not thread-safe: one per worker."""
+
+    def __init__(self, rules: CompiledRules) -> None:
+        self.rules = rules
+        self.counters = Counters()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def on_event(self, state: CustomerState | None, ev: Event, out: list[Trigger]) -> CustomerState:
+        """Apply one event; append the triggers it fires (and those of deadlines before it) to `out`."""
+        if state is None:
+            state = CustomerState(aggs={}, profile={}, armed=[], sent={}, timers=[], seen=[])
+        counters = self.counters
+        counters.events += 1
+        seen_hash = zlib.crc32(ev.event_id.encode())
+        seen = state.seen
+        if seen_hash in seen:
+            counters.duplicates += 1
+            return state
+        seen.append(seen_hash)
+        if len(seen) > SEEN_IDS:
+            del seen[0]
+        ts = ev.ts
+        if state.timers:
+            self.on_time(state, ev.customer_id, ts - 1, out)   # deadlines strictly before the event
+        if ts < state.last_ts:
+            counters.late += 1
+        else:
+            state.last_ts = ts
+
+        rules = self.rules
+        plan = rules.plan(ev.type)
+        aggs = state.aggs
+        for update in plan.updates:
+            update(aggs, ev)
+        if plan.profile:
+            self._update_profile(state, ev)
+        if plan.cancels and state.timers:
+            self._cancel(state, ev)
+        for rule in rules.inactive:
+            self._arm_inactive(state, rule, ev)
+        for rule in plan.rules:
+            kind = rule.kind
+            cond = rule.cond
+            if rule.crossing:
+                true = bool(cond(state, ev, ts))
+                armed = state.armed
+                if true == (rule.id in armed):
+                    continue
+                if not true:
+                    armed.remove(rule.id)
+                    continue
+                armed.append(rule.id)
+                self._emit(state, rule, rule.then, ev.customer_id, ev.event_id, ev.event_id, ts, ev, out)
+                continue
+            if cond is not None and not cond(state, ev, ts):
+                continue
+            if kind is ABSENCE:
+                self._arm(state, rule, ev, ts + rule.wait, 0, rule.unless.key_for_cause(state, ev, ts), replace=True)
+            elif kind is DELAY:
+                self._arm(state, rule, ev, ts + rule.wait, 0, ev.event_id, replace=False)
+            elif kind is SERIES:
+                self._start_series(state, rule, ev, out)
+            else:
+                self._emit(state, rule, rule.then, ev.customer_id, ev.event_id, ev.event_id, ts, ev, out)
+        return state
+
+    def _update_profile(self, state: CustomerState, ev: Event) -> None:
+        """Keep only the profile attributes some rule reads: the state stays small."""
+        profile = state.profile
+        wanted = self.rules.profile_attrs
+        changed = False
+        for key, value in ev.properties.items():
+            if key in wanted and profile.get(key) != value:
+                profile[key] = value
+                changed = True
+        if changed and self.rules.recurring:
+            for rule in self.rules.recurring:
+                self._arm_recurring(state, rule, ev.ts)
+
+    def _cancel(self, state: CustomerState, ev: Event) -> None:
+        by_id = self.rules.by_id
+        keep = []
+        for t in state.timers:
+            rule = by_id.get(t.rule)
+            unless = rule.unless_for_step(t.step) if rule is not None else None
+            if unless is not None and ev.type in unless.events and unless.key_of_candidate(ev) == t.key:
+                continue
+            keep.append(t)
+        if len(keep) != len(state.timers):
+            state.timers = keep
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _ctx(self, rule: CompiledRule, ev: Event) -> dict:
+        if not rule.ctx_props:
+            return _EMPTY
+        props = ev.properties
+        return {p: props[p] for p in rule.ctx_props if p in props}
+
+    def _arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
+        """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key."""
+        timers = state.timers
+        mine = [t for t in timers if t.rule == rule.id and (t.key == key or rule.kind is SERIES)]
+        if replace and mine:
+            for t in mine:
+                timers.remove(t)
+        elif len(mine) >= MAX_TIMERS_PER_RULE:
+            self.counters.timers_dropped += 1   # bounded state beats unbounded waits; counted, never silent
+            return
+        timers.append(Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev)))
+
+    def _arm_inactive(self, state: CustomerState, rule: CompiledRule, ev: Event) -> None:
+        due = ev.ts + rule.wait
+        for t in state.timers:
+            if t.rule == rule.id:
+                if due > t.due:   # re-arm in place: no allocation on the per-event path
+                    t.due, t.cause, t.cause_ts = due, ev.event_id, ev.ts
+                    if rule.ctx_props:
+                        t.ctx = self._ctx(rule, ev)
+                return
+        state.timers.append(Timer(due, rule.id, 0, "", ev.event_id, ev.ts, self._ctx(rule, ev)))
+
+    def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int) -> None:
+        state.timers = [t for t in state.timers if t.rule != rule.id]
+        anchor = parse_date(state.profile.get(rule.date_attr))
+        if anchor is None:
+            return
+        r = rule.rule
+        due, occurrence = next_occurrence(anchor, r.every or "year", r.at, state.profile.get("timezone"), after)
+        state.timers.append(Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
+
+    def _start_series(self, state: CustomerState, rule: CompiledRule, ev: Event, out: list[Trigger]) -> None:
+        state.timers = [t for t in state.timers if t.rule != rule.id]   # a new start restarts the series
+        first = rule.steps[0]
+        if first.cond is None or first.cond(state, ev, ev.ts):
+            self._emit(state, rule, first.then, ev.customer_id, f"{ev.event_id}#1", ev.event_id, ev.ts, ev, out)
+        self._arm_step(state, rule, ev, 1, ev.ts)
+
+    def _arm_step(self, state: CustomerState, rule: CompiledRule, cause: Event, step: int, start: int) -> None:
+        if step >= len(rule.steps):
+            return
+        s = rule.steps[step]
+        key = s.unless.key_for_cause(state, cause, start) if s.unless else ""
+        state.timers.append(Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts, self._ctx(rule, cause)))
+
+    def on_time(self, state: CustomerState, customer_id: str, now: int, out: list[Trigger],
+                recurring_until: int | None = None) -> CustomerState:
+        """Fire every deadline of this customer due at or before `now`, in deadline order.
+
+        `recurring_until` (backtest end of period) keeps recurring dates after it from firing
+        while one-shot deadlines still do.
+        """
+        by_id = self.rules.by_id
+        while True:
+            due = [t for t in state.timers if t.due <= now and (
+                recurring_until is None or t.due <= recurring_until or by_id.get(t.rule) is None
+                or by_id[t.rule].kind is not RECURRING)]
+            if not due:
+                return state
+            due.sort(key=lambda t: (t.due, t.rule, t.step, t.key))
+            t = due[0]
+            state.timers.remove(t)
+            rule = by_id.get(t.rule)
+            if rule is not None:   # a rule removed by a reload leaves its timers to lapse
+                self.counters.timers_fired += 1
+                self._fire(state, rule, t, customer_id, out)
+
+    def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str, out: list[Trigger]) -> None:
+        cause = Event(t.cause, "", customer_id, t.cause_ts, t.ctx)
+        kind = rule.kind
+        if kind is SERIES:
+            step = rule.steps[t.step]
+            if step.cond is None or step.cond(state, cause, t.due):
+                self._emit(state, rule, step.then, customer_id, f"{t.cause}#{t.step + 1}", t.cause, t.due, cause, out)
+            self._arm_step(state, rule, cause, t.step + 1, t.due)
+        elif kind is RECURRING:
+            self._emit(state, rule, rule.then, customer_id, t.cause, "", t.due, cause, out)
+            self._arm_recurring(state, rule, t.due)
+        elif kind is INACTIVE:
+            if rule.cond is None or rule.cond(state, cause, t.due):
+                self._emit(state, rule, rule.then, customer_id, f"{t.cause}~inactive", t.cause, t.due, cause, out)
+        else:   # ABSENCE, DELAY: the condition was checked when the cause armed it
+            self._emit(state, rule, rule.then, customer_id, f"{t.cause}:{t.key}" if t.key and kind is ABSENCE else t.cause,
+                       t.cause, t.due, cause, out)
+
+    # -- triggers -------------------------------------------------------------------------
+
+    def _emit(self, state: CustomerState, rule: CompiledRule, action: CompiledAction, customer_id: str,
+              cause: str, cause_event_id: str, at: int, ev: Event, out: list[Trigger]) -> None:
+        status, reason = SENT, None
+        if rule.cooldown:
+            last = state.sent.get(rule.id)
+            if last is not None and at - last < rule.cooldown:
+                status, reason = SUPPRESSED, "cooldown"
+        if status is SENT:
+            state.sent[rule.id] = at
+        payload = {key: fn(state, ev, at) for key, fn in action.payload} if action.payload else {}
+        out.append(Trigger(
+            trigger_id(rule.id, customer_id, cause), rule.id, customer_id, action.action, action.channel,
+            status, reason, format_ts(at), cause_event_id, payload,
+        ))

@@ -1,0 +1,253 @@
+"""Rules compiler: a validated `RuleSet` becomes plain callables, indexed by event type.
+
+Everything that can be decided once is decided here, so evaluating an event is one dict
+lookup for its plan, then calls of compiled functions: no parsing, no name lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.aggregates import Read, Update, compile_aggregate
+from engine.rules.errors import RuleError, RulesInvalid
+from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template
+from engine.rules.loader import load_rules
+from engine.rules.model import ANY_EVENT, Action, Rule, RuleSet, Source, Unless
+
+# How a rule fires; decided from its shape, not its family name.
+IMMEDIATE = "immediate"     # fires on the event itself (threshold crossings, plain conditions)
+ABSENCE = "absence"         # fires `within` after the event unless a cancelling event came
+DELAY = "delay"             # fires `delay` after the event
+SERIES = "series"           # multi-step journey
+INACTIVE = "inactive"       # fires after a stretch with no event at all
+RECURRING = "recurring"     # fires on a date every year/month at a local time
+
+PROFILE_EVENTS = frozenset({"identify", "profile"})
+MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
+
+Fn = Callable[..., Any]
+
+
+class CompiledAction:
+    __slots__ = ("action", "channel", "payload")
+
+    def __init__(self, action: str, channel: str, payload: tuple[tuple[str, Fn], ...]) -> None:
+        self.action = action
+        self.channel = channel
+        self.payload = payload
+
+
+class CompiledUnless:
+    """A cancelling condition: an event of `events` whose `match_props` equal the timer's key."""
+
+    __slots__ = ("events", "match_props", "match_values")
+
+    def __init__(self, events: frozenset[str], match_props: tuple[str, ...], match_values: tuple[Fn, ...]) -> None:
+        self.events = events
+        self.match_props = match_props
+        self.match_values = match_values
+
+    def key_for_cause(self, st: Any, ev: Any, now: int) -> str:
+        """The timer key: the match values the cancelling event must carry, rendered from the cause."""
+        if not self.match_values:
+            return ""
+        return "\x1f".join(str(fn(st, ev, now)) for fn in self.match_values)
+
+    def key_of_candidate(self, ev: Any) -> str:
+        if not self.match_props:
+            return ""
+        props = ev.properties
+        return "\x1f".join(str(props.get(p)) for p in self.match_props)
+
+
+class CompiledStep:
+    __slots__ = ("after", "cond", "then", "unless")
+
+    def __init__(self, after: int, cond: Fn | None, then: CompiledAction, unless: CompiledUnless | None) -> None:
+        self.after = after
+        self.cond = cond
+        self.then = then
+        self.unless = unless
+
+
+class CompiledRule:
+    __slots__ = (
+        "id", "rule", "kind", "cond", "crossing", "then", "unless", "wait", "steps",
+        "cooldown", "ctx_props", "date_attr",
+    )
+
+    def __init__(self, rule: Rule) -> None:
+        self.id = rule.id
+        self.rule = rule
+        self.kind = IMMEDIATE
+        self.cond: Fn | None = None
+        self.crossing = False            # threshold: fire only when the condition turns true
+        self.then: CompiledAction | None = None
+        self.unless: CompiledUnless | None = None
+        self.wait = 0                    # ms: within / delay / inactive
+        self.steps: tuple[CompiledStep, ...] = ()
+        self.cooldown = rule.cooldown or 0
+        self.ctx_props: tuple[str, ...] = ()   # cause-event properties a timer must carry
+        self.date_attr: str | None = None
+
+    def unless_for_step(self, step: int) -> CompiledUnless | None:
+        if self.kind == SERIES:
+            return self.steps[step].unless
+        return self.unless
+
+
+class EventPlan:
+    """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
+
+    __slots__ = ("updates", "rules", "cancels", "profile")
+
+    def __init__(self, updates: tuple[Update, ...], rules: tuple[CompiledRule, ...], cancels: bool, profile: bool) -> None:
+        self.updates = updates
+        self.rules = rules
+        self.cancels = cancels
+        self.profile = profile
+
+
+class CompiledRules:
+    def __init__(self, ruleset: RuleSet, readers: dict[str, Read], updates: list[tuple[tuple[str, ...], Update]],
+                 rules: list[CompiledRule], profile_attrs: frozenset[str]) -> None:
+        self.ruleset = ruleset
+        self.readers = readers
+        self._updates = updates
+        self.rules = tuple(rules)
+        self.by_id = {r.id: r for r in rules}
+        self.profile_attrs = profile_attrs
+        self.inactive = tuple(r for r in rules if r.kind == INACTIVE)
+        self.recurring = tuple(r for r in rules if r.kind == RECURRING)
+        self.recurring_attrs = frozenset(r.date_attr for r in self.recurring) | ({"timezone"} if self.recurring else set())
+        self.cancel_types = frozenset(
+            t for r in rules for u in _unlesses(r) for t in u.events
+        )
+        self._plans: dict[str, EventPlan] = {}
+
+    def plan(self, event_type: str) -> EventPlan:
+        """The plan for an event type, built on first sight and cached (types are few)."""
+        plan = self._plans.get(event_type)
+        if plan is None:
+            plan = EventPlan(
+                updates=tuple(u for on, u in self._updates if event_type in on or ANY_EVENT in on),
+                rules=tuple(
+                    r for r in self.rules
+                    if r.kind not in (INACTIVE, RECURRING) and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
+                ),
+                cancels=event_type in self.cancel_types,
+                profile=event_type in PROFILE_EVENTS,
+            )
+            self._plans[event_type] = plan
+        return plan
+
+
+def _unlesses(rule: CompiledRule) -> list[CompiledUnless]:
+    found = [rule.unless] if rule.unless else []
+    return found + [s.unless for s in rule.steps if s.unless]
+
+
+def load_and_compile(path: str | Path) -> CompiledRules:
+    """Load, validate and compile a rules directory; raises RulesInvalid listing every error."""
+    return compile_rules(load_rules(path))
+
+
+def compile_rules(ruleset: RuleSet) -> CompiledRules:
+    readers: dict[str, Read] = {}
+    updates: list[tuple[tuple[str, ...], Update]] = []
+    for agg in ruleset.aggregates.values():
+        update, read = compile_aggregate(agg)
+        readers[agg.name] = read
+        updates.append((agg.on, update))
+    env = Env(aggregates=readers)
+    errors: list[RuleError] = []
+    profile_attrs: set[str] = set()
+    compiled = [_compile_rule(rule, env, errors, profile_attrs) for rule in ruleset.rules]
+    if errors:
+        raise RulesInvalid(sorted(errors, key=lambda e: (e.file, e.line)))
+    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs))
+
+
+class _Collector:
+    """Compiles the expressions of one rule, turning ExprErrors into file:line RuleErrors."""
+
+    def __init__(self, rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str]) -> None:
+        self.rule, self.env, self.errors, self.profile_attrs = rule, env, errors, profile_attrs
+        self.event_props: set[str] = set()
+
+    def _take(self, compiled: CompiledExpr) -> Fn:
+        self.event_props |= compiled.event_props
+        self.profile_attrs |= compiled.profile_attrs
+        return compiled.fn
+
+    def expr(self, text: str, source: Source, what: str) -> Fn | None:
+        try:
+            return self._take(compile_expr(text, self.env))
+        except ExprError as e:
+            self.errors.append(RuleError(source.file, source.line, f"{what}: {e.message} (at column {e.col + 1} of {text!r})", self.rule.id))
+            return None
+
+    def template(self, value: Any, source: Source, what: str) -> Fn | None:
+        try:
+            return self._take(compile_template(value, self.env))
+        except ExprError as e:
+            self.errors.append(RuleError(source.file, source.line, f"{what}: {e.message} (in {value!r})", self.rule.id))
+            return None
+
+    def action(self, action: Action) -> CompiledAction:
+        payload = []
+        for key, value in action.payload.items():
+            fn = self.template(value, action.source, f"payload '{key}'")
+            if fn is not None:
+                payload.append((key, fn))
+        return CompiledAction(action.action, action.channel, tuple(payload))
+
+    def unless(self, unless: Unless | None) -> CompiledUnless | None:
+        if unless is None:
+            return None
+        props, values = [], []
+        for prop, template in unless.match.items():
+            fn = self.template(template, unless.source, f"unless.match '{prop}'")
+            if fn is not None:
+                props.append(prop)
+                values.append(fn)
+        return CompiledUnless(frozenset(unless.events), tuple(props), tuple(values))
+
+
+def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str]) -> CompiledRule:
+    c = CompiledRule(rule)
+    col = _Collector(rule, env, errors, profile_attrs)
+    if rule.condition is not None:
+        line = Source(rule.source.file, rule.condition_line or rule.source.line)
+        c.cond = col.expr(rule.condition, line, "if")
+    if rule.then is not None:
+        c.then = col.action(rule.then)
+    c.unless = col.unless(rule.unless)
+    if rule.type == "recurring":
+        c.kind = RECURRING
+        c.date_attr = (rule.date or "").removeprefix("profile.")
+        profile_attrs.add(c.date_attr)
+        profile_attrs.add("timezone")
+    elif rule.inactive:
+        c.kind, c.wait = INACTIVE, rule.inactive
+    elif rule.steps:
+        c.kind = SERIES
+        c.steps = tuple(
+            CompiledStep(
+                step.after,
+                col.expr(step.condition, step.source, f"step {i + 1} if") if step.condition else None,
+                col.action(step.then),
+                col.unless(step.unless),
+            )
+            for i, step in enumerate(rule.steps)
+        )
+    elif rule.unless is not None:
+        c.kind, c.wait = ABSENCE, rule.unless.within or 0
+    elif rule.delay:
+        c.kind, c.wait = DELAY, rule.delay
+    else:
+        c.crossing = rule.type == "threshold"
+    c.ctx_props = tuple(sorted(col.event_props)) if c.kind in (ABSENCE, DELAY, SERIES, INACTIVE) else ()
+    return c
