@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                     "per-customer state, triggers out.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
 
     v = sub.add_parser("validate", help="check a rules directory; every error as file:line",
                        description="Load and compile every *.yaml file of RULES_DIR. Exit 0 when valid; "
