@@ -186,14 +186,14 @@ class _Collector:
         try:
             return self._take(compile_expr(text, self.env))
         except ExprError as e:
-            self.errors.append(RuleError(source.file, source.line, f"{what}: {e.message} (at column {e.col + 1} of {text!r})", self.rule.id))
+            self.errors.append(RuleError(source.file, source.line, f"{what} (column {e.col + 1}): {e.message}", self.rule.id))
             return None
 
     def template(self, value: Any, source: Source, what: str) -> Fn | None:
         try:
             return self._take(compile_template(value, self.env))
         except ExprError as e:
-            self.errors.append(RuleError(source.file, source.line, f"{what}: {e.message} (in {value!r})", self.rule.id))
+            self.errors.append(RuleError(source.file, source.line, f"{what} (column {e.col + 1}): {e.message}", self.rule.id))
             return None
 
     def action(self, action: Action) -> CompiledAction:
@@ -237,7 +237,8 @@ def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: 
         c.steps = tuple(
             CompiledStep(
                 step.after,
-                col.expr(step.condition, step.source, f"step {i + 1} if") if step.condition else None,
+                col.expr(step.condition, Source(step.source.file, step.condition_line or step.source.line),
+                         f"step {i + 1} if") if step.condition else None,
                 col.action(step.then),
                 col.unless(step.unless),
             )

@@ -16,7 +16,7 @@ class RuleError(Exception):
         self.rule_id = rule_id
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}: "
+        where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         return where + (f"rule '{self.rule_id}': " if self.rule_id else "") + self.message
 
 

@@ -652,7 +652,11 @@ def _step(scope: _Scope, index: int, node: _Node) -> Step | None:
     problems = _step_problems(index, node)
     for line, problem in problems:
         scope.error(line, problem)
-    return None if problems else Step(source=scope.source(node.line), **fields)
+    if problems:
+        return None
+    if "if" in node.value:
+        fields["condition_line"] = _condition_line(node.value["if"])
+    return Step(source=scope.source(node.line), **fields)
 
 
 def _step_problems(index: int, node: _Node) -> list[tuple[int, str]]:

@@ -70,6 +70,7 @@ class Step(msgspec.Struct, frozen=True):
     after: int = 0                 # ms
     unless: Unless | None = None
     condition: str | None = None   # `if:` checked when the step is due
+    condition_line: int = 0
 
 
 class Rule(msgspec.Struct, frozen=True):

@@ -226,7 +226,7 @@ def test_directory_reads_yaml_and_yml_by_name_and_not_recursively(tmp_path: Path
 
 
 def test_missing_path_and_empty_directory_are_errors(tmp_path: Path) -> None:
-    assert errors_of(tmp_path / "nope") == [f"{tmp_path / 'nope'}:0: no such rules directory or file"]
+    assert errors_of(tmp_path / "nope") == [f"{tmp_path / 'nope'}: no such rules directory or file"]
     assert "no rules files (*.yaml, *.yml) in this directory" in errors_of(tmp_path)[0]
 
 

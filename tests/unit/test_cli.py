@@ -1,0 +1,109 @@
+"""The `triggers` command line: validate and backtest, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.cli import main
+from engine.triggers import Trigger
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "tests" / "fixtures"
+SAMPLE = ROOT / "examples" / "sample-events.jsonl"
+
+
+def test_validate_spec_example_passes(capsys):
+    assert main(["validate", str(FIX / "spec_rules")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_validate_bundled_rules_passes():
+    assert main(["validate", str(ROOT / "rules")]) == 0
+
+
+@pytest.mark.parametrize(("name", "line", "message"), [
+    ("aggregate_typo.yaml", 7, "rule 'vip-5000': if (column 1): unknown aggregate 'lifetime_spnd' (did you mean 'lifetime_spend'?)"),
+    ("event_field_syntax.yaml", 5, "rule 'shoes-view': if (column 1): write event.<property>, e.g. event.category"),
+    ("and_operator.yaml", 8, "rule 'big-buyer': if (column 15): write 'and' instead of '&&'"),
+    ("payload_template.yaml", 7, "rule 'cart': payload 'sku' (column 2): unknown"),
+    ("step_condition.yaml", 8, "rule 'welcome': step 2 if (column 1): syntax error"),
+    ("function_typo.yaml", 7, "unknown function 'day_since' (did you mean 'days_since'?)"),
+])
+def test_validate_expression_errors_name_file_and_line(capsys, name, line, message):
+    path = FIX / "broken_expr" / name
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{path}:{line}: ")
+    assert message in err[0]
+
+
+def test_validate_broken_directory_lists_every_file_with_line(capsys):
+    broken = FIX / "broken"
+    assert main(["validate", str(broken)]) == 1
+    lines = [l for l in capsys.readouterr().err.splitlines() if not l.endswith(f"in {broken}")]
+    files = sorted(p.name for p in broken.glob("*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        assert any(l.startswith(f"{broken / f}:") and l.split(":")[1].isdigit() for l in lines), f
+
+
+def test_validate_missing_dir(capsys):
+    assert main(["validate", "/nonexistent/rules"]) == 1
+    assert "/nonexistent/rules" in capsys.readouterr().err
+
+
+def test_backtest_writes_triggers_and_summary(tmp_path, capsys):
+    out = tmp_path / "triggers.jsonl"
+    assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE), "--out", str(out)]) == 0
+    triggers = [msgspec.json.decode(line, type=Trigger) for line in out.read_bytes().splitlines()]
+    assert triggers
+    err = capsys.readouterr().err
+    for rule in {t.rule_id for t in triggers}:
+        assert rule in err
+    assert "5,000 events" in err
+    # deterministic: a second run writes the same bytes
+    out2 = tmp_path / "again.jsonl"
+    main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE), "--out", str(out2), "--quiet"])
+    assert out2.read_bytes() == out.read_bytes()
+
+
+def test_backtest_bad_lines_go_to_dead_letters(tmp_path, capsys):
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"event_id":"e1","type":"add_to_cart","customer_id":"c1","ts":"2026-01-01T10:00:00Z","properties":{"sku":"A","cart_value":5}}\n'
+        'not json\n'
+        '{"event_id":"e2","type":"purchase","ts":"2026-01-01T10:01:00Z"}\n'
+    )
+    out, dead = tmp_path / "t.jsonl", tmp_path / "dead.jsonl"
+    assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(events), "--out", str(out),
+                 "--dead-letters", str(dead)]) == 0
+    letters = [json.loads(l) for l in dead.read_text().splitlines()]
+    assert [l["source"] for l in letters] == [f"{events}:2", f"{events}:3"]
+    assert "not JSON" in letters[0]["reason"] and "customer_id" in letters[1]["reason"]
+    assert "2 dead letters" in capsys.readouterr().err
+    assert any(json.loads(l)["rule_id"] == "cart-abandoned" for l in out.read_text().splitlines())
+
+
+def test_backtest_until_bounds_recurring(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event_id":"e1","type":"identify","customer_id":"c1","ts":"2026-01-01T10:00:00Z",'
+                      '"properties":{"birthday":"1990-05-01","timezone":"Europe/Berlin"}}\n')
+    out = tmp_path / "t.jsonl"
+    main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(events), "--out", str(out), "--quiet"])
+    assert "birthday" not in out.read_text()
+    main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(events), "--out", str(out), "--quiet",
+          "--until", "2026-12-31T00:00:00Z"])
+    (b,) = [json.loads(l) for l in out.read_text().splitlines() if '"birthday"' in l]
+    assert b["fired_at"] == "2026-05-01T07:00:00.000Z"
+
+
+def test_console_script_help():
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "backtest", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    assert "--until" in res.stdout and "--dead-letters" in res.stdout
