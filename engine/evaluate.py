@@ -65,8 +65,10 @@ class Evaluator:
         if len(seen) > SEEN_IDS:
             del seen[0]
         ts = ev.ts
-        if state.timers:
-            self.on_time(state, ev.customer_id, ts - 1, out)   # deadlines strictly before the event
+        for t in state.timers:
+            if t.due < ts:   # deadlines strictly before the event fire first
+                self.on_time(state, ev.customer_id, ts - 1, out)
+                break
         if ts < state.last_ts:
             counters.late += 1
         else:
