@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
+from engine.attribution import RuleOutcome
 from engine.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.evaluate import Evaluator
 from engine.events import Event
@@ -38,7 +38,7 @@ class BacktestSummary(msgspec.Struct):
     timers_dropped: int = 0
     customers: int = 0
     elapsed_s: float = 0.0
-    per_rule: dict[str, dict[str, int]] = {}   # rule id -> "sent" / "held_out" / "suppressed:<reason>" -> count
+    per_rule: dict[str, RuleOutcome] = {}   # rule id -> decisions and responses
 
     @property
     def events_per_s(self) -> float:
@@ -57,7 +57,6 @@ class Replay:
         self._heap: list[tuple[int, str]] = []
         self._scheduled: dict[str, int] = {}
         self._clock = 0
-        self.per_rule: dict[str, Counter[str]] = {}
         self.triggers = 0
         self.stopped = False   # set once an event passes `until`
 
@@ -124,23 +123,15 @@ class Replay:
     def _write(self, out: list[Trigger]) -> None:
         if not out:
             return
-        per_rule = self.per_rule
-        for t in out:
-            c = per_rule.get(t.rule_id)
-            if c is None:
-                c = per_rule[t.rule_id] = Counter()
-            c[t.status if t.reason is None else f"{t.status}:{t.reason}"] += 1
         self.triggers += len(out)
         self.emit(out)
 
     def summary(self, dead_letters: int, elapsed_s: float) -> BacktestSummary:
         c = self.evaluator.counters
-        rule_ids = [r.id for r in self.evaluator.rules.rules]
         return BacktestSummary(
             events=c.events, dead_letters=dead_letters, duplicates=c.duplicates, late=c.late,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
-            elapsed_s=elapsed_s,
-            per_rule={rid: dict(sorted(self.per_rule.get(rid, Counter()).items())) for rid in rule_ids},
+            elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes),
         )
 
 

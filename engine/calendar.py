@@ -67,3 +67,24 @@ def next_occurrence(
             if month > 12:
                 year, month = year + 1, 1
     raise ValueError(f"no occurrence found for {anchor} every {every}")
+
+
+def quiet_until(at_ms: int, tz_name: str | None, start: tuple[int, int], end: tuple[int, int]) -> int | None:
+    """When `at_ms` falls inside the daily quiet hours [start, end) in the customer's zone,
+    the epoch ms at which they end; otherwise None. Quiet hours may span midnight
+    (21:00-08:00); the end is computed as a local wall time, so it stays 08:00 across DST.
+    """
+    tz = zone(tz_name)
+    local = datetime.fromtimestamp(at_ms / 1000, tz)
+    now_min = local.hour * 60 + local.minute
+    start_min, end_min = start[0] * 60 + start[1], end[0] * 60 + end[1]
+    day = local.date()
+    if start_min < end_min:
+        if not start_min <= now_min < end_min:
+            return None
+    elif now_min >= start_min:
+        day = date.fromordinal(day.toordinal() + 1)   # evening part: quiet until tomorrow morning
+    elif now_min >= end_min:
+        return None
+    end_local = datetime(day.year, day.month, day.day, end[0], end[1], tzinfo=tz)
+    return int(end_local.timestamp() * 1000)

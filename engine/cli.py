@@ -8,14 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+import msgspec
+
 from engine.backtest import BacktestSummary, backtest_file
+from engine.lift import Lift, lift
 from engine.rules.compiler import load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.times import parse_ts
 
 EPILOG = """examples:
   triggers validate rules/
-  triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl
+  triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl --summary s.json
+  triggers report s.json
 """
 
 
@@ -60,9 +64,25 @@ def _parser() -> argparse.ArgumentParser:
                    "not replayed, recurring dates up to it fire")
     b.add_argument("--dead-letters", metavar="FILE", default=None,
                    help="where undecodable events go as JSONL with their reason (default: stderr)")
+    b.add_argument("--summary", metavar="FILE", help="write the run's summary as JSON (per-rule decisions, "
+                   "responses and conversions), the input of `triggers report`")
     b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     b.add_argument("--quiet", action="store_true", help="no summary table")
     b.set_defaults(handler=_backtest)
+
+    r = sub.add_parser(
+        "report", help="per-rule lift: contacted vs control group conversion, with 95% intervals",
+        description="Per rule: the conversion rate of contacted (sent) and control-group (held-out) triggers, "
+                    "the absolute and relative lift, and their 95% confidence intervals. Every trigger is in "
+                    "the denominator, non-responders included. Reads the JSON written by "
+                    "`triggers backtest --summary FILE`.",
+        epilog="example:\n  triggers backtest --rules rules/ --events events.jsonl --out t.jsonl --summary s.json\n"
+               "  triggers report s.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("summary", metavar="SUMMARY.json", help="a backtest summary (triggers backtest --summary)")
+    r.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    r.set_defaults(handler=_report)
     return parser
 
 
@@ -106,8 +126,24 @@ def _backtest(args: argparse.Namespace) -> int:
     with FileSink(FileSinkConfig(path=args.out)) as out, _dead_letter_sink(dead_path) as dead:
         summary = backtest_file(rules, args.events, out.write_batch, dead.write_batch, until=until,
                                 progress=not args.no_progress)
+    if args.summary:
+        Path(args.summary).write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     if not args.quiet:
         print_summary(summary, sys.stderr)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        summary = msgspec.json.decode(Path(args.summary).read_bytes(), type=BacktestSummary)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+        print(f"triggers report: cannot read {args.summary}: {e}", file=sys.stderr)
+        return 2
+    lifts = [lift(rule_id, o) for rule_id, o in summary.per_rule.items()]
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(lifts)).decode())
+    else:
+        print_lift(lifts, sys.stdout)
     return 0
 
 
@@ -120,24 +156,42 @@ def _dead_letter_sink(path: str):
 
 
 def print_summary(s: BacktestSummary, stream: TextIO) -> None:
-    """The per-rule table: fires by status, with suppression reasons."""
-    rows = []
-    for rule_id, counts in s.per_rule.items():
-        sent = counts.get("sent", 0)
-        held = counts.get("held_out", 0)
-        suppressed = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("suppressed")}
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(suppressed.items()))
-        rows.append((rule_id, sent, held, sum(suppressed.values()), reasons))
-    width = max([len("rule")] + [len(r[0]) for r in rows])
-    print(f"{'rule':<{width}}  {'sent':>8}  {'held_out':>8}  {'suppressed':>10}  reasons", file=stream)
-    for rule_id, sent, held, sup, reasons in rows:
-        print(f"{rule_id:<{width}}  {sent:>8,}  {held:>8,}  {sup:>10,}  {reasons}", file=stream)
+    """The per-rule table: decisions by status with suppression reasons, then responses."""
+    width = max([len("rule")] + [len(r) for r in s.per_rule])
+    print(f"{'rule':<{width}}  {'sent':>8}  {'held_out':>8}  {'suppressed':>10}  {'responded':>9}  "
+          f"{'converted':>9}  reasons", file=stream)
+    for rule_id, o in s.per_rule.items():
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(o.suppressed.items()))
+        print(f"{rule_id:<{width}}  {o.sent:>8,}  {o.held_out:>8,}  {sum(o.suppressed.values()):>10,}  "
+              f"{o.responded + o.held_out_responded:>9,}  {o.converted + o.held_out_converted:>9,}  {reasons}",
+              file=stream)
     print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {s.late:,} late), "
           f"{s.customers:,} customers, {s.triggers:,} triggers in {s.elapsed_s:.2f} s "
           f"({s.events_per_s:,.0f} events/s)", file=stream)
     if s.timers_dropped:
         print(f"warning: {s.timers_dropped:,} deadlines not armed: more than 8 pending per rule and customer",
               file=stream)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def print_lift(lifts: list[Lift], stream: TextIO) -> None:
+    """One row per rule; `-` where a group is empty (no control group configured, say)."""
+    width = max([len("rule")] + [len(l.rule_id) for l in lifts])
+    print(f"{'rule':<{width}}  {'contacted':>15}  {'control':>15}  {'abs lift (95% CI, points)':>30}  "
+          f"{'rel lift (95% CI, %)':>28}", file=stream)
+    for l in lifts:
+        contacted = f"{l.contacted_converted:,}/{l.contacted:,} {_pct(l.contacted_rate)}"
+        control = f"{l.control_converted:,}/{l.control:,} {_pct(l.control_rate)}"
+        absolute = "-" if l.absolute is None else f"{100 * l.absolute:+.1f} {_ci(l.absolute_ci)}"
+        relative = "-" if l.relative is None else f"{100 * l.relative:+.0f}% {_ci(l.relative_ci)}"
+        print(f"{l.rule_id:<{width}}  {contacted:>15}  {control:>15}  {absolute:>30}  {relative:>28}", file=stream)
 
 
 if __name__ == "__main__":

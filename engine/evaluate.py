@@ -1,5 +1,5 @@
 """The evaluation core: a customer's state, an event or the clock, and the compiled rules in;
-the updated state and the fired triggers out.
+the updated state and the triggers out (sent, held out or suppressed, per the contact policy).
 
 Pure Python with no I/O, shared by the backtest and the live dataflow so that they cannot
 disagree. Time is whatever clock the caller passes: event time in a backtest, the wall
@@ -8,28 +8,30 @@ trigger fired by a deadline carries the deadline as `fired_at`, so both runs pro
 same triggers with the same ids.
 
 States are updated in place (they are per-customer and owned by one worker); functions
-return the state so that a new customer's fresh state reaches the caller.
+return the state so that a new customer's fresh state reaches the caller. Timers are data
+in the state (`CustomerState.timers`): a caller that schedules wake-ups reads
+`state.next_due()`.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 
+from engine.attribution import Attributor, RuleOutcome
 from engine.calendar import next_occurrence, parse_date
 from engine.events import Event
+from engine.policy import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import (
     ABSENCE, DELAY, INACTIVE, MAX_TIMERS_PER_RULE, RECURRING, SERIES, CompiledAction,
     CompiledRule, CompiledRules,
 )
 from engine.state.customer import CustomerState, Timer
 from engine.times import format_ts
-from engine.triggers import SENT, SUPPRESSED, Trigger, trigger_id
+from engine.triggers import HELD_OUT, SENT, Trigger, trigger_id
 
-SEEN_IDS = 8          # recent event ids remembered per customer for de-duplication
-_EMPTY: dict = {}     # shared, never mutated: the ctx of timers whose rule reads no event property
-
-Decide = Callable[[CustomerState, CompiledRule, CompiledAction, int], tuple[str, str | None]]
+SEEN_IDS = 8            # recent event ids remembered per customer for de-duplication
+DEFER_KEY = "\x00defer"  # timer key of a trigger deferred by quiet hours
+_EMPTY: dict = {}       # shared, never mutated: the ctx of timers whose rule reads no event property
 
 
 class Counters:
@@ -41,19 +43,27 @@ class Counters:
         self.events = self.duplicates = self.late = self.timers_fired = self.timers_dropped = 0
 
 
+def new_state() -> CustomerState:
+    return CustomerState(aggs={}, profile={}, armed=[], sent={}, timers=[], seen=[], consent={}, contacts=[],
+                         open_triggers=[])
+
+
 class Evaluator:
     """Applies compiled rules to one customer at a time. Not thread-safe: one per worker."""
 
     def __init__(self, rules: CompiledRules) -> None:
         self.rules = rules
         self.counters = Counters()
+        self.policy = ContactPolicy(rules.ruleset.policy)
+        self.attributor = Attributor(rules.attribution, rules.attribution_windows)
+        self.outcomes: dict[str, RuleOutcome] = {r.id: RuleOutcome(suppressed={}) for r in rules.rules}
 
     # -- events ---------------------------------------------------------------------------
 
     def on_event(self, state: CustomerState | None, ev: Event, out: list[Trigger]) -> CustomerState:
         """Apply one event; append the triggers it fires (and those of deadlines before it) to `out`."""
         if state is None:
-            state = CustomerState(aggs={}, profile={}, armed=[], sent={}, timers=[], seen=[])
+            state = new_state()
         counters = self.counters
         counters.events += 1
         seen_hash = zlib.crc32(ev.event_id.encode())
@@ -65,9 +75,10 @@ class Evaluator:
         if len(seen) > SEEN_IDS:
             del seen[0]
         ts = ev.ts
+        cid = ev.customer_id
         for t in state.timers:
             if t.due < ts:   # deadlines strictly before the event fire first
-                self.on_time(state, ev.customer_id, ts - 1, out)
+                self.on_time(state, cid, ts - 1, out)
                 break
         if ts < state.last_ts:
             counters.late += 1
@@ -81,10 +92,15 @@ class Evaluator:
             update(aggs, ev)
         if plan.profile:
             self._update_profile(state, ev)
+        elif plan.consent:
+            self._update_consent(state, ev.properties, ts)
+        if plan.responds and state.open_triggers:
+            self.attributor.observe(state, ev, self.outcomes)
         if plan.cancels and state.timers:
             self._cancel(state, ev)
         for rule in rules.inactive:
             self._arm_inactive(state, rule, ev)
+        moment: list[Candidate] = []
         for rule in plan.rules:
             kind = rule.kind
             cond = rule.cond
@@ -97,7 +113,7 @@ class Evaluator:
                     armed.remove(rule.id)
                     continue
                 armed.append(rule.id)
-                self._emit(state, rule, rule.then, ev.customer_id, ev.event_id, ev.event_id, ts, ev, out)
+                moment.append(self._candidate(state, rule, 0, rule.then, ev.event_id, ev.event_id, ts, ev))
                 continue
             if cond is not None and not cond(state, ev, ts):
                 continue
@@ -106,9 +122,11 @@ class Evaluator:
             elif kind is DELAY:
                 self._arm(state, rule, ev, ts + rule.wait, 0, ev.event_id, replace=False)
             elif kind is SERIES:
-                self._start_series(state, rule, ev, out)
+                self._start_series(state, rule, ev, moment)
             else:
-                self._emit(state, rule, rule.then, ev.customer_id, ev.event_id, ev.event_id, ts, ev, out)
+                moment.append(self._candidate(state, rule, 0, rule.then, ev.event_id, ev.event_id, ts, ev))
+        if moment:
+            self._decide(state, cid, moment, out)
         return state
 
     def _update_profile(self, state: CustomerState, ev: Event) -> None:
@@ -120,16 +138,31 @@ class Evaluator:
             if key in wanted and profile.get(key) != value:
                 profile[key] = value
                 changed = True
+        consent = ev.properties.get("consent")
+        if isinstance(consent, dict):   # traits {consent: {email: true, push: false}}
+            for channel, granted in consent.items():
+                if isinstance(granted, bool):
+                    self._update_consent(state, {"channel": channel, "granted": granted}, ev.ts)
         if changed and self.rules.recurring:
             for rule in self.rules.recurring:
                 self._arm_recurring(state, rule, ev.ts)
+
+    @staticmethod
+    def _update_consent(state: CustomerState, props: dict, ts: int) -> None:
+        """A `consent` event: {channel, granted}. The latest decision in event time wins."""
+        channel, granted = props.get("channel"), props.get("granted")
+        if not isinstance(channel, str) or not isinstance(granted, bool):
+            return
+        current = state.consent.get(channel)
+        if current is None or current[1] <= ts:
+            state.consent[channel] = [granted, ts]
 
     def _cancel(self, state: CustomerState, ev: Event) -> None:
         by_id = self.rules.by_id
         keep = []
         for t in state.timers:
             rule = by_id.get(t.rule)
-            unless = rule.unless_for_step(t.step) if rule is not None else None
+            unless = rule.unless_for_step(t.step) if rule is not None and t.key != DEFER_KEY else None
             if unless is not None and ev.type in unless.events and unless.key_of_candidate(ev) == t.key:
                 continue
             keep.append(t)
@@ -147,7 +180,7 @@ class Evaluator:
     def _arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
         """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key."""
         timers = state.timers
-        mine = [t for t in timers if t.rule == rule.id and (t.key == key or rule.kind is SERIES)]
+        mine = [t for t in timers if t.rule == rule.id and t.key != DEFER_KEY and (t.key == key or rule.kind is SERIES)]
         if replace and mine:
             for t in mine:
                 timers.remove(t)
@@ -159,7 +192,7 @@ class Evaluator:
     def _arm_inactive(self, state: CustomerState, rule: CompiledRule, ev: Event) -> None:
         due = ev.ts + rule.wait
         for t in state.timers:
-            if t.rule == rule.id:
+            if t.rule == rule.id and t.key != DEFER_KEY:
                 if due > t.due:   # re-arm in place: no allocation on the per-event path
                     t.due, t.cause, t.cause_ts = due, ev.event_id, ev.ts
                     if rule.ctx_props:
@@ -168,7 +201,7 @@ class Evaluator:
         state.timers.append(Timer(due, rule.id, 0, "", ev.event_id, ev.ts, self._ctx(rule, ev)))
 
     def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int) -> None:
-        state.timers = [t for t in state.timers if t.rule != rule.id]
+        state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
         anchor = parse_date(state.profile.get(rule.date_attr))
         if anchor is None:
             return
@@ -176,11 +209,12 @@ class Evaluator:
         due, occurrence = next_occurrence(anchor, r.every or "year", r.at, state.profile.get("timezone"), after)
         state.timers.append(Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
 
-    def _start_series(self, state: CustomerState, rule: CompiledRule, ev: Event, out: list[Trigger]) -> None:
-        state.timers = [t for t in state.timers if t.rule != rule.id]   # a new start restarts the series
+    def _start_series(self, state: CustomerState, rule: CompiledRule, ev: Event, moment: list[Candidate]) -> None:
+        # a new start restarts the series (deferred sends of the old one still go out)
+        state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
         first = rule.steps[0]
         if first.cond is None or first.cond(state, ev, ev.ts):
-            self._emit(state, rule, first.then, ev.customer_id, f"{ev.event_id}#1", ev.event_id, ev.ts, ev, out)
+            moment.append(self._candidate(state, rule, 0, first.then, f"{ev.event_id}#1", ev.event_id, ev.ts, ev))
         self._arm_step(state, rule, ev, 1, ev.ts)
 
     def _arm_step(self, state: CustomerState, rule: CompiledRule, cause: Event, step: int, start: int) -> None:
@@ -194,55 +228,93 @@ class Evaluator:
                 recurring_until: int | None = None) -> CustomerState:
         """Fire every deadline of this customer due at or before `now`, in deadline order.
 
-        `recurring_until` (backtest end of period) keeps recurring dates after it from firing
-        while one-shot deadlines still do.
+        Deadlines due at the same instant form one moment for the policy (priority).
+        `recurring_until` (a backtest's end of period) keeps recurring dates after it from
+        firing while one-shot deadlines still do.
         """
         by_id = self.rules.by_id
         while True:
             due = [t for t in state.timers if t.due <= now and (
-                recurring_until is None or t.due <= recurring_until or by_id.get(t.rule) is None
+                recurring_until is None or t.due <= recurring_until or t.rule not in by_id
                 or by_id[t.rule].kind is not RECURRING)]
             if not due:
                 return state
-            due.sort(key=lambda t: (t.due, t.rule, t.step, t.key))
-            t = due[0]
-            state.timers.remove(t)
-            rule = by_id.get(t.rule)
-            if rule is not None:   # a rule removed by a reload leaves its timers to lapse
+            first = min(t.due for t in due)
+            batch = sorted((t for t in due if t.due == first), key=lambda t: (t.rule, t.step, t.key))
+            state.timers = [t for t in state.timers if t not in batch]
+            moment: list[Candidate] = []
+            deferred: list[Candidate] = []
+            for t in batch:
+                rule = by_id.get(t.rule)
+                if rule is None:   # a rule removed by a reload leaves its timers to lapse
+                    continue
                 self.counters.timers_fired += 1
-                self._fire(state, rule, t, customer_id, out)
+                if t.key == DEFER_KEY:
+                    deferred.append(self._deferred(rule, t))
+                else:
+                    self._fire(state, rule, t, customer_id, moment)
+            if moment:
+                self._decide(state, customer_id, moment, out)
+            for c in deferred:
+                self._decide(state, customer_id, [c], out, allow_defer=False)
 
-    def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str, out: list[Trigger]) -> None:
+    def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str,
+              moment: list[Candidate]) -> None:
         cause = Event(t.cause, "", customer_id, t.cause_ts, t.ctx)
         kind = rule.kind
         if kind is SERIES:
             step = rule.steps[t.step]
             if step.cond is None or step.cond(state, cause, t.due):
-                self._emit(state, rule, step.then, customer_id, f"{t.cause}#{t.step + 1}", t.cause, t.due, cause, out)
+                moment.append(self._candidate(state, rule, t.step, step.then, f"{t.cause}#{t.step + 1}", t.cause,
+                                              t.due, cause))
             self._arm_step(state, rule, cause, t.step + 1, t.due)
         elif kind is RECURRING:
-            self._emit(state, rule, rule.then, customer_id, t.cause, "", t.due, cause, out)
+            moment.append(self._candidate(state, rule, 0, rule.then, t.cause, "", t.due, cause))
             self._arm_recurring(state, rule, t.due)
         elif kind is INACTIVE:
             if rule.cond is None or rule.cond(state, cause, t.due):
-                self._emit(state, rule, rule.then, customer_id, f"{t.cause}~inactive", t.cause, t.due, cause, out)
+                moment.append(self._candidate(state, rule, 0, rule.then, f"{t.cause}~inactive", t.cause, t.due, cause))
         else:   # ABSENCE, DELAY: the condition was checked when the cause armed it
-            self._emit(state, rule, rule.then, customer_id, f"{t.cause}:{t.key}" if t.key and kind is ABSENCE else t.cause,
-                       t.cause, t.due, cause, out)
+            key = f"{t.cause}:{t.key}" if t.key and kind is ABSENCE else t.cause
+            moment.append(self._candidate(state, rule, 0, rule.then, key, t.cause, t.due, cause))
 
     # -- triggers -------------------------------------------------------------------------
 
-    def _emit(self, state: CustomerState, rule: CompiledRule, action: CompiledAction, customer_id: str,
-              cause: str, cause_event_id: str, at: int, ev: Event, out: list[Trigger]) -> None:
-        status, reason = SENT, None
-        if rule.cooldown:
-            last = state.sent.get(rule.id)
-            if last is not None and at - last < rule.cooldown:
-                status, reason = SUPPRESSED, "cooldown"
-        if status is SENT:
-            state.sent[rule.id] = at
+    @staticmethod
+    def _candidate(state: CustomerState, rule: CompiledRule, step: int, action: CompiledAction, cause: str,
+                   cause_event_id: str, at: int, ev: Event) -> Candidate:
         payload = {key: fn(state, ev, at) for key, fn in action.payload} if action.payload else {}
-        out.append(Trigger(
-            trigger_id(rule.id, customer_id, cause), rule.id, customer_id, action.action, action.channel,
-            status, reason, format_ts(at), cause_event_id, payload,
-        ))
+        return Candidate(rule, step, action, cause, cause_event_id, at, payload)
+
+    @staticmethod
+    def _deferred(rule: CompiledRule, t: Timer) -> Candidate:
+        action = rule.steps[t.step].then if rule.kind is SERIES else rule.then
+        return Candidate(rule, t.step, action, t.cause, t.ctx.get("cause_event_id", ""), t.due,
+                         t.ctx.get("payload", {}))
+
+    def _decide(self, state: CustomerState, customer_id: str, moment: list[Candidate], out: list[Trigger],
+                allow_defer: bool = True) -> None:
+        for d in self.policy.decide(state, customer_id, moment, allow_defer):
+            c = d.candidate
+            if d.status is DEFERRED:
+                state.timers.append(Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.at,
+                                          {"payload": c.payload, "cause_event_id": c.cause_event_id}))
+                continue
+            self._count(d)
+            if d.status is SENT or d.status is HELD_OUT:
+                self.attributor.open(state, c.rule.id, c.at, d.status is HELD_OUT)
+            out.append(Trigger(
+                trigger_id(c.rule.id, customer_id, c.cause), c.rule.id, customer_id, c.action.action,
+                c.action.channel, d.status, d.reason, format_ts(c.at), c.cause_event_id, c.payload,
+            ))
+
+    def _count(self, d: Decision) -> None:
+        o = self.outcomes.get(d.candidate.rule.id)
+        if o is None:
+            o = self.outcomes[d.candidate.rule.id] = RuleOutcome(suppressed={})
+        if d.status is SENT:
+            o.sent += 1
+        elif d.status is HELD_OUT:
+            o.held_out += 1
+        else:
+            o.suppressed[d.reason] = o.suppressed.get(d.reason, 0) + 1

@@ -14,7 +14,7 @@ from engine.aggregates import Read, Update, compile_aggregate
 from engine.rules.errors import RuleError, RulesInvalid
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template
 from engine.rules.loader import load_rules
-from engine.rules.model import ANY_EVENT, Action, Rule, RuleSet, Source, Unless
+from engine.rules.model import ANY_EVENT, Action, Attribution, Rule, RuleSet, Source, Unless
 
 # How a rule fires; decided from its shape, not its family name.
 IMMEDIATE = "immediate"     # fires on the event itself (threshold crossings, plain conditions)
@@ -25,6 +25,7 @@ INACTIVE = "inactive"       # fires after a stretch with no event at all
 RECURRING = "recurring"     # fires on a date every year/month at a local time
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
+CONSENT_EVENT = "consent"     # properties: {channel: "email", granted: true|false}
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
 
 Fn = Callable[..., Any]
@@ -101,13 +102,16 @@ class CompiledRule:
 class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
-    __slots__ = ("updates", "rules", "cancels", "profile")
+    __slots__ = ("updates", "rules", "cancels", "profile", "consent", "responds")
 
-    def __init__(self, updates: tuple[Update, ...], rules: tuple[CompiledRule, ...], cancels: bool, profile: bool) -> None:
+    def __init__(self, updates: tuple[Update, ...], rules: tuple[CompiledRule, ...], cancels: bool, profile: bool,
+                 consent: bool, responds: bool) -> None:
         self.updates = updates
         self.rules = rules
         self.cancels = cancels
         self.profile = profile
+        self.consent = consent
+        self.responds = responds      # a response or conversion: attribute it to open triggers
 
 
 class CompiledRules:
@@ -122,6 +126,10 @@ class CompiledRules:
         self.inactive = tuple(r for r in rules if r.kind == INACTIVE)
         self.recurring = tuple(r for r in rules if r.kind == RECURRING)
         self.recurring_attrs = frozenset(r.date_attr for r in self.recurring) | ({"timezone"} if self.recurring else set())
+        policy = ruleset.policy
+        self.attribution = policy.attribution if policy is not None else Attribution()
+        self.attribution_windows = {r.id: r.rule.attribution_window for r in rules if r.rule.attribution_window}
+        self._response_types = frozenset(self.attribution.responses) | frozenset(self.attribution.conversions)
         self.cancel_types = frozenset(
             t for r in rules for u in _unlesses(r) for t in u.events
         )
@@ -139,6 +147,8 @@ class CompiledRules:
                 ),
                 cancels=event_type in self.cancel_types,
                 profile=event_type in PROFILE_EVENTS,
+                consent=event_type == CONSENT_EVENT,
+                responds=event_type in self._response_types,
             )
             self._plans[event_type] = plan
         return plan
@@ -163,7 +173,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         updates.append((agg.on, update))
     env = Env(aggregates=readers)
     errors: list[RuleError] = []
-    profile_attrs: set[str] = set()
+    profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
     compiled = [_compile_rule(rule, env, errors, profile_attrs) for rule in ruleset.rules]
     if errors:
         raise RulesInvalid(sorted(errors, key=lambda e: (e.file, e.line)))

@@ -30,6 +30,7 @@ from engine.rules.model import (
     RULE_TYPES,
     Action,
     Aggregate,
+    Attribution,
     FrequencyCap,
     Policy,
     QuietHours,
@@ -692,6 +693,7 @@ _RULE_TABLE: Table = {
     "priority": ("priority", _int),
     "control_group": ("control_group", _share),
     "quiet_hours": ("quiet_hours", _one_of("quiet_hours mode", ("defer", "drop"))),
+    "attribution_window": ("attribution_window", _duration),
 }
 _RULE_KEYS = ("id", *_RULE_TABLE)
 _RECURRING_ONLY = ("every", "date", "at")
@@ -808,12 +810,27 @@ def _quiet_hours(scope: _Scope, key: str, node: _Node) -> QuietHours | None:
     return QuietHours(source=scope.source(node.line), **fields)
 
 
+_ATTRIBUTION_TABLE: Table = {
+    "window": ("window", _duration),
+    "responses": ("responses", _events),
+    "conversions": ("conversions", _events),
+    "revenue": ("revenue", _text),
+}
+_ATTRIBUTION_EXAMPLE = "{window: 7d, responses: [email_opened, email_clicked], conversions: [purchase], revenue: amount}"
+
+
+def _attribution(scope: _Scope, key: str, node: _Node) -> Attribution | None:
+    fields = _read_mapping(scope, node, key, _ATTRIBUTION_EXAMPLE, _ATTRIBUTION_TABLE, ())
+    return None if fields is None else Attribution(**fields)
+
+
 _POLICY_TABLE: Table = {
     "frequency_caps": ("frequency_caps", _frequency_caps),
     "quiet_hours": ("quiet_hours", _quiet_hours),
     "consent": ("consent", _one_of("consent", ("required", "optional"))),
     "control_group": ("control_group", _share),
     "control_group_salt": ("control_group_salt", _text),
+    "attribution": ("attribution", _attribution),
 }
 
 

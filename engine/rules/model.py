@@ -92,6 +92,7 @@ class Rule(msgspec.Struct, frozen=True):
     priority: int = 0              # higher wins when several rules fire for a customer at once
     control_group: float | None = None   # per-rule holdout share 0..1, overrides the policy's
     quiet_hours: str | None = None       # per-rule quiet-hours mode override: "defer" or "drop"
+    attribution_window: int | None = None   # ms; overrides the policy's attribution window
 
 
 class FrequencyCap(msgspec.Struct, frozen=True):
@@ -108,6 +109,15 @@ class QuietHours(msgspec.Struct, frozen=True):
     source: Source
 
 
+class Attribution(msgspec.Struct, frozen=True):
+    """Which events that follow a trigger count as its response and its conversion."""
+
+    window: int = 7 * 86_400_000                 # ms after the trigger
+    responses: tuple[str, ...] = ("email_opened", "email_clicked", "push_opened")
+    conversions: tuple[str, ...] = ("purchase",)
+    revenue: str = "amount"                      # the conversion event's property holding revenue
+
+
 class Policy(msgspec.Struct, frozen=True):
     source: Source
     frequency_caps: tuple[FrequencyCap, ...] = ()
@@ -115,6 +125,7 @@ class Policy(msgspec.Struct, frozen=True):
     consent: str = "optional"      # "required" or "optional"
     control_group: float = 0.0     # share 0..1 held out globally
     control_group_salt: str = ""
+    attribution: Attribution = Attribution()
 
 
 class RuleSet(msgspec.Struct, frozen=True):

@@ -36,6 +36,9 @@ class CustomerState(msgspec.Struct, array_like=True):
     timers: list[Timer] = []        # pending deadlines, any order
     last_ts: int = 0                # epoch ms of the latest event applied
     seen: list[int] = []            # short hashes of the latest event ids (de-duplication)
+    consent: dict[str, list] = {}   # channel -> [granted: bool, epoch ms of the decision]
+    contacts: list[list] = []       # [epoch ms, channel] of recent contacts, for frequency caps
+    open_triggers: list[list] = []  # [rule id, epoch ms, held out?, responded?, converted?] awaiting responses
 
     def next_due(self) -> int | None:
         """The earliest pending deadline, for the scheduler's index; None when idle."""

@@ -25,12 +25,22 @@ def spec():
 
 
 class Stream:
-    """Builds events with unique ids and replays them like a backtest does."""
+    """Builds events with unique ids and replays them like a backtest does.
+
+    The SPEC rules carry a policy with `consent: required`, so each customer opts in to
+    email and push a day before its first event (these customers are not in the 5% control
+    group: `in_control_group` is deterministic)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.customers: set[str] = set()
 
     def add(self, type_: str, at: int, cid: str = "c1", **props) -> Event:
+        if cid not in self.customers:
+            self.customers.add(cid)
+            for channel in ("email", "push"):
+                self.events.append(Event(f"consent-{cid}-{channel}", "consent", cid, at - DAY,
+                                         {"channel": channel, "granted": True}))
         ev = Event(f"e{len(self.events) + 1}", type_, cid, at, props)
         self.events.append(ev)
         return ev

@@ -1,0 +1,94 @@
+"""Response tracking: events that follow a trigger within its attribution window count as
+its response or conversion, for sent and held-out triggers alike, so the contacted group can
+be compared with the control group (lift).
+
+Each sent or held-out trigger stays open in the customer's state for the window
+(`CustomerState.open_triggers`); a response or conversion event marks every open trigger
+it follows (strictly later in time) once. Revenue sums every conversion in the window.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.events import Event
+from engine.rules.model import Attribution
+from engine.state.customer import CustomerState
+
+MAX_OPEN = 16   # open triggers kept per customer; the oldest close first
+
+
+class RuleOutcome(msgspec.Struct):
+    """Per-rule counters: what the policy decided, and what the customers did afterwards."""
+
+    sent: int = 0
+    held_out: int = 0
+    suppressed: dict[str, int] = {}     # reason -> count
+    responded: int = 0                  # sent triggers followed by a response event
+    converted: int = 0                  # sent triggers followed by a conversion
+    revenue: float = 0.0
+    held_out_responded: int = 0
+    held_out_converted: int = 0
+    held_out_revenue: float = 0.0
+
+    def add(self, other: "RuleOutcome") -> None:
+        for f in ("sent", "held_out", "responded", "converted", "revenue", "held_out_responded",
+                  "held_out_converted", "held_out_revenue"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        for reason, n in other.suppressed.items():
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + n
+
+
+class Attributor:
+    def __init__(self, settings: Attribution, windows: dict[str, int]) -> None:
+        self.responses = frozenset(settings.responses)
+        self.conversions = frozenset(settings.conversions)
+        self.revenue_field = settings.revenue
+        self.default_window = settings.window
+        self.windows = windows   # rule id -> window ms, where a rule overrides the default
+        self.watched = self.responses | self.conversions
+
+    def open(self, state: CustomerState, rule_id: str, at: int, held_out: bool) -> None:
+        until = at + self.windows.get(rule_id, self.default_window)
+        entries = [e for e in state.open_triggers if e[5] >= at]
+        entries.append([rule_id, at, held_out, False, False, until])
+        if len(entries) > MAX_OPEN:
+            del entries[0]
+        state.open_triggers = entries
+
+    def observe(self, state: CustomerState, ev: Event, outcomes: dict[str, RuleOutcome]) -> None:
+        """Attribute a response/conversion event to the open triggers it follows."""
+        ts = ev.ts
+        entries = [e for e in state.open_triggers if e[5] >= ts]
+        is_response = ev.type in self.responses
+        is_conversion = ev.type in self.conversions
+        revenue = 0.0
+        if is_conversion:
+            value = ev.properties.get(self.revenue_field)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                revenue = float(value)
+        for e in entries:
+            rule_id, at, held = e[0], e[1], e[2]
+            if ts <= at:
+                continue
+            o = outcomes.get(rule_id)
+            if o is None:
+                o = outcomes[rule_id] = RuleOutcome(suppressed={})
+            if is_response and not e[3]:
+                e[3] = True
+                if held:
+                    o.held_out_responded += 1
+                else:
+                    o.responded += 1
+            if is_conversion:
+                if not e[4]:
+                    e[4] = True
+                    if held:
+                        o.held_out_converted += 1
+                    else:
+                        o.converted += 1
+                if held:
+                    o.held_out_revenue += revenue
+                else:
+                    o.revenue += revenue
+        state.open_triggers = entries

@@ -1,0 +1,151 @@
+"""The contact policy (SPEC §1, §3 `policy:`): which fired triggers are sent, held out or
+suppressed, decided per customer and moment, in the pure core so that backtest and live
+agree.
+
+Checks, in order, for the candidates of one moment (highest `priority` first; ties by rule
+id, then series step, so the outcome never depends on evaluation order):
+
+1. consent for the channel (`required`: an opt-in is needed; `optional` or no policy: only an
+   opt-out suppresses) -> `no_consent`
+2. the rule's cooldown since its last contact -> `cooldown`
+3. priority: once a candidate of the moment won, the others -> `priority`
+4. quiet hours in the customer's zone: `drop` -> `quiet_hours_dropped`; `defer` -> sent later,
+   at the end of the quiet hours, through a deadline (checked again then, quiet hours aside)
+5. frequency caps per channel and across channels (`*`) over a rolling window -> `frequency_cap`
+6. control group: a deterministic share of customers (per rule, or global) -> `held_out`
+
+A held-out trigger counts as a contact for cooldowns and caps, so the control group lives
+under the same pacing as the contacted group and the lift compares like with like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from engine.calendar import quiet_until
+from engine.rules.compiler import CompiledAction, CompiledRule
+from engine.rules.model import Policy
+from engine.state.customer import CustomerState
+from engine.triggers import HELD_OUT, SENT, SUPPRESSED
+
+DEFERRED = "deferred"
+NO_CONSENT = "no_consent"
+COOLDOWN = "cooldown"
+PRIORITY = "priority"
+QUIET_HOURS_DROPPED = "quiet_hours_dropped"
+FREQUENCY_CAP = "frequency_cap"
+
+
+class Candidate:
+    """A trigger a rule fired, before the policy decided what becomes of it."""
+
+    __slots__ = ("rule", "step", "action", "cause", "cause_event_id", "at", "payload")
+
+    def __init__(self, rule: CompiledRule, step: int, action: CompiledAction, cause: str, cause_event_id: str,
+                 at: int, payload: dict[str, Any]) -> None:
+        self.rule = rule
+        self.step = step
+        self.action = action
+        self.cause = cause
+        self.cause_event_id = cause_event_id
+        self.at = at
+        self.payload = payload
+
+    def order(self) -> tuple[int, str, int]:
+        return (-self.rule.rule.priority, self.rule.id, self.step)
+
+
+class Decision:
+    __slots__ = ("candidate", "status", "reason", "until")
+
+    def __init__(self, candidate: Candidate, status: str, reason: str | None = None, until: int = 0) -> None:
+        self.candidate = candidate
+        self.status = status
+        self.reason = reason
+        self.until = until   # DEFERRED: epoch ms when quiet hours end
+
+
+def in_control_group(customer_id: str, scope: str, salt: str, share: float) -> bool:
+    """Deterministic holdout: the same customer, scope and salt always give the same answer,
+    on any machine and in any run (a hash, not a random draw)."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(f"{salt}\x1f{scope}\x1f{customer_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+class ContactPolicy:
+    def __init__(self, policy: Policy | None) -> None:
+        self.policy = policy
+        self.consent_required = policy is not None and policy.consent == "required"
+        self.caps = policy.frequency_caps if policy is not None else ()
+        self.cap_window = max((c.per for c in self.caps), default=0)
+        self.quiet = policy.quiet_hours if policy is not None else None
+        self.salt = policy.control_group_salt if policy is not None else ""
+        self.global_share = policy.control_group if policy is not None else 0.0
+
+    def decide(self, state: CustomerState, customer_id: str, moment: list[Candidate],
+               allow_defer: bool = True) -> list[Decision]:
+        """Decide a moment's candidates and record the contacts in the state (cooldown, caps)."""
+        if len(moment) > 1:
+            moment.sort(key=Candidate.order)
+        decisions = []
+        won = False
+        for c in moment:
+            d = self._decide_one(state, customer_id, c, won and self.policy is not None, allow_defer)
+            if d.status is not SUPPRESSED:
+                won = True
+            if d.status is SENT or d.status is HELD_OUT:
+                self._record(state, c)
+            decisions.append(d)
+        return decisions
+
+    def _decide_one(self, state: CustomerState, customer_id: str, c: Candidate, lost: bool,
+                    allow_defer: bool) -> Decision:
+        channel = c.action.channel
+        consent = state.consent.get(channel)
+        if (consent is None and self.consent_required) or (consent is not None and not consent[0]):
+            return Decision(c, SUPPRESSED, NO_CONSENT)
+        rule = c.rule
+        if rule.cooldown:
+            last = state.sent.get(rule.id)
+            if last is not None and c.at - last < rule.cooldown:
+                return Decision(c, SUPPRESSED, COOLDOWN)
+        if lost:
+            return Decision(c, SUPPRESSED, PRIORITY)
+        quiet = self.quiet
+        if quiet is not None and allow_defer:
+            until = quiet_until(c.at, state.profile.get("timezone"), quiet.start, quiet.end)
+            if until is not None:
+                if (rule.rule.quiet_hours or quiet.mode) == "drop":
+                    return Decision(c, SUPPRESSED, QUIET_HOURS_DROPPED)
+                return Decision(c, DEFERRED, None, until)
+        if self.caps and self._capped(state, channel, c.at):
+            return Decision(c, SUPPRESSED, FREQUENCY_CAP)
+        share = rule.rule.control_group
+        scope = rule.id
+        if share is None:
+            share, scope = self.global_share, ""
+        if share and in_control_group(customer_id, scope, self.salt, share):
+            return Decision(c, HELD_OUT)
+        return Decision(c, SENT)
+
+    def _capped(self, state: CustomerState, channel: str, at: int) -> bool:
+        for cap in self.caps:
+            since = at - cap.per
+            every = cap.channel == "*"
+            if not every and cap.channel != channel:
+                continue
+            n = sum(1 for ts, ch in state.contacts if ts > since and (every or ch == channel))
+            if n >= cap.max:
+                return True
+        return False
+
+    def _record(self, state: CustomerState, c: Candidate) -> None:
+        state.sent[c.rule.id] = c.at
+        if self.caps:
+            since = c.at - self.cap_window
+            contacts = [x for x in state.contacts if x[0] > since]
+            contacts.append([c.at, c.action.channel])
+            state.contacts = contacts
