@@ -15,7 +15,9 @@ step "triggers validate rules/"
 if [[ $# -eq 0 ]]; then
     set -- --events examples/sample-events.jsonl
 fi
-step "triggers backtest --rules rules/ $* --out out/triggers.jsonl"
-.venv/bin/triggers backtest --rules rules/ "$@" --out out/triggers.jsonl
+step "triggers backtest --rules rules/ $* --out out/triggers.jsonl --summary out/summary.json"
+.venv/bin/triggers backtest --rules rules/ "$@" --out out/triggers.jsonl --summary out/summary.json
+step "triggers report out/summary.json   (contacted vs control group)"
+.venv/bin/triggers report out/summary.json
 step "first triggers (all of them in out/triggers.jsonl):"
 head -n 3 out/triggers.jsonl

@@ -107,3 +107,26 @@ def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "engine.cli", "backtest", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
     assert "--until" in res.stdout and "--dead-letters" in res.stdout
+
+
+def test_backtest_summary_and_report(tmp_path, capsys):
+    summary = tmp_path / "s.json"
+    assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE), "--out",
+                 str(tmp_path / "t.jsonl"), "--summary", str(summary), "--quiet"]) == 0
+    data = json.loads(summary.read_text())
+    assert data["events"] == 5000 and "cart-abandoned" in data["per_rule"]
+    capsys.readouterr()
+    assert main(["report", str(summary)]) == 0
+    table = capsys.readouterr().out
+    assert "cart-abandoned" in table and "abs lift" in table
+    assert main(["report", str(summary), "--json"]) == 0
+    lifts = json.loads(capsys.readouterr().out)
+    cart = next(l for l in lifts if l["rule_id"] == "cart-abandoned")
+    assert cart["contacted"] == data["per_rule"]["cart-abandoned"]["sent"]
+
+
+def test_report_unreadable_file(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text("{")
+    assert main(["report", str(bad)]) == 2
+    assert "cannot read" in capsys.readouterr().err
