@@ -7,3 +7,39 @@ and a per-item write would cost a syscall or round trip per trigger; and its con
 as a typed `msgspec.Struct`, so a bad setting fails when the settings are loaded, not
 mid-run.
 """
+
+from __future__ import annotations
+
+import random
+
+__all__ = ["SinkError", "backoff_delay"]
+
+
+class SinkError(Exception):
+    """A sink could not deliver part of a batch, even after retrying.
+
+    Raised instead of dropping anything: the batch was not acknowledged, so the dataflow stops
+    and a restart replays it (delivery is at least once; receivers de-duplicate by
+    `trigger_id`). `sink` names the sink and its destination, `count` is how many items were
+    not delivered, `first_error` is the first failure, as the outside system reported it.
+    """
+
+    def __init__(self, sink: str, count: int, first_error: str) -> None:
+        self.sink = sink
+        self.count = count
+        self.first_error = first_error
+        noun = "item" if count == 1 else "items"
+        super().__init__(f"{sink}: {count} {noun} not delivered; first error: {first_error}")
+
+    def __reduce__(self) -> tuple[type[SinkError], tuple[str, int, str]]:
+        # Keeps the error picklable across processes (Bytewax reports worker errors).
+        return (type(self), (self.sink, self.count, self.first_error))
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)).
+
+    Full jitter spreads the retries of many workers that failed together (a receiver or
+    broker restart), so they do not come back in lockstep. `attempt` counts from 0.
+    """
+    return random.uniform(0.0, min(cap_s, base_s * 2.0 ** min(attempt, 62)))

@@ -1,13 +1,16 @@
 """JSONL file sink: backtest output and the simplest dead-letter output.
 
 One JSON object per line, so the output can be streamed, grepped and read back with
-`engine.decode.read_jsonl`. Opening a `FileSink` truncates its file: a backtest is
-deterministic, so re-running it rewrites its output rather than appending a second copy.
+`engine.decode.read_jsonl`. By default opening a `FileSink` truncates its file: a backtest is
+deterministic, so re-running it rewrites its output rather than appending a second copy. A
+live run sets `append`: restarted after a crash, it must keep what it wrote before (the
+triggers already sent, the dead letters not yet handled), so it appends and never truncates.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -19,9 +22,14 @@ __all__ = ["FileSinkConfig", "FileSink"]
 
 
 class FileSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """`path` is the output file, truncated when the sink opens; `-` means stdout."""
+    """`path` is the output file; `-` means stdout.
+
+    `append=False` (backtests) truncates the file when the sink opens; `append=True` (live
+    runs, dead-letter files) keeps its content and writes after it.
+    """
 
     path: str
+    append: bool = False
 
 
 class FileSink:
@@ -40,7 +48,9 @@ class FileSink:
         self._text: IO[Any] | None = None  # a text stream whose binary buffer we write to
         self._str_only = False  # a text stream without a binary buffer (e.g. StringIO)
         if self._owns_file:
-            self._fh: IO[Any] = open(config.path, "wb")
+            self._fh: IO[Any] = open(config.path, "ab" if config.append else "wb")
+            if config.append:
+                self._end_torn_line()
         else:
             target = stream if stream is not None else sys.stdout
             buffer = getattr(target, "buffer", None)
@@ -50,6 +60,18 @@ class FileSink:
                 self._fh = target
                 self._str_only = isinstance(target, io.TextIOBase)
         self._closed = False
+
+    def _end_torn_line(self) -> None:
+        """A crash in the middle of a write can leave a last line without its newline; the
+        next record would be glued to it and both lost. End it, so the torn line stays one
+        bad line and everything appended after it reads back."""
+        size = os.fstat(self._fh.fileno()).st_size
+        if size == 0:
+            return
+        with open(self.config.path, "rb") as tail:
+            tail.seek(size - 1)
+            if tail.read(1) != b"\n":
+                self._fh.write(b"\n")
 
     def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
         """Append the batch, one object per line, with a single write call."""

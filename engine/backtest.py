@@ -9,7 +9,6 @@ recurring dates fire only up to the end of the replayed period, or `until` when 
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.evaluate import Evaluator
 from engine.events import Event
 from engine.progress import Progress
 from engine.rules.compiler import RECURRING, CompiledRules
+from engine.schedule import DeadlineIndex
 from engine.state.customer import CustomerState
 from engine.state.memory import InMemoryStore
 from engine.triggers import Trigger
@@ -54,8 +54,7 @@ class Replay:
         self.store = store if store is not None else InMemoryStore()
         self.emit = emit
         self.until = until
-        self._heap: list[tuple[int, str]] = []
-        self._scheduled: dict[str, int] = {}
+        self._deadlines = DeadlineIndex()
         self._clock = 0
         self.triggers = 0
         self.stopped = False   # set once an event passes `until`
@@ -64,14 +63,15 @@ class Replay:
         out: list[Trigger] = []
         states = self.store.states
         evaluator = self.evaluator
-        heap = self._heap
+        deadlines = self._deadlines
         until = self.until
         for ev in events:
             ts = ev.ts
             if until is not None and ts > until:
                 self.stopped = True
                 break
-            if heap and heap[0][0] < ts:
+            next_due = deadlines.next_due()
+            if next_due is not None and next_due < ts:
                 self._fire_due(ts - 1, out)
             if ts > self._clock:
                 self._clock = ts
@@ -91,13 +91,7 @@ class Replay:
         self._write(out)
 
     def _schedule(self, cid: str, state: CustomerState, recurring_until: int | None = None) -> None:
-        due = self._next_due(state, recurring_until)
-        if due is None:
-            return
-        scheduled = self._scheduled.get(cid)
-        if scheduled is None or due < scheduled:
-            self._scheduled[cid] = due
-            heapq.heappush(self._heap, (due, cid))
+        self._deadlines.update(cid, self._next_due(state, recurring_until))
 
     def _next_due(self, state: CustomerState, recurring_until: int | None) -> int | None:
         if recurring_until is None:
@@ -109,13 +103,9 @@ class Replay:
 
     def _fire_due(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
         """Fire every customer's deadlines due at or before `now` (None: all), in deadline order."""
-        heap, scheduled, states = self._heap, self._scheduled, self.store.states
-        evaluator = self.evaluator
-        while heap and (now is None or heap[0][0] <= now):
-            due, cid = heapq.heappop(heap)
-            if scheduled.get(cid) != due:
-                continue   # superseded by an earlier deadline pushed later
-            del scheduled[cid]
+        states, evaluator, pop = self.store.states, self.evaluator, self._deadlines.pop
+        while (entry := pop(now)) is not None:
+            due, cid = entry
             state = states[cid]
             evaluator.on_time(state, cid, due, out, recurring_until)
             self._schedule(cid, state, recurring_until)

@@ -16,8 +16,57 @@ from engine.rules.compiler import load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.times import parse_ts
 
+RUN_DESCRIPTION = """\
+Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id),
+customer state, offsets and deadlines in Redis, triggers to the configured sinks, undecodable
+events to the dead-letter output. State effects are exactly-once across crashes (state and
+offsets commit together); triggers are delivered at least once with stable ids.
+
+Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, then flags:
+
+  rules = "rules"                        # TRIGGERS_RULES
+  workers = 1                            # TRIGGERS_WORKERS: worker threads in this process
+  process_id = 0                         # with addresses: a multi-process cluster
+  addresses = ["host0:2101", "host1:2101"]
+  commit_interval_ms = 200               # state + offsets commit (and replay window after a crash)
+  timer_poll_ms = 100                    # how often Redis's deadline index is scanned
+  cache_size = 200000                    # customer states cached per partition
+  exit_at_end = false
+  log_level = "INFO"
+
+  [kafka]                                # TRIGGERS_KAFKA__BROKERS='["10.0.0.5:9092"]'
+  brokers = ["127.0.0.1:9092"]
+  topic = "customer-events"
+  batch_size = 1000
+  extra = {}                             # librdkafka consumer settings
+
+  [redis]                                # TRIGGERS_REDIS__URL=redis://cache:6379/0
+  url = "redis://127.0.0.1:6379/0"
+  prefix = "te"
+  cluster = false
+
+  [sinks.kafka]                          # the default sink; a [sinks] section replaces it
+  brokers = ["127.0.0.1:9092"]
+  topic = "triggers"
+  [sinks.webhook]                        # optional
+  url = "https://ma.example.com/hooks/triggers"
+  secret = "..."                         # HMAC-SHA256 signature header
+  batch_size = 1
+  max_retries = 6
+  dead_letter_path = "webhook-dead-letters.jsonl"
+  [sinks.redis_stream]                   # optional
+  url = "redis://127.0.0.1:6379/0"
+  stream = "triggers"
+  [sinks.file]                           # optional, appended
+  path = "triggers.jsonl"
+
+  [dead_letters]
+  kafka_topic = "dead-letters"           # or: file = "dead-letters.jsonl"
+"""
+
 EPILOG = """examples:
   triggers validate rules/
+  triggers run --config triggers.toml
   triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl --summary s.json
   triggers report s.json
 """
@@ -70,8 +119,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no summary table")
     b.set_defaults(handler=_backtest)
 
+    run = sub.add_parser(
+        "run", help="the live engine: Kafka in, Redis state, configured sinks out",
+        description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", metavar="FILE", help="settings file (TOML); see below for its keys")
+    run.add_argument("--rules", metavar="RULES_DIR", help="rules directory (settings: rules)")
+    run.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka bootstrap servers (kafka.brokers)")
+    run.add_argument("--topic", help="Kafka topic of the events, keyed by customer id (kafka.topic)")
+    run.add_argument("--redis-url", metavar="URL", help="Redis for state and offsets (redis.url)")
+    run.add_argument("--workers", type=int, help="worker threads in this process (workers)")
+    run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster (process_id)")
+    run.add_argument("--addresses", metavar="HOST:PORT;...", help="every process of the cluster (addresses)")
+    run.add_argument("--exit-at-end", action="store_true", default=None,
+                     help="stop once the events present at start-up are processed and their deadlines "
+                          "due by then have fired (exit_at_end); default: run until stopped")
+    run.set_defaults(handler=_run)
+
     r = sub.add_parser(
-        "report", help="per-rule lift: contacted vs control group conversion, with 95% intervals",
+        "report", help="per-rule lift: contacted vs control group conversion, with 95%% intervals",
         description="Per rule: the conversion rate of contacted (sent) and control-group (held-out) triggers, "
                     "the absolute and relative lift, and their 95% confidence intervals. Every trigger is in "
                     "the denominator, non-responders included. Reads the JSON written by "
@@ -130,6 +195,44 @@ def _backtest(args: argparse.Namespace) -> int:
         Path(args.summary).write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     if not args.quiet:
         print_summary(summary, sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.operators.flow import FlowError, build_flow, run
+    from engine.settings import SettingsError, load_settings
+
+    overrides = {
+        "rules": args.rules,
+        "kafka.brokers": args.brokers.split(",") if args.brokers else None,
+        "kafka.topic": args.topic,
+        "redis.url": args.redis_url,
+        "workers": args.workers,
+        "process_id": args.process_id,
+        "addresses": args.addresses.split(";") if args.addresses else None,
+        "exit_at_end": args.exit_at_end,
+    }
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except SettingsError as e:
+        print(f"triggers run: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rules = _load_rules(settings.rules)
+    if rules is None:
+        return 1
+    try:
+        flow = build_flow(settings, rules)
+    except FlowError as e:
+        print(f"triggers run: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger("engine").info(
+        "running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules), settings.rules,
+        settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.url, settings.workers)
+    run(flow, settings)
     return 0
 
 

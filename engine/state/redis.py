@@ -6,6 +6,9 @@ Keys (the layout other tools and operators rely on):
   is a hash tag, so in Redis Cluster everything of one customer lives in one slot.
 - source offset of a partition: ``{prefix}:o:{partition}`` (e.g. ``te:o:orders-3``), the
   next offset to read, as a decimal string.
+- deadline index of a partition: ``{prefix}:t:{partition}``, a sorted set of the customers
+  with a pending deadline, scored by their earliest one (epoch ms): how a restarted worker
+  finds due deadlines without loading every state.
 
 Single node (hot-path-measurements §3 b2): a batch is read with one MGET and written with one
 MSET that carries the encoded states *and* the offsets. MSET is atomic on one node, so the
@@ -83,12 +86,51 @@ class RedisStore:
         decode = decode_state
         return {cid: decode(value) for cid, value in zip(ids, values) if value is not None}
 
-    def save_many(self, states: Mapping[str, CustomerState], offsets: Mapping[str, int] | None = None) -> None:
-        """Write these states and source offsets (partition -> next offset).
+    def deadline_key(self, partition: str) -> str:
+        return f"{self.prefix}:t:{partition}"
 
-        Single node: one MSET, atomic. Cluster: one MSET per hash slot, not atomic across
-        slots (see the class docstring).
+    def load_offset(self, partition: str) -> int | None:
+        value = self.client.get(self.offset_key(partition))
+        return None if value is None else int(value)
+
+    def due_customers(self, partition: str, until_ms: int, limit: int = 1000) -> list[str]:
+        """Customers of a partition whose earliest deadline is at or before `until_ms`."""
+        members = self.client.zrangebyscore(self.deadline_key(partition), "-inf", until_ms, start=0, num=limit)
+        return [m.decode() for m in members]
+
+    def commit(self, partition: str, states: Mapping[str, CustomerState], offset: int | None) -> None:
+        """A partition's batch: its states, its next offset and its deadline index, at once.
+
+        Single node: MULTI/EXEC of one MSET, one ZADD and one ZREM, one round trip, atomic.
+        Cluster: the same writes one after the other (see the class docstring).
         """
+        due: dict[str, int] = {}
+        idle: list[str] = []
+        for cid, state in states.items():
+            next_due = state.next_due()
+            if next_due is None:
+                idle.append(cid)
+            else:
+                due[cid] = next_due
+        key = self.deadline_key(partition)
+        if self.cluster:
+            self.save_many(states, {partition: offset} if offset is not None else None)
+            if due:
+                self.client.zadd(key, due)
+            if idle:
+                self.client.zrem(key, *idle)
+            return
+        pipe = self.client.pipeline(transaction=True)
+        mapping = self._mapping(states, {partition: offset} if offset is not None else None)
+        if mapping:
+            pipe.mset(mapping)
+        if due:
+            pipe.zadd(key, due)
+        if idle:
+            pipe.zrem(key, *idle)
+        pipe.execute()
+
+    def _mapping(self, states: Mapping[str, CustomerState], offsets: Mapping[str, int] | None) -> dict[str, bytes | int]:
         head = self._state_key_head
         encode = encode_state
         mapping: dict[str, bytes | int] = {f"{head}{cid}}}": encode(state) for cid, state in states.items()}
@@ -96,6 +138,15 @@ class RedisStore:
             offset_head = self._offset_key_head
             for partition, offset in offsets.items():
                 mapping[f"{offset_head}{partition}"] = int(offset)
+        return mapping
+
+    def save_many(self, states: Mapping[str, CustomerState], offsets: Mapping[str, int] | None = None) -> None:
+        """Write these states and source offsets (partition -> next offset).
+
+        Single node: one MSET, atomic. Cluster: one MSET per hash slot, not atomic across
+        slots (see the class docstring).
+        """
+        mapping = self._mapping(states, offsets)
         if not mapping:
             return
         if self.cluster:

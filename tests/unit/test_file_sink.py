@@ -85,7 +85,36 @@ def test_dash_writes_to_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -> Non
 
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"path": "x", "append": True}, FileSinkConfig)
+        msgspec.convert({"path": "x", "apend": True}, FileSinkConfig)
+
+
+def test_config_append_defaults_to_false() -> None:
+    assert msgspec.convert({"path": "x"}, FileSinkConfig).append is False
+    assert msgspec.convert({"path": "x", "append": True}, FileSinkConfig).append is True
+
+
+def test_append_keeps_what_a_previous_run_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "triggers.jsonl"
+    with FileSink(FileSinkConfig(path=str(out), append=True)) as sink:  # a new file is created
+        sink.write_batch([_trigger(1), _trigger(2)])
+    with FileSink(FileSinkConfig(path=str(out), append=True)) as sink:  # the restarted run
+        sink.write_batch([_trigger(3)])
+    decoder = msgspec.json.Decoder(Trigger)
+    assert [decoder.decode(line) for line, _ in read_jsonl(out)] == [_trigger(1), _trigger(2), _trigger(3)]
+
+
+def test_append_after_a_torn_last_line_keeps_new_lines_whole(tmp_path: Path) -> None:
+    out = tmp_path / "triggers.jsonl"
+    whole = msgspec.json.encode(_trigger(1)) + b"\n"
+    out.write_bytes(whole + msgspec.json.encode(_trigger(2))[:40])  # killed mid-write
+    with FileSink(FileSinkConfig(path=str(out), append=True)) as sink:
+        sink.write_batch([_trigger(3)])
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 3
+    assert msgspec.json.decode(lines[0], type=Trigger) == _trigger(1)
+    with pytest.raises(msgspec.DecodeError):  # the torn line stays one bad line ...
+        msgspec.json.decode(lines[1], type=Trigger)
+    assert msgspec.json.decode(lines[2], type=Trigger) == _trigger(3)  # ... not glued to the next
 
 
 def test_dash_with_stream_writes_there(capfdbinary: pytest.CaptureFixture[bytes]) -> None:

@@ -1,0 +1,255 @@
+"""Kafka sink: triggers (or dead letters) to a Kafka topic, never dropped silently.
+
+Bytewax's own `KafkaSink` ignores delivery reports, so a message that fails for good (a
+broker down past `message.timeout.ms`) is lost without a word (docs/bytewax.md §6). This sink
+waits for the delivery report of every message of a batch before `write_batch` returns:
+
+- the producer is idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
+  can neither duplicate nor reorder a partition's messages;
+- a message whose report is an error is produced again, after an exponential backoff, until
+  it is delivered or `delivery_timeout_s` has passed since the batch began; then the batch
+  raises `SinkError`. A batch that raises is not acknowledged, so the restarted dataflow
+  replays it: delivery is at least once, and receivers de-duplicate by the `trigger_id`
+  header. A re-produced message goes after the batch's other messages, so only across such a
+  retry can a customer's triggers arrive out of order.
+- errors that no retry can fix (message too large, not authorized, a fatal producer error)
+  raise at once rather than spin until the deadline.
+
+Record layout: key = the item's `customer_id` (utf-8) when it has one, so one customer's
+triggers land in one partition, in order; value = the item as JSON; header `trigger_id` when
+the item has one, so consumers can de-duplicate without parsing the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+
+import msgspec
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from connectors import SinkError
+
+__all__ = ["KafkaSinkConfig", "KafkaSink"]
+
+log = logging.getLogger("connectors.kafka")
+
+_BACKOFF_BASE_S = 0.1
+_BACKOFF_CAP_S = 5.0
+_ATTEMPTS_PER_DEADLINE = 3
+"""librdkafka's per-message timeout is a third of `delivery_timeout_s`, so a batch gets about
+three produce rounds (each with librdkafka's internal retries) before its deadline."""
+
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError._INVALID_ARG,
+        KafkaError._FATAL,
+    }
+)
+
+_Headers = list[tuple[str, bytes]] | None
+_Record = tuple[bytes | None, bytes, _Headers]  # key, value, headers
+
+
+class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`brokers` is the bootstrap list, `topic` where items go.
+
+    `extra` holds librdkafka producer settings (`security.protocol`, `sasl.*`, `linger.ms`,
+    `message.timeout.ms` …), applied last so they can override the defaults.
+    `delivery_timeout_s` bounds how long one `write_batch` keeps retrying before it raises.
+    """
+
+    brokers: list[str]
+    topic: str
+    extra: dict[str, str] = {}
+    delivery_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.brokers:
+            raise ValueError("brokers must name at least one host:port")
+        if not self.topic:
+            raise ValueError("topic must not be empty")
+        if not self.delivery_timeout_s > 0:
+            raise ValueError(f"delivery_timeout_s must be positive, got {self.delivery_timeout_s}")
+
+
+class _Round:
+    """The delivery reports of one `write_batch`. A report that arrives after its batch has
+    raised lands in that batch's `_Round`, which nobody reads any more, so it cannot be
+    mistaken for a report of the next batch."""
+
+    __slots__ = ("outstanding", "delivered", "failures")
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.delivered = 0
+        self.failures: list[tuple[KafkaError, _Record]] = []
+
+    def report(self, err: KafkaError | None, msg: Message) -> None:
+        self.outstanding -= 1
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failures.append((err, (msg.key(), msg.value(), msg.headers())))
+
+
+class KafkaSink:
+    """Writes structs to one topic and returns only when Kafka has acknowledged all of them.
+
+    One sink per worker (a Bytewax sink partition), not shared between threads. Counters:
+    `delivered` (messages acknowledged) and `retried` (messages produced again after a
+    failed delivery).
+    """
+
+    def __init__(self, config: KafkaSinkConfig) -> None:
+        self.config = config
+        self.name = f"kafka sink (topic {config.topic!r} on {','.join(config.brokers)})"
+        self.delivered = 0
+        self.retried = 0
+        self._encoder = msgspec.json.Encoder()
+        self._client_error: KafkaError | None = None
+        settings: dict[str, Any] = {
+            "bootstrap.servers": ",".join(config.brokers),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": max(
+                100, int(config.delivery_timeout_s * 1000 / _ATTEMPTS_PER_DEADLINE)
+            ),
+            "error_cb": self._on_client_error,
+            "logger": log,
+        }
+        settings.update(config.extra)
+        self._producer = Producer(settings)
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """Client-level errors (broker unreachable, authentication) explain why deliveries
+        fail; keep the latest for the `SinkError` message. librdkafka logs them itself."""
+        self._client_error = err
+
+    def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
+        """Produce every item and wait for every delivery report; raise `SinkError` when some
+        are still not delivered after `delivery_timeout_s` or fail for good."""
+        if not items:
+            return
+        deadline = time.monotonic() + self.config.delivery_timeout_s
+        batch = _Round()
+        report = batch.report
+        encode = self._encoder.encode
+        records: list[_Record] = []
+        for item in items:
+            customer_id = getattr(item, "customer_id", None)
+            tid = getattr(item, "trigger_id", None)
+            records.append(
+                (
+                    customer_id.encode() if isinstance(customer_id, str) else None,
+                    encode(item),
+                    [("trigger_id", tid.encode())] if isinstance(tid, str) else None,
+                )
+            )
+        attempt = 0
+        while True:
+            self._produce_all(records, batch, report, deadline)
+            self._producer.flush(max(0.0, deadline - time.monotonic()))
+            if batch.outstanding > 0:  # the deadline passed with reports still missing
+                self._fail(batch, deadline)
+            if not batch.failures:
+                self.delivered += batch.delivered
+                return
+            permanent = [f for f in batch.failures if f[0].fatal() or f[0].code() in _PERMANENT]
+            if permanent:
+                self._fail(batch, deadline, permanent[0][0])
+            delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
+            if time.monotonic() + delay >= deadline:
+                self._fail(batch, deadline)
+            first = batch.failures[0][0]
+            log.warning(
+                "%s: %d message(s) not delivered (%s), producing them again in %.2f s (retry %d)",
+                self.name, len(batch.failures), _describe(first), delay, attempt + 1,
+            )
+            time.sleep(delay)
+            records = [record for _, record in batch.failures]
+            batch.failures = []
+            self.retried += len(records)
+            attempt += 1
+
+    def _produce_all(
+        self,
+        records: list[_Record],
+        batch: _Round,
+        report: Callable[[KafkaError | None, Message], None],
+        deadline: float,
+    ) -> None:
+        produce = self._producer.produce
+        topic = self.config.topic
+        for key, value, headers in records:
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=report)
+                    batch.outstanding += 1
+                    break
+                except BufferError:
+                    # librdkafka's queue is full: serve reports to make room, up to the deadline.
+                    if time.monotonic() >= deadline:
+                        batch.failures.append((KafkaError(KafkaError._QUEUE_FULL), (key, value, headers)))
+                        break
+                    self._producer.poll(0.1)
+                except KafkaException as exc:  # rejected before queueing, e.g. message too large
+                    batch.failures.append((exc.args[0], (key, value, headers)))
+                    break
+
+    def _fail(self, batch: _Round, deadline: float, cause: KafkaError | None = None) -> NoReturn:
+        """Raise `SinkError` for what this batch could not deliver; drop what is still queued
+        locally, since the batch will be replayed anyway and a late copy only duplicates."""
+        self.delivered += batch.delivered
+        count = batch.outstanding + len(batch.failures)
+        if cause is not None:
+            first = _describe(cause)
+        elif batch.failures:
+            first = _describe(batch.failures[0][0])
+        else:
+            first = f"no delivery report within delivery_timeout_s={self.config.delivery_timeout_s}s"
+        if self._client_error is not None and cause is None:
+            first += f" (last client error: {_describe(self._client_error)})"
+        try:
+            self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+            self._producer.poll(0)
+        except KafkaException:  # a fatal producer cannot purge; nothing more to lose
+            pass
+        raise SinkError(self.name, count, first)
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Wait for queued messages; returns how many are still undelivered."""
+        return self._producer.flush(self.config.delivery_timeout_s if timeout_s is None else timeout_s)
+
+    def close(self) -> None:
+        """Flush what is still queued. After a successful `write_batch` nothing is; after one
+        that raised, in-flight copies may still go out (harmless: the batch is replayed)."""
+        remaining = self.flush()
+        if remaining:
+            log.warning("%s: closed with %d message(s) still undelivered", self.name, remaining)
+
+    def __enter__(self) -> KafkaSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _describe(err: KafkaError) -> str:
+    return f"{err.name()}: {err.str()}"

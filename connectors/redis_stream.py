@@ -1,0 +1,134 @@
+"""Redis stream sink: triggers appended to a Redis stream, for consumers that read with
+XREAD / XREADGROUP.
+
+Each item becomes one entry with the fields `trigger_id` (when the item has one, so a
+consumer can de-duplicate without parsing) and `data` (the item as JSON). A batch is one
+MULTI/EXEC pipeline of XADDs, one round trip: a connection lost mid-batch leaves none of it
+or all of it in the stream, so a retry duplicates at most a whole batch whose reply was
+lost, never a part of it. Delivery is at least once.
+
+The stream is trimmed approximately (`MAXLEN ~`) on every XADD, so it cannot grow without
+bound; approximate trimming lets Redis drop whole macro nodes, which is far cheaper than
+exact trimming. A consumer that falls more than `maxlen` entries behind loses the oldest.
+
+Redis unavailable (connection refused or lost, timeout, still loading): the whole batch is
+sent again with exponential backoff and full jitter, each retry logged at WARNING, for up to
+`retry_for_s`; then `SinkError`. The caller blocks meanwhile, so nothing piles up in memory.
+Errors Redis itself answers (wrong key type, out of memory) are not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Annotated, Any
+
+import msgspec
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from connectors import SinkError, backoff_delay
+
+__all__ = ["RedisStreamSinkConfig", "RedisStreamSink"]
+
+log = logging.getLogger("connectors.redis_stream")
+
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 5.0
+_SOCKET_TIMEOUT_S = 10.0
+_CONNECT_TIMEOUT_S = 5.0
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError is a ConnectionError
+
+
+class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`url` is a redis-py URL (``redis://host:6379/0``, ``rediss://`` for TLS); `stream` the
+    stream key; `maxlen` the approximate length the stream is trimmed to (None: never
+    trimmed); `retry_for_s` how long one batch keeps retrying while Redis is unreachable."""
+
+    url: str
+    stream: str = "triggers"
+    maxlen: Annotated[int, msgspec.Meta(ge=1)] | None = 1_000_000
+    retry_for_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+
+
+class RedisStreamSink:
+    """Appends structs to a Redis stream, one round trip per batch.
+
+    One sink per worker. Counters: `written` (entries added) and `retries` (batches sent
+    again after a connection error or timeout).
+    """
+
+    def __init__(self, config: RedisStreamSinkConfig) -> None:
+        self.config = config
+        self.name = f"redis stream sink (stream {config.stream!r})"
+        # redis-py's own retries are off: this sink owns the retry policy, so `retry_for_s`
+        # is the whole story and every retry is logged. Timeouts are bounded so that a hung
+        # server shows up as a TimeoutError, not as a worker blocked for ever.
+        self._client: Any = redis.Redis.from_url(
+            config.url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+        )
+        self._encoder = msgspec.json.Encoder()
+        self.written = 0
+        self.retries = 0
+
+    def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
+        """XADD every item in one MULTI/EXEC; retry the whole batch while Redis is
+        unreachable, then raise `SinkError`."""
+        if not items:
+            return
+        encode = self._encoder.encode
+        entries: list[dict[str, bytes]] = []
+        for item in items:
+            tid = getattr(item, "trigger_id", None)
+            data = encode(item)
+            entries.append({"trigger_id": tid.encode(), "data": data} if isinstance(tid, str) else {"data": data})
+        stream, maxlen = self.config.stream, self.config.maxlen
+        deadline = time.monotonic() + self.config.retry_for_s
+        attempt = 0
+        while True:
+            pipe = self._client.pipeline(transaction=True)
+            for fields in entries:
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            try:
+                pipe.execute()
+            except _RETRYABLE as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    first = f"{type(exc).__name__}: {exc} (retried for {self.config.retry_for_s} s)"
+                    raise SinkError(self.name, len(entries), first) from exc
+                delay = min(remaining, backoff_delay(attempt, _BACKOFF_BASE_S, _BACKOFF_CAP_S))
+                attempt += 1
+                log.warning(
+                    "%s: %s: %s; retry %d of a batch of %d in %.2f s",
+                    self.name, type(exc).__name__, exc, attempt, len(entries), delay,
+                )
+                self.retries += 1
+                time.sleep(delay)
+                continue
+            except redis.RedisError as exc:
+                raise SinkError(self.name, len(entries), f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                pipe.reset()
+            self.written += len(entries)
+            return
+
+    def close(self) -> None:
+        """Release the connections."""
+        self._client.close()
+
+    def __enter__(self) -> RedisStreamSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,167 @@
+"""One source partition's share of the engine: its customers' states, cached; its deadlines;
+the evaluation of its batches; and its commits to Redis.
+
+Everything here runs on the worker that reads the partition, so the cache needs no locks and
+no other worker ever writes these customers (Kafka keys events by customer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from engine.decode import DeadLetter, EventDecoder
+from engine.evaluate import Evaluator
+from engine.operators.log import EventLog
+from engine.retry import retry_forever
+from engine.rules.compiler import CompiledRules
+from engine.schedule import DeadlineIndex
+from engine.state.customer import CustomerState
+from engine.state.redis import RedisStore
+from engine.triggers import Trigger
+
+log = logging.getLogger("engine.partition")
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+STATS_EVERY_S = 10.0
+
+
+class Batch:
+    """What the source hands the evaluate step: raw records and the clock they were read at."""
+
+    __slots__ = ("worker", "records", "caught_up", "now", "scan_index")
+
+    def __init__(self, worker: "PartitionWorker", records: list[tuple[bytes, int]], caught_up: bool, now: int,
+                 scan_index: bool) -> None:
+        self.worker = worker
+        self.records = records
+        self.caught_up = caught_up      # the log had nothing more: the clock may move to `now`
+        self.now = now                  # wall clock, epoch ms
+        self.scan_index = scan_index    # also look for due customers in Redis's deadline index
+
+
+class PartitionStats:
+    __slots__ = ("events", "dead_letters", "triggers", "commits", "redis_retries", "deadline_customers")
+
+    def __init__(self) -> None:
+        self.events = self.dead_letters = self.triggers = self.commits = 0
+        self.redis_retries = self.deadline_customers = 0
+
+
+class PartitionWorker:
+    def __init__(self, event_log: EventLog, store: RedisStore, rules: CompiledRules, start_offset: int,
+                 cache_size: int = 200_000) -> None:
+        self.log = event_log
+        self.name = event_log.name
+        self.store = store
+        self.evaluator = Evaluator(rules)
+        self.decoder = EventDecoder()
+        self.cache: dict[str, CustomerState] = {}
+        self.cache_size = cache_size
+        self.dirty: set[str] = set()
+        self.deadlines = DeadlineIndex()
+        self.clock = 0                          # event time of this partition (watermark), epoch ms
+        self.next_offset = start_offset         # after the last record handed out
+        self.committed_offset = start_offset
+        self.stats = PartitionStats()
+        self._stats_at = time.monotonic()
+
+    # -- evaluate step ----------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> list[Trigger | DeadLetter]:
+        """Decode, load the customers not cached, evaluate; then fire what the clock made due."""
+        out: list = []
+        where = self.log.where
+        events, dead = self.decoder.decode_batch((raw, f"{where}@{offset}") for raw, offset in batch.records)
+        cache = self.cache
+        if events:
+            self._load({e.customer_id for e in events})
+            on_event, dirty, update = self.evaluator.on_event, self.dirty, self.deadlines.update
+            clock = self.clock
+            for ev in events:
+                cid = ev.customer_id
+                state = on_event(cache.get(cid), ev, out)
+                cache[cid] = state
+                dirty.add(cid)
+                if state.timers:
+                    update(cid, state.next_due())
+                if ev.ts > clock:
+                    clock = ev.ts
+            self.clock = clock
+        if batch.caught_up and batch.now > self.clock:
+            self.clock = batch.now      # nothing unread: event time has caught up with the wall clock
+        self._fire_due(batch.scan_index, out)
+        stats = self.stats
+        stats.events += len(events)
+        stats.dead_letters += len(dead)
+        stats.triggers += len(out)
+        if dead:
+            out.extend(dead)
+        self._maybe_log_stats()
+        return out
+
+    def _fire_due(self, scan_index: bool, out: list) -> None:
+        clock = self.clock
+        due: list[str] = []
+        while (entry := self.deadlines.pop(clock)) is not None:
+            due.append(entry[1])
+        if scan_index:   # customers not touched since start-up (or evicted) are only in Redis's index
+            indexed = self._redis(lambda: self.store.due_customers(self.name, clock), "deadline index lookup")
+            due += [cid for cid in indexed if cid not in self.cache]
+        if not due:
+            return
+        self._load(set(due))
+        on_time, update = self.evaluator.on_time, self.deadlines.update
+        for cid in dict.fromkeys(due):
+            state = self.cache.get(cid)
+            if state is None:
+                continue
+            on_time(state, cid, clock, out)
+            self.dirty.add(cid)
+            update(cid, state.next_due())
+        self.stats.deadline_customers += len(due)
+
+    def _load(self, customer_ids: set[str]) -> None:
+        missing = [cid for cid in customer_ids if cid not in self.cache]
+        if missing:
+            self.cache.update(self._redis(lambda: self.store.load_many(missing), "state load"))
+
+    # -- commit (source, once the epoch's outputs are written) --------------------------------
+
+    def commit(self, offset: int) -> bool:
+        """Write dirty states, the offset and the deadline index at once; True if anything changed."""
+        if not self.dirty and offset == self.committed_offset:
+            return False
+        states = {cid: self.cache[cid] for cid in self.dirty}
+        self._redis(lambda: self.store.commit(self.name, states, offset), "commit")
+        self.dirty.clear()
+        self.committed_offset = offset
+        self.stats.commits += 1
+        if len(self.cache) > self.cache_size:
+            self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop the oldest cached states (all are committed now); Redis has them."""
+        excess = len(self.cache) - int(self.cache_size * 0.9)
+        for cid in list(self.cache)[:excess]:
+            del self.cache[cid]
+
+    def _redis(self, fn, what: str):
+        def counted() -> None:
+            self.stats.redis_retries += 1
+        return retry_forever(fn, f"{self.name}: Redis {what}", REDIS_ERRORS, log, on_retry=counted)
+
+    def _maybe_log_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._stats_at >= STATS_EVERY_S:
+            self._stats_at = now
+            s = self.stats
+            log.info("%s: %d events, %d dead letters, %d triggers, %d commits, %d Redis retries, offset %d, "
+                     "%d cached customers", self.name, s.events, s.dead_letters, s.triggers, s.commits,
+                     s.redis_retries, self.committed_offset, len(self.cache))
+
+    def close(self) -> None:
+        self.log.close()
