@@ -1,0 +1,147 @@
+"""Helpers for tests that run `triggers run` as a real process against the real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 4) -> str:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
+        f.result(timeout=30)
+    return name
+
+
+def produce(bootstrap: str, topic: str, lines: Iterable[bytes]) -> int:
+    """Produce JSON lines keyed by their customer_id, as a shop's tracking pipeline would."""
+    errors: list = []
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    n = 0
+    for line in lines:
+        try:
+            key = str(orjson.loads(line)["customer_id"]).encode()
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            key = None
+        producer.produce(topic, key=key, value=line, on_delivery=lambda err, _m: err and errors.append(err))
+        n += 1
+        if n % 5000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0 and not errors, errors
+    return n
+
+
+def read_topic(bootstrap: str, topic: str) -> list[dict]:
+    """Every message of a topic, from the beginning to the current end, as decoded JSON."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"),
+                        "enable.auto.commit": False, "enable.partition.eof": True})
+    meta = consumer.list_topics(topic, timeout=30).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    out, eof, deadline = [], set(), time.monotonic() + 60
+    while len(eof) < len(meta.partitions) and time.monotonic() < deadline:
+        for m in consumer.consume(1000, timeout=1):
+            if m.error():
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                eof.add(m.partition())
+            else:
+                out.append(json.loads(m.value()))
+    consumer.close()
+    assert len(eof) == len(meta.partitions), "topic not read to its end"
+    return out
+
+
+def write_config(path: Path, *, topic: str, redis_url: str, prefix: str, sink_topic: str,
+                 dead_topic: str, webhook: str | None = None, extra: str = "") -> Path:
+    webhook_section = ""
+    if webhook:
+        webhook_section = (f'[sinks.webhook]\nurl = "{webhook}"\nbackoff_base_s = 0.02\nbackoff_max_s = 0.5\n'
+                           f'max_retries = 12\nsecret = "s3cret"\n')
+    path.write_text(f"""
+rules = "{ROOT / 'rules'}"
+exit_at_end = true
+commit_interval_ms = 100
+{extra}
+[kafka]
+topic = "{topic}"
+[redis]
+url = "{redis_url}"
+prefix = "{prefix}"
+[sinks.kafka]
+brokers = ["127.0.0.1:9092"]
+topic = "{sink_topic}"
+{webhook_section}
+[dead_letters]
+kafka_topic = "{dead_topic}"
+""")
+    return path
+
+
+def engine_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "engine.cli", "run", "--config", str(config), *args]
+
+
+def run_engine(config: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    res = subprocess.run(engine_cmd(config, *args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert res.returncode == 0, f"triggers run failed ({res.returncode}):\n{res.stderr[-4000:]}"
+    return res
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records every request; can fail every other one."""
+
+    def __init__(self, fail_every_other: bool = False) -> None:
+        self.fail_every_other = fail_every_other
+        self.requests: list[tuple[str, dict]] = []     # successful: (Idempotency-Key, body)
+        self.failed = 0
+        self._count = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver._lock:
+                    receiver._count += 1
+                    fail = receiver.fail_every_other and receiver._count % 2 == 0
+                    if fail:
+                        receiver.failed += 1
+                    else:
+                        receiver.requests.append((self.headers["Idempotency-Key"], json.loads(body)))
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/triggers"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def trigger_key(t: dict) -> bytes:
+    return orjson.dumps(t, option=orjson.OPT_SORT_KEYS)
