@@ -125,9 +125,31 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
             return 0
         first = (now - window) // bucket_ms + 1
         current = now // bucket_ms
-        return sum(v for b, v in buckets if first <= b <= current)
+        total = 0
+        for b, v in buckets:
+            if first <= b <= current:
+                total += v
+        return total
 
     return update, read
+
+
+def decayed_top(agg: Aggregate) -> Read:
+    """`top(name)` of a decayed count without decaying: one factor scales every key alike, so the
+    highest score is the highest value (ties: the smallest key, as `top` does)."""
+    name = agg.name
+
+    def top(st: CustomerState, now: int) -> Any:
+        entry = st.aggs.get(name)
+        if entry is None:
+            return None
+        best_key, best = None, -1.0
+        for k, v in entry[1].items():
+            if v > best or (v == best and k < best_key):
+                best_key, best = k, v
+        return best_key
+
+    return top
 
 
 def _decayed(agg: Aggregate) -> tuple[Update, Read]:

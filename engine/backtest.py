@@ -80,7 +80,7 @@ class Replay:
             state = evaluator.on_event(state, ev, out)
             states[cid] = state
             if state.timers:
-                self._schedule(cid, state)
+                deadlines.update(cid, state.next_due())
         self._write(out)
 
     def finish(self) -> None:

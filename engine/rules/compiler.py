@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.aggregates import Read, Update, compile_aggregate
+from engine.aggregates import Read, Update, compile_aggregate, decayed_top
 from engine.rules.errors import RuleError, RulesInvalid
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template
 from engine.rules.loader import load_rules
@@ -171,7 +171,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         update, read = compile_aggregate(agg)
         readers[agg.name] = read
         updates.append((agg.on, update))
-    env = Env(aggregates=readers)
+    tops = {a.name: decayed_top(a) for a in ruleset.aggregates.values() if a.kind == "decayed_count"}
+    env = Env(aggregates=readers, tops=tops)
     errors: list[RuleError] = []
     profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
     compiled = [_compile_rule(rule, env, errors, profile_attrs) for rule in ruleset.rules]

@@ -81,6 +81,9 @@ class Env(msgspec.Struct, frozen=True):
     """
 
     aggregates: Mapping[str, AggregateReader] = {}
+    # Optional fast paths: `top(name)` compiles to `tops[name](state, now)` instead of building
+    # the aggregate's whole value first (a decayed count's top key needs no decay arithmetic).
+    tops: Mapping[str, AggregateReader] = {}
 
     def __post_init__(self) -> None:
         for name in self.aggregates:
@@ -435,6 +438,10 @@ class _Compiler:
             digits = _constant_key(node.args[1])
             if type(digits) is not int or not -15 <= digits <= 15:
                 self.fail(node.args[1], "round(x, n): n must be a constant integer between -15 and 15")
+        if name == "top" and isinstance(node.args[0], ast.Name) and node.args[0].id in self.env.tops:
+            agg = node.args[0].id
+            self.aggregates.add(agg)
+            return self.bind("_t_" + agg, self.env.tops[agg]) + "(st, now)"
         args = [self.emit(a, depth) for a in node.args]
         if name in _MS_PER:
             args.append("now")

@@ -42,9 +42,11 @@ class CustomerState(msgspec.Struct, array_like=True):
 
     def next_due(self) -> int | None:
         """The earliest pending deadline, for the scheduler's index; None when idle."""
-        if not self.timers:
-            return None
-        return min(t.due for t in self.timers)
+        best = None
+        for t in self.timers:
+            if best is None or t.due < best:
+                best = t.due
+        return best
 
 
 _encoder = msgspec.msgpack.Encoder()
