@@ -67,6 +67,8 @@ class PartitionWorker:
         self.committed_offset = start_offset
         self.stats = PartitionStats()
         self._stats_at = time.monotonic()
+        self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
+        self.last_commit_at: float | None = None
 
     # -- evaluate step ----------------------------------------------------------------------
 
@@ -74,6 +76,8 @@ class PartitionWorker:
         """Decode, load the customers not cached, evaluate; then fire what the clock made due."""
         out: list = []
         where = self.log.where
+        if batch.records and self.first_record_at is None:
+            self.first_record_at = time.time()
         events, dead = self.decoder.decode_batch((raw, f"{where}@{offset}") for raw, offset in batch.records)
         cache = self.cache
         if events:
@@ -139,6 +143,7 @@ class PartitionWorker:
         self.dirty.clear()
         self.committed_offset = offset
         self.stats.commits += 1
+        self.last_commit_at = time.time()
         if len(self.cache) > self.cache_size:
             self._evict()
         return True
@@ -162,6 +167,14 @@ class PartitionWorker:
             log.info("%s: %d events, %d dead letters, %d triggers, %d commits, %d Redis retries, offset %d, "
                      "%d cached customers", self.name, s.events, s.dead_letters, s.triggers, s.commits,
                      s.redis_retries, self.committed_offset, len(self.cache))
+
+    def summary(self) -> str:
+        """One line for the end of a bounded run; `bench.e2e` reads the timestamps in it."""
+        s = self.stats
+        span = (self.last_commit_at - self.first_record_at) if self.first_record_at and self.last_commit_at else 0.0
+        return (f"{self.name}: done: {s.events} events, {s.dead_letters} dead letters, {s.triggers} triggers, "
+                f"{s.commits} commits, {s.redis_retries} Redis retries; first record at "
+                f"{self.first_record_at or 0:.3f}, last commit at {self.last_commit_at or 0:.3f} ({span:.2f} s)")
 
     def close(self) -> None:
         self.log.close()

@@ -29,7 +29,7 @@ StoreFactory = Callable[[], RedisStore]
 
 class EngineSource(FixedPartitionedSource):
     def __init__(self, partitions: list[str], open_log: OpenLog, store: StoreFactory, rules: CompiledRules,
-                 batch_size: int = 1000, idle_poll_ms: int = 10, index_poll_ms: int = 100,
+                 batch_size: int = 1000, idle_poll_ms: int = 1, index_poll_ms: int = 100,
                  cache_size: int = 200_000, exit_at_end: bool = False) -> None:
         self.partitions = partitions
         self.open_log = open_log
@@ -80,6 +80,7 @@ class EnginePartition(StatefulSourcePartition):
         else:
             self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=self.idle_poll_ms)
             if self.exit_at_end and worker.log.end_reached() and self._quiet_commit:
+                log.info("partition %s", worker.summary())
                 raise StopIteration()   # read to the start-up end, every deadline fired and committed
         scan = now - self._index_at >= self.index_poll_ms
         if scan:

@@ -1,0 +1,410 @@
+"""End-to-end throughput and latency of the engine, with its baseline and floor, in one run.
+
+    python -m bench.e2e [--events 300000] [--customers 100000] [--rate 20000] [--out bench/results.json]
+                        [--skip kafka,kafka2,...]
+
+Measures, on one generated workload (bench.workload: views, carts, purchases, signups,
+coupons, responses; 100,000 customers) and the bundled rules:
+
+- backtest      the in-memory replay, decode included (`triggers backtest` without file I/O)
+- live          the Bytewax dataflow with Redis state, from an in-process source, 1 worker
+- kafka / kafka2  `triggers run` through Kafka (in and out), 1 and 2 processes
+- naive         the baseline design: decode + evaluate with one Redis GET and one SET per event
+- floor         Bytewax passing the same events through a no-op per-customer stateful step
+- latency       event-to-trigger p50/p99/max at a fixed rate, in-process source and Kafka
+
+Every figure is printed with its ratio to the naive baseline and the Bytewax floor measured
+in the same run, and written to a JSON file. Needs the project's Redis and Kafka
+(`scripts/services.sh start`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import redis
+
+from bench.workload import generate
+from engine.backtest import Replay
+from engine.decode import EventDecoder
+from engine.evaluate import Evaluator
+from engine.operators.flow import build_flow
+from engine.operators.log import MemoryLog
+from engine.rules.compiler import load_and_compile
+from engine.settings import Settings
+from engine.state.customer import decode_state, encode_state
+from engine.state.redis import RedisStore
+from engine.times import format_ts
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+BOOTSTRAP = os.environ.get("BENCH_KAFKA", "127.0.0.1:9092")
+PARTITIONS = 4
+
+
+def workload(events: int, customers: int) -> list[bytes]:
+    return [orjson.dumps(e) for e in generate(events=events, customers=customers, days=30, seed=42,
+                                              start="2026-01-01")]
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"n": 0}
+    s = sorted(samples_ms)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]   # noqa: E731
+    return {"n": len(s), "p50_ms": round(pick(0.50), 2), "p99_ms": round(pick(0.99), 2), "max_ms": round(s[-1], 2)}
+
+
+# -- in-memory ----------------------------------------------------------------------------------
+
+def bench_backtest(lines: list[bytes], rules) -> dict:
+    decoder = EventDecoder()
+    start = time.perf_counter()
+    replay = Replay(rules, lambda out: None)
+    for i in range(0, len(lines), 2000):
+        events, _ = decoder.decode_batch((raw, "b") for raw in lines[i:i + 2000])
+        replay.feed(events)
+    replay.finish()
+    elapsed = time.perf_counter() - start
+    sizes = [len(encode_state(s)) for s in replay.store.states.values()]
+    return {"events_per_s": len(lines) / elapsed, "seconds": elapsed,
+            "state_bytes": {"mean": round(statistics.mean(sizes), 1), "p99": sorted(sizes)[int(0.99 * len(sizes))],
+                            "max": max(sizes)}}
+
+
+# -- baseline and floor ------------------------------------------------------------------------
+
+def bench_naive(lines: list[bytes], rules) -> dict:
+    """The design the engine avoids: one GET and one SET per event."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"naive{uuid.uuid4().hex[:6]}:"
+    decoder, evaluator, out = EventDecoder(), Evaluator(rules), []
+    start = time.perf_counter()
+    for raw in lines:
+        ev = decoder.decode(raw, "b")
+        key = prefix + ev.customer_id
+        data = client.get(key)
+        state = evaluator.on_event(decode_state(data) if data else None, ev, out)
+        client.set(key, encode_state(state))
+    elapsed = time.perf_counter() - start
+    return {"events_per_s": len(lines) / elapsed, "events": len(lines)}
+
+
+def bench_floor(lines: list[bytes]) -> dict:
+    """Bytewax alone: the same events through key_on -> a no-op stateful step -> a null sink."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    from engine.operators.sinks import ConnectorSink
+
+    keyed = [(orjson.loads(raw)["customer_id"], raw) for raw in lines]
+
+    class Null:
+        def write_batch(self, items) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    flow = Dataflow("floor")
+    s = op.input("in", flow, TestingSource(keyed, batch_size=1000))
+    s = op.stateful_map("noop", s, lambda state, value: (None, value))
+    op.output("out", s, ConnectorSink(lambda _w: Null()))
+    start = time.perf_counter()
+    run_main(flow)
+    elapsed = time.perf_counter() - start
+    return {"events_per_s": len(lines) / elapsed}
+
+
+# -- live, in-process source -------------------------------------------------------------------
+
+def split(lines: list[bytes]) -> dict[str, list[bytes]]:
+    parts: dict[str, list[bytes]] = {f"bench-{p}": [] for p in range(PARTITIONS)}
+    for raw in lines:
+        cid = orjson.loads(raw)["customer_id"]
+        parts[f"bench-{zlib.crc32(cid.encode()) % PARTITIONS}"].append(raw)
+    return parts
+
+
+class PacedLog(MemoryLog):
+    """An in-process partition whose records become readable at a fixed rate (wall clock)."""
+
+    def __init__(self, name: str, values: list[bytes], release: list[float], start: int | None) -> None:
+        super().__init__(name, values, start)
+        self.release = release
+
+    def read(self, max_records: int):
+        now = time.time()
+        end = self._position
+        limit = min(len(self._values), end + max_records)
+        while end < limit and self.release[end] <= now:
+            end += 1
+        start, self._position = self._position, end
+        return [(self._values[i], i) for i in range(start, end)]
+
+    def caught_up(self) -> bool:   # live: the clock only follows the events
+        return False
+
+    def end_reached(self) -> bool:
+        return self._position >= len(self._values)
+
+
+class TimedSink:
+    def __init__(self, into: list) -> None:
+        self.into = into
+
+    def write_batch(self, items) -> None:
+        now = time.time()
+        self.into.extend((now, t) for t in items)
+
+    def close(self) -> None:
+        pass
+
+
+def run_inprocess(lines: list[bytes], rules, rate: float | None) -> tuple[float, list[tuple[float, object]], dict]:
+    from bytewax.testing import run_main
+
+    parts = split(lines)
+    released: dict[str, float] = {}
+    if rate:
+        t0 = time.time() + 1.0
+        release = {name: [] for name in parts}
+        order = {name: 0 for name in parts}
+        for i, raw in enumerate(lines):   # the global order at `rate`, each partition keeping its share
+            name = f"bench-{zlib.crc32(orjson.loads(raw)['customer_id'].encode()) % PARTITIONS}"
+            release[name].append(t0 + i / rate)
+            order[name] += 1
+            released[orjson.loads(raw)["event_id"]] = t0 + i / rate
+        open_log = lambda name, start: PacedLog(name, parts[name], release[name], start)   # noqa: E731
+    else:
+        open_log = lambda name, start: MemoryLog(name, parts[name], start)   # noqa: E731
+    out: list = []
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    settings = Settings(exit_at_end=True, commit_interval_ms=200)
+    flow = build_flow(settings, rules, partitions=sorted(parts), open_log=open_log,
+                      store=lambda: RedisStore(REDIS_URL, prefix), sinks={"timed": lambda _w: TimedSink(out)},
+                      dead_letters=lambda _w: TimedSink([]))
+    start = time.perf_counter()
+    run_main(flow, epoch_interval=timedelta(milliseconds=200))
+    return time.perf_counter() - start, out, released
+
+
+def latencies(out: list[tuple[float, object]], released: dict[str, float], lines: list[bytes]) -> dict:
+    ts_of = {}
+    for raw in lines:
+        e = orjson.loads(raw)
+        ts_of[e["event_id"]] = e["ts"]
+    samples = []
+    for written, t in out:   # triggers fired by an event (not by a deadline) measure event -> trigger
+        when = released.get(t.cause_event_id)
+        if when is not None and t.fired_at == format_ts(_ms(ts_of[t.cause_event_id])):
+            samples.append((written - when) * 1000)
+    return percentiles(samples)
+
+
+def _ms(ts: str) -> int:
+    from engine.times import parse_ts
+    return parse_ts(ts)
+
+
+# -- Kafka --------------------------------------------------------------------------------------
+
+def kafka_config(path: Path, topic: str, sink: str, prefix: str, exit_at_end: bool) -> Path:
+    path.write_text(f"""
+rules = "{ROOT / 'rules'}"
+exit_at_end = {str(exit_at_end).lower()}
+log_level = "INFO"
+[kafka]
+brokers = ["{BOOTSTRAP}"]
+topic = "{topic}"
+[redis]
+url = "{REDIS_URL}"
+prefix = "{prefix}"
+[sinks.kafka]
+brokers = ["{BOOTSTRAP}"]
+topic = "{sink}"
+[dead_letters]
+kafka_topic = "{sink}-dead"
+""")
+    return path
+
+
+def engine_procs(config: Path, processes: int) -> list[subprocess.Popen]:
+    cmd = [sys.executable, "-m", "engine.cli", "run", "--config", str(config)]
+    pipe = {"cwd": ROOT, "stderr": subprocess.PIPE, "text": True}
+    if processes == 1:
+        return [subprocess.Popen(cmd, **pipe)]
+    base = 2300 + (os.getpid() % 500) * 4
+    addresses = ";".join(f"127.0.0.1:{base + i}" for i in range(processes))
+    return [subprocess.Popen(cmd + ["--process-id", str(i), "--addresses", addresses], **pipe)
+            for i in range(processes)]
+
+
+def bench_kafka(lines: list[bytes], processes: int, tmp: Path) -> dict:
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+    from harness import create_topic, produce
+
+    topic = create_topic(BOOTSTRAP, f"bench-events-{uuid.uuid4().hex[:8]}", PARTITIONS)
+    produce(BOOTSTRAP, topic, lines)
+    cfg = kafka_config(tmp / f"{topic}.toml", topic, f"bench-triggers-{uuid.uuid4().hex[:8]}",
+                       f"k{uuid.uuid4().hex[:6]}", True)
+    start = time.perf_counter()
+    procs = engine_procs(cfg, processes)
+    logs = []
+    for p in procs:
+        logs.append(p.communicate()[1])
+        assert p.returncode == 0, logs[-1][-3000:]
+    total = time.perf_counter() - start
+    # The engine's own end-of-run lines: from the first record read to the last commit, over all
+    # partitions of all processes (process start-up and Kafka metadata excluded).
+    firsts, lasts = [], []
+    for line in "".join(logs).splitlines():
+        if ": done: " in line:
+            firsts.append(float(line.split("first record at ")[1].split(",")[0]))
+            lasts.append(float(line.split("last commit at ")[1].split(" ")[0]))
+    assert len(firsts) == PARTITIONS, "".join(logs)[-3000:]
+    span = max(lasts) - min(firsts)
+    return {"events_per_s": len(lines) / span, "seconds_processing": round(span, 2),
+            "seconds_with_startup": round(total, 2), "processes": processes}
+
+
+def bench_kafka_latency(lines: list[bytes], rate: float, tmp: Path) -> dict:
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+    from harness import create_topic
+
+    topic = create_topic(BOOTSTRAP, f"lat-events-{uuid.uuid4().hex[:8]}", PARTITIONS)
+    sink = f"lat-triggers-{uuid.uuid4().hex[:8]}"
+    cfg = kafka_config(tmp / "lat.toml", topic, sink, f"l{uuid.uuid4().hex[:6]}", False)
+    procs = engine_procs(cfg, 1)
+    time.sleep(4.0)   # let the engine start and assign its partitions
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 1})
+    t0 = time.time()
+    for i, raw in enumerate(lines):
+        due = t0 + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        cid = orjson.loads(raw)["customer_id"].encode()
+        producer.produce(topic, key=cid, value=raw)
+        if i % 100 == 0:
+            producer.poll(0)
+    producer.flush(30)
+    time.sleep(3.0)
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+
+    def read(t: str) -> list:
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex, "enable.partition.eof": True})
+        parts = c.list_topics(t, timeout=30).topics[t].partitions
+        c.assign([TopicPartition(t, p, 0) for p in parts])
+        msgs, eof = [], set()
+        while len(eof) < len(parts):
+            for m in c.consume(1000, timeout=2):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        eof.add(m.partition())
+                else:
+                    msgs.append(m)
+        c.close()
+        return msgs
+
+    created = {orjson.loads(m.value())["event_id"]: (m.timestamp()[1], orjson.loads(m.value())["ts"]) for m in read(topic)}
+    samples = []
+    for m in read(sink):
+        t = orjson.loads(m.value())
+        cause = created.get(t["cause_event_id"])
+        if cause and t["fired_at"] == format_ts(_ms(cause[1])):
+            samples.append(m.timestamp()[1] - cause[0])
+    return {"rate": rate, **percentiles(samples)}
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--naive-events", type=int, default=30_000, help="the naive baseline is slow: a prefix")
+    parser.add_argument("--rate", type=float, default=20_000, help="events/s for the latency runs")
+    parser.add_argument("--latency-events", type=int, default=100_000)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument("--skip", default="", help="comma-separated: backtest,live,kafka,kafka2,naive,floor,"
+                                                    "latency,kafka_latency")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    rules = load_and_compile(ROOT / "rules")
+    print(f"generating {args.events:,} events for {args.customers:,} customers ...", flush=True)
+    lines = workload(args.events, args.customers)
+    results: dict = {"events": len(lines), "customers": args.customers, "rules": len(rules.rules),
+                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                                f"Python {platform.python_version()}"}
+    tmp = Path(tempfile.mkdtemp())
+
+    def step(name: str, fn) -> None:
+        if name in skip:
+            return
+        print(f"-- {name} ...", flush=True)
+        results[name] = fn()
+        print(f"   {json.dumps(results[name])}", flush=True)
+
+    step("floor", lambda: bench_floor(lines))
+    step("naive", lambda: bench_naive(lines[:args.naive_events], rules))
+    step("backtest", lambda: bench_backtest(lines, rules))
+
+    def live() -> dict:
+        elapsed, out, _ = run_inprocess(lines, rules, None)
+        return {"events_per_s": len(lines) / elapsed, "seconds": round(elapsed, 2), "triggers": len(out)}
+
+    step("live", live)
+    step("kafka", lambda: bench_kafka(lines, 1, tmp))
+    step("kafka2", lambda: bench_kafka(lines, 2, tmp))
+
+    def latency() -> dict:
+        sub = lines[:args.latency_events]
+        _, out, released = run_inprocess(sub, rules, args.rate)
+        return {"rate": args.rate, **latencies(out, released, sub)}
+
+    step("latency", latency)
+    step("kafka_latency", lambda: bench_kafka_latency(lines[:args.latency_events], args.rate, tmp))
+
+    naive = results.get("naive", {}).get("events_per_s")
+    floor = results.get("floor", {}).get("events_per_s")
+    print("\nresult                    events/s   x naive   / floor")
+    for name in ("backtest", "live", "kafka", "kafka2", "naive", "floor"):
+        r = results.get(name)
+        if not r:
+            continue
+        eps = r["events_per_s"]
+        r["x_naive"] = round(eps / naive, 1) if naive else None
+        r["of_floor"] = round(eps / floor, 3) if floor else None
+        print(f"{name:20s} {eps:>12,.0f} {r['x_naive'] or '-':>9} {r['of_floor'] or '-':>9}")
+    for name in ("latency", "kafka_latency"):
+        if name in results:
+            r = results[name]
+            print(f"{name:20s} at {r['rate']:,.0f} events/s: p50 {r.get('p50_ms')} ms, p99 {r.get('p99_ms')} ms, "
+                  f"max {r.get('max_ms')} ms (n={r.get('n')})")
+    if "backtest" in results:
+        print(f"state size in Redis: {results['backtest']['state_bytes']}")
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
