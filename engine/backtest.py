@@ -79,8 +79,9 @@ class Replay:
             state = states.get(cid)
             state = evaluator.on_event(state, ev, out)
             states[cid] = state
-            if state.timers:
-                deadlines.update(cid, state.next_due())
+            if evaluator.earlier_deadline:
+                evaluator.earlier_deadline = False
+                deadlines.update(cid, evaluator.next_due(state))
         self._write(out)
 
     def finish(self) -> None:
@@ -91,15 +92,7 @@ class Replay:
         self._write(out)
 
     def _schedule(self, cid: str, state: CustomerState, recurring_until: int | None = None) -> None:
-        self._deadlines.update(cid, self._next_due(state, recurring_until))
-
-    def _next_due(self, state: CustomerState, recurring_until: int | None) -> int | None:
-        if recurring_until is None:
-            return state.next_due()
-        by_id = self.evaluator.rules.by_id
-        dues = [t.due for t in state.timers
-                if t.due <= recurring_until or t.rule not in by_id or by_id[t.rule].kind is not RECURRING]
-        return min(dues) if dues else None
+        self._deadlines.update(cid, self.evaluator.next_due(state, recurring_until))
 
     def _fire_due(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
         """Fire every customer's deadlines due at or before `now` (None: all), in deadline order."""

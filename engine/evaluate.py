@@ -9,8 +9,9 @@ same triggers with the same ids.
 
 States are updated in place (they are per-customer and owned by one worker); functions
 return the state so that a new customer's fresh state reaches the caller. Timers are data
-in the state (`CustomerState.timers`): a caller that schedules wake-ups reads
-`state.next_due()`.
+in the state (`CustomerState.timers`), except inactivity deadlines, which follow from the
+latest event time (`last_ts` + the rule's wait) and so cost nothing per event: a caller that
+schedules wake-ups asks `Evaluator.next_due(state)`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Counters:
 
 def new_state() -> CustomerState:
     return CustomerState(aggs={}, profile={}, armed=[], sent={}, timers=[], seen=[], consent={}, contacts=[],
-                         open_triggers=[])
+                         open_triggers=[], idle_fired=[])
 
 
 class Evaluator:
@@ -57,6 +58,42 @@ class Evaluator:
         self.policy = ContactPolicy(rules.ruleset.policy)
         self.attributor = Attributor(rules.attribution, rules.attribution_windows)
         self.outcomes: dict[str, RuleOutcome] = {r.id: RuleOutcome(suppressed={}) for r in rules.rules}
+        # Set by any call that may have made a customer's next deadline earlier (a new timer, a
+        # new customer); wake-up indexes re-read `next_due` then and clear it. Deadlines that
+        # only move later (inactivity) need no update: a stale, earlier wake-up finds nothing
+        # due and is re-indexed then.
+        self.earlier_deadline = False
+        self._idle_min_wait = min((r.wait for r in rules.inactive), default=0)
+
+    def next_due(self, state: CustomerState, recurring_until: int | None = None) -> int | None:
+        """The customer's earliest deadline, stored or implicit (inactivity), for wake-up indexes.
+
+        With `recurring_until`, recurring dates after it do not count (a backtest's end).
+        """
+        best = None
+        by_id = self.rules.by_id
+        for t in state.timers:
+            if recurring_until is not None and t.due > recurring_until and t.key != DEFER_KEY:
+                rule = by_id.get(t.rule)
+                if rule is not None and rule.kind is RECURRING:
+                    continue
+            if best is None or t.due < best:
+                best = t.due
+        if state.last_ts:
+            for rule in self.rules.inactive:
+                if rule.id not in state.idle_fired:
+                    due = state.last_ts + rule.wait
+                    if best is None or due < best:
+                        best = due
+        return best
+
+    def _idle_due(self, state: CustomerState, now: int) -> list[Timer]:
+        """Inactivity deadlines due by `now`, as transient timers (never stored)."""
+        if not state.last_ts:
+            return []
+        return [Timer(state.last_ts + r.wait, r.id, 0, "", f"@{state.last_ts}", state.last_ts, _EMPTY)
+                for r in self.rules.inactive
+                if state.last_ts + r.wait <= now and r.id not in state.idle_fired]
 
     # -- events ---------------------------------------------------------------------------
 
@@ -64,6 +101,7 @@ class Evaluator:
         """Apply one event; append the triggers it fires (and those of deadlines before it) to `out`."""
         if state is None:
             state = new_state()
+            self.earlier_deadline = True
         counters = self.counters
         counters.events += 1
         seen_hash = zlib.crc32(ev.event_id.encode())
@@ -76,14 +114,17 @@ class Evaluator:
             del seen[0]
         ts = ev.ts
         cid = ev.customer_id
-        for t in state.timers:
-            if t.due < ts:   # deadlines strictly before the event fire first
-                self.on_time(state, cid, ts - 1, out)
-                break
+        # deadlines strictly before the event fire first
+        if (self._idle_min_wait and state.last_ts and state.last_ts + self._idle_min_wait < ts) or any(
+                t.due < ts for t in state.timers):
+            self.on_time(state, cid, ts - 1, out)
         if ts < state.last_ts:
             counters.late += 1
         else:
             state.last_ts = ts
+            if state.idle_fired:   # a new event starts a new stretch of inactivity: a new deadline
+                state.idle_fired = []
+                self.earlier_deadline = True
 
         rules = self.rules
         plan = rules.plan(ev.type)
@@ -98,8 +139,6 @@ class Evaluator:
             self.attributor.observe(state, ev, self.outcomes)
         if plan.cancels and state.timers:
             self._cancel(state, ev)
-        for rule in rules.inactive:
-            self._arm_inactive(state, rule, ev)
         moment: list[Candidate] = []
         for rule in plan.rules:
             kind = rule.kind
@@ -188,17 +227,7 @@ class Evaluator:
             self.counters.timers_dropped += 1   # bounded state beats unbounded waits; counted, never silent
             return
         timers.append(Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev)))
-
-    def _arm_inactive(self, state: CustomerState, rule: CompiledRule, ev: Event) -> None:
-        due = ev.ts + rule.wait
-        for t in state.timers:
-            if t.rule == rule.id and t.key != DEFER_KEY:
-                if due > t.due:   # re-arm in place: no allocation on the per-event path
-                    t.due, t.cause, t.cause_ts = due, ev.event_id, ev.ts
-                    if rule.ctx_props:
-                        t.ctx = self._ctx(rule, ev)
-                return
-        state.timers.append(Timer(due, rule.id, 0, "", ev.event_id, ev.ts, self._ctx(rule, ev)))
+        self.earlier_deadline = True
 
     def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int) -> None:
         state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
@@ -208,6 +237,7 @@ class Evaluator:
         r = rule.rule
         due, occurrence = next_occurrence(anchor, r.every or "year", r.at, state.profile.get("timezone"), after)
         state.timers.append(Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
+        self.earlier_deadline = True
 
     def _start_series(self, state: CustomerState, rule: CompiledRule, ev: Event, moment: list[Candidate]) -> None:
         # a new start restarts the series (deferred sends of the old one still go out)
@@ -223,6 +253,7 @@ class Evaluator:
         s = rule.steps[step]
         key = s.unless.key_for_cause(state, cause, start) if s.unless else ""
         state.timers.append(Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts, self._ctx(rule, cause)))
+        self.earlier_deadline = True
 
     def on_time(self, state: CustomerState, customer_id: str, now: int, out: list[Trigger],
                 recurring_until: int | None = None) -> CustomerState:
@@ -237,6 +268,8 @@ class Evaluator:
             due = [t for t in state.timers if t.due <= now and (
                 recurring_until is None or t.due <= recurring_until or t.rule not in by_id
                 or by_id[t.rule].kind is not RECURRING)]
+            if self.rules.inactive:
+                due += self._idle_due(state, now)
             if not due:
                 return state
             first = min(t.due for t in due)
@@ -271,9 +304,10 @@ class Evaluator:
         elif kind is RECURRING:
             moment.append(self._candidate(state, rule, 0, rule.then, t.cause, "", t.due, cause))
             self._arm_recurring(state, rule, t.due)
-        elif kind is INACTIVE:
-            if rule.cond is None or rule.cond(state, cause, t.due):
-                moment.append(self._candidate(state, rule, 0, rule.then, f"{t.cause}~inactive", t.cause, t.due, cause))
+        elif kind is INACTIVE:   # no event caused it: the cause is the stretch since `last_ts`
+            state.idle_fired = [*state.idle_fired, rule.id]
+            if rule.cond is None or rule.cond(state, None, t.due):
+                moment.append(self._candidate(state, rule, 0, rule.then, f"inactive{t.cause}", "", t.due, cause))
         else:   # ABSENCE, DELAY: the condition was checked when the cause armed it
             key = f"{t.cause}:{t.key}" if t.key and kind is ABSENCE else t.cause
             moment.append(self._candidate(state, rule, 0, rule.then, key, t.cause, t.due, cause))
@@ -299,6 +333,7 @@ class Evaluator:
             if d.status is DEFERRED:
                 state.timers.append(Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.at,
                                           {"payload": c.payload, "cause_event_id": c.cause_event_id}))
+                self.earlier_deadline = True
                 continue
             self._count(d)
             if d.status is SENT or d.status is HELD_OUT:

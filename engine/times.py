@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from functools import lru_cache
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -38,10 +39,22 @@ def format_duration(ms: int) -> str:
     return f"{ms}ms"
 
 
+@lru_cache(maxsize=4096)
+def _day_prefix(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%dT")
+
+
 def format_ts(ms: int) -> str:
-    """Epoch ms -> RFC 3339 UTC with milliseconds, e.g. `2026-11-20T14:33:11.250Z`."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """Epoch ms -> RFC 3339 UTC with milliseconds, e.g. `2026-11-20T14:33:11.250Z`.
+
+    Every trigger is stamped with it, so the date part is cached per day and the time of
+    day is plain integer arithmetic (strftime per call costs several microseconds).
+    """
+    day, in_day = divmod(ms, 86_400_000)
+    seconds, milli = divmod(in_day, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_day_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
 
 
 def parse_ts(value: str | int | float) -> int:

@@ -82,15 +82,17 @@ class PartitionWorker:
         cache = self.cache
         if events:
             self._load({e.customer_id for e in events})
-            on_event, dirty, update = self.evaluator.on_event, self.dirty, self.deadlines.update
+            evaluator = self.evaluator
+            on_event, dirty, update, next_due = evaluator.on_event, self.dirty, self.deadlines.update, evaluator.next_due
             clock = self.clock
             for ev in events:
                 cid = ev.customer_id
                 state = on_event(cache.get(cid), ev, out)
                 cache[cid] = state
                 dirty.add(cid)
-                if state.timers:
-                    update(cid, state.next_due())
+                if evaluator.earlier_deadline:
+                    evaluator.earlier_deadline = False
+                    update(cid, next_due(state))
                 if ev.ts > clock:
                     clock = ev.ts
             self.clock = clock
@@ -124,7 +126,7 @@ class PartitionWorker:
                 continue
             on_time(state, cid, clock, out)
             self.dirty.add(cid)
-            update(cid, state.next_due())
+            update(cid, self.evaluator.next_due(state))
         self.stats.deadline_customers += len(due)
 
     def _load(self, customer_ids: set[str]) -> None:
@@ -139,7 +141,8 @@ class PartitionWorker:
         if not self.dirty and offset == self.committed_offset:
             return False
         states = {cid: self.cache[cid] for cid in self.dirty}
-        self._redis(lambda: self.store.commit(self.name, states, offset), "commit")
+        due = {cid: self.evaluator.next_due(state) for cid, state in states.items()}
+        self._redis(lambda: self.store.commit(self.name, states, offset, due), "commit")
         self.dirty.clear()
         self.committed_offset = offset
         self.stats.commits += 1

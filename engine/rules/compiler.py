@@ -261,5 +261,11 @@ def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: 
         c.kind, c.wait = DELAY, rule.delay
     else:
         c.crossing = rule.type == "threshold"
-    c.ctx_props = tuple(sorted(col.event_props)) if c.kind in (ABSENCE, DELAY, SERIES, INACTIVE) else ()
+    if c.kind is INACTIVE and col.event_props:
+        # the deadline follows from the latest event time alone; no event is kept for it
+        props = ", ".join(f"event.{p}" for p in sorted(col.event_props))
+        errors.append(RuleError(rule.source.file, rule.source.line,
+                                f"an inactivity rule fires when no event came, so it cannot read {props}; "
+                                "use aggregates (e.g. last_active) or profile attributes", rule.id))
+    c.ctx_props = tuple(sorted(col.event_props)) if c.kind in (ABSENCE, DELAY, SERIES) else ()
     return c

@@ -39,9 +39,10 @@ class CustomerState(msgspec.Struct, array_like=True):
     consent: dict[str, list] = {}   # channel -> [granted: bool, epoch ms of the decision]
     contacts: list[list] = []       # [epoch ms, channel] of recent contacts, for frequency caps
     open_triggers: list[list] = []  # [rule id, epoch ms, held out?, responded?, converted?] awaiting responses
+    idle_fired: list[str] = []      # inactivity rules already fired since the latest event
 
     def next_due(self) -> int | None:
-        """The earliest pending deadline, for the scheduler's index; None when idle."""
+        """The earliest stored deadline; inactivity deadlines are implicit (`Evaluator.next_due`)."""
         best = None
         for t in self.timers:
             if best is None or t.due < best:

@@ -98,20 +98,22 @@ class RedisStore:
         members = self.client.zrangebyscore(self.deadline_key(partition), "-inf", until_ms, start=0, num=limit)
         return [m.decode() for m in members]
 
-    def commit(self, partition: str, states: Mapping[str, CustomerState], offset: int | None) -> None:
+    def commit(self, partition: str, states: Mapping[str, CustomerState], offset: int | None,
+               next_due: Mapping[str, int | None]) -> None:
         """A partition's batch: its states, its next offset and its deadline index, at once.
 
-        Single node: MULTI/EXEC of one MSET, one ZADD and one ZREM, one round trip, atomic.
-        Cluster: the same writes one after the other (see the class docstring).
+        `next_due` is each customer's earliest deadline (None: none pending), which decides
+        its place in the index. Single node: MULTI/EXEC of one MSET, one ZADD and one ZREM,
+        one round trip, atomic. Cluster: the same writes one after the other (see above).
         """
         due: dict[str, int] = {}
         idle: list[str] = []
-        for cid, state in states.items():
-            next_due = state.next_due()
-            if next_due is None:
+        for cid in states:
+            when = next_due.get(cid)
+            if when is None:
                 idle.append(cid)
             else:
-                due[cid] = next_due
+                due[cid] = when
         key = self.deadline_key(partition)
         if self.cluster:
             self.save_many(states, {partition: offset} if offset is not None else None)

@@ -34,6 +34,7 @@ def test_validate_bundled_rules_passes():
     ("payload_template.yaml", 7, "rule 'cart': payload 'sku' (column 2): unknown"),
     ("step_condition.yaml", 8, "rule 'welcome': step 2 if (column 1): syntax error"),
     ("function_typo.yaml", 7, "unknown function 'day_since' (did you mean 'days_since'?)"),
+    ("inactive_reads_event.yaml", 2, "rule 'winback': an inactivity rule fires when no event came, so it cannot read event.sku"),
 ])
 def test_validate_expression_errors_name_file_and_line(capsys, name, line, message):
     path = FIX / "broken_expr" / name

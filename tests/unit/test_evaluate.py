@@ -182,7 +182,7 @@ def test_winback_after_30_days_of_silence(spec):
     last = s.add("product_view", T0 + 20 * DAY, category="shoes")   # re-arms the deadline
     (t,) = fired(s.replay(spec), "winback-30d")
     assert t.fired_at == format_ts(last.ts + 30 * DAY)
-    assert t.cause_event_id == last.event_id
+    assert t.cause_event_id == ""          # no event causes inactivity; the id hashes the stretch's start
 
 
 def test_winback_not_fired_while_active(spec):
@@ -274,3 +274,13 @@ def test_trigger_ids_are_stable_and_distinct(spec):
     a, b = s.replay(spec), s.replay(spec)
     assert [t.trigger_id for t in a] == [t.trigger_id for t in b]
     assert len({t.trigger_id for t in a}) == len(a)
+
+
+def test_winback_fires_again_after_a_new_stretch_of_silence(spec):
+    s = Stream()
+    s.add("product_view", T0, category="shoes")
+    back = s.add("product_view", T0 + 45 * DAY, category="shoes")   # after the first winback
+    s.add("product_view", T0 + 100 * DAY, cid="c2", category="bags")   # another customer moves the clock on
+    winbacks = [t for t in fired(s.replay(spec), "winback-30d") if t.customer_id == "c1"]
+    assert [t.fired_at for t in winbacks] == [format_ts(T0 + 30 * DAY), format_ts(back.ts + 30 * DAY)]
+    assert len({t.trigger_id for t in winbacks}) == 2
