@@ -12,6 +12,7 @@ import msgspec
 
 from engine.backtest import BacktestSummary, backtest_file
 from engine.lift import Lift, lift
+from engine.report_html import ReportCollector, write_report
 from engine.rules.compiler import load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.times import parse_ts
@@ -113,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                    "not replayed, recurring dates up to it fire")
     b.add_argument("--dead-letters", metavar="FILE", default=None,
                    help="where undecodable events go as JSONL with their reason (default: stderr)")
+    b.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report: fires over time "
+                   "per rule by status, suppression reasons, top payload values, the summary and lift")
     b.add_argument("--summary", metavar="FILE", help="write the run's summary as JSON (per-rule decisions, "
                    "responses and conversions), the input of `triggers report`")
     b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -188,9 +191,18 @@ def _backtest(args: argparse.Namespace) -> int:
             print(f"triggers backtest: --until: {e}", file=sys.stderr)
             return 2
     dead_path = args.dead_letters if args.dead_letters else "-stderr"
+    collector = ReportCollector() if args.report else None
     with FileSink(FileSinkConfig(path=args.out)) as out, _dead_letter_sink(dead_path) as dead:
-        summary = backtest_file(rules, args.events, out.write_batch, dead.write_batch, until=until,
+        def emit(batch: list) -> None:
+            out.write_batch(batch)
+            if collector is not None:
+                collector.add(batch)
+
+        summary = backtest_file(rules, args.events, emit, dead.write_batch, until=until,
                                 progress=not args.no_progress)
+    if collector is not None:
+        write_report(args.report, collector, summary, title=f"Backtest of {args.rules}", rules_dir=args.rules,
+                     events_file=args.events)
     if args.summary:
         Path(args.summary).write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     if not args.quiet:

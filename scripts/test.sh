@@ -15,6 +15,9 @@ ensure_venv dev
 step "installing the services (redis-server, Kafka jars), if missing"
 bash scripts/services.sh install all
 
+step "installing chromium (the HTML report's browser test), if missing"
+bash scripts/chromium.sh
+
 step "starting the services (or reusing running ones)"
 bash scripts/services.sh start all
 

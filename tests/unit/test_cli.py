@@ -131,3 +131,11 @@ def test_report_unreadable_file(tmp_path, capsys):
     bad.write_text("{")
     assert main(["report", str(bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_backtest_html_report(tmp_path):
+    report = tmp_path / "r.html"
+    assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE), "--out", str(tmp_path / "t.jsonl"),
+                 "--report", str(report), "--quiet", "--no-progress"]) == 0
+    html = report.read_text()
+    assert "cart-abandoned" in html and html.count("<svg") > 9

@@ -1,0 +1,169 @@
+"""The backtest's HTML report: aggregation of triggers and the rendered page (no browser here;
+tests/integration/test_report_browser.py renders it in Chromium)."""
+
+from __future__ import annotations
+
+import re
+
+from engine.attribution import RuleOutcome
+from engine.backtest import BacktestSummary
+from engine.report_html import ReportCollector, ValueCounts, render_report, write_report
+from engine.triggers import Trigger
+
+EVIL = "<script>alert(1)</script>"
+
+
+def trig(rule: str, fired_at: str, status: str = "sent", reason: str | None = None, n: int = 0,
+         **payload: object) -> Trigger:
+    return Trigger(trigger_id=f"t-{rule}-{fired_at}-{n}", rule_id=rule, customer_id=f"c-{n}", action="act",
+                   channel="email", status=status, reason=reason, fired_at=fired_at, cause_event_id=f"e-{n}",
+                   payload=dict(payload))
+
+
+def summary_of(per_rule: dict[str, RuleOutcome], triggers: int) -> BacktestSummary:
+    return BacktestSummary(events=100, customers=10, triggers=triggers, elapsed_s=0.5, per_rule=per_rule)
+
+
+def collected(triggers: list[Trigger], batch: int = 3) -> ReportCollector:
+    c = ReportCollector()
+    for i in range(0, len(triggers), batch):
+        c.add(triggers[i:i + batch])
+    return c
+
+
+def test_counts_per_utc_day_and_status_across_batches():
+    c = collected([
+        trig("cart", "2026-01-01T00:00:00.000Z"),
+        trig("cart", "2026-01-01T23:59:59.999Z", "held_out"),
+        trig("cart", "2026-01-02T00:00:00.000Z", "suppressed", "cooldown"),
+        trig("cart", "2026-01-02T10:00:00.000Z", "suppressed", "no_consent"),
+        trig("cart", "2026-01-02T11:00:00.000Z", "suppressed", "no_consent"),
+        trig("vip", "2026-01-05T09:00:00.000Z"),
+    ])
+    cart = c.rules["cart"]
+    assert cart.days == {"2026-01-01": [1, 1, 0], "2026-01-02": [0, 0, 3]}
+    assert cart.by_status == [1, 1, 3]
+    assert cart.reasons == {"cooldown": 1, "no_consent": 2}
+    assert c.rules["vip"].days == {"2026-01-05": [1, 0, 0]}
+    assert c.by_status == [2, 1, 3] and c.triggers == 6
+    assert (c.first_fired, c.last_fired) == ("2026-01-01T00:00:00.000Z", "2026-01-05T09:00:00.000Z")
+    assert cart.channels == {"email": 5} and cart.actions == {"act": 5}
+
+
+def test_top_payload_values_per_key_and_rule():
+    ts = "2026-01-01T00:00:00.000Z"
+    c = collected([trig("cart", ts, n=i, sku=sku, value=9.5) for i, sku in enumerate("AABACAAB")]
+                  + [trig("other", ts, sku="Z")])
+    skus = c.rules["cart"].payload["sku"]
+    assert skus.top(2) == [("A", 5), ("B", 2)]
+    assert skus.total == 8 and not skus.pruned
+    assert c.rules["cart"].payload["value"].top() == [("9.5", 8)]
+    assert c.rules["other"].payload["sku"].top() == [("Z", 1)]
+
+
+def test_payload_values_of_any_json_type_are_labelled():
+    ts = "2026-01-01T00:00:00.000Z"
+    c = collected([trig("r", ts, a=True, b=None, c=[1, "x"], d={"k": 1}, e=3, f="x" * 500)])
+    p = c.rules["r"].payload
+    assert [p[k].top()[0][0] for k in "abcde"] == ["true", "null", '[1,"x"]', '{"k":1}', "3"]
+    assert len(p["f"].top()[0][0]) == 120
+
+
+def test_distinct_values_tracked_are_bounded_and_frequent_ones_survive():
+    c = ReportCollector(max_tracked=50)
+    ts = "2026-01-01T00:00:00.000Z"
+    for i in range(5000):   # a unique sku per trigger, and a hot one every 10th trigger
+        c.add([trig("cart", ts, n=i, sku="HOT" if i % 10 == 0 else f"sku-{i}")])
+    skus = c.rules["cart"].payload["sku"]
+    assert len(skus.counts) <= 50
+    assert skus.pruned and skus.total == 5000
+    assert skus.top(1)[0][0] == "HOT" and skus.top(1)[0][1] >= 450
+    assert skus.dropped + sum(skus.counts.values()) == 5000
+
+
+def test_value_counts_prune_keeps_the_most_common():
+    vc = ValueCounts(cap=4)
+    for label in ["a", "a", "a", "b", "b", "c", "d", "e"]:
+        vc.add(label)
+    assert len(vc.counts) <= 4 and vc.top(2) == [("a", 3), ("b", 2)]
+
+
+def _report(triggers: list[Trigger], per_rule: dict[str, RuleOutcome], **kw: str) -> str:
+    c = collected(triggers)
+    return render_report(c, summary_of(per_rule, len(triggers)), kw.get("title", "Run"), kw.get("rules_dir", "rules/"),
+                         kw.get("events_file", "events.jsonl"))
+
+
+def test_report_has_every_rule_and_one_chart_per_rule():
+    ts = "2026-02-01T08:00:00.000Z"
+    triggers = [trig("cart-abandoned", ts, sku="A-1"), trig("vip-5000", ts, "suppressed", "cooldown")]
+    per_rule = {"cart-abandoned": RuleOutcome(sent=1, suppressed={}),
+                "vip-5000": RuleOutcome(suppressed={"cooldown": 1}),
+                "never-fired": RuleOutcome(suppressed={})}
+    html = _report(triggers, per_rule)
+    for rule_id in per_rule:
+        assert rule_id in html
+    # one chart per rule (a rule that never fired shows an empty chart) and one for all rules together
+    assert html.count('<svg class="chart fires"') == len(per_rule) + 1
+    for i in range(len(per_rule)):
+        card = re.search(rf'<div class="card" id="rule-{i}">(.*?)</div>\s*(?=<div class="card|</div>)', html, re.S)
+        assert card is not None and card.group(1).count("<svg") == 1
+    assert html.count('<svg class="chart reasons"') == 1
+    assert "no triggers" in html   # never-fired's empty chart says so
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+
+
+def test_summary_table_shows_the_cli_figures_and_lift_with_interval():
+    per_rule = {"cart-abandoned": RuleOutcome(sent=703, held_out=318, converted=403, held_out_converted=115,
+                                              responded=10, held_out_responded=5,
+                                              suppressed={"cooldown": 4, "no_consent": 2}),
+                "birthday": RuleOutcome(sent=5, suppressed={})}
+    html = _report([], per_rule)
+    row = re.search(r"<tr><td class=\"rule\"><a [^>]*>cart-abandoned</a>.*?</tr>", html, re.S).group(0)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert cells[1:4] == ["703", "318", "6"]
+    assert cells[5:7] == ["15", "518"]   # responded and converted: sent plus held out, as the CLI prints
+    assert "cooldown 4" in row and "no_consent 2" in row
+    # the README's example: +21.2 points [+14.6, +27.4], +59% [+35.2, +85.9]
+    assert "+21.2" in row and "[+14.6, +27.4]" in row and "+59%" in row and "[+35.2, +85.9]" in row
+    birthday = re.search(r"<tr><td class=\"rule\"><a [^>]*>birthday</a>.*?</tr>", html, re.S).group(0)
+    assert "no control group" in birthday
+
+
+def test_user_text_is_escaped():
+    ts = "2026-02-01T08:00:00.000Z"
+    triggers = [trig(EVIL, ts, "suppressed", EVIL, **{EVIL: EVIL}), trig("ok", ts, note=EVIL)]
+    per_rule = {EVIL: RuleOutcome(suppressed={EVIL: 1}), "ok": RuleOutcome(sent=1, suppressed={})}
+    html = _report(triggers, per_rule, title=EVIL, rules_dir=f"rules/{EVIL}", events_file=f'"{EVIL}.jsonl')
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'title="&lt;script&gt;' in html   # attribute values too
+
+
+def test_no_network_references_and_no_scripts():
+    ts = "2026-02-01T08:00:00.000Z"
+    triggers = [trig("r", ts, url="https://shop.example.com/p/1"), trig("r", ts, "held_out")]
+    html = _report(triggers, {"r": RuleOutcome(sent=1, held_out=1, suppressed={})})
+    without_user_text = html.replace("https://shop.example.com/p/1", "")   # a payload value, shown as text
+    assert "http://" not in without_user_text and "https://" not in without_user_text
+    refs = re.findall(r"""\b(?:src|href|xlink:href)\s*=\s*["']?([^"'\s>]*)""", html, re.I)
+    assert refs and all(ref.startswith("#") or ref.startswith("data:") for ref in refs), refs
+    assert not re.search(r"@import|url\(", html)
+    assert "<script" not in html.lower()
+
+
+def test_long_periods_are_drawn_per_week_then_per_month():
+    week = _report([trig("r", "2026-01-01T00:00:00.000Z"), trig("r", "2026-12-31T00:00:00.000Z")],
+                   {"r": RuleOutcome(sent=2, suppressed={})})
+    assert "Triggers per UTC week" in week
+    month = _report([trig("r", "2024-01-01T00:00:00.000Z"), trig("r", "2026-12-31T00:00:00.000Z")],
+                    {"r": RuleOutcome(sent=2, suppressed={})})
+    assert "Triggers per UTC month" in month
+    assert month.count("<rect") == 2 * 2   # per chart (all rules, r): one bar per month with fires
+
+
+def test_empty_run_renders(tmp_path):
+    path = tmp_path / "report.html"
+    write_report(path, ReportCollector(), summary_of({"r": RuleOutcome(suppressed={})}, 0), "Empty", "rules", "e.jsonl")
+    html = path.read_text(encoding="utf-8")
+    assert "No trigger was suppressed" in html and html.count('<svg class="chart fires"') == 2
