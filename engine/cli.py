@@ -10,6 +10,8 @@ from typing import TextIO
 
 import msgspec
 
+from engine import diff as diff_cmd
+from engine import explain as explain_cmd
 from engine.backtest import BacktestSummary, backtest_file
 from engine.lift import Lift, lift
 from engine.report_html import ReportCollector, write_report
@@ -151,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("summary", metavar="SUMMARY.json", help="a backtest summary (triggers backtest --summary)")
     r.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     r.set_defaults(handler=_report)
+    diff_cmd.add_parser(sub)
+    explain_cmd.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,457 @@
+"""`triggers diff`: what a rules change does to the triggers, over the same events.
+
+Both rule sets are backtested over one decoding of the events (the replays run side by side,
+batch by batch, so the file is read once and memory holds triggers, not events), and their
+triggers are matched by `trigger_id`. The id is a stable hash of rule, customer and cause,
+so a trigger present in both runs is the same decision of the same rule for the same cause;
+what may differ between the runs is its status, reason, payload, fired_at (and action or
+channel, when the rule's `then` changed).
+
+Per rule (present in either set) the result counts the triggers only in OLD (removed), only
+in NEW (added), in both but changed, and in both unchanged, with the customers affected and a
+few examples of each kind. The full lists are on `DiffResult.changes` (and `--out`, JSONL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+
+from engine.backtest import BATCH, Replay
+from engine.decode import EventDecoder, read_jsonl
+from engine.events import Event
+from engine.rules.compiler import CompiledRules, load_and_compile
+from engine.rules.errors import RulesInvalid
+from engine.times import format_ts, parse_ts
+from engine.triggers import Trigger
+
+__all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "add_parser", "diff_backtests"]
+
+ADDED = "added"        # only in NEW
+REMOVED = "removed"    # only in OLD
+CHANGED = "changed"    # in both, with a different outcome
+COMPARED = ("status", "reason", "payload", "fired_at", "action", "channel")
+EXAMPLES = 3           # examples per rule and kind of change
+
+
+class TriggerChange(msgspec.Struct, omit_defaults=False):
+    """One trigger that differs between the runs; also the line format of `--out`."""
+
+    change: str                 # "added" (only in NEW), "removed" (only in OLD), "changed"
+    trigger_id: str
+    rule_id: str
+    customer_id: str
+    old: Trigger | None         # None when added
+    new: Trigger | None         # None when removed
+    fields: list[str] = []      # changed: which of COMPARED differ
+
+    @property
+    def trigger(self) -> Trigger:
+        """The NEW trigger, or the OLD one when it was removed."""
+        return self.new if self.new is not None else self.old  # type: ignore[return-value]
+
+
+class Example(msgspec.Struct, omit_defaults=False):
+    customer_id: str
+    action: str
+    fired_at: str
+    status: str                 # "sent", "held_out", "suppressed (cooldown)"; changed: "old → new"
+    detail: str = ""            # changed: the other fields that differ, "fired_at 2026-… → 2026-…"
+
+
+class RuleDiff(msgspec.Struct, omit_defaults=False):
+    rule_id: str
+    rule: str                   # "same", "changed" (definition), "added" (only in NEW), "removed" (only in OLD)
+    old_triggers: int
+    new_triggers: int
+    removed: int                # triggers only in OLD
+    added: int                  # triggers only in NEW
+    changed: int                # in both, status/reason/payload/fired_at/action/channel differ
+    unchanged: int
+    customers: int              # distinct customers with a removed, added or changed trigger
+    affected: list[str] = []    # their ids, sorted
+    removed_examples: list[Example] = []
+    added_examples: list[Example] = []
+    changed_examples: list[Example] = []
+
+
+class DiffSummary(msgspec.Struct, omit_defaults=False):
+    """What `--json` prints: everything but the full lists of changes."""
+
+    old_rules: str
+    new_rules: str
+    events: int
+    dead_letters: int
+    until: str | None
+    old_triggers: int
+    new_triggers: int
+    removed: int
+    added: int
+    changed: int
+    unchanged: int
+    customers: int
+    rules_added: list[str]      # rule ids only in NEW
+    rules_removed: list[str]    # rule ids only in OLD
+    rules_changed: list[str]    # rule ids in both with a different definition
+    policy_changed: bool
+    rules: list[RuleDiff]
+
+
+class DiffResult(msgspec.Struct, omit_defaults=False):
+    summary: DiffSummary
+    changes: list[TriggerChange]   # every difference, by rule, customer and fired_at
+
+    @property
+    def rules(self) -> dict[str, RuleDiff]:
+        return {r.rule_id: r for r in self.summary.rules}
+
+    @property
+    def added(self) -> list[TriggerChange]:
+        return [c for c in self.changes if c.change == ADDED]
+
+    @property
+    def removed(self) -> list[TriggerChange]:
+        return [c for c in self.changes if c.change == REMOVED]
+
+    @property
+    def changed(self) -> list[TriggerChange]:
+        return [c for c in self.changes if c.change == CHANGED]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+class _Collect:
+    """Triggers of one run, grouped by id (a repeated id keeps every occurrence, in order)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, list[Trigger]] = {}
+        self.count = 0
+
+    def __call__(self, batch: list[Trigger]) -> None:
+        by_id = self.by_id
+        for t in batch:
+            same = by_id.get(t.trigger_id)
+            if same is None:
+                by_id[t.trigger_id] = [t]
+            else:
+                same.append(t)
+        self.count += len(batch)
+
+
+def _as_rules(rules: CompiledRules | str | Path) -> CompiledRules:
+    return rules if isinstance(rules, CompiledRules) else load_and_compile(rules)
+
+
+def _event_batches(events: Iterable[Event] | str | Path, dead: list[int]) -> Iterator[list[Event]]:
+    """Batches of decoded events; a path is read and decoded once, dead letters counted in `dead`."""
+    if isinstance(events, (str, Path)):
+        decoder = EventDecoder()
+        batch: list[tuple[bytes, str]] = []
+        for item in read_jsonl(events):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                decoded, bad = decoder.decode_batch(batch)
+                dead[0] += len(bad)
+                yield decoded
+                batch = []
+        if batch:
+            decoded, bad = decoder.decode_batch(batch)
+            dead[0] += len(bad)
+            yield decoded
+        return
+    batch_events: list[Event] = []
+    for ev in events:
+        batch_events.append(ev)
+        if len(batch_events) >= BATCH:
+            yield batch_events
+            batch_events = []
+    if batch_events:
+        yield batch_events
+
+
+def _definition(value: Any) -> Any:
+    """A rule or policy as plain data without where it was written, to compare definitions."""
+    if isinstance(value, dict):
+        return {k: _definition(v) for k, v in value.items() if k not in ("source", "condition_line")}
+    if isinstance(value, (list, tuple)):
+        return [_definition(v) for v in value]
+    return value
+
+
+def _status(t: Trigger) -> str:
+    return f"{t.status} ({t.reason})" if t.reason else t.status
+
+
+def _example(c: TriggerChange) -> Example:
+    t = c.trigger
+    if c.change != CHANGED:
+        return Example(t.customer_id, t.action, t.fired_at, _status(t))
+    old, new = c.old, c.new
+    assert old is not None and new is not None
+    status = _status(old) if _status(old) == _status(new) else f"{_status(old)} → {_status(new)}"
+    detail = "; ".join(
+        f"{f} {_show(getattr(old, f))} → {_show(getattr(new, f))}" for f in c.fields if f not in ("status", "reason")
+    )
+    return Example(t.customer_id, t.action, t.fired_at, status, detail)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return value
+    return msgspec.json.encode(value).decode()
+
+
+def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRules | str | Path,
+                   events: Iterable[Event] | str | Path, until: int | str | None = None) -> DiffResult:
+    """Backtest OLD and NEW over the same events and match their triggers by `trigger_id`.
+
+    `old_rules`/`new_rules`: compiled rules or rules directories (RulesInvalid when invalid).
+    `events`: decoded events in file order, or a JSONL file (decoded once; undecodable lines
+    are counted as dead letters and skipped, as in a backtest). `until`: epoch ms or RFC 3339;
+    events after it are not replayed and recurring dates fire up to it, as in `triggers backtest`.
+    """
+    old_c, new_c = _as_rules(old_rules), _as_rules(new_rules)
+    until_ms = parse_ts(until) if isinstance(until, str) else until
+    old_out, new_out = _Collect(), _Collect()
+    old_replay = Replay(old_c, old_out, until_ms)
+    new_replay = Replay(new_c, new_out, until_ms)
+    dead = [0]
+    for batch in _event_batches(events, dead):
+        old_replay.feed(batch)
+        new_replay.feed(batch)
+        if old_replay.stopped:
+            break
+    old_replay.finish()
+    new_replay.finish()
+
+    changes: list[TriggerChange] = []
+    per_rule_old: dict[str, int] = {}
+    per_rule_new: dict[str, int] = {}
+    unchanged: dict[str, int] = {}
+    for tid, olds in old_out.by_id.items():
+        news = new_out.by_id.get(tid, [])
+        for i, old in enumerate(olds):
+            per_rule_old[old.rule_id] = per_rule_old.get(old.rule_id, 0) + 1
+            if i >= len(news):
+                changes.append(TriggerChange(REMOVED, tid, old.rule_id, old.customer_id, old, None))
+                continue
+            new = news[i]
+            fields = [f for f in COMPARED if getattr(old, f) != getattr(new, f)]
+            if fields:
+                changes.append(TriggerChange(CHANGED, tid, old.rule_id, old.customer_id, old, new, fields))
+            else:
+                unchanged[old.rule_id] = unchanged.get(old.rule_id, 0) + 1
+    for tid, news in new_out.by_id.items():
+        olds = old_out.by_id.get(tid, [])
+        for new in news[len(olds):]:
+            changes.append(TriggerChange(ADDED, tid, new.rule_id, new.customer_id, None, new))
+        for new in news:
+            per_rule_new[new.rule_id] = per_rule_new.get(new.rule_id, 0) + 1
+    changes.sort(key=lambda c: (c.rule_id, c.customer_id, c.trigger.fired_at, c.trigger_id))
+
+    old_defs = {r.id: _definition(msgspec.to_builtins(r.rule)) for r in old_c.rules}
+    new_defs = {r.id: _definition(msgspec.to_builtins(r.rule)) for r in new_c.rules}
+    rule_ids = [r.id for r in old_c.rules] + [r.id for r in new_c.rules if r.id not in old_defs]
+    rule_ids += sorted((set(per_rule_old) | set(per_rule_new)) - set(rule_ids))   # e.g. timers of removed rules
+
+    by_rule: dict[str, list[TriggerChange]] = {}
+    for c in changes:
+        by_rule.setdefault(c.rule_id, []).append(c)
+    rows = []
+    for rid in rule_ids:
+        mine = by_rule.get(rid, [])
+        if rid in old_defs and rid in new_defs:
+            state = "same" if old_defs[rid] == new_defs[rid] else "changed"
+        else:
+            state = "removed" if rid in old_defs else "added"
+        kinds = {k: [c for c in mine if c.change == k] for k in (REMOVED, ADDED, CHANGED)}
+        rows.append(RuleDiff(
+            rule_id=rid, rule=state,
+            old_triggers=per_rule_old.get(rid, 0), new_triggers=per_rule_new.get(rid, 0),
+            removed=len(kinds[REMOVED]), added=len(kinds[ADDED]), changed=len(kinds[CHANGED]),
+            unchanged=unchanged.get(rid, 0),
+            customers=len({c.customer_id for c in mine}),
+            affected=sorted({c.customer_id for c in mine}),
+            removed_examples=[_example(c) for c in _spread(kinds[REMOVED])],
+            added_examples=[_example(c) for c in _spread(kinds[ADDED])],
+            changed_examples=[_example(c) for c in _spread(kinds[CHANGED])],
+        ))
+    old_policy = _definition(msgspec.to_builtins(old_c.ruleset.policy))
+    new_policy = _definition(msgspec.to_builtins(new_c.ruleset.policy))
+    summary = DiffSummary(
+        old_rules=_where(old_rules), new_rules=_where(new_rules),
+        events=old_replay.evaluator.counters.events, dead_letters=dead[0],
+        until=format_ts(until_ms) if until_ms is not None else None,
+        old_triggers=old_out.count, new_triggers=new_out.count,
+        removed=sum(r.removed for r in rows), added=sum(r.added for r in rows),
+        changed=sum(r.changed for r in rows), unchanged=sum(r.unchanged for r in rows),
+        customers=len({c.customer_id for c in changes}),
+        rules_added=[r.rule_id for r in rows if r.rule == "added"],
+        rules_removed=[r.rule_id for r in rows if r.rule == "removed"],
+        rules_changed=[r.rule_id for r in rows if r.rule == "changed"],
+        policy_changed=old_policy != new_policy,
+        rules=rows,
+    )
+    return DiffResult(summary, changes)
+
+
+def _spread(changes: list[TriggerChange]) -> list[TriggerChange]:
+    """Up to EXAMPLES changes, of different customers where possible."""
+    picked: list[TriggerChange] = []
+    seen: set[str] = set()
+    for c in changes:
+        if c.customer_id not in seen:
+            picked.append(c)
+            seen.add(c.customer_id)
+            if len(picked) == EXAMPLES:
+                return picked
+    for c in changes:
+        if len(picked) == EXAMPLES:
+            break
+        if c not in picked:
+            picked.append(c)
+    return picked
+
+
+def _where(rules: CompiledRules | str | Path) -> str:
+    if isinstance(rules, CompiledRules):
+        files = rules.ruleset.files
+        return str(Path(files[0]).parent) if files else "<compiled rules>"
+    return str(rules)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def print_diff(result: DiffResult, stream: TextIO) -> None:
+    """The readable report: totals, one row per rule, then examples of each change."""
+    s = result.summary
+    until = f", until {s.until}" if s.until else ""
+    dead = f" ({s.dead_letters:,} dead letters skipped)" if s.dead_letters else ""
+    print(f"old: {s.old_rules}  →  new: {s.new_rules}", file=stream)
+    print(f"{s.events:,} events{dead}{until}: {s.old_triggers:,} triggers before, {s.new_triggers:,} after; "
+          f"{s.removed:,} removed, {s.added:,} added, {s.changed:,} changed, {s.unchanged:,} unchanged, "
+          f"{s.customers:,} customers affected", file=stream)
+    for label, ids in (("rules added", s.rules_added), ("rules removed", s.rules_removed),
+                       ("rules changed", s.rules_changed)):
+        if ids:
+            print(f"{label}: {', '.join(ids)}", file=stream)
+    if s.policy_changed:
+        print("contact policy changed: every rule's statuses may move", file=stream)
+    if result.empty:
+        print("no trigger differs", file=stream)
+    print(file=stream)
+    width = max([len("rule")] + [len(r.rule_id) for r in s.rules])
+    print(f"{'rule':<{width}}  {'definition':<10}  {'old':>6}  {'new':>6}  {'removed':>7}  {'added':>6}  "
+          f"{'changed':>7}  {'same':>6}  {'customers':>9}", file=stream)
+    for r in s.rules:
+        print(f"{r.rule_id:<{width}}  {r.rule:<10}  {r.old_triggers:>6,}  {r.new_triggers:>6,}  {r.removed:>7,}  "
+              f"{r.added:>6,}  {r.changed:>7,}  {r.unchanged:>6,}  {r.customers:>9,}", file=stream)
+    lines = []
+    for r in s.rules:
+        for kind, examples in (("removed", r.removed_examples), ("added", r.added_examples),
+                               ("changed", r.changed_examples)):
+            for e in examples:
+                detail = f"  [{e.detail}]" if e.detail else ""
+                lines.append((r.rule_id, kind, e, detail))
+    if lines:
+        print("\nexamples:", file=stream)
+        cw = max(len(e.customer_id) for _, _, e, _ in lines)
+        aw = max(len(e.action) for _, _, e, _ in lines)
+        for rid, kind, e, detail in lines:
+            print(f"  {rid:<{width}}  {kind:<7}  {e.customer_id:<{cw}}  {e.action:<{aw}}  {e.fired_at}  "
+                  f"{e.status}{detail}", file=stream)
+
+
+def write_changes(result: DiffResult, path: str) -> None:
+    """Every difference as JSONL (`-`: stdout), one `TriggerChange` per line."""
+    encoder = msgspec.json.Encoder()
+    data = b"".join(encoder.encode(c) + b"\n" for c in result.changes)
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(path).write_bytes(data)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+DESCRIPTION = """\
+Backtest two rule sets over the same events (decoded once, replayed twice, in event time
+with the in-memory store) and report, per rule, which triggers the change removes (only in
+OLD), adds (only in NEW) and changes (same trigger_id, a different status, reason, payload,
+fired_at, action or channel), with the customers affected and examples. Triggers are matched
+by trigger_id, a stable hash of rule, customer and cause. Rules present in only one set are
+called out, as are rules whose definition changed and a changed contact policy.
+"""
+
+EPILOG = """\
+examples:
+  triggers diff --rules rules/ --rules rules-new/ --events examples/sample-events.jsonl
+  triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --until 2026-02-01T00:00:00Z --json
+  triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --out changes.jsonl
+
+exit status: 0 when the diff ran (whatever it found), 1 when a rules directory is invalid,
+2 on bad usage (not exactly two --rules, a missing events file, a bad --until).
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `triggers diff` on the `triggers` command's subparsers."""
+    p = subparsers.add_parser(
+        "diff", help="what a rules change adds and removes: two backtests over the same events, compared",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rules", action="append", required=True, metavar="RULES_DIR",
+                   help="give it twice: the OLD rules directory, then the NEW one")
+    p.add_argument("--events", required=True, metavar="FILE", help="JSONL events, native or Segment form ('-' = stdin)")
+    p.add_argument("--until", metavar="TIME", help="end of the replayed period (RFC 3339), as in `triggers backtest`")
+    p.add_argument("--json", action="store_true", help="print the per-rule result as JSON instead of a table")
+    p.add_argument("--out", metavar="FILE", help="write every removed, added and changed trigger as JSONL "
+                   "(one object per line: change, trigger_id, rule_id, customer_id, old, new, fields)")
+    p.set_defaults(handler=run_diff)
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    if len(args.rules) != 2:
+        print(f"triggers diff: give --rules exactly twice (OLD, then NEW), got {len(args.rules)}: "
+              f"{', '.join(args.rules)}", file=err)
+        return 2
+    if args.events != "-" and not Path(args.events).is_file():
+        print(f"triggers diff: no such events file: {args.events}", file=err)
+        return 2
+    until = None
+    if args.until:
+        try:
+            until = parse_ts(args.until)
+        except ValueError as e:
+            print(f"triggers diff: --until: {e}", file=err)
+            return 2
+    compiled = []
+    for label, path in zip(("OLD", "NEW"), args.rules):
+        try:
+            compiled.append(load_and_compile(path))
+        except RulesInvalid as e:
+            for error in e.errors:
+                print(error, file=err)
+            print(f"triggers diff: {len(e.errors)} error(s) in the {label} rules {path}", file=err)
+            return 1
+    result = diff_backtests(compiled[0], compiled[1], args.events, until)
+    result.summary.old_rules, result.summary.new_rules = args.rules
+    report = sys.stderr if args.out == "-" else sys.stdout   # stdout carries the JSONL then
+    if args.json:
+        report.write(msgspec.json.format(msgspec.json.encode(result.summary)).decode() + "\n")
+    else:
+        print_diff(result, report)
+    if args.out:
+        write_changes(result, args.out)
+    return 0

@@ -1,0 +1,204 @@
+"""`triggers diff`: two backtests over the same events, triggers matched by trigger_id."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.diff import DiffResult, DiffSummary, add_parser, diff_backtests
+from engine.events import Event
+from engine.rules.compiler import load_and_compile
+from engine.times import format_ts, parse_ts
+
+T0 = parse_ts("2026-03-02T10:00:00Z")
+MIN = 60_000
+HOUR = 60 * MIN
+
+BASE_RULES = """\
+aggregates:
+  lifetime_spend: {sum: amount, on: purchase}
+rules:
+  - id: vip
+    type: threshold
+    on: purchase
+    if: lifetime_spend >= 100
+    then: {action: vip-welcome, channel: email}
+  - id: cart
+    type: transactional
+    on: add_to_cart
+    unless: {event: [purchase], within: 30m}
+    then: {action: cart-reminder, channel: email, payload: {sku: "{event.sku}"}}
+    cooldown: 1h
+"""
+
+EXTRA_RULE = """\
+  - id: big-order
+    type: transactional
+    on: purchase
+    if: event.amount >= 100
+    then: {action: thanks, channel: email}
+"""
+
+
+def rules_dir(tmp_path: Path, name: str, text: str) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "rules.yaml").write_text(text)
+    return d
+
+
+def events() -> list[Event]:
+    """c1 spends 60 + 60 and abandons two carts 2 h apart; c2 spends 150; c3 spends 50."""
+    evs = [
+        Event("e1", "purchase", "c1", T0, {"amount": 60}),
+        Event("e2", "purchase", "c2", T0 + MIN, {"amount": 150}),
+        Event("e3", "purchase", "c3", T0 + 2 * MIN, {"amount": 50}),
+        Event("e4", "purchase", "c1", T0 + 3 * MIN, {"amount": 60}),
+        Event("e5", "add_to_cart", "c1", T0 + 10 * MIN, {"sku": "A"}),
+        Event("e6", "add_to_cart", "c1", T0 + 2 * HOUR, {"sku": "B"}),
+        Event("e7", "product_view", "c3", T0 + 5 * HOUR, {}),
+    ]
+    return evs
+
+
+def write_events(path: Path, evs: list[Event]) -> Path:
+    path.write_text("".join(
+        json.dumps({"event_id": e.event_id, "type": e.type, "customer_id": e.customer_id, "ts": format_ts(e.ts),
+                    "properties": e.properties}) + "\n" for e in evs))
+    return path
+
+
+def test_identical_rules_give_an_empty_diff(tmp_path):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES)
+    result = diff_backtests(load_and_compile(old), load_and_compile(new), events(), None)
+    assert result.empty
+    s = result.summary
+    assert s.old_triggers == s.new_triggers == s.unchanged == 4   # vip c1, vip c2, two carts of c1
+    assert (s.removed, s.added, s.changed, s.customers) == (0, 0, 0, 0)
+    assert not s.rules_added and not s.rules_removed and not s.rules_changed and not s.policy_changed
+    assert {r.rule_id: r.rule for r in s.rules} == {"vip": "same", "cart": "same"}
+
+
+def test_raising_a_threshold_removes_triggers(tmp_path):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES.replace("lifetime_spend >= 100", "lifetime_spend >= 130"))
+    result = diff_backtests(old, new, events(), None)
+    vip = result.rules["vip"]
+    assert vip.rule == "changed"
+    assert (vip.removed, vip.added, vip.changed, vip.unchanged, vip.customers) == (1, 0, 0, 1, 1)
+    assert [c.customer_id for c in result.removed] == ["c1"] and vip.affected == ["c1"]
+    assert result.removed[0].old.action == "vip-welcome" and result.removed[0].new is None
+    assert vip.removed_examples[0].customer_id == "c1"
+    assert vip.removed_examples[0].status == "sent"
+    assert result.rules["cart"].rule == "same" and result.rules["cart"].removed == 0
+    assert result.summary.rules_changed == ["vip"]
+
+
+def test_adding_a_rule_adds_triggers_and_is_called_out(tmp_path):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES + EXTRA_RULE)
+    result = diff_backtests(old, new, events(), None)
+    assert result.summary.rules_added == ["big-order"]
+    big = result.rules["big-order"]
+    assert big.rule == "added"
+    assert (big.added, big.removed, big.old_triggers, big.new_triggers) == (1, 0, 0, 1)
+    assert [(c.customer_id, c.new.action) for c in result.added] == [("c2", "thanks")]
+    # and the other way round: a removed rule
+    back = diff_backtests(new, old, events(), None)
+    assert back.summary.rules_removed == ["big-order"]
+    assert back.rules["big-order"].removed == 1 and back.rules["big-order"].rule == "removed"
+
+
+def test_changing_a_cooldown_changes_statuses(tmp_path):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES.replace("cooldown: 1h", "cooldown: 3h"))
+    result = diff_backtests(old, new, events(), None)
+    cart = result.rules["cart"]
+    assert (cart.changed, cart.added, cart.removed, cart.unchanged) == (1, 0, 0, 1)
+    change = result.changed[0]
+    assert change.fields == ["status", "reason"]
+    assert (change.old.status, change.new.status, change.new.reason) == ("sent", "suppressed", "cooldown")
+    assert change.old.trigger_id == change.new.trigger_id
+    assert cart.changed_examples[0].status == "sent → suppressed (cooldown)"
+
+
+def test_until_limits_both_replays(tmp_path):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES.replace("cooldown: 1h", "cooldown: 3h"))
+    # the second cart (T0 + 2 h) is after --until: nothing differs any more
+    result = diff_backtests(old, new, events(), format_ts(T0 + HOUR))
+    assert result.empty
+    assert result.summary.until == format_ts(T0 + HOUR)
+
+
+def test_events_file_is_decoded_once_and_counts_dead_letters(tmp_path):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES.replace(">= 100", ">= 130"))
+    path = write_events(tmp_path / "events.jsonl", events())
+    with path.open("a") as fh:
+        fh.write("not json\n")
+    result = diff_backtests(old, new, path, None)
+    assert result.summary.events == 7 and result.summary.dead_letters == 1
+    assert len(result.removed) == 1
+
+
+# -- the command line, through add_parser -----------------------------------------------------
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="triggers")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_cli_table_json_and_out(tmp_path, capsys):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES.replace(">= 100", ">= 130").replace("1h", "3h") + EXTRA_RULE)
+    path = write_events(tmp_path / "events.jsonl", events())
+    out = tmp_path / "changes.jsonl"
+    assert cli(["diff", "--rules", str(old), "--rules", str(new), "--events", str(path), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "rules added: big-order" in table
+    assert "rules changed: vip, cart" in table
+    assert "1 removed, 1 added, 1 changed" in table
+    assert "sent → suppressed (cooldown)" in table
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["change"] for line in lines) == ["added", "changed", "removed"]
+    assert all(line["trigger_id"] for line in lines)
+
+    assert cli(["diff", "--rules", str(old), "--rules", str(new), "--events", str(path), "--json"]) == 0
+    summary = msgspec.json.decode(capsys.readouterr().out, type=DiffSummary)
+    assert (summary.removed, summary.added, summary.changed) == (1, 1, 1)
+    assert summary.old_rules == str(old) and summary.new_rules == str(new)
+
+
+def test_cli_errors(tmp_path, capsys):
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    broken = rules_dir(tmp_path, "broken", BASE_RULES.replace("lifetime_spend >= 100", "lifetime_spnd >= 100"))
+    path = write_events(tmp_path / "events.jsonl", events())
+    assert cli(["diff", "--rules", str(old), "--events", str(path)]) == 2
+    assert "exactly twice" in capsys.readouterr().err
+    assert cli(["diff", "--rules", str(old), "--rules", str(old), "--events", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such events file" in capsys.readouterr().err
+    assert cli(["diff", "--rules", str(old), "--rules", str(broken), "--events", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "lifetime_spnd" in err and "NEW rules" in err
+    assert cli(["diff", "--rules", str(old), "--rules", str(old), "--events", str(path), "--until", "yesterday"]) == 2
+    assert "--until" in capsys.readouterr().err
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit):
+        cli(["diff", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--rules rules/ --rules rules-new/" in text
+
+
+def test_diff_result_is_a_struct():
+    assert issubclass(DiffResult, msgspec.Struct)
