@@ -160,18 +160,19 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
         key = ev.properties.get(by)
         if key is None:
             return
-        key = str(key)
+        if key.__class__ is not str:
+            key = str(key)
         entry = aggs.get(name)
         if entry is None:
             aggs[name] = [ev.ts, {key: 1.0}]
             return
-        ref, scores = entry
-        exponent = (ev.ts - ref) / half_life
+        scores = entry[1]
+        exponent = (ev.ts - entry[0]) / half_life
         if exponent > _REBASE_AFTER:
             factor = 2.0 ** -exponent
             for k in scores:
                 scores[k] *= factor
-            entry[0] = ref = ev.ts
+            entry[0] = ev.ts
             exponent = 0.0
         scores[key] = scores.get(key, 0.0) + 2.0**exponent
         if len(scores) > DECAYED_KEYS:

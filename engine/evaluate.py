@@ -114,11 +114,17 @@ class Evaluator:
             del seen[0]
         ts = ev.ts
         cid = ev.customer_id
+        last_ts = state.last_ts
         # deadlines strictly before the event fire first
-        if (self._idle_min_wait and state.last_ts and state.last_ts + self._idle_min_wait < ts) or any(
-                t.due < ts for t in state.timers):
+        due_before = self._idle_min_wait and last_ts and last_ts + self._idle_min_wait < ts
+        if not due_before and state.timers:
+            for t in state.timers:
+                if t.due < ts:
+                    due_before = True
+                    break
+        if due_before:
             self.on_time(state, cid, ts - 1, out)
-        if ts < state.last_ts:
+        if ts < last_ts:
             counters.late += 1
         else:
             state.last_ts = ts
@@ -126,22 +132,23 @@ class Evaluator:
                 state.idle_fired = []
                 self.earlier_deadline = True
 
-        rules = self.rules
-        plan = rules.plan(ev.type)
+        plan = self.rules.plan(ev.type)
         aggs = state.aggs
         for update in plan.updates:
             update(aggs, ev)
-        if plan.profile:
-            self._update_profile(state, ev)
-        elif plan.consent:
-            self._update_consent(state, ev.properties, ts)
-        if plan.responds and state.open_triggers:
-            self.attributor.observe(state, ev, self.outcomes)
-        if plan.cancels and state.timers:
-            self._cancel(state, ev)
+        if plan.special:
+            if plan.profile:
+                self._update_profile(state, ev)
+            elif plan.consent:
+                self._update_consent(state, ev.properties, ts)
+            if plan.responds and state.open_triggers:
+                self.attributor.observe(state, ev, self.outcomes)
+            if plan.cancels and state.timers:
+                self._cancel(state, ev)
+        if not plan.rules:
+            return state
         moment: list[Candidate] = []
         for rule in plan.rules:
-            kind = rule.kind
             cond = rule.cond
             if rule.crossing:
                 true = bool(cond(state, ev, ts))
@@ -156,6 +163,7 @@ class Evaluator:
                 continue
             if cond is not None and not cond(state, ev, ts):
                 continue
+            kind = rule.kind
             if kind is ABSENCE:
                 self._arm(state, rule, ev, ts + rule.wait, 0, rule.unless.key_for_cause(state, ev, ts), replace=True)
             elif kind is DELAY:

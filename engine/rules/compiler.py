@@ -102,7 +102,7 @@ class CompiledRule:
 class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
-    __slots__ = ("updates", "rules", "cancels", "profile", "consent", "responds")
+    __slots__ = ("updates", "rules", "cancels", "profile", "consent", "responds", "special")
 
     def __init__(self, updates: tuple[Update, ...], rules: tuple[CompiledRule, ...], cancels: bool, profile: bool,
                  consent: bool, responds: bool) -> None:
@@ -112,6 +112,7 @@ class EventPlan:
         self.profile = profile
         self.consent = consent
         self.responds = responds      # a response or conversion: attribute it to open triggers
+        self.special = cancels or profile or consent or responds   # one test on the common path
 
 
 class CompiledRules:
@@ -137,20 +138,21 @@ class CompiledRules:
 
     def plan(self, event_type: str) -> EventPlan:
         """The plan for an event type, built on first sight and cached (types are few)."""
-        plan = self._plans.get(event_type)
-        if plan is None:
-            plan = EventPlan(
-                updates=tuple(u for on, u in self._updates if event_type in on or ANY_EVENT in on),
-                rules=tuple(
-                    r for r in self.rules
-                    if r.kind not in (INACTIVE, RECURRING) and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
-                ),
-                cancels=event_type in self.cancel_types,
-                profile=event_type in PROFILE_EVENTS,
-                consent=event_type == CONSENT_EVENT,
-                responds=event_type in self._response_types,
-            )
-            self._plans[event_type] = plan
+        try:
+            return self._plans[event_type]
+        except KeyError:
+            pass
+        plan = self._plans[event_type] = EventPlan(
+            updates=tuple(u for on, u in self._updates if event_type in on or ANY_EVENT in on),
+            rules=tuple(
+                r for r in self.rules
+                if r.kind not in (INACTIVE, RECURRING) and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
+            ),
+            cancels=event_type in self.cancel_types,
+            profile=event_type in PROFILE_EVENTS,
+            consent=event_type == CONSENT_EVENT,
+            responds=event_type in self._response_types,
+        )
         return plan
 
 
