@@ -35,7 +35,12 @@ Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, 
   timer_poll_ms = 100                    # how often Redis's deadline index is scanned
   cache_size = 200000                    # customer states cached per partition
   exit_at_end = false
+  reload_rules = true                    # apply valid rules changes live; invalid ones are rejected
+  reload_interval_ms = 500
+  metrics_host = "127.0.0.1"             # /metrics (Prometheus) and /healthz
+  metrics_port = 9464                    # + process_id; 0 turns them off
   log_level = "INFO"
+  log_format = "text"                    # or "json"
 
   [kafka]                                # TRIGGERS_KAFKA__BROKERS='["10.0.0.5:9092"]'
   brokers = ["127.0.0.1:9092"]
@@ -217,6 +222,7 @@ def _backtest(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import logging
 
+    from engine.logs import setup_logging
     from engine.operators.flow import FlowError, build_flow, run
     from engine.settings import SettingsError, load_settings
 
@@ -235,8 +241,7 @@ def _run(args: argparse.Namespace) -> int:
     except SettingsError as e:
         print(f"triggers run: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     rules = _load_rules(settings.rules)
     if rules is None:
         return 1

@@ -71,7 +71,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     timer_poll_ms: int = 100                # how often due deadlines are looked up while idle
     cache_size: int = 200_000               # customer states kept in memory per partition
     exit_at_end: bool = False               # stop once the input read at start-up is processed
+    reload_rules: bool = True               # watch the rules directory and apply valid changes live
+    reload_interval_ms: int = 500
+    metrics_host: str = "127.0.0.1"         # /metrics and /healthz (0.0.0.0 in a container)
+    metrics_port: int = 9464                # + process_id in a multi-process cluster; 0 turns it off
     log_level: str = "INFO"
+    log_format: str = "text"                # or "json": one JSON object per line
 
 
 class SettingsError(Exception):

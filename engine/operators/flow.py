@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +21,12 @@ from connectors.redis_stream import RedisStreamSink
 from connectors.webhook import WebhookSink
 from engine.decode import DeadLetter
 from engine.operators.log import KafkaPartitionLog
+from engine.operators.metrics import serve, track_rules
 from engine.operators.partition import Batch
 from engine.operators.sinks import Connector, ConnectorSink
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
 from engine.rules.compiler import CompiledRules
+from engine.rules.reload import LiveRules
 from engine.settings import Settings
 from engine.state.redis import RedisStore
 from engine.triggers import Trigger
@@ -94,11 +97,14 @@ def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] |
                dead_letters: Callable[[int], Connector] | None = None) -> Dataflow:
     """The dataflow for `triggers run`; the keyword arguments replace Kafka/Redis/sinks in benchmarks."""
     r = settings.redis
+    live_rules = LiveRules(settings.rules, rules, interval_s=settings.reload_interval_ms / 1000,
+                           watch=settings.reload_rules)
+    track_rules(live_rules)
     source = EngineSource(
         partitions if partitions is not None else kafka_partitions(settings),
         open_log or _kafka_log(settings),
         store or (lambda: RedisStore(r.url, r.prefix, r.cluster)),
-        rules,
+        live_rules,
         batch_size=settings.kafka.batch_size,
         index_poll_ms=settings.timer_poll_ms,
         cache_size=settings.cache_size,
@@ -109,8 +115,8 @@ def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] |
     outputs = op.flat_map_batch("evaluate", batches, _evaluate)
     split = op.branch("split", outputs, lambda item: isinstance(item, Trigger))
     for name, factory in (sinks if sinks is not None else trigger_sinks(settings)).items():
-        op.output(f"sink_{name}", split.trues, ConnectorSink(factory))
-    op.output("dead_letters", split.falses, ConnectorSink(dead_letters or dead_letter_sink(settings)))
+        op.output(f"sink_{name}", split.trues, ConnectorSink(name, factory))
+    op.output("dead_letters", split.falses, ConnectorSink("dead_letters", dead_letters or dead_letter_sink(settings)))
     return flow
 
 
@@ -127,4 +133,11 @@ def run(flow: Dataflow, settings: Settings) -> None:
     if settings.addresses:
         kwargs["process_id"] = settings.process_id or 0
         kwargs["addresses"] = settings.addresses
+    if settings.metrics_port:
+        port = settings.metrics_port + (settings.process_id or 0)
+        try:
+            serve(settings.metrics_host, port)
+        except OSError as e:   # the engine matters more than its metrics: run on, say so loudly
+            logging.getLogger("engine.metrics").error("cannot serve metrics on %s:%d: %s", settings.metrics_host,
+                                                      port, e)
     cli_main(flow, **kwargs)

@@ -11,6 +11,8 @@ from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from engine.operators.metrics import KAFKA_ERRORS
+
 log = logging.getLogger("engine.source")
 
 Record = tuple[bytes, int]   # (message value, offset)
@@ -30,6 +32,10 @@ class EventLog(Protocol):
 
     def end_reached(self) -> bool:
         """True once the offset that was the end at start-up has been read (for bounded runs)."""
+        ...
+
+    def lag(self) -> int:
+        """Records written but not read yet."""
         ...
 
     def close(self) -> None: ...
@@ -73,6 +79,7 @@ class KafkaPartitionLog:
             elif err.fatal():
                 raise KafkaException(err)
             else:   # librdkafka retries transient errors (broker down) by itself
+                KAFKA_ERRORS.labels(self.name).inc()
                 log.warning("%s: %s", self.name, err)
         if records:
             self._position = records[-1][1] + 1
@@ -84,6 +91,13 @@ class KafkaPartitionLog:
 
     def end_reached(self) -> bool:
         return self._position >= self._end_at_start
+
+    def lag(self) -> int:
+        try:
+            _, high = self._consumer.get_watermark_offsets(self._tp, timeout=1)
+        except KafkaException:
+            return 0
+        return max(0, high - self._position)
 
     def close(self) -> None:
         self._consumer.close()
@@ -109,6 +123,9 @@ class MemoryLog:
 
     def end_reached(self) -> bool:
         return self.caught_up()
+
+    def lag(self) -> int:
+        return len(self._values) - self._position
 
     def close(self) -> None:
         pass

@@ -14,9 +14,10 @@ import redis
 
 from engine.decode import DeadLetter, EventDecoder
 from engine.evaluate import Evaluator
+from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.retry import retry_forever
-from engine.rules.compiler import CompiledRules
+from engine.rules.reload import LiveRules
 from engine.schedule import DeadlineIndex
 from engine.state.customer import CustomerState
 from engine.state.redis import RedisStore
@@ -51,12 +52,14 @@ class PartitionStats:
 
 
 class PartitionWorker:
-    def __init__(self, event_log: EventLog, store: RedisStore, rules: CompiledRules, start_offset: int,
+    def __init__(self, event_log: EventLog, store: RedisStore, rules: LiveRules, start_offset: int,
                  cache_size: int = 200_000) -> None:
         self.log = event_log
         self.name = event_log.name
         self.store = store
-        self.evaluator = Evaluator(rules)
+        self.live_rules = rules
+        self.rules_version = rules.version
+        self.evaluator = Evaluator(rules.rules)
         self.decoder = EventDecoder()
         self.cache: dict[str, CustomerState] = {}
         self.cache_size = cache_size
@@ -69,11 +72,19 @@ class PartitionWorker:
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
+        self._m_events = metrics.EVENTS.labels(self.name)
+        self._m_dead = metrics.DEAD_LETTERS.labels(self.name)
+        self._m_commits = metrics.COMMITS.labels(self.name)
 
     # -- evaluate step ----------------------------------------------------------------------
 
     def process(self, batch: Batch) -> list[Trigger | DeadLetter]:
         """Decode, load the customers not cached, evaluate; then fire what the clock made due."""
+        started = time.perf_counter()
+        if self.live_rules.version != self.rules_version:   # a reload: new batches use the new rules
+            self.rules_version = self.live_rules.version
+            self.evaluator = Evaluator(self.live_rules.rules)
+            log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
         out: list = []
         where = self.log.where
         if batch.records and self.first_record_at is None:
@@ -103,8 +114,14 @@ class PartitionWorker:
         stats.events += len(events)
         stats.dead_letters += len(dead)
         stats.triggers += len(out)
+        if events:
+            self._m_events.inc(len(events))
+        if out:
+            metrics.count_triggers(out)
         if dead:
+            self._m_dead.inc(len(dead))
             out.extend(dead)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self._maybe_log_stats()
         return out
 
@@ -140,9 +157,12 @@ class PartitionWorker:
         """Write dirty states, the offset and the deadline index at once; True if anything changed."""
         if not self.dirty and offset == self.committed_offset:
             return False
+        started = time.perf_counter()
         states = {cid: self.cache[cid] for cid in self.dirty}
         due = {cid: self.evaluator.next_due(state) for cid, state in states.items()}
         self._redis(lambda: self.store.commit(self.name, states, offset, due), "commit")
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        self._m_commits.inc()
         self.dirty.clear()
         self.committed_offset = offset
         self.stats.commits += 1
@@ -160,7 +180,13 @@ class PartitionWorker:
     def _redis(self, fn, what: str):
         def counted() -> None:
             self.stats.redis_retries += 1
-        return retry_forever(fn, f"{self.name}: Redis {what}", REDIS_ERRORS, log, on_retry=counted)
+            metrics.REDIS_ERRORS.labels(what).inc()
+            metrics.HEALTH.waiting(self.name, f"Redis {what}")
+
+        result = retry_forever(fn, f"{self.name}: Redis {what}", REDIS_ERRORS, log, on_retry=counted)
+        if self.stats.redis_retries:
+            metrics.HEALTH.waiting(self.name, None)
+        return result
 
     def _maybe_log_stats(self) -> None:
         now = time.monotonic()

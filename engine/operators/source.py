@@ -15,9 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.partition import Batch, PartitionWorker
-from engine.rules.compiler import CompiledRules
+from engine.rules.reload import LiveRules
 from engine.state.redis import RedisStore
 from engine.times import now_ms
 
@@ -28,7 +29,7 @@ StoreFactory = Callable[[], RedisStore]
 
 
 class EngineSource(FixedPartitionedSource):
-    def __init__(self, partitions: list[str], open_log: OpenLog, store: StoreFactory, rules: CompiledRules,
+    def __init__(self, partitions: list[str], open_log: OpenLog, store: StoreFactory, rules: LiveRules,
                  batch_size: int = 1000, idle_poll_ms: int = 1, index_poll_ms: int = 100,
                  cache_size: int = 200_000, exit_at_end: bool = False) -> None:
         self.partitions = partitions
@@ -66,9 +67,13 @@ class EnginePartition(StatefulSourcePartition):
         self._index_at = 0                   # when the Redis deadline index was last scanned
         self._awake: datetime | None = None
         self._quiet_commit = False           # the last commit had nothing to write
+        self._lag_at = 0.0
+        self._lag = metrics.CONSUMER_LAG.labels(worker.name)
 
     def next_batch(self) -> list[Batch]:
         worker = self.worker
+        metrics.HEALTH.polled(worker.name)
+        worker.live_rules.poll()
         if self._pending is not None:
             self._quiet_commit = not worker.commit(self._pending)
             self._pending = None
@@ -85,6 +90,9 @@ class EnginePartition(StatefulSourcePartition):
         scan = now - self._index_at >= self.index_poll_ms
         if scan:
             self._index_at = now
+            if now - self._lag_at >= 5000:   # a broker round trip: every few seconds is enough
+                self._lag_at = now
+                self._lag.set(worker.log.lag())
         # A bounded run treats the start-up end as "caught up", so its clock reaches the wall clock.
         caught_up = worker.log.caught_up() or (self.exit_at_end and worker.log.end_reached())
         return [Batch(worker, records, caught_up, now, scan)]
