@@ -1,5 +1,5 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: makes sure .venv exists with the engine
-# installed (editable), using the first Python in the range pyproject accepts (3.11, 3.12).
+# installed (editable, at the versions of constraints.txt: what the image ships), using the first Python in the range pyproject accepts (3.11, 3.12).
 # usage: ensure_venv [EXTRAS]     e.g. ensure_venv dev
 
 step() { printf '==> %s\n' "$*" >&2; }
@@ -29,7 +29,7 @@ ensure_venv() {
     step "installing the engine${extras:+ with [$extras]} into .venv"
     # pip's output goes to a log, shown only when the install fails (setuptools' editable-install
     # notice is noise on every run).
-    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}" \
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".${extras:+[$extras]}" \
             >.venv/pip-install.log 2>&1; then
         cat .venv/pip-install.log >&2
         echo "pip install failed (log: .venv/pip-install.log)" >&2
