@@ -73,18 +73,27 @@ def quiet_until(at_ms: int, tz_name: str | None, start: tuple[int, int], end: tu
     """When `at_ms` falls inside the daily quiet hours [start, end) in the customer's zone,
     the epoch ms at which they end; otherwise None. Quiet hours may span midnight
     (21:00-08:00); the end is computed as a local wall time, so it stays 08:00 across DST.
+
+    Every trigger asks this, so the quiet intervals are computed once per zone and UTC day
+    (a zone-aware datetime per call would cost microseconds).
     """
+    for lo, hi in _quiet_intervals(tz_name, at_ms // 86_400_000, start, end):
+        if lo <= at_ms < hi:
+            return hi
+    return None
+
+
+@lru_cache(maxsize=8192)
+def _quiet_intervals(tz_name: str | None, utc_day: int, start: tuple[int, int],
+                     end: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """The quiet intervals (UTC epoch ms, end exclusive) that overlap one UTC day."""
     tz = zone(tz_name)
-    local = datetime.fromtimestamp(at_ms / 1000, tz)
-    now_min = local.hour * 60 + local.minute
-    start_min, end_min = start[0] * 60 + start[1], end[0] * 60 + end[1]
-    day = local.date()
-    if start_min < end_min:
-        if not start_min <= now_min < end_min:
-            return None
-    elif now_min >= start_min:
-        day = date.fromordinal(day.toordinal() + 1)   # evening part: quiet until tomorrow morning
-    elif now_min >= end_min:
-        return None
-    end_local = datetime(day.year, day.month, day.day, end[0], end[1], tzinfo=tz)
-    return int(end_local.timestamp() * 1000)
+    first = datetime.fromtimestamp(utc_day * 86_400, tz).date()
+    intervals = []
+    for offset in (-1, 0, 1):   # local days around the UTC day, whatever the zone's offset
+        d = date.fromordinal(first.toordinal() + offset)
+        begin = datetime(d.year, d.month, d.day, start[0], start[1], tzinfo=tz)
+        end_day = date.fromordinal(d.toordinal() + 1) if start >= end else d
+        finish = datetime(end_day.year, end_day.month, end_day.day, end[0], end[1], tzinfo=tz)
+        intervals.append((int(begin.timestamp() * 1000), int(finish.timestamp() * 1000)))
+    return tuple(intervals)

@@ -273,16 +273,21 @@ class Evaluator:
         """
         by_id = self.rules.by_id
         while True:
-            due = [t for t in state.timers if t.due <= now and (
-                recurring_until is None or t.due <= recurring_until or t.rule not in by_id
-                or by_id[t.rule].kind is not RECURRING)]
-            if self.rules.inactive:
+            due = [t for t in state.timers if t.due <= now]
+            if due and recurring_until is not None:
+                due = [t for t in due if t.due <= recurring_until or t.rule not in by_id
+                       or by_id[t.rule].kind is not RECURRING]
+            if self.rules.inactive and state.last_ts:
                 due += self._idle_due(state, now)
             if not due:
                 return state
-            first = min(t.due for t in due)
-            batch = sorted((t for t in due if t.due == first), key=lambda t: (t.rule, t.step, t.key))
-            state.timers = [t for t in state.timers if t not in batch]
+            if len(due) == 1:   # the common case: one deadline
+                batch = due
+            else:
+                first = min(t.due for t in due)
+                batch = sorted((t for t in due if t.due == first), key=lambda t: (t.rule, t.step, t.key))
+            if state.timers:
+                state.timers = [t for t in state.timers if t not in batch]
             moment: list[Candidate] = []
             deferred: list[Candidate] = []
             for t in batch:
