@@ -123,7 +123,7 @@ def bench_floor(lines: list[bytes]) -> dict:
     flow = Dataflow("floor")
     s = op.input("in", flow, TestingSource(keyed, batch_size=1000))
     s = op.stateful_map("noop", s, lambda state, value: (None, value))
-    op.output("out", s, ConnectorSink(lambda _w: Null()))
+    op.output("out", s, ConnectorSink("null", lambda _w: Null()))
     start = time.perf_counter()
     run_main(flow)
     elapsed = time.perf_counter() - start
