@@ -2,7 +2,9 @@
 
 Bytewax's own `KafkaSink` ignores delivery reports, so a message that fails for good (a
 broker down past `message.timeout.ms`) is lost without a word (docs/bytewax.md §6). This sink
-waits for the delivery report of every message of a batch before `write_batch` returns:
+waits for the delivery report of every message of a batch before `write_batch` returns — or,
+with `wait_for_delivery = false`, before `settle()` returns, so that a caller that only needs
+delivery at its own checkpoints (the live engine: before each commit) does not wait per batch:
 
 - the producer is idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
   can neither duplicate nor reorder a partition's messages;
@@ -73,6 +75,9 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
     extra: dict[str, str] = {}
     delivery_timeout_s: float = 30.0
+    # False: `write_batch` returns once the items are queued, and the caller calls `settle()`
+    # before it relies on them being delivered (the live engine does, before each commit).
+    wait_for_delivery: bool = True
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -118,6 +123,7 @@ class KafkaSink:
         self.retried = 0
         self._encoder = msgspec.json.Encoder()
         self._client_error: KafkaError | None = None
+        self._pending: list[tuple[_Round, float]] = []
         settings: dict[str, Any] = {
             "bootstrap.servers": ",".join(config.brokers),
             "enable.idempotence": True,
@@ -138,13 +144,21 @@ class KafkaSink:
         self._client_error = err
 
     def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
-        """Produce every item and wait for every delivery report; raise `SinkError` when some
-        are still not delivered after `delivery_timeout_s` or fail for good."""
+        """Produce every item; unless `wait_for_delivery` is off, also wait for every delivery
+        report (`settle`), raising `SinkError` when some are still not delivered after
+        `delivery_timeout_s` or fail for good."""
+        self.send(items)
+        if self.config.wait_for_delivery:
+            self.settle()
+        else:
+            self._producer.poll(0)   # serve reports that are in; never block
+
+    def send(self, items: Sequence[msgspec.Struct]) -> None:
+        """Hand the items to the producer; their delivery is checked by the next `settle`."""
         if not items:
             return
         deadline = time.monotonic() + self.config.delivery_timeout_s
         batch = _Round()
-        report = batch.report
         encode = self._encoder.encode
         records: list[_Record] = []
         for item in items:
@@ -157,14 +171,25 @@ class KafkaSink:
                     [("trigger_id", tid.encode())] if isinstance(tid, str) else None,
                 )
             )
+        self._produce_all(records, batch, batch.report, deadline)
+        self._pending.append((batch, deadline))
+
+    def settle(self) -> None:
+        """Wait until everything sent so far is delivered: failed messages are produced again
+        with backoff until their batch's deadline, then `SinkError`."""
+        pending, self._pending = self._pending, []
+        for batch, deadline in pending:
+            self._settle(batch, deadline)
+
+    def _settle(self, batch: _Round, deadline: float) -> None:
         attempt = 0
         while True:
-            self._produce_all(records, batch, report, deadline)
             self._producer.flush(max(0.0, deadline - time.monotonic()))
             if batch.outstanding > 0:  # the deadline passed with reports still missing
                 self._fail(batch, deadline)
             if not batch.failures:
                 self.delivered += batch.delivered
+                batch.delivered = 0
                 return
             permanent = [f for f in batch.failures if f[0].fatal() or f[0].code() in _PERMANENT]
             if permanent:
@@ -182,6 +207,7 @@ class KafkaSink:
             batch.failures = []
             self.retried += len(records)
             attempt += 1
+            self._produce_all(records, batch, batch.report, deadline)
 
     def _produce_all(
         self,
@@ -235,6 +261,7 @@ class KafkaSink:
     def close(self) -> None:
         """Flush what is still queued. After a successful `write_batch` nothing is; after one
         that raised, in-flight copies may still go out (harmless: the batch is replayed)."""
+        self._pending = []
         remaining = self.flush()
         if remaining:
             log.warning("%s: closed with %d message(s) still undelivered", self.name, remaining)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow
 from confluent_kafka.admin import AdminClient
 
@@ -67,8 +68,8 @@ def _evaluate(batches: list[Batch]) -> list[Trigger | DeadLetter]:
 def trigger_sinks(settings: Settings) -> dict[str, Callable[[int], Connector]]:
     s = settings.sinks
     sinks: dict[str, Callable[[int], Connector]] = {}
-    if s.kafka is not None:
-        sinks["kafka"] = lambda _w, c=s.kafka: KafkaSink(c)
+    if s.kafka is not None:   # deliveries are awaited once per commit (settle_sinks), not per batch
+        sinks["kafka"] = lambda _w, c=s.kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False))
     if s.webhook is not None:
         sinks["webhook"] = lambda _w, c=s.webhook: WebhookSink(c)
     if s.redis_stream is not None:
@@ -87,7 +88,8 @@ def dead_letter_sink(settings: Settings) -> Callable[[int], Connector]:
     if d.file:
         return lambda _w: FileSink(FileSinkConfig(path=d.file, append=True))
     if d.kafka_topic:
-        return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=d.kafka_topic))
+        return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=d.kafka_topic,
+                                                    wait_for_delivery=False))
     raise FlowError("no dead-letter output: set dead_letters.kafka_topic or dead_letters.file")
 
 

@@ -41,9 +41,14 @@ def produce(bootstrap: str, topic: str, lines: Iterable[bytes]) -> int:
             key = str(orjson.loads(line)["customer_id"]).encode()
         except (orjson.JSONDecodeError, KeyError, TypeError):
             key = None
-        producer.produce(topic, key=key, value=line, on_delivery=lambda err, _m: err and errors.append(err))
+        while True:
+            try:
+                producer.produce(topic, key=key, value=line, on_delivery=lambda err, _m: err and errors.append(err))
+                break
+            except BufferError:   # the local queue is full: let deliveries drain it
+                producer.poll(0.1)
         n += 1
-        if n % 5000 == 0:
+        if n % 1000 == 0:
             producer.poll(0)
     assert producer.flush(60) == 0 and not errors, errors
     return n
