@@ -76,6 +76,11 @@ class Health:
             elif p.get("waiting") is None:
                 p["waiting"], p["since"] = what, time.time()
 
+    def forget(self, partition: str) -> None:
+        """A partition that ended (bounded run, shutdown) is no longer reported."""
+        with self._lock:
+            self._partitions.pop(partition, None)
+
     def report(self) -> tuple[bool, dict]:
         now = time.time()
         with self._lock:

@@ -66,7 +66,6 @@ class EnginePartition(StatefulSourcePartition):
         self._pending: int | None = None     # offset snapshotted at an epoch's end, to commit
         self._index_at = 0                   # when the Redis deadline index was last scanned
         self._awake: datetime | None = None
-        self._quiet_commit = False           # the last commit had nothing to write
         self._lag_at = 0.0
         self._lag = metrics.CONSUMER_LAG.labels(worker.name)
 
@@ -74,8 +73,11 @@ class EnginePartition(StatefulSourcePartition):
         worker = self.worker
         metrics.HEALTH.polled(worker.name)
         worker.live_rules.poll()
+        # A commit here follows a finished epoch, before this poll emits anything: when it has
+        # nothing to write, every batch emitted so far was processed and changed nothing.
+        quiet_commit = False
         if self._pending is not None:
-            self._quiet_commit = not worker.commit(self._pending)
+            quiet_commit = not worker.commit(self._pending)
             self._pending = None
         now = now_ms()
         records = worker.log.read(self.batch_size)
@@ -84,8 +86,9 @@ class EnginePartition(StatefulSourcePartition):
             self._awake = None
         else:
             self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=self.idle_poll_ms)
-            if self.exit_at_end and worker.log.end_reached() and self._quiet_commit:
+            if self.exit_at_end and worker.log.end_reached() and quiet_commit:
                 log.info("partition %s", worker.summary())
+                metrics.HEALTH.forget(worker.name)
                 raise StopIteration()   # read to the start-up end, every deadline fired and committed
         scan = now - self._index_at >= self.index_poll_ms
         if scan:
@@ -105,4 +108,5 @@ class EnginePartition(StatefulSourcePartition):
         return self._pending
 
     def close(self) -> None:
+        metrics.HEALTH.forget(self.worker.name)
         self.worker.close()

@@ -97,7 +97,7 @@ def test_metrics_count_what_the_run_did(redis_url, redis_client, tmp_path):
     server.shutdown()
 
     assert 0 < mid_events < len(lines) - 1          # scraped while running
-    assert health["status"] == "ok" and set(health["partitions"]) == {"ops-0", "ops-1"}
+    assert health["status"] == "ok" and {"ops-0", "ops-1"} <= set(health["partitions"])
     assert sum(delta(after, before, "triggers_events_total").values()) == len(lines) - 1
     assert sum(delta(after, before, "triggers_dead_letters_total").values()) == 1 == len(dead)
     produced = Counter((t.rule_id, t.status, t.reason or "") for _, t in out)
