@@ -29,6 +29,7 @@ log = logging.getLogger("engine.partition")
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 STATS_EVERY_S = 10.0
+INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
 
 
 class Batch:
@@ -68,6 +69,7 @@ class PartitionWorker:
         self.dirty: set[str] = set()
         self.deadlines = DeadlineIndex()
         self.clock = 0                          # event time of this partition (watermark), epoch ms
+        self.index_backlog = False              # the last index scan was cut at its limit
         self.next_offset = start_offset         # after the last record handed out
         self.committed_offset = start_offset
         self.stats = PartitionStats()
@@ -133,7 +135,9 @@ class PartitionWorker:
         while (entry := self.deadlines.pop(clock)) is not None:
             due.append(entry[1])
         if scan_index:   # customers not touched since start-up (or evicted) are only in Redis's index
-            indexed = self._redis(lambda: self.store.due_customers(self.name, clock), "deadline index lookup")
+            indexed = self._redis(lambda: self.store.due_customers(self.name, clock, INDEX_SCAN_LIMIT),
+                                  "deadline index lookup")
+            self.index_backlog = len(indexed) >= INDEX_SCAN_LIMIT   # more are due: scan again at once
             due += [cid for cid in indexed if cid not in self.cache]
         if not due:
             return
@@ -148,10 +152,25 @@ class PartitionWorker:
             update(cid, self.evaluator.next_due(state))
         self.stats.deadline_customers += len(due)
 
+    def nothing_due(self, now: int) -> bool:
+        """No deadline due by `now`, neither among cached customers nor in Redis's index
+        (for a bounded run's last check before it stops)."""
+        local = self.deadlines.next_due()
+        if local is not None and local <= now:
+            return False
+        return not self._redis(lambda: self.store.due_customers(self.name, now, 1), "deadline index lookup")
+
     def _load(self, customer_ids: set[str]) -> None:
+        """Bring states into the cache, and their deadlines into the local index: a cached
+        customer is only looked for there (the Redis index scan skips cached customers)."""
         missing = [cid for cid in customer_ids if cid not in self.cache]
-        if missing:
-            self.cache.update(self._redis(lambda: self.store.load_many(missing), "state load"))
+        if not missing:
+            return
+        loaded = self._redis(lambda: self.store.load_many(missing), "state load")
+        self.cache.update(loaded)
+        update, next_due = self.deadlines.update, self.evaluator.next_due
+        for cid, state in loaded.items():
+            update(cid, next_due(state))
 
     # -- commit (source, once the epoch's outputs are written) --------------------------------
 

@@ -86,11 +86,11 @@ class EnginePartition(StatefulSourcePartition):
             self._awake = None
         else:
             self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=self.idle_poll_ms)
-            if self.exit_at_end and worker.log.end_reached() and quiet_commit:
+            if self.exit_at_end and worker.log.end_reached() and quiet_commit and worker.nothing_due(now):
                 log.info("partition %s", worker.summary())
                 metrics.HEALTH.forget(worker.name)
                 raise StopIteration()   # read to the start-up end, every deadline fired and committed
-        scan = now - self._index_at >= self.index_poll_ms
+        scan = worker.index_backlog or now - self._index_at >= self.index_poll_ms
         if scan:
             self._index_at = now
             if now - self._lag_at >= 5000:   # a broker round trip: every few seconds is enough
