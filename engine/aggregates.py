@@ -9,6 +9,8 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
   The window slides in steps of `window / WINDOW_BUCKETS`: a read counts the buckets that
   overlap the last `window`, so an event is counted for at least `window` and at most
   `window + window / WINDOW_BUCKETS`. That resolution bounds the state size.
+- numbers that are not finite (a property "NaN" or "inf") count as 0: one bad event must not
+  poison a lifetime sum for good.
 - last: the value itself (the event time in epoch ms for `last: ts`).
 - decayed_count: `[ref_ms, {key: score}]` where score = sum of 2^((ts - ref) / half_life)
   over the key's events; the value at time t is score * 2^(-(t - ref) / half_life). Storing
@@ -18,6 +20,7 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +38,14 @@ Read = Callable[[CustomerState, int], Any]
 
 def _number(value: Any) -> float:
     """A property as a number; missing or non-numeric values count as 0 rather than fail the event."""
-    if value.__class__ is float or value.__class__ is int:
+    if value.__class__ is int:
         return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
+    if value.__class__ is not float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
@@ -71,7 +76,8 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
         if field == "ts":
 
             def update(aggs: dict[str, Any], ev: Event) -> None:
-                aggs[name] = ev.ts
+                if ev.ts > aggs.get(name, 0):   # a late event does not move it back
+                    aggs[name] = ev.ts
 
         else:
 
@@ -123,7 +129,7 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
         buckets = st.aggs.get(name)
         if not buckets:
             return 0
-        first = (now - window) // bucket_ms + 1
+        first = (now - window) // bucket_ms   # the bucket holding `now - window` still counts
         current = now // bucket_ms
         total = 0
         for b, v in buckets:

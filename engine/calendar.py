@@ -14,10 +14,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 UTC = timezone.utc
 
 
-@lru_cache(maxsize=1024)
-def zone(name: str | None) -> ZoneInfo | timezone:
+def zone(name: object) -> ZoneInfo | timezone:
+    """A profile's time zone; anything that is not a known IANA name (a typo, a list sent by
+    a broken integration) is UTC rather than an error."""
     if not name or not isinstance(name, str):
         return UTC
+    return _zone(name)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | timezone:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -40,9 +46,10 @@ def _clamped(year: int, month: int, day: int) -> date:
 
 
 def next_occurrence(
-    anchor: date, every: str, at: tuple[int, int], tz_name: str | None, after_ms: int
-) -> tuple[int, str]:
-    """The first occurrence strictly after `after_ms`: (due epoch ms, local date `YYYY-MM-DD`).
+    anchor: date, every: str, at: tuple[int, int], tz_name: object, after_ms: int
+) -> tuple[int, str] | None:
+    """The first occurrence strictly after `after_ms`: (due epoch ms, local date `YYYY-MM-DD`),
+    or None when there is none to find (a date far in the future, a clock past year 9000).
 
     The local date is the occurrence's identity: it goes into the trigger id, so one
     birthday fires once however often the profile is re-sent.
@@ -66,10 +73,12 @@ def next_occurrence(
             month += 1
             if month > 12:
                 year, month = year + 1, 1
-    raise ValueError(f"no occurrence found for {anchor} every {every}")
+        if year > 9000:
+            break
+    return None
 
 
-def quiet_until(at_ms: int, tz_name: str | None, start: tuple[int, int], end: tuple[int, int]) -> int | None:
+def quiet_until(at_ms: int, tz_name: object, start: tuple[int, int], end: tuple[int, int]) -> int | None:
     """When `at_ms` falls inside the daily quiet hours [start, end) in the customer's zone,
     the epoch ms at which they end; otherwise None. Quiet hours may span midnight
     (21:00-08:00); the end is computed as a local wall time, so it stays 08:00 across DST.
@@ -77,6 +86,8 @@ def quiet_until(at_ms: int, tz_name: str | None, start: tuple[int, int], end: tu
     Every trigger asks this, so the quiet intervals are computed once per zone and UTC day
     (a zone-aware datetime per call would cost microseconds).
     """
+    if not isinstance(tz_name, str):
+        tz_name = None
     for lo, hi in _quiet_intervals(tz_name, at_ms // 86_400_000, start, end):
         if lo <= at_ms < hi:
             return hi

@@ -76,7 +76,8 @@ _MICROSECOND = timedelta(microseconds=1)
 # datetime's own range (years 1..9999): anything outside cannot be formatted back to
 # RFC 3339 by the rest of the engine, and is a unit mistake anyway (e.g. epoch µs).
 _MIN_TS_MS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
-_MAX_TS_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+# The upper bound leaves room for deadlines: a timestamp plus a rule's wait must still be a date.
+_MAX_TS_MS = (datetime(9000, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
@@ -150,7 +151,10 @@ def _ts_ms(value: object, field: str) -> int:
             ) from None
         if dt.tzinfo is None:
             raise _Invalid(f"field {field!r}: {_show(value)} has no time zone: add Z or an offset such as +01:00")
-        return _datetime_ms(dt)
+        ms = _datetime_ms(dt)
+        if not _MIN_TS_MS <= ms <= _MAX_TS_MS:
+            raise _Invalid(f"field {field!r}: {_show(value)} is after the year 9000")
+        return ms
     if not _MIN_TS_MS <= value <= _MAX_TS_MS:
         raise _Invalid(f"field {field!r}: {value} is out of range for epoch milliseconds")
     return value
@@ -300,6 +304,8 @@ class EventDecoder:
                 raise ValueError
             else:
                 ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000
+                if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
+                    raise ValueError
             eid = w.event_id
             cid = w.customer_id
             return Event(
@@ -333,6 +339,8 @@ class EventDecoder:
                         raise ValueError
                     else:
                         ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000
+                        if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
+                            raise ValueError
                     eid = w.event_id
                     cid = w.customer_id
                     add_event(

@@ -30,7 +30,7 @@ from engine.state.customer import CustomerState, Timer
 from engine.times import format_ts
 from engine.triggers import HELD_OUT, SENT, Trigger, trigger_id
 
-SEEN_IDS = 8            # recent event ids remembered per customer for de-duplication
+SEEN_IDS = 4            # recent event ids remembered per customer for de-duplication
 DEFER_KEY = "\x00defer"  # timer key of a trigger deferred by quiet hours
 _EMPTY: dict = {}       # shared, never mutated: the ctx of timers whose rule reads no event property
 
@@ -46,7 +46,7 @@ class Counters:
 
 def new_state() -> CustomerState:
     return CustomerState(aggs={}, profile={}, armed=[], sent={}, timers=[], seen=[], consent={}, contacts=[],
-                         open_triggers=[], idle_fired=[])
+                         open_triggers=[], idle_fired=[], occurred={})
 
 
 class Evaluator:
@@ -104,7 +104,8 @@ class Evaluator:
             self.earlier_deadline = True
         counters = self.counters
         counters.events += 1
-        seen_hash = zlib.crc32(ev.event_id.encode())
+        raw_id = ev.event_id.encode()
+        seen_hash = (zlib.crc32(raw_id) << 32) | zlib.adler32(raw_id)   # two unrelated 32-bit sums: 64 bits
         seen = state.seen
         if seen_hash in seen:
             counters.duplicates += 1
@@ -126,7 +127,7 @@ class Evaluator:
             self.on_time(state, cid, ts - 1, out)
         if ts < last_ts:
             counters.late += 1
-        else:
+        elif ts > last_ts:
             state.last_ts = ts
             if state.idle_fired:   # a new event starts a new stretch of inactivity: a new deadline
                 state.idle_fired = []
@@ -140,7 +141,7 @@ class Evaluator:
             if plan.profile:
                 self._update_profile(state, ev)
             elif plan.consent:
-                self._update_consent(state, ev.properties, ts)
+                self._update_consent(state, ev.properties, ts, self.rules.channels)
             if plan.responds and state.open_triggers:
                 self.attributor.observe(state, ev, self.outcomes)
             if plan.cancels and state.timers:
@@ -189,16 +190,17 @@ class Evaluator:
         if isinstance(consent, dict):   # traits {consent: {email: true, push: false}}
             for channel, granted in consent.items():
                 if isinstance(granted, bool):
-                    self._update_consent(state, {"channel": channel, "granted": granted}, ev.ts)
+                    self._update_consent(state, {"channel": channel, "granted": granted}, ev.ts, self.rules.channels)
         if changed and self.rules.recurring:
-            for rule in self.rules.recurring:
-                self._arm_recurring(state, rule, ev.ts)
+            for rule in self.rules.recurring:   # an occurrence due exactly now is kept, not skipped
+                self._arm_recurring(state, rule, ev.ts - 1)
 
     @staticmethod
-    def _update_consent(state: CustomerState, props: dict, ts: int) -> None:
-        """A `consent` event: {channel, granted}. The latest decision in event time wins."""
+    def _update_consent(state: CustomerState, props: dict, ts: int, channels: frozenset[str]) -> None:
+        """A `consent` event: {channel, granted}. The latest decision in event time wins; only
+        channels some rule sends on are kept (the state stays bounded)."""
         channel, granted = props.get("channel"), props.get("granted")
-        if not isinstance(channel, str) or not isinstance(granted, bool):
+        if channel not in channels or not isinstance(granted, bool):
             return
         current = state.consent.get(channel)
         if current is None or current[1] <= ts:
@@ -210,7 +212,8 @@ class Evaluator:
         for t in state.timers:
             rule = by_id.get(t.rule)
             unless = rule.unless_for_step(t.step) if rule is not None and t.key != DEFER_KEY else None
-            if unless is not None and ev.type in unless.events and unless.key_of_candidate(ev) == t.key:
+            if (unless is not None and ev.type in unless.events and ev.ts >= t.cause_ts
+                    and unless.key_of_candidate(ev) == t.key):
                 continue
             keep.append(t)
         if len(keep) != len(state.timers):
@@ -227,23 +230,31 @@ class Evaluator:
     def _arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
         """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key."""
         timers = state.timers
-        mine = [t for t in timers if t.rule == rule.id and t.key != DEFER_KEY and (t.key == key or rule.kind is SERIES)]
-        if replace and mine:
-            for t in mine:
-                timers.remove(t)
-        elif len(mine) >= MAX_TIMERS_PER_RULE:
+        mine = [t for t in timers if t.rule == rule.id and t.key != DEFER_KEY]
+        same = [t for t in mine if t.key == key] if replace else []
+        for t in same:
+            timers.remove(t)
+        if len(mine) - len(same) >= MAX_TIMERS_PER_RULE:
             self.counters.timers_dropped += 1   # bounded state beats unbounded waits; counted, never silent
             return
-        timers.append(Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev)))
+        timers.append(Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev), ev.type))
         self.earlier_deadline = True
 
     def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int) -> None:
+        """Arm the next occurrence after `after`, never one already fired: a profile re-sent or a
+        time zone changed on the day must not fire the same birthday twice."""
         state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
         anchor = parse_date(state.profile.get(rule.date_attr))
         if anchor is None:
             return
         r = rule.rule
-        due, occurrence = next_occurrence(anchor, r.every or "year", r.at, state.profile.get("timezone"), after)
+        tz = state.profile.get("timezone")
+        found = next_occurrence(anchor, r.every or "year", r.at, tz, after)
+        if found is not None and found[1] == state.occurred.get(rule.id):
+            found = next_occurrence(anchor, r.every or "year", r.at, tz, found[0])
+        if found is None:
+            return
+        due, occurrence = found
         state.timers.append(Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
         self.earlier_deadline = True
 
@@ -260,7 +271,8 @@ class Evaluator:
             return
         s = rule.steps[step]
         key = s.unless.key_for_cause(state, cause, start) if s.unless else ""
-        state.timers.append(Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts, self._ctx(rule, cause)))
+        state.timers.append(Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts,
+                                  self._ctx(rule, cause), cause.type))
         self.earlier_deadline = True
 
     def on_time(self, state: CustomerState, customer_id: str, now: int, out: list[Trigger],
@@ -296,7 +308,9 @@ class Evaluator:
                     continue
                 self.counters.timers_fired += 1
                 if t.key == DEFER_KEY:
-                    deferred.append(self._deferred(rule, t))
+                    candidate = self._deferred(rule, t)
+                    if candidate is not None:
+                        deferred.append(candidate)
                 else:
                     self._fire(state, rule, t, customer_id, moment)
             if moment:
@@ -306,8 +320,10 @@ class Evaluator:
 
     def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str,
               moment: list[Candidate]) -> None:
-        cause = Event(t.cause, "", customer_id, t.cause_ts, t.ctx)
+        cause = Event(t.cause, t.cause_type, customer_id, t.cause_ts, t.ctx)
         kind = rule.kind
+        if not rule.accepts(t):   # left by a reload that changed the rule's shape: it lapses
+            return
         if kind is SERIES:
             step = rule.steps[t.step]
             if step.cond is None or step.cond(state, cause, t.due):
@@ -315,14 +331,16 @@ class Evaluator:
                                               t.due, cause))
             self._arm_step(state, rule, cause, t.step + 1, t.due)
         elif kind is RECURRING:
-            moment.append(self._candidate(state, rule, 0, rule.then, t.cause, "", t.due, cause))
+            state.occurred[rule.id] = t.cause
+            if rule.cond is None or rule.cond(state, None, t.due):
+                moment.append(self._candidate(state, rule, 0, rule.then, t.cause, "", t.due, cause))
             self._arm_recurring(state, rule, t.due)
         elif kind is INACTIVE:   # no event caused it: the cause is the stretch since `last_ts`
             state.idle_fired = [*state.idle_fired, rule.id]
             if rule.cond is None or rule.cond(state, None, t.due):
                 moment.append(self._candidate(state, rule, 0, rule.then, f"inactive{t.cause}", "", t.due, cause))
         else:   # ABSENCE, DELAY: the condition was checked when the cause armed it
-            key = f"{t.cause}:{t.key}" if t.key and kind is ABSENCE else t.cause
+            key = f"{t.cause}\x1f{t.key}" if t.key and kind is ABSENCE else t.cause
             moment.append(self._candidate(state, rule, 0, rule.then, key, t.cause, t.due, cause))
 
     # -- triggers -------------------------------------------------------------------------
@@ -334,8 +352,15 @@ class Evaluator:
         return Candidate(rule, step, action, cause, cause_event_id, at, payload)
 
     @staticmethod
-    def _deferred(rule: CompiledRule, t: Timer) -> Candidate:
-        action = rule.steps[t.step].then if rule.kind is SERIES else rule.then
+    def _deferred(rule: CompiledRule, t: Timer) -> Candidate | None:
+        if rule.kind is SERIES:
+            if t.step >= len(rule.steps):
+                return None
+            action = rule.steps[t.step].then
+        else:
+            action = rule.then
+        if action is None:
+            return None
         return Candidate(rule, t.step, action, t.cause, t.ctx.get("cause_event_id", ""), t.due,
                          t.ctx.get("payload", {}))
 

@@ -25,6 +25,9 @@ class DeadlineIndex:
         if current is None or due < current:
             self._scheduled[customer_id] = due
             heapq.heappush(self._heap, (due, customer_id))
+            if len(self._heap) > 2 * len(self._scheduled) + 1024:   # superseded entries pile up
+                self._heap = [(d, c) for c, d in self._scheduled.items()]
+                heapq.heapify(self._heap)
 
     def next_due(self) -> int | None:
         return self._heap[0][0] if self._heap else None

@@ -95,8 +95,17 @@ class CompiledRule:
 
     def unless_for_step(self, step: int) -> CompiledUnless | None:
         if self.kind == SERIES:
-            return self.steps[step].unless
+            return self.steps[step].unless if step < len(self.steps) else None
         return self.unless
+
+    def accepts(self, timer) -> bool:
+        """Whether a stored deadline still fits this rule (a reload may have changed its shape:
+        fewer steps, another kind); one that does not lapses."""
+        if self.kind is SERIES:
+            return 0 < timer.step < len(self.steps)
+        if timer.step != 0:
+            return False
+        return self.kind in (ABSENCE, DELAY, RECURRING, INACTIVE)
 
 
 class EventPlan:
@@ -126,7 +135,9 @@ class CompiledRules:
         self.profile_attrs = profile_attrs
         self.inactive = tuple(r for r in rules if r.kind == INACTIVE)
         self.recurring = tuple(r for r in rules if r.kind == RECURRING)
-        self.recurring_attrs = frozenset(r.date_attr for r in self.recurring) | ({"timezone"} if self.recurring else set())
+        # channels some rule sends on: the only ones whose consent is worth keeping
+        self.channels = frozenset(
+            a.channel for r in rules for a in ([r.then] if r.then else []) + [s.then for s in r.steps])
         policy = ruleset.policy
         self.attribution = policy.attribution if policy is not None else Attribution()
         self.attribution_windows = {r.id: r.rule.attribution_window for r in rules if r.rule.attribution_window}

@@ -26,6 +26,7 @@ class Timer(msgspec.Struct, array_like=True):
     cause: str                 # event id (or occurrence) that armed it; part of the trigger id
     cause_ts: int              # epoch ms of the cause
     ctx: dict[str, Any] = {}   # the cause event's properties that the rule's templates read
+    cause_type: str = ""       # the cause event's type, for `event.type` when the deadline fires
 
 
 class CustomerState(msgspec.Struct, array_like=True):
@@ -35,11 +36,12 @@ class CustomerState(msgspec.Struct, array_like=True):
     sent: dict[str, int] = {}       # rule id -> epoch ms of its last sent trigger (cooldown)
     timers: list[Timer] = []        # pending deadlines, any order
     last_ts: int = 0                # epoch ms of the latest event applied
-    seen: list[int] = []            # short hashes of the latest event ids (de-duplication)
+    seen: list[int] = []            # 64-bit hashes of the latest event ids (de-duplication)
     consent: dict[str, list] = {}   # channel -> [granted: bool, epoch ms of the decision]
     contacts: list[list] = []       # [epoch ms, channel] of recent contacts, for frequency caps
     open_triggers: list[list] = []  # [rule id, epoch ms, held out?, responded?, converted?] awaiting responses
     idle_fired: list[str] = []      # inactivity rules already fired since the latest event
+    occurred: dict[str, str] = {}   # recurring rule id -> local date of its latest occurrence fired
 
     def next_due(self) -> int | None:
         """The earliest stored deadline; inactivity deadlines are implicit (`Evaluator.next_due`)."""
