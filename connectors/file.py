@@ -91,6 +91,15 @@ class FileSink:
         if not self._closed:
             self._fh.flush()
 
+    def settle(self) -> None:
+        """Make what was written survive the process (the live engine calls it before it commits
+        the state behind these lines): flushed to the OS and, for a real file, fsync'ed."""
+        if self._closed:
+            return
+        self._fh.flush()
+        if self._owns_file:
+            os.fsync(self._fh.fileno())
+
     def close(self) -> None:
         """Flush and close; a `-` stream (stdout, stderr) is flushed but left open for the process."""
         if self._closed:

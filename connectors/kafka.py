@@ -68,7 +68,9 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     `extra` holds librdkafka producer settings (`security.protocol`, `sasl.*`, `linger.ms`,
     `message.timeout.ms` …), applied last so they can override the defaults.
-    `delivery_timeout_s` bounds how long one `write_batch` keeps retrying before it raises.
+    `delivery_timeout_s` bounds how long one batch keeps retrying before it raises; 0 means
+    never give up: wait for the broker (logging every few seconds) — what a live engine wants
+    during a Kafka outage, rather than stopping and restarting in a loop.
     """
 
     brokers: list[str]
@@ -84,8 +86,8 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("brokers must name at least one host:port")
         if not self.topic:
             raise ValueError("topic must not be empty")
-        if not self.delivery_timeout_s > 0:
-            raise ValueError(f"delivery_timeout_s must be positive, got {self.delivery_timeout_s}")
+        if self.delivery_timeout_s < 0:
+            raise ValueError(f"delivery_timeout_s must be 0 (wait forever) or positive, got {self.delivery_timeout_s}")
 
 
 class _Round:
@@ -129,7 +131,8 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "message.timeout.ms": max(
+            # 0 = librdkafka never expires a message: it keeps retrying until the broker is back
+            "message.timeout.ms": 0 if not config.delivery_timeout_s else max(
                 100, int(config.delivery_timeout_s * 1000 / _ATTEMPTS_PER_DEADLINE)
             ),
             "error_cb": self._on_client_error,
@@ -157,7 +160,7 @@ class KafkaSink:
         """Hand the items to the producer; their delivery is checked by the next `settle`."""
         if not items:
             return
-        deadline = time.monotonic() + self.config.delivery_timeout_s
+        deadline = time.monotonic() + (self.config.delivery_timeout_s or float("inf"))
         batch = _Round()
         encode = self._encoder.encode
         records: list[_Record] = []
@@ -184,7 +187,15 @@ class KafkaSink:
     def _settle(self, batch: _Round, deadline: float) -> None:
         attempt = 0
         while True:
-            self._producer.flush(max(0.0, deadline - time.monotonic()))
+            if deadline == float("inf"):   # wait for the broker as long as it takes, saying so
+                waited = 0.0
+                while self._producer.flush(5.0) and batch.outstanding > 0:
+                    waited += 5.0
+                    log.warning("%s: %d message(s) waiting for the broker for %.0f s%s", self.name,
+                                batch.outstanding, waited,
+                                f" (last client error: {_describe(self._client_error)})" if self._client_error else "")
+            else:
+                self._producer.flush(max(0.0, deadline - time.monotonic()))
             if batch.outstanding > 0:  # the deadline passed with reports still missing
                 self._fail(batch, deadline)
             if not batch.failures:

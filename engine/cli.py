@@ -53,15 +53,16 @@ Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, 
   prefix = "te"
   cluster = false
 
-  [sinks.kafka]                          # the default sink; a [sinks] section replaces it
-  brokers = ["127.0.0.1:9092"]
+  [sinks.kafka]                          # default: topic "triggers" on kafka.brokers; configuring
+  brokers = ["127.0.0.1:9092"]           # any [sinks.*] replaces that default
   topic = "triggers"
+  delivery_timeout_s = 30                # 0: wait for the broker as long as it takes
   [sinks.webhook]                        # optional
   url = "https://ma.example.com/hooks/triggers"
   secret = "..."                         # HMAC-SHA256 signature header
   batch_size = 1
   max_retries = 6
-  dead_letter_path = "webhook-dead-letters.jsonl"
+  dead_letter_path = "webhook-dead-letters.jsonl"   # the default when unset
   [sinks.redis_stream]                   # optional
   url = "redis://127.0.0.1:6379/0"
   stream = "triggers"

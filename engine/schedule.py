@@ -29,6 +29,10 @@ class DeadlineIndex:
                 self._heap = [(d, c) for c, d in self._scheduled.items()]
                 heapq.heapify(self._heap)
 
+    def forget(self, customer_id: str) -> None:
+        """Drop a customer's entry (its heap entry goes stale and is skipped)."""
+        self._scheduled.pop(customer_id, None)
+
     def next_due(self) -> int | None:
         return self._heap[0][0] if self._heap else None
 

@@ -2,7 +2,7 @@
 
 Defaults work on a laptop with the project's services (`scripts/services.sh start`):
 Kafka on 127.0.0.1:9092, Redis on 127.0.0.1:6379, the bundled `rules/`, triggers to the
-Kafka topic `triggers`, dead letters to `dead-letters`.
+Kafka topic `triggers` and dead letters to `dead-letters`, both on `kafka.brokers`.
 
 Environment variables override the file: `TRIGGERS_<SECTION>__<KEY>` (double underscore
 between levels, values parsed as TOML where they parse, else taken as strings), e.g.
@@ -42,7 +42,11 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Sinks(msgspec.Struct, forbid_unknown_fields=True):
-    """Where triggers go; every configured sink gets every trigger (sent, held out, suppressed)."""
+    """Where triggers go; every configured sink gets every trigger (sent, held out, suppressed).
+
+    With none configured, triggers go to the Kafka topic `triggers` on `kafka.brokers` (with
+    `kafka.extra`); configuring any sink replaces that default.
+    """
 
     kafka: KafkaSinkConfig | None = None
     webhook: WebhookSinkConfig | None = None
@@ -61,8 +65,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     rules: str = "rules"                    # rules directory
     kafka: KafkaSource = msgspec.field(default_factory=KafkaSource)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
-    sinks: Sinks = msgspec.field(
-        default_factory=lambda: Sinks(kafka=KafkaSinkConfig(brokers=["127.0.0.1:9092"], topic="triggers")))
+    sinks: Sinks = msgspec.field(default_factory=Sinks)   # none: the Kafka topic "triggers" on kafka.brokers
     dead_letters: DeadLetters = msgspec.field(default_factory=DeadLetters)
     workers: int = 1                        # worker threads in this process
     process_id: int | None = None           # with `addresses`: this process's index in the cluster

@@ -66,20 +66,32 @@ def _evaluate(batches: list[Batch]) -> list[Trigger | DeadLetter]:
 
 
 def trigger_sinks(settings: Settings) -> dict[str, Callable[[int], Connector]]:
+    """The configured sinks; with none configured, the Kafka topic `triggers` on the event brokers.
+
+    Live, every sink's deliveries are awaited before the state behind them commits
+    (`settle_sinks`), so a Kafka sink does not also wait per batch (`wait_for_delivery` off), and
+    a webhook sink without a dead-letter file gets `webhook-dead-letters.jsonl`: one trigger the
+    receiver refuses for good must not stop the engine and then stop it again after every restart.
+    """
     s = settings.sinks
     sinks: dict[str, Callable[[int], Connector]] = {}
-    if s.kafka is not None:   # deliveries are awaited once per commit (settle_sinks), not per batch
-        sinks["kafka"] = lambda _w, c=s.kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False))
+    kafka = s.kafka
+    if kafka is None and s.webhook is None and s.redis_stream is None and s.file is None:
+        kafka = KafkaSinkConfig(brokers=settings.kafka.brokers, topic="triggers", extra=settings.kafka.extra,
+                                delivery_timeout_s=0)   # during a Kafka outage: wait, do not stop
+    if kafka is not None:
+        sinks["kafka"] = lambda _w, c=kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False))
     if s.webhook is not None:
-        sinks["webhook"] = lambda _w, c=s.webhook: WebhookSink(c)
+        webhook = s.webhook
+        if webhook.dead_letter_path is None:
+            webhook = msgspec.structs.replace(webhook, dead_letter_path="webhook-dead-letters.jsonl")
+            logging.getLogger("engine").info("webhook triggers that fail for good go to %s", webhook.dead_letter_path)
+        sinks["webhook"] = lambda _w, c=webhook: WebhookSink(c)
     if s.redis_stream is not None:
         sinks["redis_stream"] = lambda _w, c=s.redis_stream: RedisStreamSink(c)
     if s.file is not None:
         # workers append to one file: each batch is one write() on an O_APPEND file
         sinks["file"] = lambda _w, c=s.file: FileSink(FileSinkConfig(path=c.path, append=True))
-    if not sinks:
-        raise FlowError("no trigger sink configured: set at least one of sinks.kafka, sinks.webhook, "
-                        "sinks.redis_stream, sinks.file")
     return sinks
 
 
@@ -89,6 +101,7 @@ def dead_letter_sink(settings: Settings) -> Callable[[int], Connector]:
         return lambda _w: FileSink(FileSinkConfig(path=d.file, append=True))
     if d.kafka_topic:
         return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=d.kafka_topic,
+                                                    extra=settings.kafka.extra, delivery_timeout_s=0,
                                                     wait_for_delivery=False))
     raise FlowError("no dead-letter output: set dead_letters.kafka_topic or dead_letters.file")
 

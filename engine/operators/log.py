@@ -12,6 +12,7 @@ from typing import Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from engine.operators.metrics import KAFKA_ERRORS
+from engine.retry import retry_forever
 
 log = logging.getLogger("engine.source")
 
@@ -61,10 +62,24 @@ class KafkaPartitionLog:
             **(extra or {}),
         }
         self._consumer = Consumer(config)
+        probe = TopicPartition(topic, partition)
+        low, high = retry_forever(lambda: self._consumer.get_watermark_offsets(probe, timeout=10),
+                                  f"{self.name}: reading the partition's offsets from {','.join(brokers)}",
+                                  (KafkaException,), log)
+        if start is not None and start > high:
+            # Redis says events up to `start` were applied, the partition ends before that: the
+            # topic was recreated or lost data. Reading from 0 would apply events twice.
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG,
+                f"{self.name}: the committed offset {start} is beyond the partition's end {high} "
+                f"(topic recreated?); to start over, delete the Redis key of this partition's offset"))
+        if start is not None and start < low:
+            log.error("%s: events %d..%d expired from Kafka before they were read (retention); "
+                      "continuing at %d", self.name, start, low - 1, low)
+            start = low
         self._tp = TopicPartition(topic, partition, start if start is not None else OFFSET_BEGINNING)
         self._consumer.assign([self._tp])
-        _, self._end_at_start = self._consumer.get_watermark_offsets(self._tp, timeout=30)
-        self._position = start if start is not None else 0
+        self._end_at_start = high
+        self._position = start if start is not None else low
         self._eof = False
 
     def read(self, max_records: int) -> list[Record]:
@@ -72,12 +87,13 @@ class KafkaPartitionLog:
         for msg in self._consumer.consume(max_records, timeout=0):
             err = msg.error()
             if err is None:
-                records.append((msg.value(), msg.offset()))
+                if msg.offset() >= self._position:   # never hand out an offset twice
+                    records.append((msg.value(), msg.offset()))
                 continue
             if err.code() == KafkaError._PARTITION_EOF:
                 self._eof = True
             elif err.fatal():
-                raise KafkaException(err)
+                raise KafkaException(KafkaError(err.code(), f"{self.name}: {err.str()}", fatal=True))
             else:   # librdkafka retries transient errors (broker down) by itself
                 KAFKA_ERRORS.labels(self.name).inc()
                 log.warning("%s: %s", self.name, err)

@@ -70,6 +70,7 @@ class PartitionWorker:
         self.deadlines = DeadlineIndex()
         self.clock = 0                          # event time of this partition (watermark), epoch ms
         self.index_backlog = False              # the last index scan was cut at its limit
+        self.orphans: set[str] = set()          # indexed customers without a state, to unindex
         self.next_offset = start_offset         # after the last record handed out
         self.committed_offset = start_offset
         self.stats = PartitionStats()
@@ -89,6 +90,10 @@ class PartitionWorker:
             self.rules_version = self.live_rules.version
             self.evaluator = Evaluator(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
+            # deadlines that follow from the rules (inactivity) may have moved: re-index the
+            # cached customers now, and the others as their states are written next
+            for cid, state in self.cache.items():
+                self.deadlines.update(cid, self.evaluator.next_due(state))
         out: list = []
         where = self.log.where
         if batch.records and self.first_record_at is None:
@@ -113,7 +118,7 @@ class PartitionWorker:
             self.clock = clock
         if batch.caught_up and batch.now > self.clock:
             self.clock = batch.now      # nothing unread: event time has caught up with the wall clock
-        self._fire_due(batch.scan_index, out)
+        self._fire_due(batch.scan_index, batch.caught_up, out)
         stats = self.stats
         stats.events += len(events)
         stats.dead_letters += len(dead)
@@ -129,8 +134,11 @@ class PartitionWorker:
         self._maybe_log_stats()
         return out
 
-    def _fire_due(self, scan_index: bool, out: list) -> None:
-        clock = self.clock
+    def _fire_due(self, scan_index: bool, caught_up: bool, out: list) -> None:
+        # While a backlog is read, a deadline fires only once an event *after* it was seen, as in
+        # the backtest (an event exactly at a deadline still counts as in time); once caught up,
+        # the clock is the wall clock and everything at or before it is due.
+        clock = self.clock if caught_up else self.clock - 1
         due: list[str] = []
         while (entry := self.deadlines.pop(clock)) is not None:
             due.append(entry[1])
@@ -145,7 +153,8 @@ class PartitionWorker:
         on_time, update = self.evaluator.on_time, self.deadlines.update
         for cid in dict.fromkeys(due):
             state = self.cache.get(cid)
-            if state is None:
+            if state is None:   # indexed, but its state is gone (deleted, evicted by Redis): unindex it
+                self.orphans.add(cid)
                 continue
             on_time(state, cid, clock, out)
             self.dirty.add(cid)
@@ -176,13 +185,15 @@ class PartitionWorker:
 
     def commit(self, offset: int) -> bool:
         """Write dirty states, the offset and the deadline index at once; True if anything changed."""
-        if not self.dirty and offset == self.committed_offset:
+        if not self.dirty and offset == self.committed_offset and not self.orphans:
             return False
         started = time.perf_counter()
         settle_sinks()   # the triggers of these changes are delivered before the changes commit
         states = {cid: self.cache[cid] for cid in self.dirty}
         due = {cid: self.evaluator.next_due(state) for cid, state in states.items()}
-        self._redis(lambda: self.store.commit(self.name, states, offset, due), "commit")
+        orphans = list(self.orphans)
+        self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans), "commit")
+        self.orphans.clear()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         self._m_commits.inc()
         self.dirty.clear()
@@ -202,6 +213,7 @@ class PartitionWorker:
         excess = len(self.cache) - int(self.cache_size * 0.9)
         for cid in list(self.cache)[:excess]:
             del self.cache[cid]
+            self.deadlines.forget(cid)   # Redis's index still has it; the scan finds it when due
 
     def _redis(self, fn, what: str):
         def counted() -> None:

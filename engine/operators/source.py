@@ -17,7 +17,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engine.operators import metrics
 from engine.operators.log import EventLog
-from engine.operators.partition import Batch, PartitionWorker
+from engine.operators.partition import REDIS_ERRORS, Batch, PartitionWorker
+from engine.retry import retry_forever
 from engine.rules.reload import LiveRules
 from engine.state.redis import RedisStore
 from engine.times import now_ms
@@ -48,7 +49,8 @@ class EngineSource(FixedPartitionedSource):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "EnginePartition":
         store = self.store()
         # Redis owns the offsets; Bytewax's resume state (only with its recovery) is ignored.
-        start = store.load_offset(for_part)
+        start = retry_forever(lambda: store.load_offset(for_part), f"partition {for_part}: Redis offset load",
+                              REDIS_ERRORS, log)
         event_log = self.open_log(for_part, start)
         log.info("partition %s: starting at offset %s", for_part, start if start is not None else "0 (beginning)")
         worker = PartitionWorker(event_log, store, self.rules, start or 0, self.cache_size)

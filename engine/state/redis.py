@@ -99,7 +99,7 @@ class RedisStore:
         return [m.decode() for m in members]
 
     def commit(self, partition: str, states: Mapping[str, CustomerState], offset: int | None,
-               next_due: Mapping[str, int | None]) -> None:
+               next_due: Mapping[str, int | None], unindex: list[str] | None = None) -> None:
         """A partition's batch: its states, its next offset and its deadline index, at once.
 
         `next_due` is each customer's earliest deadline (None: none pending), which decides
@@ -107,7 +107,7 @@ class RedisStore:
         one round trip, atomic. Cluster: the same writes one after the other (see above).
         """
         due: dict[str, int] = {}
-        idle: list[str] = []
+        idle: list[str] = list(unindex or ())
         for cid in states:
             when = next_due.get(cid)
             if when is None:
