@@ -78,7 +78,8 @@ def write_config(path: Path, *, topic: str, redis_url: str, prefix: str, sink_to
     webhook_section = ""
     if webhook:
         webhook_section = (f'[sinks.webhook]\nurl = "{webhook}"\nbackoff_base_s = 0.02\nbackoff_max_s = 0.5\n'
-                           f'max_retries = 12\nsecret = "s3cret"\n')
+                           f'max_retries = 12\nsecret = "s3cret"\n'
+                           f'dead_letter_path = "{path.parent / "webhook-dead-letters.jsonl"}"\n')
     path.write_text(f"""
 rules = "{ROOT / 'rules'}"
 exit_at_end = true
