@@ -200,11 +200,9 @@ def run_inprocess(lines: list[bytes], rules, rate: float | None) -> tuple[float,
     parts = split(lines)
     if rate:
         release = {name: [] for name in parts}
-        order = {name: 0 for name in parts}
         for i, raw in enumerate(lines):   # the global order at `rate`, each partition keeping its share
             name = f"bench-{zlib.crc32(orjson.loads(raw)['customer_id'].encode()) % PARTITIONS}"
             release[name].append(t0 + i / rate)
-            order[name] += 1
             released[orjson.loads(raw)["event_id"]] = t0 + i / rate
         open_log = lambda name, start: PacedLog(name, parts[name], release[name], start)   # noqa: E731
     else:

@@ -11,8 +11,28 @@ mid-run.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any, Self
 
-__all__ = ["SinkError", "backoff_delay"]
+__all__ = ["Sink", "SinkError", "backoff_delay"]
+
+
+class Sink(ABC):
+    """What every connector is: `write_batch` a batch, `close` at the end; usable in `with`."""
+
+    @abstractmethod
+    def write_batch(self, items: Any) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 class SinkError(Exception):

@@ -13,10 +13,11 @@ import io
 import os
 import sys
 from collections.abc import Sequence
-from types import TracebackType
 from typing import IO, Any
 
 import msgspec
+
+from connectors import Sink
 
 __all__ = ["FileSinkConfig", "FileSink"]
 
@@ -32,7 +33,7 @@ class FileSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     append: bool = False
 
 
-class FileSink:
+class FileSink(Sink):
     """Writes structs (triggers, dead letters) as JSON lines, one `write` per batch.
 
     Not thread-safe: one sink belongs to one worker, as Bytewax sink partitions do.
@@ -110,13 +111,3 @@ class FileSink:
         else:
             self._fh.flush()
 
-    def __enter__(self) -> FileSink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -27,13 +27,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, NoReturn
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors import SinkError
+from connectors import Sink, SinkError
 
 __all__ = ["KafkaSinkConfig", "KafkaSink"]
 
@@ -110,7 +109,7 @@ class _Round:
             self.failures.append((err, (msg.key(), msg.value(), msg.headers())))
 
 
-class KafkaSink:
+class KafkaSink(Sink):
     """Writes structs to one topic and returns only when Kafka has acknowledged all of them.
 
     One sink per worker (a Bytewax sink partition), not shared between threads. Counters:
@@ -277,16 +276,6 @@ class KafkaSink:
         if remaining:
             log.warning("%s: closed with %d message(s) still undelivered", self.name, remaining)
 
-    def __enter__(self) -> KafkaSink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _describe(err: KafkaError) -> str:

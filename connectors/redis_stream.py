@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Annotated, Any
 
 import msgspec
@@ -30,7 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors import SinkError, backoff_delay
+from connectors import Sink, SinkError, backoff_delay
 
 __all__ = ["RedisStreamSinkConfig", "RedisStreamSink"]
 
@@ -54,7 +53,7 @@ class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     retry_for_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
 
 
-class RedisStreamSink:
+class RedisStreamSink(Sink):
     """Appends structs to a Redis stream, one round trip per batch.
 
     One sink per worker. Counters: `written` (entries added) and `retries` (batches sent
@@ -122,13 +121,3 @@ class RedisStreamSink:
         """Release the connections."""
         self._client.close()
 
-    def __enter__(self) -> RedisStreamSink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

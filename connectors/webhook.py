@@ -56,13 +56,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
 
-from connectors import SinkError, backoff_delay
+from connectors import Sink, SinkError, backoff_delay
 from connectors.file import FileSink, FileSinkConfig
 from engine.triggers import Trigger
 
@@ -150,7 +149,7 @@ class _Outcome(msgspec.Struct):
     reason: str = ""
 
 
-class WebhookSink:
+class WebhookSink(Sink):
     """POSTs triggers, `concurrency` requests at a time, and blocks until each is delivered
     or dead-lettered.
 
@@ -342,16 +341,6 @@ class WebhookSink:
         if self._dead_letters is not None:
             self._dead_letters.close()
 
-    def __enter__(self) -> WebhookSink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -20,7 +20,7 @@ from engine.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.evaluate import Evaluator
 from engine.events import Event
 from engine.progress import Progress
-from engine.rules.compiler import RECURRING, CompiledRules
+from engine.rules.compiler import CompiledRules
 from engine.schedule import DeadlineIndex
 from engine.state.customer import CustomerState
 from engine.state.memory import InMemoryStore

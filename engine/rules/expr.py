@@ -60,7 +60,7 @@ class ExprError(Exception):
 
 
 AggregateReader = Callable[[CustomerState, int], Any]
-ExprFn = Callable[[CustomerState, "Event | None", int], Any]
+ExprFn = Callable[[CustomerState, Event | None, int], Any]
 
 _KEYWORD_CONSTANTS = {"true": "True", "false": "False", "null": "None"}
 _EVENT_FIELDS = frozenset({"type", "ts", "customer_id", "event_id"})

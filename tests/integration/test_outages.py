@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 import redis
 
 from bench.workload import generate

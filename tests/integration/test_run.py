@@ -8,7 +8,6 @@ wall clock as `--until`, since a live run's clock reaches it once the input is r
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
