@@ -9,8 +9,9 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
   The window slides in steps of `window / WINDOW_BUCKETS`: a read counts the buckets that
   overlap the last `window`, so an event is counted for at least `window` and at most
   `window + window / WINDOW_BUCKETS`. That resolution bounds the state size.
-- numbers that are not finite (a property "NaN" or "inf") count as 0: one bad event must not
-  poison a lifetime sum for good.
+- amounts are read with `engine.events.amount` (JSON numbers and plain ASCII numeric text;
+  anything else counts as 0) and added with `add_amount`, so a sum stays storable: exact up to
+  ±2^53, a float beyond, never infinite. One bad event must not poison a lifetime sum for good.
 - last: the value itself (the event time in epoch ms for `last: ts`).
 - decayed_count: `[ref_ms, {key: score}]` where score = sum of 2^((ts - ref) / half_life)
   over the key's events; the value at time t is score * 2^(-(t - ref) / half_life). Storing
@@ -20,11 +21,10 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-from engine.events import Event
+from engine.events import Event, add_amount, amount
 from engine.rules.model import Aggregate
 from engine.state.customer import CustomerState
 
@@ -36,18 +36,6 @@ Update = Callable[[dict[str, Any], Event], None]
 Read = Callable[[CustomerState, int], Any]
 
 
-def _number(value: Any) -> float:
-    """A property as a number; missing or non-numeric values count as 0 rather than fail the event."""
-    if value.__class__ is int:
-        return value
-    if value.__class__ is not float:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return 0.0
-    return value if math.isfinite(value) else 0.0
-
-
 def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
     name = agg.name
     if agg.kind in ("sum", "count") and agg.window:
@@ -56,7 +44,7 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
         field = agg.field
 
         def update(aggs: dict[str, Any], ev: Event) -> None:
-            aggs[name] = aggs.get(name, 0) + _number(ev.properties.get(field))
+            aggs[name] = add_amount(aggs.get(name, 0), amount(ev.properties.get(field)))
 
         def read(st: CustomerState, now: int) -> Any:
             return st.aggs.get(name, 0)
@@ -102,27 +90,27 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
     is_sum = agg.kind == "sum"
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
-        amount = _number(ev.properties.get(field)) if is_sum else 1
+        value = amount(ev.properties.get(field)) if is_sum else 1
         bucket = ev.ts // bucket_ms
         buckets = aggs.get(name)
         if buckets is None:
-            aggs[name] = [[bucket, amount]]
+            aggs[name] = [[bucket, value]]
             return
         last = buckets[-1]
         if last[0] == bucket:
-            last[1] += amount
+            last[1] = add_amount(last[1], value)
         elif last[0] < bucket:
-            buckets.append([bucket, amount])
+            buckets.append([bucket, value])
             oldest = bucket - WINDOW_BUCKETS
             if buckets[0][0] < oldest:
                 buckets[:] = [b for b in buckets if b[0] >= oldest]
         else:   # a late event: add it to its own bucket if still inside the window
             for b in buckets:
                 if b[0] == bucket:
-                    b[1] += amount
+                    b[1] = add_amount(b[1], value)
                     return
             if bucket >= last[0] - WINDOW_BUCKETS:
-                buckets.append([bucket, amount])
+                buckets.append([bucket, value])
                 buckets.sort()
 
     def read(st: CustomerState, now: int) -> Any:
@@ -164,9 +152,9 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
         key = ev.properties.get(by)
-        if key is None:
-            return
         if key.__class__ is not str:
+            if key is None or key.__class__ is dict or key.__class__ is list:
+                return   # an object or array names no single category
             key = str(key)
         entry = aggs.get(name)
         if entry is None:

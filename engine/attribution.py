@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.events import Event
+from engine.events import Event, amount
 from engine.rules.model import Attribution
 from engine.state.customer import CustomerState
 
@@ -64,9 +64,7 @@ class Attributor:
         is_conversion = ev.type in self.conversions
         revenue = 0.0
         if is_conversion:
-            value = ev.properties.get(self.revenue_field)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                revenue = float(value)
+            revenue = float(amount(ev.properties.get(self.revenue_field)))
         for e in entries:
             rule_id, at, held = e[0], e[1], e[2]
             if ts <= at:

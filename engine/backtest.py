@@ -18,6 +18,7 @@ import msgspec
 from engine.attribution import RuleOutcome
 from engine.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.evaluate import Evaluator
+from engine.isolation import IsolatedEvaluator
 from engine.events import Event
 from engine.progress import Progress
 from engine.rules.compiler import CompiledRules
@@ -46,23 +47,33 @@ class BacktestSummary(msgspec.Struct):
 
 
 class Replay:
-    """The event-time replay loop; `feed` batches of events in file order, then `finish`."""
+    """The event-time replay loop; `feed` batches of events in file order, then `finish`.
+
+    Events and deadlines the core cannot handle (engine errors) go to `dead_letter`, with the
+    customer's state as it was before them (`engine.isolation`), as in the live engine.
+    """
 
     def __init__(self, rules: CompiledRules, emit: Callable[[list[Trigger]], None], until: int | None = None,
-                 store: InMemoryStore | None = None) -> None:
+                 store: InMemoryStore | None = None,
+                 dead_letter: Callable[[list[DeadLetter]], None] | None = None, where: str = "backtest") -> None:
         self.evaluator = Evaluator(rules)
+        self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.store = store if store is not None else InMemoryStore()
         self.emit = emit
+        self.dead_letter = dead_letter
         self.until = until
         self._deadlines = DeadlineIndex()
         self._clock = 0
         self.triggers = 0
+        self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
+        self.rejected: list[DeadLetter] = []   # refused by the core, not yet handed to `dead_letter`
         self.stopped = False   # set once an event passes `until`
 
     def feed(self, events: Iterable[Event]) -> None:
         out: list[Trigger] = []
         states = self.store.states
         evaluator = self.evaluator
+        on_event = self.isolated.on_event
         deadlines = self._deadlines
         until = self.until
         for ev in events:
@@ -76,12 +87,15 @@ class Replay:
             if ts > self._clock:
                 self._clock = ts
             cid = ev.customer_id
-            state = states.get(cid)
-            state = evaluator.on_event(state, ev, out)
-            states[cid] = state
+            state, dead = on_event(states.get(cid), ev, out)
+            if state is not None:
+                states[cid] = state
+            if dead is not None:
+                self.rejected.append(dead)
+                evaluator.earlier_deadline = True   # the restored state's deadlines
             if evaluator.earlier_deadline:
                 evaluator.earlier_deadline = False
-                deadlines.update(cid, evaluator.next_due(state))
+                deadlines.update(cid, evaluator.next_due(state) if state is not None else None)
         self._write(out)
 
     def finish(self) -> None:
@@ -96,14 +110,21 @@ class Replay:
 
     def _fire_due(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
         """Fire every customer's deadlines due at or before `now` (None: all), in deadline order."""
-        states, evaluator, pop = self.store.states, self.evaluator, self._deadlines.pop
+        states, on_time, pop = self.store.states, self.isolated.on_time, self._deadlines.pop
         while (entry := pop(now)) is not None:
             due, cid = entry
-            state = states[cid]
-            evaluator.on_time(state, cid, due, out, recurring_until)
+            state, dead = on_time(states[cid], cid, due, out, recurring_until)
+            if dead is not None:
+                states[cid] = state
+                self.rejected.append(dead)
             self._schedule(cid, state, recurring_until)
 
     def _write(self, out: list[Trigger]) -> None:
+        if self.rejected:
+            rejected, self.rejected = self.rejected, []
+            if self.dead_letter is not None:
+                self.dead_letter(rejected)
+            self.dead_letters += len(rejected)
         if not out:
             return
         self.triggers += len(out)
@@ -112,7 +133,7 @@ class Replay:
     def summary(self, dead_letters: int, elapsed_s: float) -> BacktestSummary:
         c = self.evaluator.counters
         return BacktestSummary(
-            events=c.events, dead_letters=dead_letters, duplicates=c.duplicates, late=c.late,
+            events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=c.late,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes),
         )
@@ -129,7 +150,7 @@ def backtest_file(
     """Replay a JSONL event file; triggers go to `emit`, undecodable lines to `dead_letter`."""
     start = time.perf_counter()
     decoder = EventDecoder()
-    replay = Replay(rules, emit, until)
+    replay = Replay(rules, emit, until, dead_letter=dead_letter, where=str(events_path))
     path = Path(events_path)
     bar = Progress(path.stat().st_size if progress and str(path) != "-" else 0, "backtest") if progress else None
     dead = 0

@@ -15,13 +15,20 @@ Two layers, for speed:
 
 A message that decodes as a complete native event is native, even if it also carries
 Segment keys; only messages that are not valid native events are looked at as Segment.
+
+Every accepted event is normalised so that any state built from it can be stored (msgpack)
+and read back: properties nest at most `MAX_DEPTH` levels, integers beyond ±2^53 become
+floats (larger than a float can hold: a dead letter), and the special `consent` event must
+carry a string `channel` and a boolean `granted`. The decoder is the one place where the
+outside world's values are checked; the core after it can rely on them.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -29,13 +36,32 @@ from typing import Annotated, Any
 
 import msgspec
 
-from engine.events import Event
+from engine.events import CONSENT_EVENT, Event
 
-__all__ = ["DeadLetter", "EventDecoder", "read_jsonl", "segment_event_type", "SEGMENT_EVENT_TYPES"]
+__all__ = ["DeadLetter", "EventDecoder", "Stage", "MAX_DEPTH", "read_jsonl", "segment_event_type",
+           "SEGMENT_EVENT_TYPES"]
 
 RAW_KEEP_BYTES = 4096
 """An oversized message keeps only this much of its text in the dead letter, so that one
 huge message cannot blow up the dead-letter output."""
+
+
+MAX_DEPTH = 16
+"""Levels of objects and arrays allowed inside `properties` (`{"a": {"b": 1}}` is 2): real
+shop data nests 2 or 3 deep; the bound keeps every state walkable without recursion limits."""
+
+MAX_EXACT_INT = 2**53
+"""Integers beyond ±2^53 are not exact in JSON for most producers (JavaScript) and cannot be
+stored as msgpack beyond 64 bits: they become floats."""
+
+
+class Stage(enum.StrEnum):
+    """Where a message was stopped on its way to the customer's state."""
+
+    DECODE = "decode"       # not a usable event (syntax, fields, values)
+    KEY = "key"             # a Kafka message whose key is not its customer_id
+    EVALUATE = "evaluate"   # the rules could not be applied to it (an engine bug: logged loudly)
+    STORE = "store"         # the state it produced cannot be stored (an engine bug: logged loudly)
 
 
 class DeadLetter(msgspec.Struct):
@@ -44,12 +70,14 @@ class DeadLetter(msgspec.Struct):
     `reason` names the field and the problem; `source` says where the message came from
     (`events.jsonl:17`, `kafka customer-events/3@1234`); `raw` is the original text
     (utf-8, undecodable bytes replaced), cut to the first 4 KiB when the message was too
-    large, which the reason then says.
+    large, which the reason then says. `stage` says which step refused it. Whatever the
+    stage, the customer's state is as it was before the message.
     """
 
     reason: str
     source: str
     raw: str
+    stage: Stage = Stage.DECODE
 
 
 # Segment e-commerce spec v2 names -> native event types. Names not in the table become
@@ -172,12 +200,49 @@ def _id(value: object, field: str) -> str:
 
 
 def _properties(value: object, field: str) -> dict[str, Any]:
-    """Absent or null means no properties; anything else must be an object."""
+    """Absent or null means no properties; anything else must be an object (normalised)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise _Invalid(f"field {field!r}: expected an object, got {_kind(value)} {_show(value)}")
+    if value:
+        _normalize(value, 1, field)
     return value
+
+
+def _normalize(container: dict[str, Any] | list[Any], depth: int, field: str) -> None:
+    """Make decoded JSON storable, in place: bounded depth, integers within ±2^53 (else floats).
+
+    Strings, floats (JSON has no NaN or infinity), booleans and null need nothing. Called on
+    every event with properties, so the common flat case is one pass of class checks.
+    """
+    items = container.items() if container.__class__ is dict else enumerate(container)
+    for key, value in items:
+        cls = value.__class__
+        if cls is str or cls is float or cls is bool or value is None:
+            continue
+        if cls is int:
+            if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                continue
+            try:
+                container[key] = float(value)  # type: ignore[index]
+            except OverflowError:
+                raise _Invalid(f"field {field!r}: an integer of over 308 digits is too large for a number") from None
+        elif depth >= MAX_DEPTH:
+            raise _Invalid(f"field {field!r}: nested too deep (more than {MAX_DEPTH} levels of objects and arrays)")
+        else:
+            _normalize(value, depth + 1, field)
+
+
+def _check_consent(props: dict[str, Any]) -> None:
+    """`consent` events decide per channel: a channel that is not a string could never match one."""
+    channel = props.get("channel")
+    if channel.__class__ is not str or not channel:
+        raise _Invalid(f"consent event: 'channel' must be a non-empty string such as \"email\", "
+                       f"got {_kind(channel)} {_show(channel)}")
+    granted = props.get("granted")
+    if granted.__class__ is not bool:
+        raise _Invalid(f"consent event: 'granted' must be true or false, got {_kind(granted)} {_show(granted)}")
 
 
 _REQUIRED = ("event_id", "type", "customer_id", "ts")
@@ -199,7 +264,10 @@ def _native(obj: dict[str, Any]) -> Event:
         raise _Invalid("field 'type' is an empty string")
     customer_id = _id(obj["customer_id"], "customer_id")
     ts = _ts_ms(obj["ts"], "ts")
-    return Event(event_id, etype, customer_id, ts, _properties(obj.get("properties"), "properties"))
+    properties = _properties(obj.get("properties"), "properties")
+    if etype == CONSENT_EVENT:
+        _check_consent(properties)
+    return Event(event_id, etype, customer_id, ts, properties)
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -261,6 +329,8 @@ def _segment(obj: dict[str, Any]) -> Event:
             if properties.get(key) is not None:
                 properties["amount"] = properties[key]
                 break
+    elif etype == CONSENT_EVENT:
+        _check_consent(properties)
     return Event(event_id, etype, customer_id, ts, properties)
 
 
@@ -278,6 +348,64 @@ def _raw_text(raw: bytes | bytearray | memoryview | str, limit: int | None = Non
     return data.decode("utf-8", errors="replace")
 
 
+def _fast(raw: bytes) -> Event | None:
+    """The native form through the typed decoder, or None when the slow path must look.
+
+    Every check here is one the slow path makes too (with a precise reason), so an input is
+    never accepted by one path and refused by the other.
+    """
+    try:
+        w = _fast_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    ts = w.ts
+    if ts.__class__ is int:
+        if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
+            return None
+    elif ts.tzinfo is None:
+        return None
+    else:
+        ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000
+        if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
+            return None
+    props = w.properties
+    if props:
+        try:
+            _normalize(props, 1, "properties")
+        except _Invalid:
+            return None
+    elif props is None:
+        props = {}
+    etype = w.type
+    if etype == CONSENT_EVENT:
+        try:
+            _check_consent(props)
+        except _Invalid:
+            return None
+    eid = w.event_id
+    cid = w.customer_id
+    try:
+        return Event(
+            eid if eid.__class__ is str else str(eid),
+            etype,
+            cid if cid.__class__ is str else str(cid),
+            ts,
+            props,
+        )
+    except ValueError:   # an integer id beyond Python's int-to-text limit
+        return None
+
+
+def _key_reason(key: bytes | None, customer_id: str) -> str | None:
+    """Why a message cannot be applied on the partition it came from, or None when it can."""
+    if key is not None and key == customer_id.encode("utf-8", "surrogatepass"):
+        return None
+    shown = "no key" if key is None else f"key {_show(key.decode('utf-8', 'replace'))}"
+    return (f"message has {shown}, but its customer_id is {_show(customer_id)}: events must be keyed by "
+            "customer_id, so that all of a customer's events are in one partition (fix the producer, or "
+            "turn on the repartition stage: kafka.repartition_from)")
+
+
 class EventDecoder:
     """Turns raw messages into events; every input yields one `Event` or one `DeadLetter`.
 
@@ -292,75 +420,45 @@ class EventDecoder:
 
     def decode(self, raw: bytes, source: str) -> Event | DeadLetter:
         """One message -> `Event` or `DeadLetter`. Never raises on bad input."""
+        if raw is None:
+            return DeadLetter("empty message: no value (a tombstone?)", source, "")
         if len(raw) > self.max_bytes:
             return self._too_large(raw, source)
-        try:
-            w = _fast_decoder.decode(raw)
-            ts = w.ts
-            if ts.__class__ is int:
-                if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
-                    raise ValueError
-            elif ts.tzinfo is None:
-                raise ValueError
-            else:
-                ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000
-                if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
-                    raise ValueError
-            eid = w.event_id
-            cid = w.customer_id
-            return Event(
-                eid if eid.__class__ is str else str(eid),
-                w.type,
-                cid if cid.__class__ is str else str(cid),
-                ts,
-                w.properties or {},
-            )
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError, TypeError):
-            return self._slow(raw, source)
+        event = _fast(raw)
+        return event if event is not None else self._slow(raw, source)
 
-    def decode_batch(self, items: Iterable[tuple[bytes, str]]) -> tuple[list[Event], list[DeadLetter]]:
-        """A batch of `(raw, source)` -> (events in input order, dead letters in input order)."""
+    def decode_batch(self, items: Iterable[tuple[bytes, str]],
+                     keys: Sequence[bytes | None] | None = None) -> tuple[list[Event], list[DeadLetter]]:
+        """A batch of `(raw, source)` -> (events in input order, dead letters in input order).
+
+        With `keys` (the Kafka message keys, aligned with `items`), an event whose key is not
+        its customer_id is a dead letter (stage `key`): applied on this partition, it would
+        update a copy of the customer's state that another partition also updates.
+        """
         events: list[Event] = []
         dead: list[DeadLetter] = []
         add_event = events.append
         add_dead = dead.append
-        fast = _fast_decoder.decode
         max_bytes = self.max_bytes
-        # The fast path is inlined: a method call per message is a measurable share of it.
-        for raw, source in items:
-            if len(raw) <= max_bytes:
-                try:
-                    w = fast(raw)
-                    ts = w.ts
-                    if ts.__class__ is int:
-                        if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
-                            raise ValueError
-                    elif ts.tzinfo is None:
-                        raise ValueError
-                    else:
-                        ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000
-                        if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
-                            raise ValueError
-                    eid = w.event_id
-                    cid = w.customer_id
-                    add_event(
-                        Event(
-                            eid if eid.__class__ is str else str(eid),
-                            w.type,
-                            cid if cid.__class__ is str else str(cid),
-                            ts,
-                            w.properties or {},
-                        )
-                    )
+        for i, (raw, source) in enumerate(items):
+            if raw is None:   # a Kafka tombstone: a key with no value
+                add_dead(DeadLetter("empty message: no value (a tombstone?)", source, ""))
+                continue
+            if len(raw) > max_bytes:
+                add_dead(self._too_large(raw, source))
+                continue
+            result = _fast(raw)
+            if result is None:
+                result = self._slow(raw, source)
+                if result.__class__ is not Event:
+                    add_dead(result)  # type: ignore[arg-type]
                     continue
-                except (msgspec.ValidationError, msgspec.DecodeError, ValueError, TypeError):
-                    result = self._slow(raw, source)
-            else:
-                result = self._too_large(raw, source)
-            if result.__class__ is Event:
-                add_event(result)  # type: ignore[arg-type]
-            else:
-                add_dead(result)  # type: ignore[arg-type]
+            if keys is not None:
+                why = _key_reason(keys[i], result.customer_id)  # type: ignore[union-attr]
+                if why is not None:
+                    add_dead(DeadLetter(why, source, _raw_text(raw), Stage.KEY))
+                    continue
+            add_event(result)  # type: ignore[arg-type]
         return events, dead
 
     def _too_large(self, raw: bytes, source: str) -> DeadLetter:
@@ -382,6 +480,8 @@ class EventDecoder:
                 obj = _any_decoder.decode(raw)
             except msgspec.DecodeError as exc:
                 raise _Invalid(f"not JSON: {exc}") from None
+            except RecursionError:
+                raise _Invalid("nested too deep: the message exceeds the JSON decoder's depth limit") from None
             if not isinstance(obj, dict):
                 raise _Invalid(f"not a JSON object: got {_kind(obj)}")
             return _segment(obj) if _is_segment(obj) else _native(obj)

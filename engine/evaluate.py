@@ -349,7 +349,7 @@ class Evaluator:
     def _candidate(state: CustomerState, rule: CompiledRule, step: int, action: CompiledAction, cause: str,
                    cause_event_id: str, at: int, ev: Event) -> Candidate:
         payload = {key: fn(state, ev, at) for key, fn in action.payload} if action.payload else {}
-        return Candidate(rule, step, action, cause, cause_event_id, at, payload)
+        return Candidate(rule, step, action, cause, cause_event_id, at, payload, ev.ts)
 
     @staticmethod
     def _deferred(rule: CompiledRule, t: Timer) -> Candidate | None:
@@ -362,22 +362,23 @@ class Evaluator:
         if action is None:
             return None
         return Candidate(rule, t.step, action, t.cause, t.ctx.get("cause_event_id", ""), t.due,
-                         t.ctx.get("payload", {}))
+                         t.ctx.get("payload", {}), t.cause_ts)
 
     def _decide(self, state: CustomerState, customer_id: str, moment: list[Candidate], out: list[Trigger],
                 allow_defer: bool = True) -> None:
         for d in self.policy.decide(state, customer_id, moment, allow_defer):
             c = d.candidate
             if d.status is DEFERRED:
-                state.timers.append(Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.at,
-                                          {"payload": c.payload, "cause_event_id": c.cause_event_id}))
+                state.timers.append(Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.cause_ts,
+                                          {"payload": c.payload, "cause_event_id": c.cause_event_id,
+                                           "deferred_at": c.at}))
                 self.earlier_deadline = True
                 continue
             self._count(d)
             if d.status is SENT or d.status is HELD_OUT:
                 self.attributor.open(state, c.rule.id, c.at, d.status is HELD_OUT)
             out.append(Trigger(
-                trigger_id(c.rule.id, customer_id, c.cause), c.rule.id, customer_id, c.action.action,
+                trigger_id(c.rule.id, customer_id, c.cause, c.cause_ts), c.rule.id, customer_id, c.action.action,
                 c.action.channel, d.status, d.reason, format_ts(c.at), c.cause_event_id, c.payload,
             ))
 

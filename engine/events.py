@@ -1,10 +1,18 @@
-"""Events in: the native event struct (SPEC §2)."""
+"""Events in: the native event struct (SPEC §2), and how the core reads amounts from it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
+
+CONSENT_EVENT = "consent"     # properties: {channel: "email", granted: true|false}, checked at decode
+
+_MAX_EXACT = 2**53
+# Plain ASCII decimal notation, as JSON writes numbers: "12.50", "-3", "1e3". Python's own
+# float() also takes "5_000", " 12 ", "NaN", "inf" and digits of any script ("٥٠٠٠").
+_NUMERIC_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 class Event(msgspec.Struct):
@@ -19,3 +27,25 @@ class Event(msgspec.Struct):
     customer_id: str
     ts: int
     properties: dict[str, Any] = {}
+
+
+def amount(value: Any) -> int | float:
+    """A property as an amount (sums, revenue): a JSON number, or a string in plain ASCII
+    number notation; anything else (booleans, null, `"5_000"`, `"NaN"`, other scripts'
+    digits, objects) counts as 0, so one odd event cannot fail or distort a sum."""
+    cls = value.__class__
+    if cls is int or cls is float:   # decoded JSON: finite, integers within ±2^53 (engine.decode)
+        return value
+    if cls is str and len(value) < 400 and _NUMERIC_TEXT.fullmatch(value):
+        number = float(value)
+        return number if number - number == 0 else 0   # "1e999" is not a number either
+    return 0
+
+
+def add_amount(total: int | float, value: int | float) -> int | float:
+    """`total + value`, kept storable: exact integers up to ±2^53, then floats; a sum that
+    would overflow to infinity keeps its old value."""
+    result = total + value
+    if result.__class__ is int:
+        return result if -_MAX_EXACT <= result <= _MAX_EXACT else float(result)
+    return result if result - result == 0 else total

@@ -431,7 +431,8 @@ class _Trace:
         old = {id(t) for t in before}
         for t in state.timers:
             if t.key == DEFER_KEY and id(t) not in old and t.rule in self.rule:
-                self.rule[t.rule].note(f"{format_ts(t.cause_ts)}: inside quiet hours, deferred to {format_ts(t.due)}")
+                self.rule[t.rule].note(f"{format_ts(t.ctx.get('deferred_at', t.cause_ts))}: inside quiet hours, "
+                                       f"deferred to {format_ts(t.due)}")
 
 
 # -- views ---------------------------------------------------------------------------------------

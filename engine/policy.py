@@ -40,10 +40,10 @@ FREQUENCY_CAP = "frequency_cap"
 class Candidate:
     """A trigger a rule fired, before the policy decided what becomes of it."""
 
-    __slots__ = ("rule", "step", "action", "cause", "cause_event_id", "at", "payload")
+    __slots__ = ("rule", "step", "action", "cause", "cause_event_id", "at", "payload", "cause_ts")
 
     def __init__(self, rule: CompiledRule, step: int, action: CompiledAction, cause: str, cause_event_id: str,
-                 at: int, payload: dict[str, Any]) -> None:
+                 at: int, payload: dict[str, Any], cause_ts: int) -> None:
         self.rule = rule
         self.step = step
         self.action = action
@@ -51,6 +51,7 @@ class Candidate:
         self.cause_event_id = cause_event_id
         self.at = at
         self.payload = payload
+        self.cause_ts = cause_ts   # epoch ms of the cause (part of the trigger id)
 
     def order(self) -> tuple[int, str, int]:
         return (-self.rule.rule.priority, self.rule.id, self.step)

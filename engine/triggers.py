@@ -26,11 +26,16 @@ class Trigger(msgspec.Struct, omit_defaults=False):
     payload: dict[str, Any] = {}
 
 
-def trigger_id(rule_id: str, customer_id: str, cause: str) -> str:
+def trigger_id(rule_id: str, customer_id: str, cause: str, cause_ts: int | None = None) -> str:
     """A stable id, so a replay after a crash yields the same id and receivers can de-duplicate.
 
     `cause` names what made the rule fire (event id plus journey step, or the date of a
-    recurring occurrence): the same rule, customer and cause always give the same id.
+    recurring occurrence), `cause_ts` the cause's time (epoch ms): the same rule, customer
+    and cause always give the same id. The time is part of it because producers re-use event
+    ids (a counter reset, ids unique per day): an event id seen again at another time, beyond
+    the de-duplication window, is another cause and must not give another trigger the id of
+    the first. The same id at the same time is the same event re-delivered: the same id.
     """
-    h = hashlib.blake2b(f"{rule_id}\x1f{customer_id}\x1f{cause}".encode(), digest_size=16)
-    return h.hexdigest()
+    text = f"{rule_id}\x1f{customer_id}\x1f{cause}" if cause_ts is None else \
+        f"{rule_id}\x1f{customer_id}\x1f{cause}\x1f{cause_ts}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
