@@ -157,7 +157,7 @@ class PacedLog(MemoryLog):
         while end < limit and self.release[end] <= now:
             end += 1
         start, self._position = self._position, end
-        return [(self._values[i], i) for i in range(start, end)]
+        return [(self._values[i], i, None) for i in range(start, end)]
 
     def caught_up(self) -> bool:   # live: the clock only follows the events
         return False

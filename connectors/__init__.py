@@ -13,9 +13,14 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-__all__ = ["Sink", "SinkError", "backoff_delay"]
+__all__ = ["DEFAULT_STATUSES", "Sink", "SinkError", "Status", "backoff_delay"]
+
+Status = Literal["sent", "held_out", "suppressed"]
+DEFAULT_STATUSES: tuple[Status, ...] = ("sent",)
+"""What a live sink delivers unless its settings say `statuses` (SPEC §4, "Who receives what"):
+a messaging system must never see a held-out or suppressed trigger it did not ask for."""
 
 
 class Sink(ABC):

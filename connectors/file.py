@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import msgspec
 
-from connectors import Sink
+from connectors import DEFAULT_STATUSES, Sink, Status
 
 __all__ = ["FileSinkConfig", "FileSink"]
 
@@ -26,11 +26,13 @@ class FileSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     """`path` is the output file; `-` means stdout.
 
     `append=False` (backtests) truncates the file when the sink opens; `append=True` (live
-    runs, dead-letter files) keeps its content and writes after it.
+    runs, dead-letter files) keeps its content and writes after it. `statuses`: which
+    triggers a live run writes here (the backtest's output keeps every status).
     """
 
     path: str
     append: bool = False
+    statuses: tuple[Status, ...] = DEFAULT_STATUSES
 
 
 class FileSink(Sink):

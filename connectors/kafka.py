@@ -32,7 +32,8 @@ from typing import Any, NoReturn
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors import Sink, SinkError
+from connectors import DEFAULT_STATUSES, Sink, SinkError, Status
+from engine.logs import kafka_logger
 
 __all__ = ["KafkaSinkConfig", "KafkaSink"]
 
@@ -79,6 +80,7 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     # False: `write_batch` returns once the items are queued, and the caller calls `settle()`
     # before it relies on them being delivered (the live engine does, before each commit).
     wait_for_delivery: bool = True
+    statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -122,6 +124,10 @@ class KafkaSink(Sink):
         self.name = f"kafka sink (topic {config.topic!r} on {','.join(config.brokers)})"
         self.delivered = 0
         self.retried = 0
+        # Read by the engine's /healthz from another thread: since when deliveries have been
+        # failing (epoch s; None: they are not), and why.
+        self.waiting_since: float | None = None
+        self.last_error: str | None = None
         self._encoder = msgspec.json.Encoder()
         self._client_error: KafkaError | None = None
         self._pending: list[tuple[_Round, float]] = []
@@ -135,7 +141,7 @@ class KafkaSink(Sink):
                 100, int(config.delivery_timeout_s * 1000 / _ATTEMPTS_PER_DEADLINE)
             ),
             "error_cb": self._on_client_error,
-            "logger": log,
+            "logger": kafka_logger(),
         }
         settings.update(config.extra)
         self._producer = Producer(settings)
@@ -190,6 +196,8 @@ class KafkaSink(Sink):
                 waited = 0.0
                 while self._producer.flush(5.0) and batch.outstanding > 0:
                     waited += 5.0
+                    self._failing(f"{batch.outstanding} message(s) waiting for the broker"
+                                  + (f": {_describe(self._client_error)}" if self._client_error else ""))
                     log.warning("%s: %d message(s) waiting for the broker for %.0f s%s", self.name,
                                 batch.outstanding, waited,
                                 f" (last client error: {_describe(self._client_error)})" if self._client_error else "")
@@ -200,6 +208,7 @@ class KafkaSink(Sink):
             if not batch.failures:
                 self.delivered += batch.delivered
                 batch.delivered = 0
+                self.waiting_since = self.last_error = None
                 return
             permanent = [f for f in batch.failures if f[0].fatal() or f[0].code() in _PERMANENT]
             if permanent:
@@ -208,6 +217,7 @@ class KafkaSink(Sink):
             if time.monotonic() + delay >= deadline:
                 self._fail(batch, deadline)
             first = batch.failures[0][0]
+            self._failing(_describe(first))
             log.warning(
                 "%s: %d message(s) not delivered (%s), producing them again in %.2f s (retry %d)",
                 self.name, len(batch.failures), _describe(first), delay, attempt + 1,
@@ -218,6 +228,11 @@ class KafkaSink(Sink):
             self.retried += len(records)
             attempt += 1
             self._produce_all(records, batch, batch.report, deadline)
+
+    def _failing(self, why: str) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = time.time()
+        self.last_error = why
 
     def _produce_all(
         self,

@@ -29,7 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors import Sink, SinkError, backoff_delay
+from connectors import DEFAULT_STATUSES, Sink, SinkError, Status, backoff_delay
 
 __all__ = ["RedisStreamSinkConfig", "RedisStreamSink"]
 
@@ -51,6 +51,7 @@ class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     stream: str = "triggers"
     maxlen: Annotated[int, msgspec.Meta(ge=1)] | None = 1_000_000
     retry_for_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
 
 
 class RedisStreamSink(Sink):
@@ -75,6 +76,8 @@ class RedisStreamSink(Sink):
         self._encoder = msgspec.json.Encoder()
         self.written = 0
         self.retries = 0
+        self.waiting_since: float | None = None   # for /healthz: since when Redis is unreachable (epoch s)
+        self.last_error: str | None = None
 
     def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
         """XADD every item in one MULTI/EXEC; retry the whole batch while Redis is
@@ -108,6 +111,9 @@ class RedisStreamSink(Sink):
                     self.name, type(exc).__name__, exc, attempt, len(entries), delay,
                 )
                 self.retries += 1
+                if self.waiting_since is None:
+                    self.waiting_since = time.time()
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(delay)
                 continue
             except redis.RedisError as exc:
@@ -115,6 +121,7 @@ class RedisStreamSink(Sink):
             finally:
                 pipe.reset()
             self.written += len(entries)
+            self.waiting_since = self.last_error = None
             return
 
     def close(self) -> None:

@@ -36,10 +36,53 @@ At least once. A request is retried on connection errors, timeouts, 5xx, 408 and
 at `backoff_max_s`; a numeric `Retry-After` is honoured (capped at `backoff_max_s` as well, so
 one receiver cannot stall the dataflow longer). Other 4xx (and 3xx: redirects are not
 followed) are the receiver refusing the request, so they are not retried. A request that
-still fails is written to the dead-letter file (`WebhookDeadLetter`, one JSON line each); with
-no dead-letter file, `write_batch` raises `SinkError` after the rest of the batch was sent.
-`write_batch` returns only when every request was delivered or dead-lettered: the caller
-blocks, so the triggers waiting for a slow receiver cannot pile up in memory.
+still fails is written to the dead-letter file (`WebhookDeadLetter`, one JSON line each) as
+soon as it has failed, while the rest of the batch is still being sent, and the file is
+flushed after each line, so an operator tailing it sees a dead receiver within one request's
+retries, not at the end of the batch. With no dead-letter file, `write_batch` raises
+`SinkError` after the rest of the batch was sent. `write_batch` returns only when every
+request was delivered or dead-lettered: the caller blocks, so the triggers waiting for a slow
+receiver cannot pile up in memory.
+
+The deadline of an attempt
+--------------------------
+`timeout_s` is the wall-clock budget of one attempt, all of it: connecting (TCP and TLS),
+sending the request and reading the whole response. A receiver that trickles its headers or
+body a byte at a time, or accepts the connection and never answers, costs one `timeout_s`
+per attempt, and the attempt counts as a timeout (retried, logged at WARNING).
+
+Neither `http.client` nor httpx has such a deadline: their timeouts apply to each socket
+operation, so a byte every 3 s resets a 5 s timeout forever (httpx's timeouts are per phase
+and per read, encode/httpx#1450 is the open request for a total one). Here each blocking
+socket call of an attempt (connect per address, TLS handshake, each send, each receive) is
+given what is left of the attempt's deadline as its timeout, so their sum cannot exceed it;
+past the deadline the next call raises `TimeoutError` before it blocks. The sockets are
+`socket.socket` / `ssl.SSLSocket` subclasses that do this in `send`/`sendall`/`recv_into`,
+the calls `http.client` makes (the TLS one through `SSLContext.sslsocket_class`). That was
+chosen over a watchdog thread that shuts a late socket down: no second thread touches a
+socket, so there is no race between a deadline firing and a connection going back to the
+pool, and no TLS object is torn down under a reader. Not covered: name resolution
+(`getaddrinfo` has no timeout; a receiver given by IP address or a cached name does not wait
+on it).
+
+Why `http.client` and not httpx
+-------------------------------
+Measured with `python -m bench.webhook_client` (this sink and the same sink on one
+`httpx.Client`, interleaved rounds in one run, a raw asyncio receiver in its own process that
+answers at once, batch_size=1, 2-core VM, Python 3.11, httpx 0.28.1): at concurrency 1,
+5,050 vs 1,640 requests/s (httpx 0.32x), p50 0.18 vs 0.56 ms, p99 0.44 vs 1.9 ms, client CPU
+155 vs 533 µs per request (3.4x); at concurrency 4, 3,560 vs 1,080 requests/s (0.30x), p99
+2.7 vs 7.7 ms, CPU 288 vs 912 µs (3.2x). Two runs agreed within 10% on the ratios. Against a
+receiver that answers in 2 ms, httpx still used 2.5x the CPU and gave 0.72-0.83x the
+requests/s. The CPU is the figure that matters: the sink's threads share the GIL with the
+evaluation core, so what a request costs is taken from event processing. httpx would not give
+the total deadline either: its timeouts are per phase and per read, and doing what the sockets
+here do would mean a network backend of our own under httpcore's connection pool, and so a
+transport of our own too (`httpx.HTTPTransport` takes no backend). What it would remove is
+small here: the pool is a queue of at most `concurrency` connections, TLS is
+`ssl.create_default_context()`, and reconnecting a stale keep-alive connection is one loop.
+HTTP/2 (httpx with h2) multiplexes requests on one connection, which pays against a distant
+receiver with many requests in flight, not at `concurrency` 4 on keep-alive connections.
 """
 
 from __future__ import annotations
@@ -50,18 +93,19 @@ import http.client
 import logging
 import math
 import queue
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from connectors import Sink, SinkError, backoff_delay
+from connectors import DEFAULT_STATUSES, Sink, SinkError, Status, backoff_delay
 from connectors.file import FileSink, FileSinkConfig
 from engine.triggers import Trigger
 
@@ -82,10 +126,12 @@ _NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Where and how to POST triggers; see the module docstring for the wire contract.
 
-    `timeout_s` bounds connecting and each socket read of one attempt. `max_retries` counts
-    retries after the first attempt (6 means up to 7 attempts). `concurrency` is how many
-    requests are in flight at once, each on its own keep-alive connection.
+    `timeout_s` is the wall-clock deadline of one attempt: connecting, sending and reading the
+    whole response (see "The deadline of an attempt" in the module docstring). `max_retries`
+    counts retries after the first attempt (6 means up to 7 attempts). `concurrency` is how
+    many requests are in flight at once, each on its own keep-alive connection.
     `dead_letter_path` is a JSONL file, appended to, for requests that failed for good.
+    `statuses`: which triggers a live run sends here (SPEC §4: only `sent` unless asked).
     """
 
     url: str
@@ -98,6 +144,7 @@ class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     headers: dict[str, str] = {}
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = 4
     dead_letter_path: str | None = None
+    statuses: tuple[Status, ...] = DEFAULT_STATUSES
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -154,9 +201,26 @@ class WebhookSink(Sink):
     or dead-lettered.
 
     One sink per worker; `write_batch` is not meant to be called from several threads at
-    once. Counters (triggers unless said otherwise): `sent` delivered with a 2xx, `retries`
-    requests sent again, `failed` not delivered (dead-lettered or raised), `dead_lettered`
-    written to the dead-letter file.
+    once. Counters (triggers unless said otherwise), updated by the thread that calls
+    `write_batch` as each request ends: `sent` delivered with a 2xx, `retries` requests sent
+    again, `failed` not delivered (dead-lettered or raised), `dead_lettered` written to the
+    dead-letter file.
+
+    For health reports, readable from any thread at any time (the delivery threads write them
+    under a lock):
+
+    - `waiting_since`: `time.time()` of the first failed attempt since the receiver last gave
+      a final answer, None while it answers. A failed attempt is one with no usable answer
+      (connection error, timeout, TLS failure) or a retryable status (5xx, 408, 429); a final
+      answer is a 2xx or a refusal (other 4xx, 3xx: the receiver is up and judged the
+      request). It stays set across batches, after the failing requests were dead-lettered,
+      until such an answer comes: a receiver that is down is reported down for as long as it
+      is, not for one batch at a time.
+    - `last_error`: while `waiting_since` is set, the reason of the last failed attempt, as
+      logged; None with it. (A refusal is not an outage: it is logged at ERROR, written to the
+      dead-letter file and counted in `dead_lettered`.)
+
+    Both mean what they mean on the Kafka sink, so a health report reads any sink alike.
     """
 
     def __init__(self, config: WebhookSinkConfig) -> None:
@@ -164,21 +228,24 @@ class WebhookSink(Sink):
         parts = urlsplit(config.url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
-        self._port = parts.port
+        self._port = parts.port if parts.port is not None else (443 if self._https else 80)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host_port = self._host if self._port is None else f"{self._host}:{self._port}"
+        host_port = self._host if parts.port is None else f"{self._host}:{parts.port}"
         if ":" in self._host:  # an IPv6 literal
-            host_port = f"[{self._host}]" + ("" if self._port is None else f":{self._port}")
+            host_port = f"[{self._host}]" + ("" if parts.port is None else f":{parts.port}")
         self.endpoint = f"{parts.scheme}://{host_port}{parts.path or '/'}"
         self.name = f"webhook sink ({self.endpoint})"
-        self._ssl = ssl.create_default_context() if self._https else None
+        self._tls: ssl.SSLContext | None = None
+        if self._https:
+            self._tls = ssl.create_default_context()
+            self._tls.sslsocket_class = _DeadlineSSLSocket
         self._secret = config.secret.encode() if config.secret is not None else None
         self._base_headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT, **config.headers}
         self._encoder = msgspec.json.Encoder()
         # Connections waiting for a request; at most `concurrency` exist, since at most that
         # many requests run at once. Created lazily, reused (keep-alive) across batches.
-        self._idle: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
-        self._all: list[http.client.HTTPConnection] = []
+        self._idle: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._all: list[_Connection] = []
         self._all_lock = threading.Lock()
         self._pool = (
             ThreadPoolExecutor(config.concurrency, thread_name_prefix="webhook") if config.concurrency > 1 else None
@@ -193,45 +260,65 @@ class WebhookSink(Sink):
         self.retries = 0
         self.failed = 0
         self.dead_lettered = 0
+        self._health_lock = threading.Lock()
+        self.waiting_since: float | None = None
+        self.last_error: str | None = None
 
     def write_batch(self, triggers: Sequence[Trigger]) -> None:
         """Send the triggers in requests of `batch_size`; return when each request was
-        delivered or dead-lettered. Raises `SinkError` if some failed and there is no
-        dead-letter file (after the others were sent)."""
+        delivered or dead-lettered. A request that fails for good is dead-lettered at once,
+        while the others are still in flight. Raises `SinkError` if some failed and there is
+        no dead-letter file (after the others were sent)."""
         if self._closed:
             raise ValueError(f"write to a closed {self.name}")
         if not triggers:
             return
         size = self.config.batch_size
         chunks = [triggers[i : i + size] for i in range(0, len(triggers), size)]
+        undelivered: list[_Outcome] = []  # only kept without a dead-letter file
         if self._pool is None or len(chunks) == 1:
-            outcomes = [self._deliver(chunk) for chunk in chunks]
+            for chunk in chunks:
+                self._settle(self._deliver(chunk), undelivered)
         else:
-            outcomes = list(self._pool.map(self._deliver, chunks))
-        failed = [o for o in outcomes if not o.ok]
-        for outcome in outcomes:
-            self.retries += outcome.retries
-            if outcome.ok:
-                self.sent += len(outcome.triggers)
-        if not failed:
-            return
-        self.failed += sum(len(o.triggers) for o in failed)
-        if self._dead_letters is None:
-            first = failed[0]
+            futures: list[Future[_Outcome]] = [self._pool.submit(self._deliver, chunk) for chunk in chunks]
+            try:
+                for future in as_completed(futures):
+                    self._settle(future.result(), undelivered)
+            except BaseException:
+                # Writing a dead letter failed (disk full?): nothing more is started; the
+                # requests in flight finish in the pool (`close` waits for them), unaccounted:
+                # the batch is not acknowledged, so it is replayed.
+                for future in futures:
+                    future.cancel()
+                raise
+        if undelivered:
+            first = undelivered[0]
             raise SinkError(
                 self.name,
-                sum(len(o.triggers) for o in failed),
+                sum(len(o.triggers) for o in undelivered),
                 f"{first.reason} (after {first.attempts} attempt(s), idempotency key {first.key}); "
                 "set dead_letter_path to keep such triggers instead of stopping",
             )
+
+    def _settle(self, outcome: _Outcome, undelivered: list[_Outcome]) -> None:
+        """Account for one finished request, in the caller's thread: counters, and the dead
+        letter written and flushed now, not when the batch is done."""
+        self.retries += outcome.retries
+        n = len(outcome.triggers)
+        if outcome.ok:
+            self.sent += n
+            return
+        self.failed += n
+        if self._dead_letters is None:
+            undelivered.append(outcome)
+            return
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        letters = [
-            WebhookDeadLetter(o.reason, o.status, o.attempts, self.endpoint, o.key, now, list(o.triggers))
-            for o in failed
-        ]
-        self._dead_letters.write_batch(letters)
-        self._dead_letters.flush()  # the batch counts as handled once this returns
-        self.dead_lettered += sum(len(o.triggers) for o in failed)
+        letter = WebhookDeadLetter(
+            outcome.reason, outcome.status, outcome.attempts, self.endpoint, outcome.key, now, list(outcome.triggers)
+        )
+        self._dead_letters.write_batch([letter])
+        self._dead_letters.flush()
+        self.dead_lettered += n
 
     def _deliver(self, chunk: Sequence[Trigger]) -> _Outcome:
         """One request, with its retries. Runs in a pool thread; never raises for what the
@@ -249,7 +336,12 @@ class WebhookSink(Sink):
                 attempt += 1
                 status, reason, retry, retry_after = self._attempt(conn, body, key)
                 if status is not None and 200 <= status < 300:
+                    self._answered()
                     return _Outcome(chunk, key, attempt, attempt - 1, True, status)
+                if status is not None and not retry:
+                    self._answered()  # refused: the receiver is up, and judged the request
+                else:
+                    self._failed_attempt(reason)
                 if not retry or attempt > cfg.max_retries:
                     log.error(
                         "%s: giving up on idempotency key %s after %d attempt(s): %s",
@@ -267,10 +359,22 @@ class WebhookSink(Sink):
         finally:
             self._idle.put(conn)
 
-    def _attempt(
-        self, conn: http.client.HTTPConnection, body: bytes, key: str
-    ) -> tuple[int | None, str, bool, float | None]:
-        """One POST: (status or None, reason, whether to retry, Retry-After seconds or None)."""
+    def _answered(self) -> None:
+        """The receiver gave a final answer (a 2xx or a refusal): it is not waited for."""
+        if self.waiting_since is None:
+            return  # the common case: no lock per delivered request
+        with self._health_lock:
+            self.waiting_since = self.last_error = None
+
+    def _failed_attempt(self, reason: str) -> None:
+        with self._health_lock:
+            self.last_error = reason
+            if self.waiting_since is None:
+                self.waiting_since = time.time()
+
+    def _attempt(self, conn: _Connection, body: bytes, key: str) -> tuple[int | None, str, bool, float | None]:
+        """One POST within one deadline: (status or None, reason, whether to retry,
+        Retry-After seconds or None)."""
         headers = dict(self._base_headers)
         headers["Idempotency-Key"] = key
         if self._secret is not None:
@@ -278,6 +382,7 @@ class WebhookSink(Sink):
             digest = hmac.new(self._secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
             headers["X-Trigger-Timestamp"] = ts
             headers["X-Trigger-Signature"] = f"sha256={digest}"
+        conn.set_deadline(time.monotonic() + self.config.timeout_s)
         for fresh in (False, True):
             reused = conn.sock is not None
             try:
@@ -295,12 +400,13 @@ class WebhookSink(Sink):
                 conn.close()
                 if reused and not fresh:
                     # The receiver closed an idle keep-alive connection: not a failure of the
-                    # request, so reconnect and send again without counting an attempt.
+                    # request, so reconnect and send again (within the same deadline) without
+                    # counting an attempt.
                     continue
                 return None, f"{type(exc).__name__}: {exc}", True, None
             except TimeoutError:
                 conn.close()
-                return None, f"timed out after {self.config.timeout_s} s", True, None
+                return None, f"timed out: no complete response within {self.config.timeout_s} s", True, None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 return None, f"{type(exc).__name__}: {exc}", True, None
@@ -312,16 +418,12 @@ class WebhookSink(Sink):
             return status, reason, retry, _retry_after(resp.getheader("Retry-After")) if retry else None
         raise AssertionError("unreachable")  # the loop returns on its second pass
 
-    def _checkout(self) -> http.client.HTTPConnection:
+    def _checkout(self) -> _Connection:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             pass
-        conn: http.client.HTTPConnection
-        if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.config.timeout_s, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.config.timeout_s)
+        conn = _Connection(self._host, self._port, self._tls)
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -341,6 +443,89 @@ class WebhookSink(Sink):
         if self._dead_letters is not None:
             self._dead_letters.close()
 
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until `deadline` (`time.monotonic()`); `TimeoutError` once it has passed
+    (a timeout of 0 would make the socket non-blocking instead of timing out)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return left
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose sends and receives each wait at most until `deadline`
+    (`time.monotonic()`), so that a receiver pacing its bytes cannot stretch an attempt past
+    it. Outside an attempt the deadline is past: I/O on an idle socket times out at once."""
+
+    deadline = 0.0
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.settimeout(_remaining(self.deadline))  # sendall's timeout covers the whole call
+        return super().sendall(data, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self.settimeout(_remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS counterpart (`SSLContext.sslsocket_class`); its `sendall` loops over `send`."""
+
+    deadline = 0.0
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self.settimeout(_remaining(self.deadline))
+        return super().send(data, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        self.settimeout(_remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+
+class _Connection(http.client.HTTPConnection):
+    """A keep-alive HTTP/1.1 connection (TLS when given a context) whose every socket
+    operation ends by the deadline of the current attempt (`set_deadline`)."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+        super().__init__(host, port)
+        self.default_port = 443 if tls is not None else 80  # Host: without the default port
+        self._tls = tls
+        self._deadline = 0.0  # set by each attempt
+
+    def set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self.sock is not None:
+            self.sock.deadline = deadline
+
+    def connect(self) -> None:
+        """Like `socket.create_connection` + TLS, each address and the handshake given only
+        what is left of the deadline."""
+        tcp = self._open_tcp()
+        sock: _DeadlineSocket | _DeadlineSSLSocket = tcp
+        try:
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                tcp.settimeout(_remaining(self._deadline))  # the handshake's total timeout
+                sock = self._tls.wrap_socket(tcp, server_hostname=self.host)  # a _DeadlineSSLSocket
+        except BaseException:
+            tcp.close()
+            raise
+        sock.deadline = self._deadline
+        self.sock = sock
+
+    def _open_tcp(self) -> _DeadlineSocket:
+        error: OSError | None = None
+        for family, kind, proto, _, address in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+            sock = _DeadlineSocket(family, kind, proto)
+            try:
+                sock.settimeout(_remaining(self._deadline))
+                sock.connect(address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error if error is not None else OSError(f"no address found for {self.host}")
 
 
 def _retry_after(value: str | None) -> float | None:

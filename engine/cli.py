@@ -20,10 +20,14 @@ from engine.rules.errors import RulesInvalid
 from engine.times import parse_ts
 
 RUN_DESCRIPTION = """\
-Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id),
-customer state, offsets and deadlines in Redis, triggers to the configured sinks, undecodable
-events to the dead-letter output. State effects are exactly-once across crashes (state and
-offsets commit together); triggers are delivered at least once with stable ids.
+Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id;
+other messages are dead letters), customer state, offsets and deadlines in Redis, triggers to
+the configured sinks (each gets `sent` triggers only, unless its `statuses` says more),
+undecodable events to the dead-letter output. State effects are exactly-once across crashes
+(state and offsets commit together); triggers are delivered at least once with stable ids.
+A Redis that lost the engine's state is detected (at start and at each commit): the run stops
+with exit 2 instead of resuming over it; --accept-state-loss overrides that at start.
+SIGTERM / Ctrl-C: finish the epoch in hand, commit, close the sinks, exit 0.
 
 Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, then flags:
 
@@ -46,17 +50,24 @@ Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, 
   brokers = ["127.0.0.1:9092"]
   topic = "customer-events"
   batch_size = 1000
-  extra = {}                             # librdkafka consumer settings
+  extra = {}                             # librdkafka settings: security.protocol, sasl.*, ssl.*
+  start = "earliest"                     # first deployment only: "earliest" (history) or "latest"
+  group_id = "trigger-engine-<prefix>"   # where committed offsets are recorded (state-loss check)
 
   [redis]                                # TRIGGERS_REDIS__URL=redis://cache:6379/0
-  url = "redis://127.0.0.1:6379/0"
+  url = "redis://127.0.0.1:6379/0"       # must persist (appendonly yes) and not evict keys
   prefix = "te"
   cluster = false
+  username = "engine"                    # optional; override the URL's credentials
+  password = "..."                       # better: TRIGGERS_REDIS__PASSWORD (never logged)
+  tls = false                            # or a rediss:// URL
+  tls_ca_file = "ca.pem"                 # optional: tls_cert_file, tls_key_file, tls_verify
 
   [sinks.kafka]                          # default: topic "triggers" on kafka.brokers; configuring
   brokers = ["127.0.0.1:9092"]           # any [sinks.*] replaces that default
   topic = "triggers"
   delivery_timeout_s = 30                # 0: wait for the broker as long as it takes
+  statuses = ["sent"]                    # every sink: add "held_out", "suppressed" for analytics
   [sinks.webhook]                        # optional
   url = "https://ma.example.com/hooks/triggers"
   secret = "..."                         # HMAC-SHA256 signature header
@@ -144,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--exit-at-end", action="store_true", default=None,
                      help="stop once the events present at start-up are processed and their deadlines "
                           "due by then have fired (exit_at_end); default: run until stopped")
+    run.add_argument("--accept-state-loss", action="store_true",
+                     help="when Redis has lost committed state (the start-up check refuses, exit 2), resume at "
+                          "the offsets recorded in Kafka anyway: the lost customers' states start empty and "
+                          "nothing is re-sent")
     run.set_defaults(handler=_run)
 
     r = sub.add_parser(
@@ -222,9 +237,9 @@ def _backtest(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     from engine.logs import setup_logging
-    from engine.operators.flow import FlowError, build_flow, run
     from engine.settings import SettingsError, load_settings
 
     overrides = {
@@ -243,19 +258,69 @@ def _run(args: argparse.Namespace) -> int:
         print(f"triggers run: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    log = logging.getLogger("engine")
     rules = _load_rules(settings.rules)
     if rules is None:
         return 1
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Until the dataflow runs, a signal simply ends the start-up (nothing to commit yet).
+    previous = signal.signal(signal.SIGTERM, interrupted)
     try:
-        flow = build_flow(settings, rules)
-    except FlowError as e:
+        flow = _prepare_run(settings, rules, args.accept_state_loss)
+    except KeyboardInterrupt as e:
+        log.info("stopped by %s while starting up", e.args[0] if e.args and e.args[0] else "SIGINT")
+        return 0
+    except _StartError as e:
         print(f"triggers run: {e}", file=sys.stderr)
         return 2
-    logging.getLogger("engine").info(
-        "running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules), settings.rules,
-        settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.url, settings.workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    from engine.operators.flow import run
+    from engine.operators.shutdown import SHUTDOWN, install_signal_handlers
+
+    install_signal_handlers()
+    log.info("running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules),
+             settings.rules, settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.shown(),
+             settings.workers)
     run(flow, settings)
+    if SHUTDOWN.fatal:
+        print(f"triggers run: {SHUTDOWN.reason}", file=sys.stderr)
+        return SHUTDOWN.exit_code
+    if SHUTDOWN.requested:
+        offsets = ", ".join(f"{p} {o}" for p, o in sorted(SHUTDOWN.stopped_at.items()))
+        log.info("%s: committed and closed; offsets %s", SHUTDOWN.reason, offsets or "unchanged")
+    else:
+        log.info("done: every partition ended")
     return 0
+
+
+class _StartError(Exception):
+    """Why `triggers run` cannot start: one line for the operator, exit 2."""
+
+
+def _prepare_run(settings, rules, accept_state_loss: bool):
+    """Everything before the dataflow: metrics, Kafka's partitions (waiting for the broker),
+    Redis (waiting for it; failing fast on refused credentials), the resume check, the flow."""
+    from engine.operators.flow import FlowError, build_flow, kafka_partitions, serve_metrics
+    from engine.operators.resume import ResumeRefused, plan_resume
+    from engine.state.redis import RedisStore
+
+    serve_metrics(settings)
+    r = settings.redis
+    try:
+        partitions = kafka_partitions(settings)
+        store = RedisStore(r.client_url(), r.prefix, r.cluster, r.connection())
+        try:
+            plan_resume(settings, store, partitions, accept_state_loss)
+        finally:
+            store.close()
+        return build_flow(settings, rules, partitions=partitions)
+    except (FlowError, ResumeRefused) as e:
+        raise _StartError(str(e)) from None
 
 
 def _report(args: argparse.Namespace) -> int:

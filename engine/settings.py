@@ -16,10 +16,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
+from engine.logs import add_secret, redact_url
 from connectors.file import FileSinkConfig
 from connectors.kafka import KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSinkConfig
@@ -33,16 +35,93 @@ class KafkaSource(msgspec.Struct, forbid_unknown_fields=True):
     topic: str = "customer-events"          # events, keyed by customer id
     batch_size: int = 1000                  # messages per poll of a partition
     extra: dict[str, str] = {}              # librdkafka consumer settings, e.g. security.protocol
+    # Where a partition starts when neither Redis nor Kafka has a committed offset for it
+    # (a first deployment): "earliest" replays the topic's history (and fires its triggers),
+    # "latest" starts at its end. Logged loudly either way.
+    start: Literal["earliest", "latest"] = "earliest"
+    # The consumer group the engine records its committed offsets in, after each Redis commit:
+    # what a start checks Redis against, so that a Redis that lost data is noticed. Default:
+    # "trigger-engine-<redis.prefix>", one group per deployment, as the state it mirrors.
+    group_id: str | None = None
+    # A raw topic NOT keyed by customer id: re-key it exactly-once into `topic` first
+    # (the repartition stage), and evaluate from `topic`.
+    repartition_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.brokers:
+            raise ValueError("kafka.brokers must name at least one host:port")
+        if self.batch_size < 1:
+            raise ValueError(f"kafka.batch_size must be at least 1, got {self.batch_size}")
+        if self.repartition_from is not None and self.repartition_from == self.topic:
+            raise ValueError("kafka.repartition_from must be another topic than kafka.topic")
 
 
 class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Where customer states, offsets and deadlines live. Credentials may be in the URL
+    (`redis://user:password@host:6379/0`) or, better, in `username` / `password` (which
+    override the URL's; `TRIGGERS_REDIS__PASSWORD` keeps them out of files). Logs never show
+    a password. `tls` (or a `rediss://` URL) encrypts the connection; the `tls_*` files are
+    PEM paths for a private CA and for client certificates."""
+
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "te"                      # every key of this engine starts with it
     cluster: bool = False
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: bool = True                 # false: accept any server certificate (testing only)
+
+    def __post_init__(self) -> None:
+        from redis.connection import parse_url
+
+        try:
+            parse_url(self.url)
+        except ValueError as e:
+            raise ValueError(f"redis.url {redact_url(self.url)!r} is not a Redis URL: {e} "
+                             "(e.g. redis://127.0.0.1:6379/0)") from None
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"redis.{name}: no such file {path!r}")
+
+    @property
+    def tls_on(self) -> bool:
+        return self.tls or self.url.startswith("rediss://")
+
+    def client_url(self) -> str:
+        """The URL redis-py connects with (`rediss://` when `tls` is set)."""
+        if self.tls and self.url.startswith("redis://"):
+            return "rediss://" + self.url[len("redis://"):]
+        return self.url
+
+    def connection(self) -> dict[str, Any]:
+        """redis-py connection options beyond the URL (credentials, TLS)."""
+        options: dict[str, Any] = {}
+        if self.username is not None:
+            options["username"] = self.username
+        if self.password is not None:
+            options["password"] = self.password
+        if self.tls_on:
+            options["ssl_cert_reqs"] = "required" if self.tls_verify else "none"
+            if self.tls_ca_file:
+                options["ssl_ca_certs"] = self.tls_ca_file
+            if self.tls_cert_file:
+                options["ssl_certfile"] = self.tls_cert_file
+            if self.tls_key_file:
+                options["ssl_keyfile"] = self.tls_key_file
+        return options
+
+    def shown(self) -> str:
+        """The Redis location for log lines: no password, whichever way it was given."""
+        return redact_url(self.url)
 
 
 class Sinks(msgspec.Struct, forbid_unknown_fields=True):
-    """Where triggers go; every configured sink gets every trigger (sent, held out, suppressed).
+    """Where triggers go. Each sink gets only `sent` triggers unless its `statuses` lists more
+    (e.g. `statuses = ["sent", "held_out", "suppressed"]` for an analytics sink; SPEC §4).
 
     With none configured, triggers go to the Kafka topic `triggers` on `kafka.brokers` (with
     `kafka.extra`); configuring any sink replaces that default.
@@ -82,6 +161,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     log_format: str = "text"                # or "json": one JSON object per line
 
 
+    @property
+    def consumer_group(self) -> str:
+        """The consumer group offsets are recorded in (`kafka.group_id`, or one per Redis prefix)."""
+        return self.kafka.group_id or f"trigger-engine-{self.redis.prefix}"
+
+
 class SettingsError(Exception):
     pass
 
@@ -104,10 +189,39 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         if value is not None:
             _set(data, dotted.split("."), value)
     try:
-        return msgspec.convert(data, Settings)
+        settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as e:
         where = f" (from {path} and {ENV_PREFIX}* variables)" if path else f" (from {ENV_PREFIX}* variables)"
         raise SettingsError(f"invalid settings{where}: {e}") from None
+    declare_secrets(settings)
+    return settings
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
+
+
+def declare_secrets(settings: Settings) -> None:
+    """Every credential of the settings is masked in the log (engine.logs.add_secret)."""
+    r = settings.redis
+    add_secret(r.password)
+    add_secret(urlsplit(r.url).password)
+    extras = [settings.kafka.extra]
+    s = settings.sinks
+    if s.kafka is not None:
+        extras.append(s.kafka.extra)
+    if s.redis_stream is not None:
+        add_secret(urlsplit(s.redis_stream.url).password)
+    if s.webhook is not None:
+        add_secret(s.webhook.secret)
+        add_secret(urlsplit(s.webhook.url).password)
+        for name, value in s.webhook.headers.items():
+            if name.lower() in ("authorization", "proxy-authorization") or any(w in name.lower() for w in _SECRET_WORDS):
+                add_secret(value)
+                add_secret(value.split(" ", 1)[-1])   # "Bearer <token>": the token alone too
+    for extra in extras:
+        for name, value in extra.items():
+            if any(w in name.lower() for w in _SECRET_WORDS):
+                add_secret(value)
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:

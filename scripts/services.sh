@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real services the engine and its integration tests talk to (SPEC §7), on 127.0.0.1:
-#   Redis  - Debian's redis-server, persistence off, state under .services/redis/
+#   Redis  - Debian's redis-server, with AOF persistence (SPEC §6), state under .services/redis/
 #   Kafka  - an Apache Kafka broker in KRaft mode (one node, broker + controller), its jars
 #            resolved from Maven Central with scripts/kafka/pom.xml and cached per version.
 #
@@ -170,12 +170,15 @@ redis_start() {
     else
         rm -f "$pidfile"
         : >"$logfile"
-        # Persistence off: this server holds test and development state only, and snapshots
-        # would fork the process and cost CPU on a small machine. 9>&- keeps our lock fd out
-        # of the daemon (it would otherwise hold the lock for as long as Redis runs).
+        # Persistence on, as the engine needs it (SPEC §6): the append-only file, fsync'ed every
+        # second, so a restart loses at most a second of writes (which the engine then detects).
+        # No RDB snapshots: they fork the process and cost CPU on a small machine. Keys are never
+        # evicted (noeviction): an evicted customer state would be lost state. 9>&- keeps our
+        # lock fd out of the daemon (it would otherwise hold the lock for as long as Redis runs).
         redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
             --dir "$REDIS_DIR" --pidfile "$pidfile" --logfile "$logfile" \
-            --save '' --appendonly no 9>&- >>"$logfile" 2>&1 ||
+            --save '' --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+            9>&- >>"$logfile" 2>&1 ||
             { tail_log "$logfile"; die "redis-server failed to start"; }
     fi
     for ((i = 0; i < REDIS_START_TIMEOUT * 5; i++)); do

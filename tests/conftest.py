@@ -21,7 +21,7 @@ INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
 # Database 15: the tests flush it before each test, so they never touch the data in db 0
 # that a developer's engine may be using on the same server.
-REDIS_TEST_DB = 15
+REDIS_TEST_DB = int(os.environ.get("TE_TEST_REDIS_DB", "15"))   # another db for a second session at once
 
 
 def _start_service(name: str) -> None:

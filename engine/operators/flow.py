@@ -14,6 +14,7 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from connectors.file import FileSink, FileSinkConfig
@@ -21,40 +22,73 @@ from connectors.kafka import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink
 from connectors.webhook import WebhookSink
 from engine.decode import DeadLetter
+from engine.logs import kafka_logger
 from engine.operators.log import KafkaPartitionLog
+from engine.operators import metrics
 from engine.operators.metrics import serve, track_rules
 from engine.operators.partition import Batch
 from engine.operators.sinks import Connector, ConnectorSink
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
 from engine.rules.compiler import CompiledRules
+from engine.retry import retry_forever
 from engine.rules.reload import LiveRules
 from engine.settings import Settings
 from engine.state.redis import RedisStore
 from engine.triggers import Trigger
 
 
+log = logging.getLogger("engine")
+
+# Errors of the Kafka client that waiting cannot fix.
+_KAFKA_FATAL = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+                          KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                          KafkaError._SSL, KafkaError._INVALID_ARG})
+
+
 class FlowError(Exception):
     pass
 
 
-def kafka_partitions(settings: Settings) -> list[str]:
-    """The event topic's partitions as source partition names (`<topic>-<n>`)."""
+def kafka_partitions(settings: Settings, topic_name: str | None = None) -> list[str]:
+    """The topic's partitions as source partition names (`<topic>-<n>`). A broker that is down
+    is waited for (one log line every few seconds); a missing topic or refused credentials are
+    a `FlowError` at once."""
     k = settings.kafka
-    admin = AdminClient({"bootstrap.servers": ",".join(k.brokers), **k.extra})
-    meta = admin.list_topics(k.topic, timeout=30)
-    topic = meta.topics.get(k.topic)
-    if topic is None or topic.error is not None or not topic.partitions:
-        why = topic.error if topic is not None and topic.error is not None else "no partitions"
-        raise FlowError(f"Kafka topic {k.topic!r} on {','.join(k.brokers)} is not usable: {why} "
-                        "(create it, keyed by customer id, or set kafka.topic)")
-    return [f"{k.topic}-{p}" for p in sorted(topic.partitions)]
+    name = topic_name or k.topic
+    brokers = ",".join(k.brokers)
+    admin = AdminClient({"bootstrap.servers": brokers, "logger": kafka_logger(), **k.extra})
+
+    def fetch() -> list[str]:
+        try:
+            meta = admin.list_topics(name, timeout=5)
+        except KafkaException as e:
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if err is not None and (err.fatal() or err.code() in _KAFKA_FATAL):
+                raise FlowError(f"Kafka at {brokers} refused the engine: {err.str()} (check kafka.extra: "
+                                "security.protocol, sasl.*, ssl.*)") from None
+            admin.poll(0)   # librdkafka's log lines about it, through the engine's (de-duplicated) log
+            raise
+        topic = meta.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            why = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
+            raise FlowError(f"Kafka topic {name!r} on {brokers} is not usable: {why} "
+                            "(create it, keyed by customer id, or set kafka.topic)")
+        return [f"{name}-{p}" for p in sorted(topic.partitions)]
+
+    def waiting() -> None:
+        metrics.HEALTH.waiting("kafka", "engine", f"broker {brokers} unreachable at start-up")
+
+    partitions = retry_forever(fetch, f"waiting for Kafka at {brokers} (topic {name!r})", (KafkaException,), log,
+                               on_retry=waiting)
+    metrics.HEALTH.waiting("kafka", "engine", None)
+    return partitions
 
 
 def _kafka_log(settings: Settings) -> OpenLog:
     k = settings.kafka
 
     def open_log(name: str, start: int | None) -> KafkaPartitionLog:
-        return KafkaPartitionLog(k.brokers, k.topic, int(name.rsplit("-", 1)[1]), start, k.extra)
+        return KafkaPartitionLog(k.brokers, k.topic, int(name.rsplit("-", 1)[1]), start, k.extra, settings.consumer_group)
 
     return open_log
 
@@ -65,8 +99,12 @@ def _evaluate(batches: list[Batch]) -> list[Trigger | DeadLetter]:
     return [item for b in batches for item in b.worker.process(b)]
 
 
-def trigger_sinks(settings: Settings) -> dict[str, Callable[[int], Connector]]:
-    """The configured sinks; with none configured, the Kafka topic `triggers` on the event brokers.
+SinkFactory = Callable[[int], Connector]
+
+
+def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[str]]]:
+    """The configured sinks, each with the statuses it delivers (only `sent` unless its
+    `statuses` says more); with none configured, the Kafka topic `triggers` on the event brokers.
 
     Live, every sink's deliveries are awaited before the state behind them commits
     (`settle_sinks`), so a Kafka sink does not also wait per batch (`wait_for_delivery` off), and
@@ -74,24 +112,28 @@ def trigger_sinks(settings: Settings) -> dict[str, Callable[[int], Connector]]:
     receiver refuses for good must not stop the engine and then stop it again after every restart.
     """
     s = settings.sinks
-    sinks: dict[str, Callable[[int], Connector]] = {}
+    sinks: dict[str, tuple[SinkFactory, frozenset[str]]] = {}
     kafka = s.kafka
     if kafka is None and s.webhook is None and s.redis_stream is None and s.file is None:
         kafka = KafkaSinkConfig(brokers=settings.kafka.brokers, topic="triggers", extra=settings.kafka.extra,
                                 delivery_timeout_s=0)   # during a Kafka outage: wait, do not stop
     if kafka is not None:
-        sinks["kafka"] = lambda _w, c=kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False))
+        sinks["kafka"] = (lambda _w, c=kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False)),
+                          frozenset(kafka.statuses))
     if s.webhook is not None:
         webhook = s.webhook
         if webhook.dead_letter_path is None:
             webhook = msgspec.structs.replace(webhook, dead_letter_path="webhook-dead-letters.jsonl")
-            logging.getLogger("engine").info("webhook triggers that fail for good go to %s", webhook.dead_letter_path)
-        sinks["webhook"] = lambda _w, c=webhook: WebhookSink(c)
+            log.info("webhook triggers that fail for good go to %s", webhook.dead_letter_path)
+        sinks["webhook"] = (lambda _w, c=webhook: WebhookSink(c), frozenset(webhook.statuses))
     if s.redis_stream is not None:
-        sinks["redis_stream"] = lambda _w, c=s.redis_stream: RedisStreamSink(c)
+        sinks["redis_stream"] = (lambda _w, c=s.redis_stream: RedisStreamSink(c), frozenset(s.redis_stream.statuses))
     if s.file is not None:
         # workers append to one file: each batch is one write() on an O_APPEND file
-        sinks["file"] = lambda _w, c=s.file: FileSink(FileSinkConfig(path=c.path, append=True))
+        sinks["file"] = (lambda _w, c=s.file: FileSink(FileSinkConfig(path=c.path, append=True)),
+                         frozenset(s.file.statuses))
+    for name, (_, statuses) in sinks.items():
+        log.info("sink %s delivers %s triggers", name, ", ".join(sorted(statuses)))
     return sinks
 
 
@@ -108,9 +150,10 @@ def dead_letter_sink(settings: Settings) -> Callable[[int], Connector]:
 
 def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] | None = None,
                open_log: OpenLog | None = None, store: StoreFactory | None = None,
-               sinks: dict[str, Callable[[int], Connector]] | None = None,
+               sinks: dict[str, SinkFactory] | None = None,
                dead_letters: Callable[[int], Connector] | None = None) -> Dataflow:
-    """The dataflow for `triggers run`; the keyword arguments replace Kafka/Redis/sinks in benchmarks."""
+    """The dataflow for `triggers run`; the keyword arguments replace Kafka/Redis/sinks in benchmarks
+    and tests (sinks given that way get every status)."""
     r = settings.redis
     live_rules = LiveRules(settings.rules, rules, interval_s=settings.reload_interval_ms / 1000,
                            watch=settings.reload_rules)
@@ -118,7 +161,7 @@ def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] |
     source = EngineSource(
         partitions if partitions is not None else kafka_partitions(settings),
         open_log or _kafka_log(settings),
-        store or (lambda: RedisStore(r.url, r.prefix, r.cluster)),
+        store or (lambda: RedisStore(r.client_url(), r.prefix, r.cluster, r.connection())),
         live_rules,
         batch_size=settings.kafka.batch_size,
         index_poll_ms=settings.timer_poll_ms,
@@ -129,10 +172,23 @@ def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] |
     batches = op.input("events", flow, source)
     outputs = op.flat_map_batch("evaluate", batches, _evaluate)
     split = op.branch("split", outputs, lambda item: isinstance(item, Trigger))
-    for name, factory in (sinks if sinks is not None else trigger_sinks(settings)).items():
-        op.output(f"sink_{name}", split.trues, ConnectorSink(name, factory))
+    configured = trigger_sinks(settings) if sinks is None else {name: (f, None) for name, f in sinks.items()}
+    for name, (factory, statuses) in configured.items():
+        op.output(f"sink_{name}", split.trues, ConnectorSink(name, factory, statuses))
     op.output("dead_letters", split.falses, ConnectorSink("dead_letters", dead_letters or dead_letter_sink(settings)))
     return flow
+
+
+def serve_metrics(settings: Settings) -> None:
+    """/metrics and /healthz, before anything else starts: a start that waits for Kafka or
+    Redis already says so on /healthz."""
+    if not settings.metrics_port:
+        return
+    port = settings.metrics_port + (settings.process_id or 0)
+    try:
+        serve(settings.metrics_host, port)
+    except OSError as e:   # the engine matters more than its metrics: run on, say so loudly
+        logging.getLogger("engine.metrics").error("cannot serve metrics on %s:%d: %s", settings.metrics_host, port, e)
 
 
 def run(flow: Dataflow, settings: Settings) -> None:
@@ -148,11 +204,4 @@ def run(flow: Dataflow, settings: Settings) -> None:
     if settings.addresses:
         kwargs["process_id"] = settings.process_id or 0
         kwargs["addresses"] = settings.addresses
-    if settings.metrics_port:
-        port = settings.metrics_port + (settings.process_id or 0)
-        try:
-            serve(settings.metrics_host, port)
-        except OSError as e:   # the engine matters more than its metrics: run on, say so loudly
-            logging.getLogger("engine.metrics").error("cannot serve metrics on %s:%d: %s", settings.metrics_host,
-                                                      port, e)
     cli_main(flow, **kwargs)

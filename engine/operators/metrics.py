@@ -14,13 +14,16 @@ from collections import Counter as Tally
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("engine.metrics")
 
 EVENTS = Counter("triggers_events", "Events decoded and applied to customer state", ["partition"])
-DEAD_LETTERS = Counter("triggers_dead_letters", "Messages that could not be decoded (sent to dead letters)",
-                       ["partition"])
+DEAD_LETTERS = Counter("triggers_dead_letters", "Messages sent to dead letters, by partition and by the stage that "
+                       "refused them (decode, key, evaluate, store)", ["partition", "stage"])
+
 TRIGGERS = Counter("triggers_fired", "Triggers by rule, status and suppression reason", ["rule", "status", "reason"])
 BATCH_SECONDS = Histogram("triggers_batch_seconds", "Time to decode, load and evaluate one source batch",
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
@@ -54,44 +57,107 @@ def count_triggers(items: list) -> None:
         TRIGGERS.labels(*labels).inc(n)
 
 
+class _SinkDeadLetters(Collector):
+    """`triggers_sink_dead_letters_total{sink}`, read from the sinks' own `dead_lettered`
+    counters when scraped: a sink dead-letters while its `write_batch` still runs (a dead
+    receiver can hold one for minutes), and the metric must move as the dead-letter file does."""
+
+    def __init__(self) -> None:
+        self._sinks: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+
+    def watch(self, sink: str, connector: object) -> None:
+        with self._lock:
+            self._sinks.append((sink, connector))
+
+    def collect(self):
+        family = CounterMetricFamily("triggers_sink_dead_letters", "Triggers a sink could not deliver after its "
+                                     "retries and wrote to its dead-letter output", labels=["sink"])
+        totals: Tally = Tally()
+        with self._lock:
+            for name, connector in self._sinks:
+                totals[name] += getattr(connector, "dead_lettered", 0)
+        for name, n in sorted(totals.items()):
+            family.add_metric([name], n)
+        yield family
+
+
+SINK_DEAD_LETTERS = _SinkDeadLetters()
+REGISTRY.register(SINK_DEAD_LETTERS)
+
+
+def count_dead_letters(partition: str, items: list) -> None:
+    """One increment per stage of a batch's dead letters."""
+    tally: Tally = Tally(d.stage.value for d in items)
+    for stage, n in tally.items():
+        DEAD_LETTERS.labels(partition, stage).inc(n)
+
+
 class Health:
-    """What /healthz reports: each partition's last poll and whether it waits on an outage."""
+    """What /healthz reports: each partition's last poll, and what the engine waits for.
+
+    A wait is keyed by a component (`redis`, `kafka`, `sink:<name>`) and a waiter (a partition,
+    a sink's worker): the report lists, per component, what it waits on and for how long.
+    Sinks are watched live (`watch`): a sink blocked in its retries cannot report itself.
+    """
 
     def __init__(self, unhealthy_after_s: float = 30.0) -> None:
         self.unhealthy_after_s = unhealthy_after_s
         self._partitions: dict[str, dict] = {}
+        self._waits: dict[tuple[str, str], tuple[str, float]] = {}   # (component, waiter) -> (what, since)
+        self._sinks: list[tuple[str, object]] = []
         self._lock = threading.Lock()
 
     def polled(self, partition: str) -> None:
         with self._lock:
-            p = self._partitions.setdefault(partition, {"waiting": None, "since": None})
+            p = self._partitions.setdefault(partition, {})
             p["last_poll"] = time.time()
 
-    def waiting(self, partition: str, what: str | None) -> None:
-        """`what` is the outage waited on (e.g. "Redis commit"), None when it is over."""
+    def waiting(self, component: str, waiter: str, what: str | None) -> None:
+        """`what` is the outage waited on (e.g. "commit"), None when it is over."""
         with self._lock:
-            p = self._partitions.setdefault(partition, {"last_poll": time.time()})
             if what is None:
-                p["waiting"], p["since"] = None, None
-            elif p.get("waiting") is None:
-                p["waiting"], p["since"] = what, time.time()
+                self._waits.pop((component, waiter), None)
+            elif (component, waiter) not in self._waits:
+                self._waits[(component, waiter)] = (what, time.time())
+
+    def watch(self, sink: str, connector: object) -> None:
+        """Report `sink:<name>` while the connector's `waiting_since` (epoch s) is set."""
+        with self._lock:
+            self._sinks.append((sink, connector))
 
     def forget(self, partition: str) -> None:
         """A partition that ended (bounded run, shutdown) is no longer reported."""
         with self._lock:
             self._partitions.pop(partition, None)
+            for key in [k for k in self._waits if k[1] == partition]:
+                del self._waits[key]
 
     def report(self) -> tuple[bool, dict]:
         now = time.time()
         with self._lock:
             parts = {name: dict(p) for name, p in self._partitions.items()}
+            waits = dict(self._waits)
+            sinks = list(self._sinks)
+        for name, connector in sinks:
+            since = getattr(connector, "waiting_since", None)
+            if since is not None:
+                error = getattr(connector, "last_error", None)
+                waits[(f"sink:{name}", str(id(connector)))] = (error or "delivery failing, retrying", since)
+        waiting: dict[str, dict] = {}
         ok = bool(parts)
+        for (component, waiter), (what, since) in sorted(waits.items()):
+            entry = waiting.setdefault(component, {"for_s": 0.0, "what": []})
+            entry["for_s"] = round(max(entry["for_s"], now - since), 1)
+            if what not in entry["what"]:
+                entry["what"].append(what)
+            if now - since > self.unhealthy_after_s:
+                ok = False
         for p in parts.values():
-            stuck = now - p.get("last_poll", 0) > self.unhealthy_after_s
-            outage = p.get("waiting") is not None and now - (p.get("since") or now) > self.unhealthy_after_s
-            p["ok"] = not stuck and not outage
+            p["ok"] = now - p.get("last_poll", 0) <= self.unhealthy_after_s
             ok = ok and p["ok"]
-        return ok, {"status": "ok" if ok else ("starting" if not parts else "unhealthy"), "partitions": parts}
+        status = "ok" if ok else ("starting" if not parts else "unhealthy")
+        return ok, {"status": status, "waiting_for": waiting, "partitions": parts}
 
 
 HEALTH = Health()

@@ -15,8 +15,10 @@ import redis
 
 from engine.decode import DeadLetter, EventDecoder
 from engine.evaluate import Evaluator
+from engine.isolation import IsolatedEvaluator
 from engine.operators import metrics
 from engine.operators.log import EventLog
+from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
 from engine.retry import retry_forever
 from engine.rules.reload import LiveRules
@@ -28,8 +30,14 @@ from engine.triggers import Trigger
 log = logging.getLogger("engine.partition")
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Waiting cannot fix these: a wrong password or missing permission is a configuration error.
+REDIS_FATAL = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 STATS_EVERY_S = 10.0
 INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
+
+
+class Fatal(Exception):
+    """A condition waiting cannot fix (Redis refused the credentials): the run stops, exit 2."""
 
 
 class Batch:
@@ -37,10 +45,10 @@ class Batch:
 
     __slots__ = ("worker", "records", "caught_up", "now", "scan_index")
 
-    def __init__(self, worker: "PartitionWorker", records: list[tuple[bytes, int]], caught_up: bool, now: int,
-                 scan_index: bool) -> None:
+    def __init__(self, worker: "PartitionWorker", records: list[tuple[bytes, int, bytes | None]], caught_up: bool,
+                 now: int, scan_index: bool) -> None:
         self.worker = worker
-        self.records = records
+        self.records = records          # (value, offset, key)
         self.caught_up = caught_up      # the log had nothing more: the clock may move to `now`
         self.now = now                  # wall clock, epoch ms
         self.scan_index = scan_index    # also look for due customers in Redis's deadline index
@@ -56,13 +64,18 @@ class PartitionStats:
 
 class PartitionWorker:
     def __init__(self, event_log: EventLog, store: RedisStore, rules: LiveRules, start_offset: int,
-                 cache_size: int = 200_000) -> None:
+                 cache_size: int = 200_000, has_offset: bool | None = None) -> None:
+        """`has_offset`: the store holds `start_offset` for this partition (default: when it is
+        not 0); a commit expects to find it there, or stops with `StateLost`."""
+        if has_offset is None:
+            has_offset = start_offset > 0
         self.log = event_log
         self.name = event_log.name
         self.store = store
         self.live_rules = rules
         self.rules_version = rules.version
         self.evaluator = Evaluator(rules.rules)
+        self.isolated = IsolatedEvaluator(self.evaluator, event_log.where)
         self.decoder = EventDecoder()
         self.cache: dict[str, CustomerState] = {}
         self.cache_size = cache_size
@@ -73,22 +86,35 @@ class PartitionWorker:
         self.orphans: set[str] = set()          # indexed customers without a state, to unindex
         self.next_offset = start_offset         # after the last record handed out
         self.committed_offset = start_offset
+        self.has_committed = has_offset         # the store holds an offset for this partition
         self.stats = PartitionStats()
+        self.failed = False                     # a fatal error stopped this partition's work
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
         self._m_events = metrics.EVENTS.labels(self.name)
-        self._m_dead = metrics.DEAD_LETTERS.labels(self.name)
         self._m_commits = metrics.COMMITS.labels(self.name)
 
     # -- evaluate step ----------------------------------------------------------------------
 
     def process(self, batch: Batch) -> list[Trigger | DeadLetter]:
-        """Decode, load the customers not cached, evaluate; then fire what the clock made due."""
+        """Decode, load the customers not cached, evaluate; then fire what the clock made due.
+
+        A fatal error (Redis refusing the credentials) stops the run: this batch's work is
+        dropped uncommitted, so a restart replays it."""
+        if self.failed:
+            return []
+        try:
+            return self._process(batch)
+        except Fatal as e:
+            SHUTDOWN.request(str(e), fatal=True)
+            return []
+
+    def _process(self, batch: Batch) -> list[Trigger | DeadLetter]:
         started = time.perf_counter()
         if self.live_rules.version != self.rules_version:   # a reload: new batches use the new rules
             self.rules_version = self.live_rules.version
-            self.evaluator = Evaluator(self.live_rules.rules)
+            self.evaluator = self.isolated.evaluator = Evaluator(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
             # deadlines that follow from the rules (inactivity) may have moved: re-index the
             # cached customers now, and the others as their states are written next
@@ -98,16 +124,26 @@ class PartitionWorker:
         where = self.log.where
         if batch.records and self.first_record_at is None:
             self.first_record_at = time.time()
-        events, dead = self.decoder.decode_batch((raw, f"{where}@{offset}") for raw, offset in batch.records)
+        records = batch.records
+        keys = [r[2] for r in records] if self.log.keyed else None
+        events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys)
+        refused = 0   # events the core refused (dead-lettered too)
         cache = self.cache
         if events:
             self._load({e.customer_id for e in events})
             evaluator = self.evaluator
-            on_event, dirty, update, next_due = evaluator.on_event, self.dirty, self.deadlines.update, evaluator.next_due
+            on_event, dirty, update, next_due = self.isolated.on_event, self.dirty, self.deadlines.update, \
+                evaluator.next_due
             clock = self.clock
             for ev in events:
                 cid = ev.customer_id
-                state = on_event(cache.get(cid), ev, out)
+                state, rejected = on_event(cache.get(cid), ev, out)
+                if rejected is not None:
+                    dead.append(rejected)
+                    refused += 1
+                    if state is None:
+                        continue
+                    evaluator.earlier_deadline = True
                 cache[cid] = state
                 dirty.add(cid)
                 if evaluator.earlier_deadline:
@@ -118,23 +154,24 @@ class PartitionWorker:
             self.clock = clock
         if batch.caught_up and batch.now > self.clock:
             self.clock = batch.now      # nothing unread: event time has caught up with the wall clock
-        self._fire_due(batch.scan_index, batch.caught_up, out)
+        self._fire_due(batch.scan_index, batch.caught_up, out, dead)
         stats = self.stats
-        stats.events += len(events)
+        applied = len(events) - refused
+        stats.events += applied
         stats.dead_letters += len(dead)
         stats.triggers += len(out)
-        if events:
-            self._m_events.inc(len(events))
+        if applied:
+            self._m_events.inc(applied)
         if out:
             metrics.count_triggers(out)
         if dead:
-            self._m_dead.inc(len(dead))
+            metrics.count_dead_letters(self.name, dead)
             out.extend(dead)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self._maybe_log_stats()
         return out
 
-    def _fire_due(self, scan_index: bool, caught_up: bool, out: list) -> None:
+    def _fire_due(self, scan_index: bool, caught_up: bool, out: list, dead: list[DeadLetter]) -> None:
         # While a backlog is read, a deadline fires only once an event *after* it was seen, as in
         # the backtest (an event exactly at a deadline still counts as in time); once caught up,
         # the clock is the wall clock and everything at or before it is due.
@@ -150,13 +187,16 @@ class PartitionWorker:
         if not due:
             return
         self._load(set(due))
-        on_time, update = self.evaluator.on_time, self.deadlines.update
+        on_time, update = self.isolated.on_time, self.deadlines.update
         for cid in dict.fromkeys(due):
             state = self.cache.get(cid)
             if state is None:   # indexed, but its state is gone (deleted, evicted by Redis): unindex it
                 self.orphans.add(cid)
                 continue
-            on_time(state, cid, clock, out)
+            state, rejected = on_time(state, cid, clock, out)
+            if rejected is not None:
+                self.cache[cid] = state
+                dead.append(rejected)
             self.dirty.add(cid)
             update(cid, self.evaluator.next_due(state))
         self.stats.deadline_customers += len(due)
@@ -189,10 +229,16 @@ class PartitionWorker:
             return False
         started = time.perf_counter()
         settle_sinks()   # the triggers of these changes are delivered before the changes commit
-        states = {cid: self.cache[cid] for cid in self.dirty}
-        due = {cid: self.evaluator.next_due(state) for cid, state in states.items()}
+        images = self.isolated.images
+        next_due, cache = self.evaluator.next_due, self.cache
+        states = {cid: images[cid] for cid in self.dirty}
+        due = {cid: next_due(cache[cid]) for cid in self.dirty}
         orphans = list(self.orphans)
-        self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans), "commit")
+        expected = self.committed_offset if self.has_committed else None
+        self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
+                                              expected_offset=expected), "commit")
+        self.has_committed = True
+        self.log.record_committed(offset)   # the record outside Redis that state loss is checked against
         self.orphans.clear()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         self._m_commits.inc()
@@ -213,17 +259,24 @@ class PartitionWorker:
         excess = len(self.cache) - int(self.cache_size * 0.9)
         for cid in list(self.cache)[:excess]:
             del self.cache[cid]
+            self.isolated.forget(cid)
             self.deadlines.forget(cid)   # Redis's index still has it; the scan finds it when due
 
     def _redis(self, fn, what: str):
         def counted() -> None:
             self.stats.redis_retries += 1
             metrics.REDIS_ERRORS.labels(what).inc()
-            metrics.HEALTH.waiting(self.name, f"Redis {what}")
+            metrics.HEALTH.waiting("redis", self.name, what)
 
-        result = retry_forever(fn, f"{self.name}: Redis {what}", REDIS_ERRORS, log, on_retry=counted)
+        try:
+            result = retry_forever(fn, f"{self.name}: Redis {what}", REDIS_ERRORS, log, on_retry=counted,
+                                   fatal=REDIS_FATAL)
+        except REDIS_FATAL as e:
+            self.failed = True
+            raise Fatal(f"{self.name}: Redis refused the engine's credentials ({type(e).__name__}: {e}): "
+                        "check redis.username / redis.password (or the URL's)") from None
         if self.stats.redis_retries:
-            metrics.HEALTH.waiting(self.name, None)
+            metrics.HEALTH.waiting("redis", self.name, None)
         return result
 
     def _maybe_log_stats(self) -> None:

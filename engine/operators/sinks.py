@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from connectors import SinkError
 from engine.operators import metrics
+from engine.operators.shutdown import SHUTDOWN
 
 
 class Connector(Protocol):
@@ -26,12 +28,28 @@ class Connector(Protocol):
 
 
 class ConnectorSink(DynamicSink):
-    def __init__(self, name: str, factory: Callable[[int], Connector]) -> None:
+    """A connector as a Bytewax sink. `statuses`: the trigger statuses it delivers (None: every
+    item, e.g. dead letters). A connector that fails for good (a `SinkError`, a full disk)
+    stops the run with exit 2 and one line, instead of a traceback: nothing after it commits,
+    so the restarted run sends those triggers again."""
+
+    def __init__(self, name: str, factory: Callable[[int], Connector], statuses: frozenset[str] | None = None) -> None:
         self.name = name
         self.factory = factory   # worker index -> connector
+        self.statuses = statuses
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> "_ConnectorPartition":
-        return _ConnectorPartition(self.name, self.factory(worker_index))
+        try:
+            connector = self.factory(worker_index)
+        except OSError as e:   # a file sink that cannot be opened: a full disk, a missing directory
+            SHUTDOWN.request(f"sink {self.name}: {_os_error(e, None)}", fatal=True)
+            return _ConnectorPartition(self.name, None, self.statuses)
+        return _ConnectorPartition(self.name, connector, self.statuses)
+
+
+def _os_error(e: OSError, connector: object) -> str:
+    path = e.filename or getattr(getattr(connector, "config", None), "path", None)
+    return f"cannot write{f' {path}' if path else ''}: {e.strerror or e}"
 
 
 # Connectors written to by each worker thread: a worker's sink partitions and its source
@@ -53,23 +71,47 @@ def _retries(connector: Connector) -> int:
 
 
 class _ConnectorPartition(StatelessSinkPartition):
-    def __init__(self, name: str, connector: Connector) -> None:
+    def __init__(self, name: str, connector: Connector | None, statuses: frozenset[str] | None) -> None:
+        self.name = name
         self.connector = connector
+        self.statuses = statuses
         self._items = metrics.SINK_ITEMS.labels(name)
         self._retries = metrics.SINK_RETRIES.labels(name)
-        self._seen_retries = _retries(connector)
+        self._seen_retries = _retries(connector) if connector is not None else 0
         self._registered = False
+        if connector is not None:
+            metrics.HEALTH.watch(name, connector)
+            metrics.SINK_DEAD_LETTERS.watch(name, connector)
 
     def write_batch(self, items: list[Any]) -> None:
+        connector = self.connector
+        if connector is None or SHUTDOWN.fatal:
+            return   # the run stops without committing: these are sent again after the restart
         if not self._registered:
-            _written.setdefault(threading.get_ident(), []).append(self.connector)
+            _written.setdefault(threading.get_ident(), []).append(connector)
             self._registered = True
-        self.connector.write_batch(items)
+        statuses = self.statuses
+        if statuses is not None:
+            items = [t for t in items if t.status in statuses]
+            if not items:
+                return
+        try:
+            connector.write_batch(items)
+        except SinkError as e:
+            SHUTDOWN.request(f"sink {self.name}: {e}", fatal=True)
+            return
+        except OSError as e:
+            SHUTDOWN.request(f"sink {self.name}: {_os_error(e, connector)}", fatal=True)
+            return
         self._items.inc(len(items))
-        retries = _retries(self.connector)
+        retries = _retries(connector)
         if retries != self._seen_retries:
             self._retries.inc(retries - self._seen_retries)
             self._seen_retries = retries
 
     def close(self) -> None:
-        self.connector.close()
+        if self.connector is not None:
+            try:
+                self.connector.close()
+            except OSError as e:
+                SHUTDOWN.request(f"sink {self.name}: {_os_error(e, self.connector)}", fatal=True)

@@ -15,12 +15,16 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors import SinkError
+
 from engine.operators import metrics
 from engine.operators.log import EventLog
-from engine.operators.partition import REDIS_ERRORS, Batch, PartitionWorker
+from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL, Batch, Fatal, PartitionWorker
+from engine.operators.shutdown import SHUTDOWN
 from engine.retry import retry_forever
 from engine.rules.reload import LiveRules
 from engine.state.redis import RedisStore
+from engine.state.store import StateLost
 from engine.times import now_ms
 
 log = logging.getLogger("engine.source")
@@ -50,10 +54,11 @@ class EngineSource(FixedPartitionedSource):
         store = self.store()
         # Redis owns the offsets; Bytewax's resume state (only with its recovery) is ignored.
         start = retry_forever(lambda: store.load_offset(for_part), f"partition {for_part}: Redis offset load",
-                              REDIS_ERRORS, log)
+                              REDIS_ERRORS, log, fatal=REDIS_FATAL)
         event_log = self.open_log(for_part, start)
         log.info("partition %s: starting at offset %s", for_part, start if start is not None else "0 (beginning)")
-        worker = PartitionWorker(event_log, store, self.rules, start or 0, self.cache_size)
+        worker = PartitionWorker(event_log, store, self.rules, start or 0, self.cache_size,
+                                 has_offset=start is not None)
         return EnginePartition(worker, self.batch_size, self.idle_poll_ms, self.index_poll_ms, self.exit_at_end)
 
 
@@ -74,12 +79,14 @@ class EnginePartition(StatefulSourcePartition):
     def next_batch(self) -> list[Batch]:
         worker = self.worker
         metrics.HEALTH.polled(worker.name)
+        if SHUTDOWN.requested:
+            return self._stop()
         worker.live_rules.poll()
         # A commit here follows a finished epoch, before this poll emits anything: when it has
         # nothing to write, every batch emitted so far was processed and changed nothing.
         quiet_commit = False
         if self._pending is not None:
-            quiet_commit = not worker.commit(self._pending)
+            quiet_commit = not self._commit()
             self._pending = None
         now = now_ms()
         records = worker.log.read(self.batch_size)
@@ -101,6 +108,39 @@ class EnginePartition(StatefulSourcePartition):
         # A bounded run treats the start-up end as "caught up", so its clock reaches the wall clock.
         caught_up = worker.log.caught_up() or (self.exit_at_end and worker.log.end_reached())
         return [Batch(worker, records, caught_up, now, scan)]
+
+    def _commit(self) -> bool:
+        """Commit the snapshotted epoch; a store that lost data or refuses the credentials stops
+        the whole run (exit 2), with nothing more written."""
+        assert self._pending is not None
+        try:
+            return self.worker.commit(self._pending)
+        except StateLost as e:
+            SHUTDOWN.request(f"{e}. Nothing more was written; the engine stops so that the loss is not hidden. "
+                             "Restore Redis from its persistence or a backup, then start again (the start-up "
+                             "check says what it finds and offers --accept-state-loss).", fatal=True)
+        except Fatal as e:
+            SHUTDOWN.request(str(e), fatal=True)
+        except SinkError as e:   # the epoch's triggers are not all delivered: it must not commit
+            SHUTDOWN.request(f"sink: {e}", fatal=True)
+        except OSError as e:
+            SHUTDOWN.request(f"cannot make the sinks' output durable before a commit: {e}", fatal=True)
+        raise StopIteration()
+
+    def _stop(self) -> list[Batch]:
+        """Stopping: read nothing more; once the epoch in flight has closed (every output of it
+        written), commit it and end this partition. A fatal stop commits nothing."""
+        worker = self.worker
+        if SHUTDOWN.fatal or worker.failed:
+            metrics.HEALTH.forget(worker.name)
+            raise StopIteration()
+        if self._pending is None:
+            self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=10)
+            return []
+        self._commit()
+        SHUTDOWN.stopped_at[worker.name] = worker.committed_offset
+        metrics.HEALTH.forget(worker.name)
+        raise StopIteration()
 
     def next_awake(self) -> datetime | None:
         return self._awake

@@ -10,10 +10,13 @@ Keys (the layout other tools and operators rely on):
   with a pending deadline, scored by their earliest one (epoch ms): how a restarted worker
   finds due deadlines without loading every state.
 
-Single node (hot-path-measurements §3 b2): a batch is read with one MGET and written with one
-MSET that carries the encoded states *and* the offsets. MSET is atomic on one node, so the
-offsets commit together with the states they produced: after a crash the source resumes from
-offsets that match the states exactly (SPEC §6), without MULTI/EXEC or Lua.
+Single node: a batch is read with one MGET and written with one Lua script that first checks
+the partition's stored offset is the one this engine committed last, then writes the encoded
+states, the deadline index and the new offset. A script runs atomically, so the offsets
+commit together with the states they produced (after a crash the source resumes from offsets
+that match the states exactly, SPEC §6), and a store that lost data (restarted without
+persistence, flushed, failed over to a stale replica) is detected at the next commit instead
+of being written over (`StateLost`). One round trip, like the MULTI/EXEC it replaces.
 
 Retries and backoff when Redis is unavailable are the caller's job: every method makes its
 round trip once and lets redis-py's exceptions through.
@@ -28,8 +31,36 @@ import redis
 from redis.cluster import RedisCluster
 
 from engine.state.customer import CustomerState, decode_state, encode_state
+from engine.state.store import StateLost
 
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+# KEYS: offset key, deadline index key. ARGV: expected stored offset ("" = none), new offset
+# ("" = leave it), n, n state key/value pairs, m, m index score/member pairs, members to unindex.
+# Arguments go to MSET/ZADD/ZREM in chunks: Lua's unpack() has a stack limit of a few thousand.
+_COMMIT_LUA = """
+local stored = redis.call('GET', KEYS[1]) or ''
+if stored ~= ARGV[1] then return {0, stored} end
+local function chunked(cmd, key, from, to, step)
+  local i = from
+  while i <= to do
+    local j = math.min(i + step - 1, to)
+    if key then redis.call(cmd, key, unpack(ARGV, i, j)) else redis.call(cmd, unpack(ARGV, i, j)) end
+    i = j + 1
+  end
+end
+local n = tonumber(ARGV[3])
+local at = 4
+chunked('MSET', nil, at, at + 2 * n - 1, 1000)
+at = at + 2 * n
+local m = tonumber(ARGV[at])
+at = at + 1
+chunked('ZADD', KEYS[2], at, at + 2 * m - 1, 1000)
+at = at + 2 * m
+chunked('ZREM', KEYS[2], at, #ARGV, 1000)
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
+return {1, ''}
+"""
 
 
 class RedisStore:
@@ -51,16 +82,19 @@ class RedisStore:
     underneath has a connection pool and may be shared).
     """
 
-    def __init__(self, url: str, prefix: str = "te", cluster: bool = False) -> None:
+    def __init__(self, url: str, prefix: str = "te", cluster: bool = False,
+                 connection: dict[str, Any] | None = None) -> None:
+        """`connection` holds redis-py connection options that override the URL's (username,
+        password, TLS files), so credentials need not be written into the URL."""
         self.prefix = prefix
         self.cluster = cluster
         # States are msgpack bytes: responses must stay bytes whatever the URL says.
         # hiredis parses the replies when it is installed (a project dependency).
+        options = {**(connection or {}), "decode_responses": False}
         self.client: Any = (
-            RedisCluster.from_url(url, decode_responses=False)
-            if cluster
-            else redis.Redis.from_url(url, decode_responses=False)
+            RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
         )
+        self._commit_script = None if cluster else self.client.register_script(_COMMIT_LUA)
         self._state_key_head = f"{prefix}:s:{{"
         self._offset_key_head = f"{prefix}:o:"
 
@@ -98,44 +132,56 @@ class RedisStore:
         members = self.client.zrangebyscore(self.deadline_key(partition), "-inf", until_ms, start=0, num=limit)
         return [m.decode() for m in members]
 
-    def commit(self, partition: str, states: Mapping[str, CustomerState], offset: int | None,
-               next_due: Mapping[str, int | None], unindex: list[str] | None = None) -> None:
-        """A partition's batch: its states, its next offset and its deadline index, at once.
+    def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
+               next_due: Mapping[str, int | None], unindex: list[str] | None = None,
+               expected_offset: int | None = None) -> None:
+        """A partition's batch: its encoded states, its next offset and its deadline index, at once.
 
-        `next_due` is each customer's earliest deadline (None: none pending), which decides
-        its place in the index. Single node: MULTI/EXEC of one MSET, one ZADD and one ZREM,
-        one round trip, atomic. Cluster: the same writes one after the other (see above).
+        `images` are the customers' states as `encode_state` bytes. `next_due` is each
+        customer's earliest deadline (None: none pending), which decides its place in the
+        index. `expected_offset` is the partition's offset as this engine last committed it
+        (None: none yet); a store holding anything else raises `StateLost` and writes
+        nothing. Single node: one Lua script, one round trip, atomic. Cluster: the check,
+        then the writes one after the other (see above).
         """
         due: dict[str, int] = {}
         idle: list[str] = list(unindex or ())
-        for cid in states:
+        for cid in images:
             when = next_due.get(cid)
             if when is None:
                 idle.append(cid)
             else:
                 due[cid] = when
         key = self.deadline_key(partition)
+        offset_key = self.offset_key(partition)
         if self.cluster:
-            self.save_many(states, {partition: offset} if offset is not None else None)
+            stored = self.load_offset(partition)
+            if stored != expected_offset:
+                raise StateLost(partition, expected_offset, stored)
+            self.save_many_encoded(images, {partition: offset} if offset is not None else None)
             if due:
                 self.client.zadd(key, due)
             if idle:
                 self.client.zrem(key, *idle)
             return
-        pipe = self.client.pipeline(transaction=True)
-        mapping = self._mapping(states, {partition: offset} if offset is not None else None)
-        if mapping:
-            pipe.mset(mapping)
-        if due:
-            pipe.zadd(key, due)
-        if idle:
-            pipe.zrem(key, *idle)
-        pipe.execute()
-
-    def _mapping(self, states: Mapping[str, CustomerState], offsets: Mapping[str, int] | None) -> dict[str, bytes | int]:
         head = self._state_key_head
-        encode = encode_state
-        mapping: dict[str, bytes | int] = {f"{head}{cid}}}": encode(state) for cid, state in states.items()}
+        args: list[Any] = ["" if expected_offset is None else str(expected_offset),
+                           "" if offset is None else str(offset), len(images)]
+        for cid, image in images.items():
+            args.append(f"{head}{cid}}}")
+            args.append(image)
+        args.append(len(due))
+        for cid, when in due.items():
+            args.append(when)
+            args.append(cid)
+        args.extend(idle)
+        ok, stored = self._commit_script(keys=[offset_key, key], args=args)
+        if not ok:
+            raise StateLost(partition, expected_offset, int(stored) if stored else None)
+
+    def _mapping(self, images: Mapping[str, bytes], offsets: Mapping[str, int] | None) -> dict[str, bytes | int]:
+        head = self._state_key_head
+        mapping: dict[str, bytes | int] = {f"{head}{cid}}}": image for cid, image in images.items()}
         if offsets:
             offset_head = self._offset_key_head
             for partition, offset in offsets.items():
@@ -148,7 +194,11 @@ class RedisStore:
         Single node: one MSET, atomic. Cluster: one MSET per hash slot, not atomic across
         slots (see the class docstring).
         """
-        mapping = self._mapping(states, offsets)
+        self.save_many_encoded({cid: encode_state(state) for cid, state in states.items()}, offsets)
+
+    def save_many_encoded(self, images: Mapping[str, bytes], offsets: Mapping[str, int] | None = None) -> None:
+        """`save_many` for states already encoded with `encode_state`."""
+        mapping = self._mapping(images, offsets)
         if not mapping:
             return
         if self.cluster:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
+import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -73,12 +76,19 @@ def read_topic(bootstrap: str, topic: str) -> list[dict]:
     return out
 
 
+ALL_STATUSES = 'statuses = ["sent", "held_out", "suppressed"]'
+
+
 def write_config(path: Path, *, topic: str, redis_url: str, prefix: str, sink_topic: str,
-                 dead_topic: str, webhook: str | None = None, extra: str = "") -> Path:
+                 dead_topic: str, webhook: str | None = None, extra: str = "", all_statuses: bool = True) -> Path:
+    """A settings file for one test run. `all_statuses`: the sinks get every trigger (as an
+    analytics sink would), so they can be compared with the backtest's output; False keeps
+    the sinks' default (sent only)."""
+    statuses = ALL_STATUSES if all_statuses else ""
     webhook_section = ""
     if webhook:
         webhook_section = (f'[sinks.webhook]\nurl = "{webhook}"\nbackoff_base_s = 0.02\nbackoff_max_s = 0.5\n'
-                           f'max_retries = 12\nsecret = "s3cret"\n'
+                           f'max_retries = 12\nsecret = "s3cret"\n{statuses}\n'
                            f'dead_letter_path = "{path.parent / "webhook-dead-letters.jsonl"}"\n')
     path.write_text(f"""
 rules = "{ROOT / 'rules'}"
@@ -93,6 +103,7 @@ prefix = "{prefix}"
 [sinks.kafka]
 brokers = ["127.0.0.1:9092"]
 topic = "{sink_topic}"
+{statuses}
 {webhook_section}
 [dead_letters]
 kafka_topic = "{dead_topic}"
@@ -112,10 +123,12 @@ def run_engine(config: Path, *args: str, timeout: float = 240) -> subprocess.Com
 
 
 class Receiver:
-    """A webhook receiver on 127.0.0.1: records every request; can fail every other one."""
+    """A webhook receiver on 127.0.0.1: records every request; can fail every other one, or
+    every one (`fail_all`: a receiver that is down behind its load balancer, answering 503)."""
 
-    def __init__(self, fail_every_other: bool = False) -> None:
+    def __init__(self, fail_every_other: bool = False, fail_all: bool = False) -> None:
         self.fail_every_other = fail_every_other
+        self.fail_all = fail_all
         self.requests: list[tuple[str, dict]] = []     # successful: (Idempotency-Key, body)
         self.failed = 0
         self._count = 0
@@ -127,12 +140,12 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver._lock:
                     receiver._count += 1
-                    fail = receiver.fail_every_other and receiver._count % 2 == 0
+                    fail = receiver.fail_all or (receiver.fail_every_other and receiver._count % 2 == 0)
                     if fail:
                         receiver.failed += 1
                     else:
                         receiver.requests.append((self.headers["Idempotency-Key"], json.loads(body)))
-                self.send_response(500 if fail else 200)
+                self.send_response((503 if receiver.fail_all else 500) if fail else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -151,3 +164,64 @@ class Receiver:
 
 def trigger_key(t: dict) -> bytes:
     return orjson.dumps(t, option=orjson.OPT_SORT_KEYS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OwnRedis:
+    """A redis-server of the test's own, to stop, wipe or restart without disturbing others.
+
+    `persistent`: an fsync'ed append-only file, so a restart keeps the data (an outage, not a
+    wipe); without it a restart loses everything, as an unconfigured production Redis would.
+    `password`: `requirepass`, for credential tests.
+    """
+
+    def __init__(self, directory: Path, persistent: bool = True, password: str | None = None) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.persistent = persistent
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password)
+
+    def start(self) -> OwnRedis:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client()
+        for _ in range(100):
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        try:
+            self.client().shutdown(nosave=not self.persistent)   # with AOF: written; the process exits
+        except redis.ConnectionError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

@@ -13,6 +13,7 @@ from engine.operators.log import KafkaPartitionLog, MemoryLog
 from engine.operators.partition import Batch, PartitionWorker
 from engine.rules.compiler import load_and_compile
 from engine.rules.reload import LiveRules
+from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
 from harness import ROOT, create_topic, produce, unique
 
@@ -31,7 +32,7 @@ def test_index_entries_without_a_state_are_removed(redis_url, redis_client):
     rules = load_and_compile(ROOT / "rules")
     store = RedisStore(redis_url, f"edge{uuid.uuid4().hex[:6]}")
     state = Evaluator(rules).on_event(None, Event("e1", "page_view", "ghost", 1_000, {}), [])
-    store.commit("p-0", {"ghost": state}, 1, {"ghost": 5_000})
+    store.commit("p-0", {"ghost": encode_state(state)}, 1, {"ghost": 5_000})
     redis_client.delete(store.state_key("ghost"))             # gone: erased, or evicted by Redis
     worker = PartitionWorker(MemoryLog("p-0", []), store, LiveRules(ROOT / "rules", rules, watch=False), 1)
     worker.process(Batch(worker, [], True, 10_000, True))

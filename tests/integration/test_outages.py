@@ -5,8 +5,6 @@ and the retries visible in the log."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -18,48 +16,10 @@ import redis
 from bench.workload import generate
 from engine.state.redis import RedisStore
 from engine.times import now_ms
-from harness import ROOT, Receiver, create_topic, engine_cmd, produce, read_topic, unique, write_config
+from harness import ROOT, OwnRedis, Receiver, create_topic, engine_cmd, produce, read_topic, unique, write_config
 from test_run import backtest
 
 EVENTS = 30_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DurableRedis:
-    """A redis-server of this test's own, with an fsync'ed append-only file, so stopping and
-    starting it keeps the data: an outage, not a wipe."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.dir = directory
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                                      "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        redis.Redis(port=self.port).shutdown()     # writes the AOF; the process exits
-        self.proc.wait(timeout=10)
 
 
 def rss_mb(pid: int) -> float:
@@ -73,7 +33,7 @@ def test_redis_outage_and_failing_webhook(kafka_bootstrap, redis_url, tmp_path):
     lines = [orjson.dumps(e) for e in generate(events=EVENTS, customers=3_000, days=30, seed=8, start="2026-01-01")]
     topic = create_topic(kafka_bootstrap, unique("outage-events"))
     produce(kafka_bootstrap, topic, lines)
-    own_redis = DurableRedis(tmp_path)
+    own_redis = OwnRedis(tmp_path)
     own_redis.start()
     receiver = Receiver(fail_every_other=True)
     sink = unique("outage-triggers")

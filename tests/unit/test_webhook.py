@@ -2,7 +2,8 @@
 
 The receiver is a `ThreadingHTTPServer` speaking HTTP/1.1 (so keep-alive is exercised),
 driven per test by a `respond(n, request)` function; backoff is shortened so every test stays
-well under a second or two.
+well under a second or two, except the deadline tests, which wait out a few one-second
+attempts against receivers that trickle their answer or never give one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -34,6 +36,7 @@ class Request(msgspec.Struct):
     headers: dict[str, str]  # names lower-cased
     body: bytes
     client_port: int
+    at: float  # time.monotonic() when the whole request had arrived
 
 
 class Reply(msgspec.Struct):
@@ -42,6 +45,8 @@ class Reply(msgspec.Struct):
     body: bytes = b"ok"
     sleep_s: float = 0.0  # before answering
     drop_connection: bool = False  # close the connection after replying, without saying so
+    trickle_s: float = 0.0  # if set: send `trickle` one byte at a time, this long apart
+    trickle: str = "body"  # "headers" (the status line and headers) or "body"
 
 
 Respond = Callable[[int, Request], Reply]
@@ -71,6 +76,7 @@ class Receiver:
                         {k.lower(): v for k, v in self.headers.items()},
                         body,
                         self.client_address[1],
+                        time.monotonic(),
                     )
                     receiver.requests.append(req)
                     receiver.in_flight += 1
@@ -81,6 +87,9 @@ class Receiver:
                         receiver.replies.append(reply)
                     if reply.sleep_s:
                         time.sleep(reply.sleep_s)
+                    if reply.trickle_s:
+                        self._trickle(reply)
+                        return
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
@@ -92,6 +101,20 @@ class Receiver:
                 finally:
                     with receiver._lock:
                         receiver.in_flight -= 1
+
+            def _trickle(self, reply: Reply) -> None:
+                head = f"HTTP/1.1 {reply.status} OK\r\nContent-Length: {len(reply.body)}\r\n\r\n".encode()
+                slow = head if reply.trickle == "headers" else reply.body
+                try:
+                    if reply.trickle == "body":
+                        self.wfile.write(head)
+                    for i in range(len(slow)):
+                        time.sleep(reply.trickle_s)
+                        self.wfile.write(slow[i : i + 1])
+                    if reply.trickle == "headers":
+                        self.wfile.write(reply.body)
+                except OSError:  # the client gave up: what the deadline tests expect
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
@@ -356,9 +379,9 @@ def test_idle_connection_closed_by_the_receiver_is_reopened_without_a_retry(rece
     assert sink.retries == 0 and sink.sent == 3
 
 
-def test_https_receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A self-signed certificate for 127.0.0.1, trusted through SSL_CERT_FILE (which the
-    default TLS context honours): the sink verifies the certificate and posts over TLS."""
+@pytest.fixture
+def tls_server(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1 (its PEM file) and a server context using it."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -369,6 +392,15 @@ def test_https_receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     )
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
+    return cert, tls
+
+
+def test_https_receiver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_server: tuple[Path, ssl.SSLContext]
+) -> None:
+    """The certificate trusted through SSL_CERT_FILE (which the default TLS context honours):
+    the sink verifies the certificate and posts over TLS."""
+    cert, tls = tls_server
     receiver = Receiver(tls)
     try:
         # not trusted yet: a certificate error is final, not retried
@@ -400,3 +432,198 @@ def test_config_is_validated_when_loaded() -> None:
         msgspec.convert({"url": "http://h/x", "batchsize": 3}, WebhookSinkConfig)
     https = msgspec.convert({"url": "https://hooks.example.com/t"}, WebhookSinkConfig)
     assert WebhookSink(https).endpoint == "https://hooks.example.com/t"
+
+
+# --- The deadline of an attempt, dead letters at once, and what the sink reports -----------------
+#
+# The old sink's timeout applied to each socket read, so these receivers, which send a byte
+# more often than `timeout_s`, held an attempt for as long as they liked (and then delivered).
+
+
+class Sampler:
+    """Reads `sink.waiting_since` and `sink.last_error` every few ms from another thread while
+    the test runs, as a health endpoint would."""
+
+    def __init__(self, sink: WebhookSink) -> None:
+        self.samples: list[tuple[float, float | None, str | None]] = []  # (time.time(), waiting_since, last_error)
+        self._stop = threading.Event()
+
+        def run() -> None:
+            while not self._stop.wait(0.005):
+                self.samples.append((time.time(), sink.waiting_since, sink.last_error))
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def first_waiting(self) -> float | None:
+        return next((since for _, since, _ in self.samples if since is not None), None)
+
+
+@pytest.mark.parametrize("trickle", ["headers", "body"])
+@pytest.mark.parametrize("every_s", [0.3, 3.0], ids=["byte-every-0.3s", "byte-every-3s"])
+def test_a_trickling_receiver_costs_one_timeout_per_attempt(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture, trickle: str, every_s: float
+) -> None:
+    dead = tmp_path / "dead.jsonl"
+    receiver.respond = lambda n, req: Reply(body=b"x" * 40, trickle_s=every_s, trickle=trickle)
+    config = _config(receiver.url, timeout_s=1.0, max_retries=1, dead_letter_path=str(dead))
+    with caplog.at_level(logging.WARNING, logger="connectors.webhook"):
+        with WebhookSink(config) as sink:
+            sink.write_batch([_trigger(1)])
+            ended = time.monotonic()
+    first, second = receiver.requests
+    # each attempt ends about timeout_s after it started (the first includes a backoff <= 0.05 s)
+    assert 0.9 < second.at - first.at < 2.5
+    assert 0.9 < ended - second.at < 2.5
+    (letter,) = _dead_letters(dead)
+    assert letter.status is None and letter.attempts == 2 and letter.triggers == [_trigger(1)]
+    assert "timed out" in letter.reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "timed out" in warnings[0] and "retry 1/1" in warnings[0]
+    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (0, 1, 1, 1)
+    assert sink.last_error is not None and "timed out" in sink.last_error
+
+
+def test_a_receiver_that_accepts_and_never_answers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The connection is accepted, the request is never read nor answered; while the sink
+    retries, `waiting_since` says since when, and it stays set after the dead letter."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in range(3)], daemon=True).start()
+    dead = tmp_path / "dead.jsonl"
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hooks"
+    try:
+        with caplog.at_level(logging.WARNING, logger="connectors.webhook"):
+            with WebhookSink(_config(url, timeout_s=0.5, max_retries=2, dead_letter_path=str(dead))) as sink:
+                assert sink.waiting_since is None
+                sampler = Sampler(sink)
+                started = time.time()
+                sink.write_batch([_trigger(1)])
+                elapsed = time.time() - started
+                sampler.stop()
+                assert 1.4 < elapsed < 3 * 2.5  # three attempts of about 0.5 s
+                first = sampler.first_waiting()
+                assert first is not None and started + 0.4 < first < started + 1.0  # the first timeout
+                assert sink.waiting_since == first  # the receiver has not answered since
+                assert sink.last_error is not None and "timed out" in sink.last_error
+        assert len(held) == 3  # each attempt on a new connection
+        (letter,) = _dead_letters(dead)
+        assert letter.status is None and letter.attempts == 3 and "timed out" in letter.reason
+        assert sum(r.levelno == logging.WARNING and "timed out" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_a_trickling_tls_receiver_is_cut_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_server: tuple[Path, ssl.SSLContext]
+) -> None:
+    cert, tls = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    receiver = Receiver(tls)
+    receiver.respond = lambda n, req: Reply(body=b"x" * 40, trickle_s=0.2)
+    dead = tmp_path / "dead.jsonl"
+    try:
+        with WebhookSink(_config(receiver.url, timeout_s=0.8, max_retries=0, dead_letter_path=str(dead))) as sink:
+            started = time.monotonic()
+            sink.write_batch([_trigger(1)])
+            assert time.monotonic() - started < 2.0
+        (letter,) = _dead_letters(dead)
+        assert letter.attempts == 1 and "timed out" in letter.reason
+    finally:
+        receiver.stop()
+
+
+def test_dead_letters_are_written_as_requests_fail_not_when_the_batch_is_done(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Concurrency 4, 8 triggers: two are answered slowly (1.5 s), the six others are refused
+    (400) or fail and are retried once (503). Each of the six is in the dead-letter file,
+    readable by someone tailing it, while the slow ones are still in flight."""
+    dead = tmp_path / "dead.jsonl"
+    triggers = [_trigger(n) for n in range(8)]
+    index = {t.trigger_id: n for n, t in enumerate(triggers)}
+
+    def respond(n: int, req: Request) -> Reply:
+        i = index[req.headers["idempotency-key"]]
+        if i < 2:
+            return Reply(sleep_s=1.5)
+        return Reply(400, body=b"no such action") if i % 2 == 0 else Reply(503)
+
+    receiver.respond = respond
+    seen: list[tuple[float, int]] = []  # (time.monotonic(), dead letters in the file)
+    done = threading.Event()
+
+    def tail() -> None:
+        while not done.wait(0.01):
+            seen.append((time.monotonic(), len(dead.read_bytes().splitlines()) if dead.exists() else 0))
+
+    config = _config(receiver.url, concurrency=4, max_retries=1, dead_letter_path=str(dead))
+    with WebhookSink(config) as sink:
+        watcher = threading.Thread(target=tail, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        sink.write_batch(triggers)
+        returned = time.monotonic()
+        done.set()
+        watcher.join()
+    assert returned - started >= 1.5
+    first_seen = next((t for t, count in seen if count >= 1), returned)
+    all_seen = next((t for t, count in seen if count >= 6), returned)
+    assert first_seen - started < 0.5
+    assert all_seen - started < 1.2  # well before the slow ones were answered
+    letters = _dead_letters(dead)
+    assert sorted(index[l.idempotency_key] for l in letters) == [2, 3, 4, 5, 6, 7]
+    assert {index[l.idempotency_key]: l.attempts for l in letters} == {2: 1, 3: 2, 4: 1, 5: 2, 6: 1, 7: 2}
+    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (2, 3, 6, 6)
+
+
+def test_waiting_since_and_last_error_follow_the_receiver(receiver: Receiver, tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    config = _config(receiver.url, concurrency=1, max_retries=2, backoff_max_s=0.2, dead_letter_path=str(dead))
+    with WebhookSink(config) as sink:
+        assert (sink.waiting_since, sink.last_error) == (None, None)
+        sink.write_batch([_trigger(0)])
+        assert (sink.waiting_since, sink.last_error) == (None, None)
+
+        # two failures (each followed by a 0.1 s wait), then delivered: waiting while retrying, not after
+        busy = Reply(503, headers={"Retry-After": "0.1"}, body=b"busy")
+        receiver.respond = lambda n, req: busy if n in (1, 2) else Reply()
+        sampler = Sampler(sink)
+        started = time.time()
+        sink.write_batch([_trigger(1)])
+        time.sleep(0.02)
+        sampler.stop()
+        first = sampler.first_waiting()
+        assert first is not None and started <= first <= time.time()
+        errors = {error for _, _, error in sampler.samples if error is not None}
+        assert errors and all("HTTP 503" in e and "busy" in e for e in errors)
+        assert (sink.waiting_since, sink.last_error) == (None, None)
+        assert sink.sent == 2 and sink.retries == 2
+
+        # a receiver that is down: still waiting after the batch was dead-lettered, and after the next
+        receiver.respond = lambda n, req: Reply(502, body=b"bad gateway")
+        sink.write_batch([_trigger(2)])
+        down_since = sink.waiting_since
+        assert down_since is not None and "HTTP 502" in (sink.last_error or "")
+        sink.write_batch([_trigger(3)])
+        assert sink.waiting_since == down_since
+        assert sink.dead_lettered == 2
+
+        # back up: the next delivery clears both
+        receiver.respond = lambda n, req: Reply()
+        sink.write_batch([_trigger(4)])
+        assert (sink.waiting_since, sink.last_error) == (None, None)
+
+        # a refusal is an answer: the receiver is up, and not waited for (the trigger is
+        # dead-lettered, and counted): a 502, then the retry refused
+        answers = iter([Reply(502), Reply(409, body=b"duplicate")])
+        receiver.respond = lambda n, req: next(answers)
+        sink.write_batch([_trigger(5)])
+        assert (sink.waiting_since, sink.last_error) == (None, None)
+        assert sink.dead_lettered == 3

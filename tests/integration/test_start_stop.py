@@ -1,0 +1,216 @@
+"""Start and stop like a well-behaved service (issue "Hardening", items 7 and 9): SIGTERM and
+Ctrl-C finish, commit and exit 0; Kafka down at start is waited out quietly; a wrong password
+fails fast; no credential reaches the log; bad settings and a full disk are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+from bench.workload import generate
+from engine.decode import read_jsonl
+from engine.state.redis import RedisStore
+from harness import (ROOT, OwnRedis, create_topic, engine_cmd, free_port, produce, read_topic, run_engine, unique,
+                     write_config)
+
+SAMPLE = ROOT / "examples" / "sample-events.jsonl"
+
+
+def start(cfg, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(engine_cmd(cfg, *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def assert_clean(err: str) -> None:
+    assert "Traceback" not in err and "panicked" not in err and "RUST_BACKTRACE" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 1), (signal.SIGINT, 2)])
+def test_a_signal_finishes_the_batch_commits_and_exits_0(kafka_bootstrap, redis_url, redis_client, tmp_path, sig,
+                                                         workers):
+    lines = [orjson.dumps(e) for e in generate(events=80_000, customers=8_000, days=30, seed=11, start="2026-01-01")]
+    topic = create_topic(kafka_bootstrap, unique("stop-events"))
+    produce(kafka_bootstrap, topic, lines)
+    ref_sink = unique("ref")
+    run_engine(write_config(tmp_path / "ref.toml", topic=topic, redis_url=redis_url, prefix=unique("ref"),
+                            sink_topic=ref_sink, dead_topic=unique("d")))
+    expected = sorted(t["trigger_id"] for t in read_topic(kafka_bootstrap, ref_sink))
+
+    sink, prefix = unique("stop-triggers"), unique("stop")
+    cfg = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
+                       dead_topic=unique("d"), extra=f"workers = {workers}")
+    store = RedisStore(redis_url, prefix)
+    proc = start(cfg)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and sum(store.load_offsets().values()) < 10_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the signal"
+    proc.send_signal(sig)
+    sent_at = time.monotonic()
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - sent_at < 10
+    assert_clean(err)
+    last = err.strip().splitlines()[-1]
+    assert f"stopped by {sig.name}: committed and closed; offsets" in last, last
+    offsets = store.load_offsets()
+    assert sum(offsets.values()) < len(lines)                 # it stopped mid-way ...
+    for name, offset in offsets.items():
+        assert f"{name} {offset}" in last                     # ... at the offsets it says it committed
+
+    run_engine(cfg)                                           # the rest, after the clean stop
+    got = sorted(t["trigger_id"] for t in read_topic(kafka_bootstrap, sink))
+    assert got == expected                                    # nothing lost, nothing sent twice
+
+
+def healthz(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:   # 503 while not healthy; the body says why
+        return json.loads(e.read())
+
+
+class LateProxy:
+    """A TCP port that refuses connections until `open()`, then forwards them to the broker."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.server: socket.socket | None = None
+
+    def open(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def test_kafka_down_at_start_is_waited_out_quietly(kafka_bootstrap, redis_url, redis_client, tmp_path):
+    topic = create_topic(kafka_bootstrap, unique("late-events"))
+    produce(kafka_bootstrap, topic, [raw for raw, _ in read_jsonl(SAMPLE)])
+    host, port = kafka_bootstrap.split(":")
+    proxy = LateProxy((host, int(port)))
+    metrics_port = free_port()
+    cfg = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=unique("late"),
+                       sink_topic=unique("t"), dead_topic=unique("d"), extra=f"metrics_port = {metrics_port}")
+    proc = start(cfg, "--brokers", f"127.0.0.1:{proxy.port}")
+    try:
+        time.sleep(12)                                         # Kafka "down" for 12 s
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        health = healthz(metrics_port)                         # and /healthz says what it waits for
+        assert health["status"] == "starting" and list(health["waiting_for"]) == ["kafka"], health
+        assert health["waiting_for"]["kafka"]["for_s"] > 5
+        proxy.open()
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proxy.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert_clean(err)
+    before = err.split("done: every partition ended")[0]
+    waiting = [line for line in before.splitlines() if "waiting for Kafka" in line or " kafka: " in line
+               or "rdkafka" in line]
+    assert 1 <= len(waiting) <= 8, "\n".join(waiting)         # a few lines in 12 s, not hundreds
+    assert len(err.splitlines()) < 40, err
+    assert "done: every partition ended" in err
+
+
+def test_no_credential_in_any_log_line_and_a_wrong_password_fails_fast(kafka_bootstrap, tmp_path):
+    password = "S3cr3t-pw-9f2"
+    own = OwnRedis(tmp_path, password=password).start()
+    try:
+        topic = create_topic(kafka_bootstrap, unique("cred-events"))
+        produce(kafka_bootstrap, topic, [raw for raw, _ in read_jsonl(SAMPLE)][:2000] + [b'{"not": "an event"}'])
+        url = f"redis://default:{password}@127.0.0.1:{own.port}/0"
+        cfg = write_config(tmp_path / "c.toml", topic=topic, redis_url=url, prefix="cred", sink_topic=unique("t"),
+                           dead_topic=unique("d"), extra="log_level = \"DEBUG\"")
+        ok = run_engine(cfg)
+        assert password not in ok.stderr and f"redis://default:***@127.0.0.1:{own.port}/0" in ok.stderr
+
+        env_cfg = write_config(tmp_path / "env.toml", topic=topic, redis_url=f"redis://127.0.0.1:{own.port}/0",
+                               prefix="cred2", sink_topic=unique("t"), dead_topic=unique("d"))
+        via_env = subprocess.run(engine_cmd(env_cfg), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "TRIGGERS_REDIS__PASSWORD": password})
+        assert via_env.returncode == 0, via_env.stderr[-2000:]
+        assert password not in via_env.stderr
+
+        started = time.monotonic()
+        wrong = subprocess.run(engine_cmd(env_cfg), cwd=ROOT, capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "TRIGGERS_REDIS__PASSWORD": "not-the-password"})
+        assert wrong.returncode == 2 and time.monotonic() - started < 15
+        assert_clean(wrong.stderr)
+        last = wrong.stderr.strip().splitlines()[-1]
+        assert "refused the credentials" in last and "redis.password" in last, last
+        assert "not-the-password" not in wrong.stderr
+    finally:
+        own.close()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ('[redis]\nurl = "localhost:6379"', "redis.url 'localhost:6379' is not a Redis URL"),
+    ('[redis]\nurl = "redis://u:hunter22@h:port/0"', "redis.url 'redis://u:***@h:port/0' is not a Redis URL"),
+    ('[sinks.file]\npath = "t.jsonl"\nstatuses = ["sent", "opened"]', "Invalid enum value 'opened' - at `$.sinks.file.statuses[1]`"),
+    ("wrkers = 2", "Object contains unknown field `wrkers`"),
+])
+def test_invalid_settings_are_one_line_and_exit_2(tmp_path, setting, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(setting + "\n")
+    res = subprocess.run(engine_cmd(cfg), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("triggers run: invalid settings") and message in lines[0], lines
+    assert "hunter22" not in res.stderr
+
+
+def test_a_full_disk_is_one_line_and_exit_2(kafka_bootstrap, redis_url, redis_client, tmp_path):
+    topic = create_topic(kafka_bootstrap, unique("full-events"))
+    produce(kafka_bootstrap, topic, [raw for raw, _ in read_jsonl(SAMPLE)][:500])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'rules = "{ROOT / "rules"}"\nexit_at_end = true\nmetrics_port = 0\n[kafka]\ntopic = "{topic}"\n'
+                   f'[redis]\nurl = "{redis_url}"\nprefix = "{unique("full")}"\n'
+                   '[sinks.file]\npath = "/dev/full"\nstatuses = ["sent", "held_out", "suppressed"]\n'
+                   '[dead_letters]\nfile = "/dev/full"\n')
+    for _ in range(2):   # the run that meets the full disk, and the start after it
+        res = subprocess.run(engine_cmd(cfg), cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stderr[-3000:]
+        assert_clean(res.stderr)
+        last = res.stderr.strip().splitlines()[-1]
+        assert last == "triggers run: sink file: cannot write /dev/full: No space left on device", last
