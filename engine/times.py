@@ -14,20 +14,38 @@ _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 
+MAX_DURATION_MS = 3650 * _UNITS_MS["d"]
+"""The longest duration a rule may give (10 years). Deadlines are event time plus durations, and
+event times end at the year 9000 (engine.decode), so no deadline can leave datetime's range
+(year 9999) and fail when a backtest formats it; no campaign waits longer than this."""
+
 
 def parse_duration(text: str) -> int:
-    """`"30m"`, `"7d"`, `"1h30m"`, `"500ms"` -> milliseconds. Raises ValueError with the accepted form."""
+    """`"30m"`, `"7d"`, `"1h30m"`, `"500ms"` -> milliseconds, from 1 ms to `MAX_DURATION_MS`.
+
+    Raises ValueError with the accepted form.
+    """
     if not isinstance(text, str) or not _DURATION_WHOLE.fullmatch(text.strip()):
         raise ValueError(
-            f"bad duration {text!r}: write a number and a unit, e.g. 30m, 24h, 7d, 1h30m "
+            f"bad duration {_shown(text)}: write a number and a unit, e.g. 30m, 24h, 7d, 1h30m "
             "(units: ms, s, m, h, d, w)"
         )
     total = 0.0
     for number, unit in _DURATION.findall(text.strip()):
-        total += float(number) * _UNITS_MS[unit]
+        total += float(number) * _UNITS_MS[unit]   # float: a huge number becomes inf, never an error
     if total <= 0:
-        raise ValueError(f"bad duration {text!r}: must be longer than zero")
+        raise ValueError(f"bad duration {_shown(text)}: must be longer than zero")
+    if total < 1:
+        raise ValueError(f"bad duration {_shown(text)}: must be at least 1ms")
+    if total > MAX_DURATION_MS:
+        raise ValueError(f"bad duration {_shown(text)}: at most 3650d (10 years)")
     return int(total)
+
+
+def _shown(text: object) -> str:
+    """The text as written, for a message; a hostile file can hold megabytes of digits."""
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:36] + "…" + shown[-3:]
 
 
 def format_duration(ms: int) -> str:

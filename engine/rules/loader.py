@@ -1,13 +1,20 @@
 """Rules files (SPEC §3) -> a validated `RuleSet`, or `RulesInvalid` listing every mistake found.
 
-The YAML is read with PyYAML's composer and turned into values here, so that every key and
-value keeps its line for error messages, and so that YAML 1.1's surprises never reach a rule:
-scalars are typed by YAML 1.2's core schema, hence `on:` is the key "on" (not True), `no` is an
-event name (not False) and an unquoted `09:00` is text (not 540 sexagesimal minutes).
+The YAML is composed (by libyaml when PyYAML has it, else by PyYAML's own composer) and turned
+into values here, so that every key and value keeps its line for error messages, and so that
+YAML 1.1's surprises never reach a rule: scalars are typed by YAML 1.2's core schema, hence `on:`
+is the key "on" (not True), `no` is an event name (not False) and an unquoted `09:00` is text
+(not 540 sexagesimal minutes).
 
 The loader checks shape, types, units and the consistency of each rule; it does not compile
 `if:` expressions (the compiler does, reporting at `Rule.condition_line`), so unknown aggregate
 names inside conditions are the compiler's to report.
+
+Hostile files (SPEC §6) are rejected as errors like any other, at their file and line, before
+they cost time or memory: sizes are checked before a file is read, characters before it is
+parsed, nesting and alias expansion on the parser's events before anything recursive sees the
+document (the limits below). Whatever a file holds, `load_rules` raises nothing but
+`RulesInvalid`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import difflib
 import keyword
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from engine.rules.errors import RuleError, RulesInvalid, did_you_mean
+from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, did_you_mean, error_limit, exception_text
 from engine.rules.model import (
     AGGREGATE_KINDS,
     ANY_EVENT,
@@ -40,7 +48,7 @@ from engine.rules.model import (
     Step,
     Unless,
 )
-from engine.times import parse_duration
+from engine.times import MAX_DURATION_MS, format_duration, parse_duration
 
 __all__ = ["load_rules"]
 
@@ -59,12 +67,39 @@ RESERVED_NAMES = frozenset(
     | {word for word in keyword.kwlist if word.islower()}
 )
 
+# Limits of a rules directory (the compiler adds those of expressions). Real directories are far
+# below them: the bundled rules/ is 5 kB; 1,000 typical rules (bench/rulegen.py) are 146 kB and
+# 17,000 YAML values. At the limits, `validate` and a hot reload take a few seconds on a small
+# machine, instead of minutes and gigabytes.
+MAX_FILE_BYTES = 2 * 2**20          # one rules file, checked before it is read
+MAX_DIRECTORY_BYTES = 8 * 2**20     # all rules files of the directory together
+MAX_FILES = 256
+MAX_RULES = 2_000                   # in the directory
+MAX_AGGREGATES = 500                # in the directory; every customer's state holds each one
+MAX_DEPTH = 64                      # YAML nesting; a rule's payload starts 5 levels in
+MAX_VALUES = 200_000                # YAML scalars, lists and mappings in the directory, aliases expanded
+MAX_EXPRESSION_CHARS = 10_000       # one `if:` expression, or one payload or `match` template
+
 _AGGREGATE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _PROFILE_ATTR = re.compile(r"profile\.[A-Za-z_][A-Za-z0-9_]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
 _PERCENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*%")
+
+# Characters that make a file read differently from what it does, rejected anywhere in it,
+# comments included (Trojan Source, CVE-2021-42574; GCC's -Wbidi-chars looks at comments too):
+# bidirectional controls; C0 and C1 controls but tab and line breaks, and DEL; the line and
+# paragraph separators, which YAML counts as line breaks and editors do not; a byte order mark
+# after the start of the file.
+_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_HIDDEN_CHARACTER = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI_CONTROLS}\u2028\u2029\ufeff]")
+_BIDI_CONTROL = re.compile(f"[{_BIDI_CONTROLS}]")
+# Zero-width characters have uses in message text (emoji sequences, some scripts), so they are
+# rejected only where they would hide a difference: in names and in expressions, where
+# `"shoes\u200b"` looks like "shoes" and is not.
+_ZERO_WIDTH = re.compile("[\u200b-\u200d\u2060]")
+_TEMPLATE_EXPRESSION = re.compile(r"\{[^{}]*\}")
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -93,6 +128,22 @@ _CORE_SCHEMA = (
 )
 for _tag, _pattern, _first in _CORE_SCHEMA:
     _RulesYamlLoader.add_implicit_resolver(_tag, re.compile(rf"^(?:{_pattern})$"), _first)
+
+_FastYamlLoader: type = _RulesYamlLoader
+if yaml.__with_libyaml__:
+
+    class _LibyamlRulesLoader(yaml.cyaml.CParser, yaml.resolver.BaseResolver):
+        """libyaml's parser and composer, typing scalars with the same core schema: the same
+        nodes as `_RulesYamlLoader` composes, about ten times faster. Its composer recurses in
+        C, so it only runs on documents whose depth `_within_limits` has checked."""
+
+        yaml_implicit_resolvers = _RulesYamlLoader.yaml_implicit_resolvers
+
+        def __init__(self, stream: str) -> None:
+            yaml.cyaml.CParser.__init__(self, stream)
+            yaml.resolver.BaseResolver.__init__(self)
+
+    _FastYamlLoader = _LibyamlRulesLoader
 
 
 def _to_bool(text: str) -> bool:
@@ -179,7 +230,7 @@ def _build_scalar(node: yaml.ScalarNode, scope: _Scope) -> _Node:
     except ValueError:
         scope.error(line, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}")
         value = None
-    return _Node(value, line, text=node.value, style=node.style)
+    return _Node(value, line, text=node.value, style=node.style or None)  # libyaml's plain style is ""
 
 
 def _build_sequence(node: yaml.SequenceNode, scope: _Scope, memo: dict[int, _Node]) -> _Node:
@@ -213,7 +264,7 @@ def _mapping_key(key_node: yaml.Node, line: int, mapping: _Node, scope: _Scope) 
         scope.error(line, "a key must be a plain name, not a list or a mapping")
         return None
     key = key_node.value
-    if key == "<<" and key_node.style is None:
+    if key == "<<" and not key_node.style:
         scope.error(line, "YAML merge keys (<<) are not supported: write the keys out")
         return None
     if key in mapping.value:
@@ -233,16 +284,97 @@ def _yaml_syntax_error(exc: yaml.YAMLError) -> tuple[int, str]:
     return (mark.line + 1 if mark is not None else 1), message
 
 
-def _compose(text: str, scope: _Scope) -> _Node | None:
+def _compose(text: str, scope: _Scope, into: _Collected) -> _Node | None:
     try:
-        root = yaml.compose(text, Loader=_RulesYamlLoader)
+        if not _within_limits(text, scope, into):
+            return None
+        root = yaml.compose(text, Loader=_FastYamlLoader)
     except yaml.YAMLError as exc:
-        scope.error(*_yaml_syntax_error(exc))
+        mark = getattr(exc, "problem_mark", None)
+        if getattr(exc, "problem", None) == "exceeded maximum nesting depth" and mark is not None:
+            _too_deep(scope, mark.line + 1)   # libyaml's own limit (1000 levels), met before an event came
+        else:
+            scope.error(*_yaml_syntax_error(_worded(text, exc)))
         return None
     return None if root is None else _build(root, scope, {})
 
 
+def _too_deep(scope: _Scope, line: int) -> None:
+    scope.error(line, f"the YAML nests more than {MAX_DEPTH} levels deep here; rules need a few"
+                " (a payload starts 5 levels in): flatten it")
+
+
+_REWORD_CHARS = 65_536   # what PyYAML's pure-Python parser reads again, at most (about 0.3 s)
+
+
+def _worded(text: str, exc: yaml.YAMLError) -> yaml.YAMLError:
+    """PyYAML's own parser words a syntax error more exactly than libyaml ("expected ',' or '}',
+    but got ':'" for "did not find expected ',' or '}'"): its error when it finds one on the same
+    line in the text up to there, else libyaml's. Its events come without recursion, and the
+    text it reads is bounded (its scanner is slow, and quadratic in the nesting of [ and {)."""
+    mark = getattr(exc, "problem_mark", None)
+    if _FastYamlLoader is _RulesYamlLoader or mark is None or mark.index > _REWORD_CHARS:
+        return exc
+    head = text[: mark.index + 500]
+    try:
+        for _event in yaml.parse(head, Loader=_RulesYamlLoader):
+            pass
+    except yaml.MarkedYAMLError as own:
+        seen = own.problem_mark
+        if seen is not None and seen.line == mark.line and (seen.index < len(head) or len(head) == len(text)):
+            return own
+    return exc
+
+
+def _within_limits(text: str, scope: _Scope, into: _Collected) -> bool:
+    """Walks the parser's events, without recursion, before anything recursive (a composer,
+    `_build`, `_Node.plain`) sees the document; False, with the line reported, when it nests
+    deeper than `MAX_DEPTH` or takes the directory past `MAX_VALUES` values, an alias counting
+    as the values it stands for (so a "billion laughs" stops at its first big alias)."""
+    opened: list[tuple[str | None, int]] = []   # per open list or mapping: its anchor, `into.values` at its start
+    sizes: dict[str, int] = {}                  # anchor -> the values it stands for
+    for event in yaml.parse(text, Loader=_FastYamlLoader):
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            count = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif kind is yaml.AliasEvent:
+            count = sizes.get(event.anchor, 1)   # unknown or still open: the composer reports it
+        elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+            if len(opened) == MAX_DEPTH:
+                _too_deep(scope, event.start_mark.line + 1)
+                return False
+            opened.append((event.anchor, into.values))
+            count = 1
+        elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+            anchor, start = opened.pop()
+            if anchor is not None:
+                sizes[anchor] = into.values - start
+            continue
+        else:
+            continue   # stream and document boundaries
+        into.values += count
+        if into.values > MAX_VALUES:
+            line = event.start_mark.line + 1
+            if kind is yaml.AliasEvent and count > 1:
+                scope.error(line, f"the alias *{event.anchor} stands for {count:,} values, more than a rules"
+                            f" directory may hold ({MAX_VALUES:,}, aliases counted expanded): write out what it"
+                            " should repeat")
+            else:
+                scope.error(line, f"the rules directory holds more than {MAX_VALUES:,} YAML values (scalars,"
+                            " lists and mappings) from here on: keep payloads small and split very large"
+                            " rule sets into several directories")
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------- errors and values
+
+
+class _TooManyErrors(Exception):
+    """`MAX_ERRORS` were reported: reading stops (a mistake repeated a million times would take
+    minutes to report, and nobody reads past the first screenful)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +388,8 @@ class _Scope:
 
     def error(self, line: int, message: str) -> None:
         self.errors.append(RuleError(self.file, line, self.prefix + message, self.rule_id))
+        if len(self.errors) >= MAX_ERRORS:
+            raise _TooManyErrors
 
     def source(self, line: int) -> Source:
         return Source(self.file, line)
@@ -358,11 +492,34 @@ def _read_mapping(
     return None if scope.failed_since(mark) else fields
 
 
+def _character(char: str) -> str:
+    """`U+202E RIGHT-TO-LEFT OVERRIDE`: how an invisible character is named in messages."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" {name}" if name else "")
+
+
+def _invisible(text: str) -> str:
+    """A hint for a name that does not match its pattern because it holds an invisible character."""
+    found = _ZERO_WIDTH.search(text)
+    return "" if found is None else f" (it holds the invisible {_character(found[0])} at column {found.start() + 1})"
+
+
+def _visible(scope: _Scope, key: str, node: _Node, text: str, start: int = 0, end: int | None = None) -> bool:
+    """False, after reporting it, when a name or an expression (`text[start:end]`) holds a
+    zero-width character."""
+    found = _ZERO_WIDTH.search(text, start, len(text) if end is None else end)
+    if found is not None:
+        scope.error(node.line, f"'{key}' (column {found.start() + 1}): the invisible character"
+                    f" {_character(found[0])} makes it differ from what it looks like: delete it")
+    return found is None
+
+
 def _string(scope: _Scope, key: str, node: _Node) -> str | None:
+    """Text that names something (an event type, a channel, an id): no zero-width characters."""
     if not isinstance(node.value, str) or not node.value.strip():
         scope.error(node.line, f"'{key}' must be text, not {_describe(node.value)}")
         return None
-    return node.value
+    return node.value if _visible(scope, key, node, node.value) else None
 
 
 def _text(scope: _Scope, key: str, node: _Node) -> str | None:
@@ -496,7 +653,8 @@ def _aggregate(scope: _Scope, name: str, line: int, node: _Node) -> Aggregate | 
 
 def _check_aggregate_name(scope: _Scope, name: str, line: int) -> None:
     if not _AGGREGATE_NAME.fullmatch(name):
-        scope.error(line, "a name uses lower-case letters, digits and _, and does not start with a digit")
+        scope.error(line, "a name uses lower-case letters, digits and _, and does not start with a digit"
+                    + _invisible(name))
     elif name in RESERVED_NAMES:
         scope.error(line, f"'{name}' is reserved in `if:` expressions: choose another name")
 
@@ -541,10 +699,24 @@ def _condition(scope: _Scope, key: str, node: _Node) -> str | None:
     if isinstance(value, (int, float)):
         return node.text
     if isinstance(value, str) and value.strip():
-        return value
+        return value if _expression_ok(scope, key, node, value, template=False) else None
     scope.error(node.line, f"'{key}' must be an expression such as `lifetime_spend >= 5000`, not {_describe(value)}"
                 " (quote it if it contains ': ' or starts with '{' or '[')")
     return None
+
+
+def _expression_ok(scope: _Scope, key: str, node: _Node, text: str, template: bool) -> bool:
+    """Whether the text of an expression or template may go to the compiler: bounded, so that
+    compiling it takes no time, and with no zero-width character where it is code (all of an
+    expression, the `{...}` of a template)."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        scope.error(node.line, f"'{key}' is {len(text):,} characters long, more than the {MAX_EXPRESSION_CHARS:,}"
+                    " an expression or template may have: split the condition, or move the data out of the rule")
+        return False
+    if not template:
+        return _visible(scope, key, node, text)
+    codes = _TEMPLATE_EXPRESSION.finditer(text)
+    return all(_visible(scope, key, node, text, code.start(), code.end()) for code in codes)
 
 
 def _condition_line(node: _Node) -> int:
@@ -576,7 +748,7 @@ def _match(scope: _Scope, key: str, node: _Node) -> dict[str, str] | None:
     for prop, value in node.value.items():
         if isinstance(value.value, (dict, list)) or value.value is None:
             scope.error(value.line, f"'{key}.{prop}' must be a single value or template, not {_describe(value.value)}")
-        else:
+        elif _expression_ok(scope, f"{key}.{prop}", value, str(value.value), template=True):
             match[prop] = str(value.value)
     return match if len(match) == len(node.value) else None
 
@@ -612,7 +784,10 @@ def _payload(scope: _Scope, key: str, node: _Node) -> dict[str, Any] | None:
         example = '{sku: "{event.sku}"}'
         scope.error(node.line, f"'{key}' must be a mapping like {example}, not {_describe(node.value)}")
         return None
-    return node.plain()
+    # the values of its keys are templates (nested ones are passed on as they are)
+    checked = [_expression_ok(scope, f"{key}.{name}", value, value.value, template=True)
+               for name, value in node.value.items() if isinstance(value.value, str)]
+    return node.plain() if all(checked) else None
 
 
 _ACTION_TABLE: Table = {
@@ -642,7 +817,15 @@ def _steps(scope: _Scope, key: str, node: _Node) -> tuple[Step, ...] | None:
         scope.error(node.line, f"'{key}' must be a list of steps, each like {_STEP_EXAMPLE}")
         return None
     steps = [_step(scope.within(f"step {index + 1}: "), index, item) for index, item in enumerate(node.value)]
-    return None if None in steps else tuple(steps)  # type: ignore[arg-type]
+    if None in steps:
+        return None
+    # each wait is bounded, and so is their sum: a deadline stays inside datetime's range
+    span = sum(step.after for step in steps)  # type: ignore[union-attr]
+    if span > MAX_DURATION_MS:
+        scope.error(node.line, f"the steps wait {format_duration(span)} in all; a series may span at most"
+                    f" {format_duration(MAX_DURATION_MS)} (10 years)")
+        return None
+    return tuple(steps)  # type: ignore[arg-type]
 
 
 def _step(scope: _Scope, index: int, node: _Node) -> Step | None:
@@ -864,6 +1047,12 @@ class _Collected:
     aggregate_at: dict[str, Source] = field(default_factory=dict)
     rule_at: dict[str, Source] = field(default_factory=dict)
     policy_at: Source | None = None
+    # what counts against the directory's limits, and whether one was passed
+    bytes: int = 0
+    values: int = 0
+    rule_count: int = 0
+    aggregate_count: int = 0
+    full: bool = False
 
     def add_aggregate(self, scope: _Scope, name: str, line: int, aggregate: Aggregate | None) -> None:
         if name in self.aggregate_at:
@@ -900,10 +1089,12 @@ _SECTIONS = ("aggregates", "rules", "policy")
 def _read_file(path: Path, name: str, into: _Collected) -> None:
     scope = _Scope(name, into.errors)
     into.files.append(name)
-    text = _read_text(path, scope)
-    root = None if text is None else _compose(text, scope)
+    text = _read_text(path, scope, into)
+    if text is None or not _printable(text, scope):
+        return
+    root = _compose(text, scope, into)
     if root is None:
-        return  # unreadable, a syntax error (reported) or an empty file (nothing to add)
+        return  # a syntax error or a limit passed (reported) or an empty file (nothing to add)
     if not root.is_map:
         sections = _alternatives(_SECTIONS)
         scope.error(root.line, f"a rules file is a mapping with {sections}, not {_describe(root.value)}")
@@ -918,11 +1109,28 @@ def _read_file(path: Path, name: str, into: _Collected) -> None:
         into.add_policy(scope, root.key_lines["policy"], sections["policy"])
 
 
-def _read_text(path: Path, scope: _Scope) -> str | None:
+def _read_text(path: Path, scope: _Scope, into: _Collected) -> str | None:
+    """The file's text, read only when it and the directory stay within their sizes."""
+    too_big = f"a rules file may have at most {MAX_FILE_BYTES:,} bytes ({MAX_FILE_BYTES // 2**20} MiB): split it"
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            scope.error(1, f"the file has {size:,} bytes; {too_big}")
+            return None
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)   # it may have grown since
     except OSError as exc:
         scope.error(0, f"cannot read the file: {exc.strerror or exc}")
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        scope.error(1, f"the file has more than {MAX_FILE_BYTES:,} bytes; {too_big}")
+        return None
+    into.bytes += len(data)
+    if into.bytes > MAX_DIRECTORY_BYTES:
+        into.full = True
+        scope.error(1, f"with this file the rules files hold more than {MAX_DIRECTORY_BYTES:,} bytes"
+                    f" ({MAX_DIRECTORY_BYTES // 2**20} MiB), the most a rules directory may hold:"
+                    " split the rules into several directories")
         return None
     try:
         return data.decode("utf-8-sig")
@@ -931,12 +1139,45 @@ def _read_text(path: Path, scope: _Scope) -> str | None:
         return None
 
 
+def _printable(text: str, scope: _Scope) -> bool:
+    """False, after reporting each one at its line and column, when the text holds a character
+    of `_HIDDEN_CHARACTER`."""
+    clean = True
+    line, line_start, scanned = 1, 0, 0
+    for found in _HIDDEN_CHARACTER.finditer(text):
+        at = found.start()
+        # line breaks as YAML counts them: \n, \r\n or a lone \r (none of them is a hidden character)
+        breaks = text.count("\n", scanned, at) + text.count("\r", scanned, at) - text.count("\r\n", scanned, at)
+        if breaks:
+            line += breaks
+            line_start = max(text.rfind("\n", scanned, at), text.rfind("\r", scanned, at)) + 1
+        scanned = at
+        char = found[0]
+        if _BIDI_CONTROL.match(char):
+            why = "it makes the text read differently from what it does (Trojan Source, CVE-2021-42574)"
+        elif char in "\u2028\u2029":
+            why = "YAML counts it as a line break where editors show none"
+        elif char == "\ufeff":
+            why = "a byte order mark belongs only at the start of the file"
+        else:
+            why = "a rules file is plain text, with tabs and line breaks as its only control characters"
+        scope.error(line, f"invisible character {_character(char)} at column {at - line_start + 1}: {why}; delete it")
+        clean = False
+    return clean
+
+
 def _read_aggregates(scope: _Scope, node: _Node, into: _Collected) -> None:
     if not node.is_map:
         scope.error(node.line, f"'aggregates' must be a mapping of name: {_AGGREGATE_EXAMPLES['count']}")
         return
     for name, value in node.value.items():
         line = node.key_lines[name]
+        into.aggregate_count += 1
+        if into.aggregate_count > MAX_AGGREGATES:
+            into.full = True
+            scope.error(line, f"more than {MAX_AGGREGATES} aggregates in the rules directory, the most it may"
+                        " have (every customer's state holds each one): remove those no rule reads")
+            return
         aggregate = _aggregate(scope.within(f"aggregate '{name}': "), name, line, value)
         into.add_aggregate(scope, name, line, aggregate)
 
@@ -946,6 +1187,12 @@ def _read_rules(scope: _Scope, node: _Node, into: _Collected) -> None:
         scope.error(node.line, "'rules' must be a list: start each rule with '- id: …'")
         return
     for item in node.value:
+        into.rule_count += 1
+        if into.rule_count > MAX_RULES:
+            into.full = True
+            scope.error(item.line, f"more than {MAX_RULES:,} rules in the rules directory, the most it may have:"
+                        " split them into several directories, each run by its own engine")
+            return
         rule_id, rule = _rule(scope, item)
         into.add_rule(scope, item.line, rule_id, rule)
 
@@ -953,28 +1200,48 @@ def _read_rules(scope: _Scope, node: _Node, into: _Collected) -> None:
 def _rules_files(path: Path, shown: str) -> list[tuple[Path, str]]:
     """(path, name in messages) of each rules file: a directory's *.yaml/*.yml by name, not
     recursively, or the one file given."""
-    if path.is_file():
-        return [(path, shown)]
-    if not path.is_dir():
-        raise RulesInvalid([RuleError(shown, 0, "no such rules directory or file")])
-    names = sorted(entry.name for entry in path.iterdir() if entry.suffix in RULES_SUFFIXES and entry.is_file())
+    try:
+        if path.is_file():
+            return [(path, shown)]
+        if not path.is_dir():
+            raise RulesInvalid([RuleError(shown, 0, "no such rules directory or file")])
+        names = sorted(entry.name for entry in path.iterdir() if entry.suffix in RULES_SUFFIXES and entry.is_file())
+    except OSError as exc:
+        raise RulesInvalid([RuleError(shown, 0, f"cannot read the rules directory: {exc.strerror or exc}")]) from None
     if not names:
         patterns = ", ".join("*" + suffix for suffix in RULES_SUFFIXES)
         raise RulesInvalid([RuleError(shown, 0, f"no rules files ({patterns}) in this directory")])
+    if len(names) > MAX_FILES:
+        raise RulesInvalid([RuleError(os.path.join(shown, names[MAX_FILES]), 1,
+                                      f"{len(names)} rules files in {shown}, more than the {MAX_FILES} a rules"
+                                      " directory may have: merge some")])
     return [(path / name, os.path.join(shown, name)) for name in names]
 
 
 def load_rules(path: str | Path) -> RuleSet:
     """Reads and validates a rules directory (or one file) as a whole.
 
-    Raises `RulesInvalid` with every error found, sorted by file and line, so one run of
-    `triggers validate` lists them all; a reload that raises leaves the running rules in place.
+    Raises `RulesInvalid` with every error found (up to `MAX_ERRORS`), sorted by file and line,
+    so one run of `triggers validate` lists them all; a reload that raises leaves the running
+    rules in place. It raises nothing else, whatever the files hold: an unexpected failure
+    becomes an error of the file being read.
     """
     collected = _Collected()
+    limit_reached = False
     for file_path, name in _rules_files(Path(path), os.fspath(path)):
-        _read_file(file_path, name, collected)
+        try:
+            _read_file(file_path, name, collected)
+        except _TooManyErrors:
+            limit_reached = True
+            break
+        except Exception as exc:  # a bug, or the interpreter's own limits: never a traceback for a rules file
+            collected.errors.append(RuleError(name, 1, f"cannot read this file ({exception_text(exc)}):"
+                                              " please report this as a bug of the rules loader"))
+        if collected.full:
+            break   # a directory-wide limit was passed: reading on would only cost time
     if collected.errors:
-        raise RulesInvalid(sorted(collected.errors, key=lambda error: (error.file, error.line)))
+        errors = sorted(collected.errors, key=lambda error: (error.file, error.line))
+        raise RulesInvalid(errors + [error_limit(errors[-1])] if limit_reached else errors)
     return RuleSet(
         aggregates=collected.aggregates,
         rules=tuple(collected.rules),

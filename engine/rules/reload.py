@@ -1,5 +1,6 @@
 """Hot reload of a live run's rules: watch the rules directory, recompile on change, swap
-atomically; a change that does not validate is rejected and the running rules stay.
+atomically; a change that does not validate (or fails to load in any way) is rejected and the
+running rules stay.
 
 What a reload means for customers already mid-way (README "Hot reload"):
 - aggregates are kept by name, so existing values carry over; a new aggregate starts empty
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from engine.rules.compiler import CompiledRules, load_and_compile
-from engine.rules.errors import RulesInvalid
+from engine.rules.errors import RulesInvalid, exception_text
 
 log = logging.getLogger("engine.rules")
 
@@ -26,9 +27,13 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def fingerprint(path: str | Path) -> Fingerprint:
-    """Names, sizes and modification times of the rules files: cheap to take every half second."""
+    """Names, sizes and modification times of the rules files: cheap to take every half second.
+    An unreadable directory has no files (and the reload it causes is rejected, saying why)."""
     p = Path(path)
-    files = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
+    try:
+        files = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
+    except OSError:
+        files = []
     out = []
     for f in files:
         try:
@@ -71,10 +76,14 @@ class LiveRules:
             self._fingerprint = current
             try:
                 rules = load_and_compile(self.path)
-            except RulesInvalid as e:
+            except Exception as e:
+                # load_and_compile raises RulesInvalid whatever the files hold; anything else would
+                # be a bug, and is rejected all the same: nothing in a rules file may stop the dataflow
+                errors = ([str(err) for err in e.errors] if isinstance(e, RulesInvalid)
+                          else [f"{self.path}: cannot load the rules ({exception_text(e)})"])
                 self.rejected += 1
-                log.error("rules reload rejected, the running rules stay (%d error(s)):\n%s", len(e.errors),
-                          "\n".join(str(err) for err in e.errors))
+                log.error("rules reload rejected, the running rules stay (%d error(s)):\n%s", len(errors),
+                          "\n".join(errors), exc_info=not isinstance(e, RulesInvalid))
                 return
             self.rules = rules
             self.version += 1
