@@ -48,7 +48,8 @@ Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, 
 
   [kafka]                                # TRIGGERS_KAFKA__BROKERS='["10.0.0.5:9092"]'
   brokers = ["127.0.0.1:9092"]
-  topic = "customer-events"
+  topic = "customer-events"              # keyed by customer_id (mis-keyed messages are dead letters)
+  repartition_from = "raw-events"        # optional: re-key this unkeyed topic into `topic` first
   batch_size = 1000
   extra = {}                             # librdkafka settings: security.protocol, sasl.*, ssl.*
   start = "earliest"                     # first deployment only: "earliest" (history) or "latest"
@@ -161,6 +162,26 @@ def _parser() -> argparse.ArgumentParser:
                           "nothing is re-sent")
     run.set_defaults(handler=_run)
 
+    rp = sub.add_parser(
+        "repartition", help="re-key a raw topic by customer id into the engine's topic, exactly once",
+        description="For event topics not keyed by customer id: consume RAW_TOPIC in a consumer group and write "
+                    "each message unchanged to the engine's topic (kafka.topic), keyed by its customer_id, one "
+                    "Kafka transaction per batch that also carries the consumed offsets: after any crash every "
+                    "message is in the keyed topic exactly once (for read_committed readers, the default). "
+                    "Undecodable messages go through without a key (the engine dead-letters them). A raw topic "
+                    "with several partitions can reorder one customer's events. `triggers run` runs the same "
+                    "stage in a thread when kafka.repartition_from is set; this command runs it on its own.",
+        epilog="example:\n  triggers repartition --from raw-events --to customer-events\n"
+               "  triggers run --config triggers.toml      # with kafka.repartition_from = \"raw-events\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("--config", metavar="FILE", help="settings file (TOML), as for `triggers run`")
+    rp.add_argument("--from", dest="from_topic", metavar="RAW_TOPIC", help="the raw topic (kafka.repartition_from)")
+    rp.add_argument("--to", dest="to_topic", metavar="TOPIC", help="the keyed topic the engine reads (kafka.topic)")
+    rp.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka bootstrap servers (kafka.brokers)")
+    rp.add_argument("--process-id", type=int, help="this instance's index when several run (its transactional id)")
+    rp.add_argument("--exit-at-end", action="store_true", help="stop once what the raw topic holds is re-keyed")
+    rp.set_defaults(handler=_repartition)
+
     r = sub.add_parser(
         "report", help="per-rule lift: contacted vs control group conversion, with 95%% intervals",
         description="Per rule: the conversion rate of contacted (sent) and control-group (held-out) triggers, "
@@ -185,7 +206,10 @@ def _load_rules(path: str) -> object | None:
     except RulesInvalid as e:
         for err in e.errors:
             print(err, file=sys.stderr)
-        print(f"{len(e.errors)} error(s) in {path}", file=sys.stderr)
+        from engine.rules.errors import MAX_ERRORS
+
+        shown = len(e.errors) if len(e.errors) <= MAX_ERRORS else f"{MAX_ERRORS}+"   # the last is "stopped after"
+        print(f"{shown} error(s) in {path}", file=sys.stderr)
         return None
 
 
@@ -283,10 +307,13 @@ def _run(args: argparse.Namespace) -> int:
     from engine.operators.shutdown import SHUTDOWN, install_signal_handlers
 
     install_signal_handlers()
+    stage = _Stage(settings) if settings.kafka.repartition_from and not settings.exit_at_end else None
     log.info("running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules),
              settings.rules, settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.shown(),
              settings.workers)
     run(flow, settings)
+    if stage is not None:
+        stage.stop()
     if SHUTDOWN.fatal:
         print(f"triggers run: {SHUTDOWN.reason}", file=sys.stderr)
         return SHUTDOWN.exit_code
@@ -302,6 +329,34 @@ class _StartError(Exception):
     """Why `triggers run` cannot start: one line for the operator, exit 2."""
 
 
+class _Stage:
+    """The repartition stage in a thread of `triggers run`: it stops with the engine, and a
+    failure of it stops the engine (exit 2)."""
+
+    def __init__(self, settings) -> None:
+        import threading
+
+        from engine.operators.repartition import Repartitioner, config_from_settings
+        from engine.operators.shutdown import SHUTDOWN
+
+        self._stop = threading.Event()
+        repartitioner = Repartitioner(config_from_settings(settings))
+
+        def work() -> None:
+            try:
+                repartitioner.run(self._stop)
+            except Exception as e:   # RepartitionError, or a bug: the engine must not run on without it
+                SHUTDOWN.request(f"repartition stage: {e}", fatal=True)
+
+        self._thread = threading.Thread(target=work, name="repartition", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+
 def _prepare_run(settings, rules, accept_state_loss: bool):
     """Everything before the dataflow: metrics, Kafka's partitions (waiting for the broker),
     Redis (waiting for it; failing fast on refused credentials), the resume check, the flow."""
@@ -313,6 +368,8 @@ def _prepare_run(settings, rules, accept_state_loss: bool):
     r = settings.redis
     try:
         partitions = kafka_partitions(settings)
+        if settings.kafka.repartition_from and settings.exit_at_end:
+            _repartition_to_end(settings)   # a bounded run evaluates everything the raw topic holds
         store = RedisStore(r.client_url(), r.prefix, r.cluster, r.connection())
         try:
             plan_resume(settings, store, partitions, accept_state_loss)
@@ -321,6 +378,51 @@ def _prepare_run(settings, rules, accept_state_loss: bool):
         return build_flow(settings, rules, partitions=partitions)
     except (FlowError, ResumeRefused) as e:
         raise _StartError(str(e)) from None
+
+
+def _repartition_to_end(settings) -> None:
+    from engine.operators.repartition import RepartitionError, Repartitioner, config_from_settings
+
+    try:
+        Repartitioner(config_from_settings(settings)).run(exit_at_end=True)
+    except RepartitionError as e:
+        raise _StartError(f"repartition stage: {e}") from None
+
+
+def _repartition(args: argparse.Namespace) -> int:
+    """`triggers repartition`: the stage on its own (a process of its own for high rates)."""
+    import signal
+    import threading
+
+    from engine.logs import setup_logging
+    from engine.operators.repartition import RepartitionError, Repartitioner, config_from_settings
+    from engine.settings import SettingsError, load_settings
+
+    overrides = {"kafka.brokers": args.brokers.split(",") if args.brokers else None,
+                 "kafka.repartition_from": args.from_topic, "kafka.topic": args.to_topic,
+                 "process_id": args.process_id}
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        if not settings.kafka.repartition_from:
+            raise SettingsError("no raw topic: give --from RAW_TOPIC or set kafka.repartition_from")
+        config = config_from_settings(settings)
+    except (SettingsError, ValueError) as e:
+        print(f"triggers repartition: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        Repartitioner(config).run(stop, exit_at_end=args.exit_at_end)
+    except RepartitionError as e:
+        print(f"triggers repartition: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

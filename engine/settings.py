@@ -52,8 +52,12 @@ class KafkaSource(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("kafka.brokers must name at least one host:port")
         if self.batch_size < 1:
             raise ValueError(f"kafka.batch_size must be at least 1, got {self.batch_size}")
-        if self.repartition_from is not None and self.repartition_from == self.topic:
-            raise ValueError("kafka.repartition_from must be another topic than kafka.topic")
+        if self.repartition_from is not None:
+            if self.repartition_from == self.topic:
+                raise ValueError("kafka.repartition_from must be another topic than kafka.topic")
+            if self.extra.get("isolation.level") == "read_uncommitted":
+                raise ValueError("kafka.extra isolation.level = read_uncommitted would read the repartition "
+                                 "stage's aborted transactions: leave it out (read_committed is the default)")
 
 
 class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):

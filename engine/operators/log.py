@@ -98,6 +98,7 @@ class KafkaPartitionLog:
 
     def read(self, max_records: int) -> list[Record]:
         records: list[Record] = []
+        eof_at = None
         for msg in self._consumer.consume(max_records, timeout=0):
             err = msg.error()
             if err is None:
@@ -105,7 +106,7 @@ class KafkaPartitionLog:
                     records.append((msg.value(), msg.offset(), msg.key()))
                 continue
             if err.code() == KafkaError._PARTITION_EOF:
-                self._eof = True
+                eof_at = msg.offset()
             elif err.fatal():
                 raise KafkaException(KafkaError(err.code(), f"{self.name}: {err.str()}", fatal=True))
             else:   # librdkafka retries transient errors (broker down) by itself
@@ -116,6 +117,12 @@ class KafkaPartitionLog:
         if records:
             self._position = records[-1][1] + 1
             self._eof = False
+        # A topic written in transactions (the repartition stage, Kafka Streams, Debezium) ends
+        # each transaction with a commit marker: an offset that is never delivered as a record.
+        # The end-of-partition event says where the partition really ends.
+        if eof_at is not None and eof_at >= self._position:
+            self._position = eof_at
+            self._eof = True
         if self._unhealthy and (records or self._eof):
             HEALTH.waiting("kafka", self.name, None)
             self._unhealthy = False
