@@ -39,7 +39,7 @@ def test_keys_deleted_between_runs_are_refused_and_nothing_is_resent(kafka_boots
     second = engine(cfg)
     assert second.returncode == 2, second.stderr[-2000:]
     last = second.stderr.strip().splitlines()[-1]
-    assert last.startswith("triggers run: Redis at redis://127.0.0.1:6379/15 lost committed state for 4 partition(s)")
+    assert last.startswith(f"triggers run: Redis at {redis_url} lost committed state for 4 partition(s)")
     assert "--accept-state-loss" in last and "Traceback" not in second.stderr
     assert len(read_topic(kafka_bootstrap, sink)) == sent                       # nothing re-sent
 
