@@ -391,11 +391,8 @@ def _repartition_to_end(settings) -> None:
 
 def _repartition(args: argparse.Namespace) -> int:
     """`triggers repartition`: the stage on its own (a process of its own for high rates)."""
-    import signal
-    import threading
-
     from engine.logs import setup_logging
-    from engine.operators.repartition import RepartitionError, Repartitioner, config_from_settings
+    from engine.operators.repartition import config_from_settings, run_until_stopped
     from engine.settings import SettingsError, load_settings
 
     overrides = {"kafka.brokers": args.brokers.split(",") if args.brokers else None,
@@ -410,19 +407,7 @@ def _repartition(args: argparse.Namespace) -> int:
         print(f"triggers repartition: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        Repartitioner(config).run(stop, exit_at_end=args.exit_at_end)
-    except RepartitionError as e:
-        print(f"triggers repartition: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_until_stopped(config, args.exit_at_end, prog="triggers repartition")
 
 
 def _report(args: argparse.Namespace) -> int:

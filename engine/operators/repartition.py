@@ -615,8 +615,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_settings(settings: Any) -> RepartitionConfig:
+    """The stage of a `triggers run` / `triggers repartition` with `kafka.repartition_from`: from
+    that raw topic into `kafka.topic`, in the group "<consumer group>-repartition", one
+    transactional id per process."""
+    k = settings.kafka
+    group = f"{settings.consumer_group}-repartition"
+    return RepartitionConfig(brokers=k.brokers, from_topic=k.repartition_from, to_topic=k.topic, group_id=group,
+                             transactional_id=f"{group}-{settings.process_id or 0}", extra=k.extra)
+
+
+def run_until_stopped(config: RepartitionConfig, exit_at_end: bool = False, prog: str = "repartition") -> int:
+    """Run the stage in this thread until SIGTERM/SIGINT (exit 0, after committing the batch in
+    flight), the start-up end with `exit_at_end`, or a `RepartitionError` (one line, exit 2)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            log.info("%s received: committing the batch in flight and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        Repartitioner(config).run(stop, exit_at_end=exit_at_end)
+    except RepartitionError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the stage until SIGTERM/SIGINT (exit 0) or, with --exit-at-end, the start-up end."""
+    """`python -m engine.operators.repartition`: the stage from flags alone (tests, scripts);
+    `triggers repartition` runs it from the engine's settings."""
     from engine.logs import setup_logging
 
     args = _parser().parse_args(argv)
@@ -629,32 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"repartition: {e}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if not stop.is_set():
-            log.info("%s received: committing the batch in flight and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        Repartitioner(config).run(stop, exit_at_end=args.exit_at_end)
-    except RepartitionError as e:
-        log.error("%s", e)
-        return 1
-    return 0
+    return run_until_stopped(config, args.exit_at_end)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def config_from_settings(settings: Any) -> RepartitionConfig:
-    """The stage of a `triggers run` / `triggers repartition` with `kafka.repartition_from`: from
-    that raw topic into `kafka.topic`, in the group "<consumer group>-repartition", one
-    transactional id per process."""
-    k = settings.kafka
-    group = f"{settings.consumer_group}-repartition"
-    return RepartitionConfig(brokers=k.brokers, from_topic=k.repartition_from, to_topic=k.topic, group_id=group,
-                             transactional_id=f"{group}-{settings.process_id or 0}", extra=k.extra)

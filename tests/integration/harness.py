@@ -225,3 +225,58 @@ class OwnRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class LateProxy:
+    """A TCP forwarder to `target` ("host:port") that refuses connections until it starts
+    listening, after `delay_s` or at `open()`: a broker that is down, then comes back."""
+
+    def __init__(self, target: str, delay_s: float | None = None) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.port = free_port()
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(delay_s, self.open) if delay_s is not None else None
+        if self._timer is not None:
+            self._timer.start()
+
+    def open(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.1)
+        self._sockets.append(server)
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stop.set()
+        for s in self._sockets:
+            s.close()

@@ -5,8 +5,6 @@ dropping triggers."""
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from connectors.kafka import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
 from engine.decode import DeadLetter
 from engine.triggers import HELD_OUT, SENT, SUPPRESSED, Trigger, trigger_id
+from harness import LateProxy, free_port
 
 PARTITIONS = 3
 
@@ -47,13 +46,6 @@ def _triggers(n: int) -> list[Trigger]:
             )
         )
     return out
-
-
-def _free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------- Kafka
@@ -145,58 +137,10 @@ def test_kafka_sink_unreachable_broker_raises_within_the_deadline() -> None:
     assert time.monotonic() - started < 1.0
 
 
-class _LateProxy:
-    """A TCP forwarder to the real broker that starts listening only after `delay_s`: a
-    broker that comes back while the sink is still retrying."""
-
-    def __init__(self, target: str, delay_s: float) -> None:
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.port = _free_port()
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(delay_s, self._listen)
-        self._timer.start()
-
-    def _listen(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port))
-        server.settimeout(0.1)
-        self._sockets.append(server)
-        while not self._stop.is_set():
-            try:
-                client, _ = server.accept()
-            except TimeoutError:
-                continue
-            upstream = socket.create_connection(self.target)
-            self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._timer.cancel()
-        self._stop.set()
-        for s in self._sockets:
-            s.close()
-
-
 def test_kafka_sink_reproduces_failed_deliveries_until_the_broker_is_back(
     kafka_bootstrap: str, kafka_topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    proxy = _LateProxy(kafka_bootstrap, delay_s=1.8)
+    proxy = LateProxy(kafka_bootstrap, delay_s=1.8)
     config = KafkaSinkConfig(
         brokers=[f"127.0.0.1:{proxy.port}"],
         topic=kafka_topic,
@@ -247,7 +191,7 @@ def test_redis_stream_sink_trims_approximately_to_maxlen(redis_url: str, redis_c
 
 
 def test_redis_stream_sink_unreachable_server_raises_after_retry_for(caplog: pytest.LogCaptureFixture) -> None:
-    config = RedisStreamSinkConfig(url=f"redis://127.0.0.1:{_free_port()}/0", retry_for_s=1.0)
+    config = RedisStreamSinkConfig(url=f"redis://127.0.0.1:{free_port()}/0", retry_for_s=1.0)
     with caplog.at_level(logging.WARNING, logger="connectors.redis_stream"):
         with RedisStreamSink(config) as sink:
             started = time.monotonic()

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +18,8 @@ import pytest
 from bench.workload import generate
 from engine.decode import read_jsonl
 from engine.state.redis import RedisStore
-from harness import (ROOT, OwnRedis, create_topic, engine_cmd, free_port, produce, read_topic, run_engine, unique,
-                     write_config)
+from harness import (ROOT, LateProxy, OwnRedis, create_topic, engine_cmd, free_port, produce, read_topic, run_engine,
+                     unique, write_config)
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 
@@ -81,52 +79,10 @@ def healthz(port: int) -> dict:
         return json.loads(e.read())
 
 
-class LateProxy:
-    """A TCP port that refuses connections until `open()`, then forwards them to the broker."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.server: socket.socket | None = None
-
-    def open(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
 def test_kafka_down_at_start_is_waited_out_quietly(kafka_bootstrap, redis_url, redis_client, tmp_path):
     topic = create_topic(kafka_bootstrap, unique("late-events"))
     produce(kafka_bootstrap, topic, [raw for raw, _ in read_jsonl(SAMPLE)])
-    host, port = kafka_bootstrap.split(":")
-    proxy = LateProxy((host, int(port)))
+    proxy = LateProxy(kafka_bootstrap)
     metrics_port = free_port()
     cfg = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=unique("late"),
                        sink_topic=unique("t"), dead_topic=unique("d"), extra=f"metrics_port = {metrics_port}")
