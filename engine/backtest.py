@@ -18,7 +18,7 @@ import msgspec
 from engine.attribution import RuleOutcome
 from engine.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.evaluate import Evaluator
-from engine.isolation import IsolatedEvaluator
+from engine.isolation import JOURNAL_LIMIT, IsolatedEvaluator
 from engine.events import Event
 from engine.progress import Progress
 from engine.rules.compiler import CompiledRules
@@ -67,6 +67,7 @@ class Replay:
         self.triggers = 0
         self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
         self.rejected: list[DeadLetter] = []   # refused by the core, not yet handed to `dead_letter`
+        self._checkpointed_at = 0              # the event count at the last checkpoint of the journal
         self.stopped = False   # set once an event passes `until`
 
     def feed(self, events: Iterable[Event]) -> None:
@@ -96,13 +97,31 @@ class Replay:
             if evaluator.earlier_deadline:
                 evaluator.earlier_deadline = False
                 deadlines.update(cid, evaluator.next_due(state) if state is not None else None)
+        if evaluator.counters.events - self._checkpointed_at >= JOURNAL_LIMIT:
+            self._checkpoint()
         self._write(out)
+
+    def _checkpoint(self) -> None:
+        """Every state journaled since the last checkpoint is encoded: the storability check a
+        live commit makes, and what bounds the journal's memory (engine.isolation)."""
+        states = self.store.states
+        self._checkpointed_at = self.evaluator.counters.events
+        _, replaced, dead = self.isolated.checkpoint(self.isolated.journal, states.get)
+        for cid, state in replaced.items():
+            if state is None:
+                states.pop(cid, None)
+                self._deadlines.forget(cid)
+            else:
+                states[cid] = state
+                self._schedule(cid, state)
+        self.rejected += dead
 
     def finish(self) -> None:
         """End of file: jump the clock past pending one-shot deadlines; recurring up to the period's end."""
         horizon = self.until if self.until is not None else self._clock
         out: list[Trigger] = []
         self._fire_due(None, out, recurring_until=horizon)
+        self._checkpoint()
         self._write(out)
 
     def _schedule(self, cid: str, state: CustomerState, recurring_until: int | None = None) -> None:

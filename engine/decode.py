@@ -110,8 +110,14 @@ _MAX_TS_MS = (datetime(9000, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(m
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
+# A property value the fast path takes as it is: checked by msgspec in C. Anything else (an
+# object, an array, an integer beyond ±2^53) takes the slow path, which normalises it.
+_Scalar = str | Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)] | float | bool | None
+
+
 class _NativeWire(msgspec.Struct):
-    """The native event as it is on the wire: ids may be ints, ts a string or epoch ms.
+    """The native event as it is on the wire: ids may be ints, ts a string or epoch ms, and
+    flat properties (what the fast path takes).
 
     Unknown keys are ignored, so producers can add fields without breaking the engine.
     """
@@ -120,7 +126,7 @@ class _NativeWire(msgspec.Struct):
     type: _NonEmpty
     customer_id: _NonEmpty | int
     ts: datetime | int
-    properties: dict[str, Any] | None = None
+    properties: dict[str, _Scalar] | None = None
 
 
 _fast_decoder = msgspec.json.Decoder(_NativeWire)
@@ -369,12 +375,7 @@ def _fast(raw: bytes) -> Event | None:
         if not _MIN_TS_MS <= ts <= _MAX_TS_MS:
             return None
     props = w.properties
-    if props:
-        try:
-            _normalize(props, 1, "properties")
-        except _Invalid:
-            return None
-    elif props is None:
+    if props is None:
         props = {}
     etype = w.type
     if etype == CONSENT_EVENT:

@@ -23,7 +23,7 @@ from engine.operators.sinks import settle_sinks
 from engine.retry import retry_forever
 from engine.rules.reload import LiveRules
 from engine.schedule import DeadlineIndex
-from engine.state.customer import CustomerState
+from engine.state.customer import CustomerState, decode_state
 from engine.state.redis import RedisStore
 from engine.triggers import Trigger
 
@@ -89,6 +89,7 @@ class PartitionWorker:
         self.has_committed = has_offset         # the store holds an offset for this partition
         self.stats = PartitionStats()
         self.failed = False                     # a fatal error stopped this partition's work
+        self.rejected: list[DeadLetter] = []    # dead letters a commit found, for the next batch
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
@@ -114,7 +115,10 @@ class PartitionWorker:
         started = time.perf_counter()
         if self.live_rules.version != self.rules_version:   # a reload: new batches use the new rules
             self.rules_version = self.live_rules.version
-            self.evaluator = self.isolated.evaluator = Evaluator(self.live_rules.rules)
+            self.evaluator = Evaluator(self.live_rules.rules)
+            replaced, dead = self.isolated.use(self.evaluator, self.cache.get)
+            self._replace(replaced)
+            self.rejected += dead
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
             # deadlines that follow from the rules (inactivity) may have moved: re-index the
             # cached customers now, and the others as their states are written next
@@ -127,6 +131,9 @@ class PartitionWorker:
         records = batch.records
         keys = [r[2] for r in records] if self.log.keyed else None
         events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys)
+        if self.rejected:   # found by the last commit's storability check
+            dead += self.rejected
+            self.rejected = []
         refused = 0   # events the core refused (dead-lettered too)
         cache = self.cache
         if events:
@@ -215,10 +222,11 @@ class PartitionWorker:
         missing = [cid for cid in customer_ids if cid not in self.cache]
         if not missing:
             return
-        loaded = self._redis(lambda: self.store.load_many(missing), "state load")
-        self.cache.update(loaded)
-        update, next_due = self.deadlines.update, self.evaluator.next_due
-        for cid, state in loaded.items():
+        loaded = self._redis(lambda: self.store.load_many_encoded(missing), "state load")
+        update, next_due, known, cache = self.deadlines.update, self.evaluator.next_due, self.isolated.loaded, self.cache
+        for cid, image in loaded.items():
+            state = cache[cid] = decode_state(image)
+            known(cid, image)
             update(cid, next_due(state))
 
     # -- commit (source, once the epoch's outputs are written) --------------------------------
@@ -229,10 +237,12 @@ class PartitionWorker:
             return False
         started = time.perf_counter()
         settle_sinks()   # the triggers of these changes are delivered before the changes commit
-        images = self.isolated.images
-        next_due, cache = self.evaluator.next_due, self.cache
-        states = {cid: images[cid] for cid in self.dirty}
-        due = {cid: next_due(cache[cid]) for cid in self.dirty}
+        cache = self.cache
+        states, replaced, dead = self.isolated.checkpoint(self.dirty, cache.get)
+        self._replace(replaced)
+        self.rejected += dead                 # handed out with the next batch's outputs
+        next_due = self.evaluator.next_due
+        due = {cid: next_due(cache[cid]) for cid in states}
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
         self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
@@ -253,6 +263,15 @@ class PartitionWorker:
         # moves what exists now out of its sight; freed states are still freed by refcount.
         gc.freeze()
         return True
+
+    def _replace(self, replaced: dict[str, CustomerState | None]) -> None:
+        """States a checkpoint rebuilt without the event that made them unstorable."""
+        for cid, state in replaced.items():
+            if state is None:
+                self.cache.pop(cid, None)
+            else:
+                self.cache[cid] = state
+                self.deadlines.update(cid, self.evaluator.next_due(state))
 
     def _evict(self) -> None:
         """Drop the oldest cached states (all are committed now); Redis has them."""

@@ -111,14 +111,18 @@ class RedisStore:
 
         One MGET on a single node. Pass distinct ids: a repeated id is fetched and decoded twice.
         """
+        decode = decode_state
+        return {cid: decode(value) for cid, value in self.load_many_encoded(customer_ids).items()}
+
+    def load_many_encoded(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
+        """`load_many`, the states as the `encode_state` bytes they are stored as."""
         ids = customer_ids if isinstance(customer_ids, list) else list(customer_ids)
         if not ids:
             return {}
         head = self._state_key_head
         keys = [f"{head}{cid}}}" for cid in ids]
         values = self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
-        decode = decode_state
-        return {cid: decode(value) for cid, value in zip(ids, values) if value is not None}
+        return {cid: value for cid, value in zip(ids, values) if value is not None}
 
     def deadline_key(self, partition: str) -> str:
         return f"{self.prefix}:t:{partition}"

@@ -38,3 +38,31 @@ def test_index_entries_without_a_state_are_removed(redis_url, redis_client):
     worker.process(Batch(worker, [], True, 10_000, True))
     worker.commit(1)
     assert redis_client.zcard(store.deadline_key("p-0")) == 0
+
+
+def test_an_unstorable_state_is_caught_at_the_commit_and_its_event_dead_lettered(redis_url, redis_client,
+                                                                                  monkeypatch):
+    from engine.decode import DeadLetter, Stage
+
+    real = Evaluator.on_event
+
+    def buggy(self, state, ev, out):   # a bug that leaves a value no msgpack integer holds
+        state = real(self, state, ev, out)
+        if ev.event_id == "p1":
+            state.profile["oops"] = 2**70
+        return state
+
+    monkeypatch.setattr(Evaluator, "on_event", buggy)
+    rules = load_and_compile(ROOT / "rules")
+    store = RedisStore(redis_url, f"edge{uuid.uuid4().hex[:6]}")
+    lines = [b'{"event_id": "p%d", "type": "purchase", "customer_id": "c1", "ts": %d, "properties": {"amount": 1}}'
+             % (i, 1_000 + i) for i in range(3)]
+    worker = PartitionWorker(MemoryLog("p-0", lines), store, LiveRules(ROOT / "rules", rules, watch=False), 0)
+    records = worker.log.read(10)
+    worker.process(Batch(worker, records, False, 10_000, False))
+    worker.commit(3)                                             # the check: p1 made the state unstorable
+    out = worker.process(Batch(worker, [], False, 10_000, False))
+    dead = [item for item in out if isinstance(item, DeadLetter)]
+    assert [d.stage for d in dead] == [Stage.STORE] and '"event_id":"p1"' in dead[0].raw
+    state = store.load_many(["c1"])["c1"]
+    assert state.aggs["purchases"] == 2 and "oops" not in state.profile

@@ -209,26 +209,29 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
 
 
 def test_a_state_that_cannot_be_stored_is_refused_with_its_event(monkeypatch) -> None:
-    import engine.isolation as isolation
+    """A bug that puts an unstorable value into a state (as a 2^64 amount once did) is found at
+    the next checkpoint; the event behind it is dead-lettered and the state is rebuilt without it."""
+    from engine.evaluate import Evaluator
 
+    real = Evaluator.on_event
+
+    def buggy(self, state, ev, out):
+        state = real(self, state, ev, out)
+        if ev.event_id == "p1":
+            state.profile["oops"] = 2**70   # no msgpack integer holds it
+        return state
+
+    monkeypatch.setattr(Evaluator, "on_event", buggy)   # the replays hit the same bug
     replay = Replay(BUNDLED, lambda out: None)
     dead: list[DeadLetter] = []
     replay.dead_letter = dead.extend
-    real = isolation.encode_state
-    refused: list[int] = []
-
-    def picky(state):
-        if state.aggs.get("purchases") == 2 and not refused:   # the state after p1, once
-            refused.append(1)
-            raise OverflowError("injected: cannot encode")
-        return real(state)
-
-    monkeypatch.setattr(isolation, "encode_state", picky)
     events, _ = EventDecoder().decode_batch([(msg(f"p{i}", "purchase", {"amount": 1}), f"t:{i}") for i in range(3)])
     replay.feed(events)
     replay.finish()
-    assert [d.stage for d in dead] == [Stage.STORE]
-    assert replay.store.get("c-1").aggs["purchases"] == 2   # p0 and p2: p1 was refused
+    assert [d.stage for d in dead] == [Stage.STORE] and json.loads(dead[0].raw)["event_id"] == "p1"
+    state = replay.store.get("c-1")
+    assert state.aggs["purchases"] == 2 and "oops" not in state.profile   # p0 and p2: p1 was refused
+    assert_states_store(replay)
     assert replay.summary(0, 1.0).dead_letters == 1
 
 
