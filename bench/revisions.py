@@ -6,6 +6,13 @@ tree, on the same input, and the ratio of each round is reported with the median
 
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl              # backtest
     python -m bench.revisions --baseline c75ce00 --live --events-live 200000          # live, Redis state
+    python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
+
+`--callgrind N` counts, instead of timing, what one backtest event costs at event N of the file:
+valgrind's callgrind (with its cache simulation) runs each revision on the first N and the first
+N + 20,000 events, and the difference divided by 20,000 is the cost per event, start-up and
+imports excluded: instructions and first-level cache misses, the same figures on every run
+whatever else the machine does (a run takes minutes).
 
 The baseline is extracted with `git archive` into a temporary directory and run with this
 virtualenv's Python; the live runs use `bench.e2e`'s in-process source with Redis state
@@ -43,6 +50,37 @@ def backtest(tree: Path, events: str, work: Path) -> float:
     return data["events"] / data["elapsed_s"]
 
 
+_COUNT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from engine.backtest import Replay
+from engine.decode import EventDecoder, read_jsonl
+from engine.rules.compiler import load_and_compile
+rules, n = load_and_compile(sys.argv[1] + "/rules"), int(sys.argv[3])
+items = [line for _, line in zip(range(n), read_jsonl(sys.argv[2]))]
+replay = Replay(rules, lambda out: None)
+for i in range(0, n, 2000):
+    replay.feed(EventDecoder().decode_batch(items[i:i + 2000])[0])
+replay.finish()
+"""
+SPAN = 20_000
+
+
+def callgrind(tree: Path, events: str, at: int, work: Path) -> dict[str, float]:
+    """Per-event instructions (Ir) and L1 data read/write misses (D1mr, D1mw) at event `at`."""
+    script = work / "count.py"
+    script.write_text(_COUNT)
+    totals = []
+    for n in (at, at + SPAN):
+        out = work / f"callgrind.{n}"
+        subprocess.run(["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--callgrind-out-file={out}",
+                        sys.executable, str(script), str(tree), events, str(n)], check=True, capture_output=True)
+        summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
+        events_line = next(line for line in out.read_text().splitlines() if line.startswith("events:"))
+        totals.append(dict(zip(events_line.split()[1:], map(int, summary.split()[1:]))))
+    return {k: (totals[1][k] - totals[0][k]) / SPAN for k in ("Ir", "D1mr", "D1mw")}
+
+
 def live(tree: Path, events: int, work: Path) -> float:
     out = work / "results.json"
     skip = "backtest,kafka,kafka2,naive,floor,latency,kafka_latency"
@@ -59,10 +97,19 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="also the live run: in-process source, Redis state")
     parser.add_argument("--events-live", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--callgrind", type=int, metavar="N", help="count (valgrind) instead of timing: the cost "
+                        "of one backtest event at event N of --events")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         trees = {"baseline": extract(args.baseline, work), "current": ROOT}
+        if args.callgrind is not None:
+            counts = {name: callgrind(tree, args.events, args.callgrind, work) for name, tree in trees.items()}
+            for key in ("Ir", "D1mr", "D1mw"):
+                base, now = counts["baseline"][key], counts["current"][key]
+                print(f"per event at {args.callgrind:,}: {key} baseline {base:,.0f}, current {now:,.0f}, "
+                      f"ratio {now / base:.3f}")
+            return
         runs = []
         if args.events:
             runs.append(("backtest", lambda tree: backtest(tree, args.events, work)))

@@ -9,7 +9,7 @@ import msgspec
 
 CONSENT_EVENT = "consent"     # properties: {channel: "email", granted: true|false}, checked at decode
 
-_MAX_EXACT = 2**53
+MAX_EXACT = 2**53   # integers beyond it are not exact in JSON for most producers, nor in a float
 # Plain ASCII decimal notation, as JSON writes numbers: "12.50", "-3", "1e3". Python's own
 # float() also takes "5_000", " 12 ", "NaN", "inf" and digits of any script ("٥٠٠٠").
 _NUMERIC_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
@@ -47,5 +47,5 @@ def add_amount(total: int | float, value: int | float) -> int | float:
     would overflow to infinity keeps its old value."""
     result = total + value
     if result.__class__ is int:
-        return result if -_MAX_EXACT <= result <= _MAX_EXACT else float(result)
+        return result if -MAX_EXACT <= result <= MAX_EXACT else float(result)
     return result if result - result == 0 else total
