@@ -121,6 +121,8 @@ def test_with_default_settings_receivers_get_only_sent_triggers(kafka_bootstrap,
         assert {t["trigger_id"] for t in got} == sent
     for name in ("kafka", "webhook", "file"):
         assert f"sink {name} delivers sent triggers" in res.stderr
+    print(f"{len(expected)} triggers in the backtest, {len(sent)} sent: webhook {len(webhook)}, file {len(in_file)}, "
+          f"Kafka {len(kafka)}, all with status sent")
 
 
 def test_a_dead_receiver_is_dead_lettered_at_once_counted_and_reported(kafka_bootstrap, redis_url, redis_client,
