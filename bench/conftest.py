@@ -11,7 +11,7 @@ import pytest
 
 from bench.rulegen import rule_set
 from bench.workload import generate
-from engine.decode import EventDecoder
+from engine.events.decode import EventDecoder
 from engine.rules.compiler import load_and_compile
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,16 +40,16 @@ import orjson
 import redis
 
 from bench.workload import generate
-from engine.backtest import Replay
-from engine.decode import EventDecoder
-from engine.evaluate import Evaluator
+from engine.offline.backtest import Replay
+from engine.events.decode import EventDecoder
+from engine.core.evaluate import Evaluator
 from engine.operators.flow import build_flow
 from engine.operators.log import MemoryLog
 from engine.rules.compiler import load_and_compile
-from engine.settings import Settings
+from engine.operators.settings import Settings
 from engine.state.customer import decode_state, encode_state
 from engine.state.redis import RedisStore
-from engine.times import format_ts
+from engine.core.times import format_ts
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -232,7 +232,7 @@ def latencies(out: list[tuple[float, object]], released: dict[str, float], lines
 
 
 def _ms(ts: str) -> int:
-    from engine.times import parse_ts
+    from engine.core.times import parse_ts
     return parse_ts(ts)
 
 

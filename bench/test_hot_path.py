@@ -14,10 +14,10 @@ import uuid
 import msgspec
 import pytest
 
-from engine.backtest import Replay
-from engine.decode import EventDecoder
-from engine.evaluate import Evaluator
-from engine.policy import Candidate, ContactPolicy
+from engine.offline.backtest import Replay
+from engine.events.decode import EventDecoder
+from engine.core.evaluate import Evaluator
+from engine.policy.contact import Candidate, ContactPolicy
 from engine.state.customer import decode_state, encode_state
 from engine.state.redis import RedisStore
 

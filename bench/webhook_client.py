@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from connectors.webhook import WebhookSink, WebhookSinkConfig, _retry_after
-from engine.triggers import SENT, Trigger, trigger_id
+from engine.actions.trigger import SENT, Trigger, trigger_id
 
 _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 

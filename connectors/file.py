@@ -1,7 +1,7 @@
 """JSONL file sink: backtest output and the simplest dead-letter output.
 
 One JSON object per line, so the output can be streamed, grepped and read back with
-`engine.decode.read_jsonl`. By default opening a `FileSink` truncates its file: a backtest is
+`engine.events.decode.read_jsonl`. By default opening a `FileSink` truncates its file: a backtest is
 deterministic, so re-running it rewrites its output rather than appending a second copy. A
 live run sets `append`: restarted after a crash, it must keep what it wrote before (the
 triggers already sent, the dead letters not yet handled), so it appends and never truncates.

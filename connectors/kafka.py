@@ -33,7 +33,7 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connectors import DEFAULT_STATUSES, Sink, SinkError, Status
-from engine.logs import kafka_logger
+from engine.operators.logs import kafka_logger
 
 __all__ = ["KafkaSinkConfig", "KafkaSink"]
 

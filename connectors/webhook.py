@@ -107,7 +107,7 @@ import msgspec
 
 from connectors import DEFAULT_STATUSES, Sink, SinkError, Status, backoff_delay
 from connectors.file import FileSink, FileSinkConfig
-from engine.triggers import Trigger
+from engine.actions.trigger import Trigger
 
 __all__ = ["WebhookSinkConfig", "WebhookSink", "WebhookDeadLetter", "batch_idempotency_key"]
 

@@ -1,8 +1,8 @@
 """Real-time trigger engine for trigger-based marketing.
 
-The data flow, one module (or folder) per stage:
-event (`events`) -> decode (`events`) -> state (`state/`) -> rules (`rules/`, `evaluate`)
--> policy (`policy`) -> action (`triggers`) -> connector (`connectors/`).
-The pure core (everything but `operators/`, `state/redis` and `connectors/`) imports no
-Bytewax, Kafka or Redis, so the backtest and the live dataflow run the same code.
+The folders follow the data flow:
+event → decode (`events/`) → state (`state/`) → rules (`rules/`) and the core that applies them
+(`core/`) → policy (`policy/`) → action (`actions/`) → connector (`connectors/`, outside `engine/`).
+`offline/` holds the tools over event files (backtest, diff, explain, report), `operators/` the
+Bytewax runtime of the live run, `cli/` the `triggers` command.
 """

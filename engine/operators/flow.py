@@ -21,8 +21,8 @@ from connectors.file import FileSink, FileSinkConfig
 from connectors.kafka import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink
 from connectors.webhook import WebhookSink
-from engine.decode import DeadLetter
-from engine.logs import kafka_logger
+from engine.events.decode import DeadLetter
+from engine.operators.logs import kafka_logger
 from engine.operators.log import KafkaPartitionLog
 from engine.operators import metrics
 from engine.operators.metrics import serve, track_rules
@@ -30,11 +30,11 @@ from engine.operators.partition import Batch
 from engine.operators.sinks import Connector, ConnectorSink
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
 from engine.rules.compiler import CompiledRules
-from engine.retry import retry_forever
+from engine.operators.retry import retry_forever
 from engine.rules.reload import LiveRules
-from engine.settings import Settings
+from engine.operators.settings import Settings
 from engine.state.redis import RedisStore
-from engine.triggers import Trigger
+from engine.actions.trigger import Trigger
 
 
 log = logging.getLogger("engine")

@@ -11,10 +11,10 @@ from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from engine.logs import kafka_logger
+from engine.operators.logs import kafka_logger
 
 from engine.operators.metrics import HEALTH, KAFKA_ERRORS
-from engine.retry import retry_forever
+from engine.operators.retry import retry_forever
 
 log = logging.getLogger("engine.source")
 

@@ -13,19 +13,19 @@ import time
 
 import redis
 
-from engine.decode import DeadLetter, EventDecoder
-from engine.evaluate import Evaluator
-from engine.isolation import IsolatedEvaluator
+from engine.events.decode import DeadLetter, EventDecoder
+from engine.core.evaluate import Evaluator
+from engine.core.isolation import IsolatedEvaluator
 from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
-from engine.retry import retry_forever
+from engine.operators.retry import retry_forever
 from engine.rules.reload import LiveRules
-from engine.schedule import DeadlineIndex
+from engine.core.schedule import DeadlineIndex
 from engine.state.customer import CustomerState, decode_state
 from engine.state.redis import RedisStore
-from engine.triggers import Trigger
+from engine.actions.trigger import Trigger
 
 log = logging.getLogger("engine.partition")
 

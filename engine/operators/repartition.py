@@ -43,10 +43,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from engine.decode import EventDecoder
-from engine.events import Event
-from engine.logs import kafka_logger
-from engine.retry import Backoff
+from engine.events.decode import EventDecoder
+from engine.events.model import Event
+from engine.operators.logs import kafka_logger
+from engine.operators.retry import Backoff
 
 __all__ = ["RepartitionConfig", "RepartitionError", "RepartitionStats", "Repartitioner", "main"]
 
@@ -648,7 +648,7 @@ def run_until_stopped(config: RepartitionConfig, exit_at_end: bool = False, prog
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m engine.operators.repartition`: the stage from flags alone (tests, scripts);
     `triggers repartition` runs it from the engine's settings."""
-    from engine.logs import setup_logging
+    from engine.operators.logs import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)

@@ -23,10 +23,10 @@ import logging
 import redis
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
 
-from engine.logs import kafka_logger
+from engine.operators.logs import kafka_logger
 from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL
-from engine.retry import retry_forever
-from engine.settings import Settings
+from engine.operators.retry import retry_forever
+from engine.operators.settings import Settings
 from engine.state.redis import RedisStore
 
 log = logging.getLogger("engine.resume")

@@ -21,11 +21,11 @@ from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL, Batch, Fatal, PartitionWorker
 from engine.operators.shutdown import SHUTDOWN
-from engine.retry import retry_forever
+from engine.operators.retry import retry_forever
 from engine.rules.reload import LiveRules
 from engine.state.redis import RedisStore
 from engine.state.store import StateLost
-from engine.times import now_ms
+from engine.core.times import now_ms
 
 log = logging.getLogger("engine.source")
 

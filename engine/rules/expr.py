@@ -38,10 +38,10 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from engine.events import Event
+from engine.events.model import Event
 from engine.rules.errors import did_you_mean
 from engine.state.customer import CustomerState
-from engine.times import parse_ts
+from engine.core.times import parse_ts
 
 __all__ = ["FUNCTIONS", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template"]
 

@@ -48,7 +48,7 @@ from engine.rules.model import (
     Step,
     Unless,
 )
-from engine.times import MAX_DURATION_MS, format_duration, parse_duration
+from engine.core.times import MAX_DURATION_MS, format_duration, parse_duration
 
 __all__ = ["load_rules"]
 

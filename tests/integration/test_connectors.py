@@ -18,8 +18,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from connectors import SinkError
 from connectors.kafka import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
-from engine.decode import DeadLetter
-from engine.triggers import HELD_OUT, SENT, SUPPRESSED, Trigger, trigger_id
+from engine.events.decode import DeadLetter
+from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger, trigger_id
 from harness import LateProxy, free_port
 
 PARTITIONS = 3

@@ -8,12 +8,12 @@ import uuid
 import msgspec
 import pytest
 
-from engine.evaluate import Evaluator
-from engine.events import Event
-from engine.explain import Explanation, add_parser, explain_customer
+from engine.core.evaluate import Evaluator
+from engine.events.model import Event
+from engine.offline.explain import Explanation, add_parser, explain_customer
 from engine.rules.compiler import load_and_compile
 from engine.state.redis import RedisStore
-from engine.times import format_ts, parse_ts
+from engine.core.times import format_ts, parse_ts
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000

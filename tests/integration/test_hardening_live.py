@@ -12,10 +12,10 @@ from collections import Counter
 from confluent_kafka import Producer
 
 from bench.hostile import hostile_stream
-from engine.decode import read_jsonl
+from engine.events.decode import read_jsonl
 from engine.state.customer import decode_state
 from engine.state.redis import RedisStore
-from engine.times import now_ms
+from engine.core.times import now_ms
 from harness import (ROOT, Receiver, create_topic, engine_cmd, free_port, produce, read_topic, run_engine, unique,
                      write_config)
 from test_operations import scrape

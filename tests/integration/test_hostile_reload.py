@@ -14,7 +14,7 @@ from datetime import timedelta
 from bytewax.testing import run_main
 from test_operations import ROOT, SAMPLE, paced_flow   # same directory (pytest puts it on sys.path)
 
-from engine.decode import read_jsonl
+from engine.events.decode import read_jsonl
 from engine.rules import loader
 
 PING = ("rules:\n  - id: view-ping\n    type: behavioral\n    on: product_view\n"

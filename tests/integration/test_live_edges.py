@@ -7,8 +7,8 @@ import uuid
 import pytest
 from confluent_kafka import KafkaException
 
-from engine.events import Event
-from engine.evaluate import Evaluator
+from engine.events.model import Event
+from engine.core.evaluate import Evaluator
 from engine.operators.log import KafkaPartitionLog, MemoryLog
 from engine.operators.partition import Batch, PartitionWorker
 from engine.rules.compiler import load_and_compile
@@ -42,7 +42,7 @@ def test_index_entries_without_a_state_are_removed(redis_url, redis_client):
 
 def test_an_unstorable_state_is_caught_at_the_commit_and_its_event_dead_lettered(redis_url, redis_client,
                                                                                   monkeypatch):
-    from engine.decode import DeadLetter, Stage
+    from engine.events.decode import DeadLetter, Stage
 
     real = Evaluator.on_event
 

@@ -13,15 +13,15 @@ import msgspec
 import pytest
 from bytewax.testing import cluster_main, run_main
 
-from engine.backtest import Replay
-from engine.decode import EventDecoder, read_jsonl
+from engine.offline.backtest import Replay
+from engine.events.decode import EventDecoder, read_jsonl
 from engine.operators.flow import build_flow
 from engine.operators.log import MemoryLog
 from engine.rules.compiler import load_and_compile
-from engine.settings import Settings
+from engine.operators.settings import Settings
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
-from engine.times import now_ms
+from engine.core.times import now_ms
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"

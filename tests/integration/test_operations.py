@@ -20,11 +20,11 @@ from bytewax.testing import run_main
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e import PacedLog
-from engine.decode import read_jsonl
+from engine.events.decode import read_jsonl
 from engine.operators.flow import build_flow
 from engine.operators.metrics import serve
 from engine.rules.compiler import load_and_compile
-from engine.settings import Settings
+from engine.operators.settings import Settings
 from engine.state.redis import RedisStore
 
 ROOT = Path(__file__).resolve().parents[2]

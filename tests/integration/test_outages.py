@@ -16,7 +16,7 @@ import redis
 
 from bench.workload import generate
 from engine.state.redis import RedisStore
-from engine.times import now_ms
+from engine.core.times import now_ms
 from harness import ROOT, OwnRedis, Receiver, create_topic, engine_cmd, produce, read_topic, unique, write_config
 from test_run import backtest
 

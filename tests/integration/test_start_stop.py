@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from bench.workload import generate
-from engine.decode import read_jsonl
+from engine.events.decode import read_jsonl
 from engine.state.redis import RedisStore
 from harness import (ROOT, LateProxy, OwnRedis, create_topic, engine_cmd, free_port, produce, read_topic, run_engine,
                      unique, write_config)

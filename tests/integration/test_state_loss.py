@@ -10,7 +10,7 @@ import time
 import orjson
 
 from bench.workload import generate
-from engine.decode import read_jsonl
+from engine.events.decode import read_jsonl
 from engine.state.redis import RedisStore
 from harness import ROOT, OwnRedis, create_topic, engine_cmd, produce, read_topic, run_engine, unique, write_config
 

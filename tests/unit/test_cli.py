@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from engine.cli import main
-from engine.triggers import Trigger
+from engine.actions.trigger import Trigger
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.settings import load_settings
+from engine.operators.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

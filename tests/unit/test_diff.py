@@ -9,10 +9,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.diff import DiffResult, DiffSummary, add_parser, diff_backtests
-from engine.events import Event
+from engine.offline.diff import DiffResult, DiffSummary, add_parser, diff_backtests
+from engine.events.model import Event
 from engine.rules.compiler import load_and_compile
-from engine.times import format_ts, parse_ts
+from engine.core.times import format_ts, parse_ts
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.backtest import Replay
-from engine.events import Event
+from engine.offline.backtest import Replay
+from engine.events.model import Event
 from engine.rules.compiler import load_and_compile
-from engine.times import format_ts, parse_duration, parse_ts
-from engine.triggers import Trigger
+from engine.core.times import format_ts, parse_duration, parse_ts
+from engine.actions.trigger import Trigger
 
 SPEC_RULES = Path(__file__).resolve().parents[1] / "fixtures" / "spec_rules"
 T0 = parse_ts("2026-01-05T10:00:00Z")
@@ -231,7 +231,7 @@ def test_birthday_fires_every_year_with_distinct_ids(spec):
 # -- aggregates -------------------------------------------------------------------------
 
 def test_decayed_interest_halves_after_one_half_life(spec):
-    from engine.evaluate import Evaluator
+    from engine.core.evaluate import Evaluator
     ev = Evaluator(spec)
     state = ev.on_event(None, Event("e1", "product_view", "c1", T0, {"category": "shoes"}), [])
     read = spec.readers["interest"]
@@ -243,7 +243,7 @@ def test_decayed_interest_halves_after_one_half_life(spec):
 
 
 def test_views_7d_slides(spec):
-    from engine.evaluate import Evaluator
+    from engine.core.evaluate import Evaluator
     ev = Evaluator(spec)
     state = None
     for i in range(3):
@@ -259,7 +259,7 @@ def test_duplicate_event_ids_apply_once(spec):
     s = Stream()
     first = s.add("purchase", T0, amount=6000)
     s.events.append(Event(first.event_id, "purchase", "c1", T0 + MIN, {"amount": 6000}))
-    from engine.evaluate import Evaluator
+    from engine.core.evaluate import Evaluator
     ev = Evaluator(spec)
     state = None
     for e in s.events:

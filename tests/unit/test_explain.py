@@ -10,15 +10,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.backtest import Replay
-from engine.events import Event
-from engine.explain import (
+from engine.offline.backtest import Replay
+from engine.events.model import Event
+from engine.offline.explain import (
     ExplainError, Explanation, UnknownCustomer, add_parser, check_condition, explain_customer, print_explanation,
 )
-from engine.explain import _env as expr_env
+from engine.offline.explain import _env as expr_env
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import CustomerState
-from engine.times import format_ts, parse_ts
+from engine.core.times import format_ts, parse_ts
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000

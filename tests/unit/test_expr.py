@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.events import Event
+from engine.events.model import Event
 from engine.rules.expr import FUNCTIONS, CompiledExpr, Env, ExprError, compile_expr, compile_template
 from engine.state.customer import CustomerState
 

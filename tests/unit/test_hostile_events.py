@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import cli
-from engine.backtest import Replay
-from engine.decode import MAX_DEPTH, DeadLetter, EventDecoder, Stage
-from engine.events import Event
+from engine.offline.backtest import Replay
+from engine.events.decode import MAX_DEPTH, DeadLetter, EventDecoder, Stage
+from engine.events.model import Event
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import decode_state, encode_state
 
@@ -211,7 +211,7 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
 def test_a_state_that_cannot_be_stored_is_refused_with_its_event(monkeypatch) -> None:
     """A bug that puts an unstorable value into a state (as a 2^64 amount once did) is found at
     the next checkpoint; the event behind it is dead-lettered and the state is rebuilt without it."""
-    from engine.evaluate import Evaluator
+    from engine.core.evaluate import Evaluator
 
     real = Evaluator.on_event
 

@@ -8,13 +8,13 @@ import textwrap
 import pytest
 
 from bench.workload import generate
-from engine.attribution import RuleOutcome
-from engine.backtest import Replay
-from engine.decode import EventDecoder
-from engine.events import Event
-from engine.lift import lift, wilson
+from engine.policy.attribution import RuleOutcome
+from engine.offline.backtest import Replay
+from engine.events.decode import EventDecoder
+from engine.events.model import Event
+from engine.policy.lift import lift, wilson
 from engine.rules.compiler import load_and_compile
-from engine.times import parse_ts
+from engine.core.times import parse_ts
 
 import orjson
 

@@ -28,7 +28,7 @@ import pytest
 
 from connectors import SinkError
 from connectors.webhook import WebhookDeadLetter, WebhookSink, WebhookSinkConfig, batch_idempotency_key
-from engine.triggers import SENT, Trigger, trigger_id
+from engine.actions.trigger import SENT, Trigger, trigger_id
 
 
 class Request(msgspec.Struct):

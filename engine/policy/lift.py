@@ -12,7 +12,7 @@ import math
 
 import msgspec
 
-from engine.attribution import RuleOutcome
+from engine.policy.attribution import RuleOutcome
 
 Z95 = 1.959963984540054
 

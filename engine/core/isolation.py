@@ -2,7 +2,7 @@
 be applied to, or whose resulting state cannot be stored, becomes a dead letter, and the
 customer's state is what it was without that event.
 
-The decoder already refuses what it can see is wrong (engine.decode), so what reaches this
+The decoder already refuses what it can see is wrong (engine.events.decode), so what reaches this
 layer is an engine bug, never a user's mistake: it is logged loudly, counted and dead-lettered,
 and the run goes on.
 
@@ -26,16 +26,16 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from engine.decode import DeadLetter, Stage
-from engine.evaluate import Evaluator
-from engine.events import Event
+from engine.events.decode import DeadLetter, Stage
+from engine.core.evaluate import Evaluator
+from engine.events.model import Event
 from engine.state.customer import CustomerState, decode_state, encode_state
-from engine.times import format_ts
-from engine.triggers import Trigger
+from engine.core.times import format_ts
+from engine.actions.trigger import Trigger
 
-log = logging.getLogger("engine.isolation")
+log = logging.getLogger("engine.core.isolation")
 
-JOURNAL_LIMIT = 2_000        # events a backtest applies between checkpoints: a batch (engine.backtest.BATCH)
+JOURNAL_LIMIT = 2_000        # events a backtest applies between checkpoints: a batch (engine.offline.backtest.BATCH)
 _LOGGED_WITH_TRACEBACK = 5   # the first failures of a run are logged with their traceback
 _LOG_EVERY = 1000            # later ones: one line per this many
 

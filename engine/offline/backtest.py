@@ -15,17 +15,17 @@ from pathlib import Path
 
 import msgspec
 
-from engine.attribution import RuleOutcome
-from engine.decode import DeadLetter, EventDecoder, read_jsonl
-from engine.evaluate import Evaluator
-from engine.isolation import JOURNAL_LIMIT, IsolatedEvaluator
-from engine.events import Event
-from engine.progress import Progress
+from engine.policy.attribution import RuleOutcome
+from engine.events.decode import DeadLetter, EventDecoder, read_jsonl
+from engine.core.evaluate import Evaluator
+from engine.core.isolation import JOURNAL_LIMIT, IsolatedEvaluator
+from engine.events.model import Event
+from engine.offline.progress import Progress
 from engine.rules.compiler import CompiledRules
-from engine.schedule import DeadlineIndex
+from engine.core.schedule import DeadlineIndex
 from engine.state.customer import CustomerState
 from engine.state.memory import InMemoryStore
-from engine.triggers import Trigger
+from engine.actions.trigger import Trigger
 
 BATCH = 2000    # lines decoded and triggers written per step
 
@@ -50,7 +50,7 @@ class Replay:
     """The event-time replay loop; `feed` batches of events in file order, then `finish`.
 
     Events and deadlines the core cannot handle (engine errors) go to `dead_letter`, with the
-    customer's state as it was before them (`engine.isolation`), as in the live engine.
+    customer's state as it was before them (`engine.core.isolation`), as in the live engine.
     """
 
     def __init__(self, rules: CompiledRules, emit: Callable[[list[Trigger]], None], until: int | None = None,
@@ -103,7 +103,7 @@ class Replay:
 
     def _checkpoint(self) -> None:
         """Every state journaled since the last checkpoint is encoded: the storability check a
-        live commit makes, and what bounds the journal's memory (engine.isolation)."""
+        live commit makes, and what bounds the journal's memory (engine.core.isolation)."""
         states = self.store.states
         self._checkpointed_at = self.evaluator.counters.events
         _, replaced, dead = self.isolated.checkpoint(self.isolated.journal, states.get)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from engine.logs import add_secret, redact_url
+from engine.operators.logs import add_secret, redact_url
 from connectors.file import FileSinkConfig
 from connectors.kafka import KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSinkConfig

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.events import Event, amount
+from engine.events.model import Event, amount
 from engine.rules.model import Attribution
 from engine.state.customer import CustomerState
 

@@ -36,7 +36,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from engine.events import CONSENT_EVENT, MAX_EXACT, Event
+from engine.events.model import CONSENT_EVENT, MAX_EXACT, Event
 
 __all__ = ["DeadLetter", "EventDecoder", "Stage", "MAX_DEPTH", "read_jsonl", "segment_event_type",
            "SEGMENT_EVENT_TYPES"]

@@ -34,7 +34,7 @@ def amount(value: Any) -> int | float:
     number notation; anything else (booleans, null, `"5_000"`, `"NaN"`, other scripts'
     digits, objects) counts as 0, so one odd event cannot fail or distort a sum."""
     cls = value.__class__
-    if cls is int or cls is float:   # decoded JSON: finite, integers within ±2^53 (engine.decode)
+    if cls is int or cls is float:   # decoded JSON: finite, integers within ±2^53 (engine.events.decode)
         return value
     if cls is str and len(value) < 400 and _NUMERIC_TEXT.fullmatch(value):
         number = float(value)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.events import MAX_EXACT, Event, add_amount, amount
+from engine.events.model import MAX_EXACT, Event, add_amount, amount
 from engine.rules.model import Aggregate
 from engine.state.customer import CustomerState
 

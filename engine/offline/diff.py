@@ -22,13 +22,13 @@ from typing import Any, TextIO
 
 import msgspec
 
-from engine.backtest import BATCH, Replay
-from engine.decode import EventDecoder, read_jsonl
-from engine.events import Event
+from engine.offline.backtest import BATCH, Replay
+from engine.events.decode import EventDecoder, read_jsonl
+from engine.events.model import Event
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
-from engine.times import format_ts, parse_ts
-from engine.triggers import Trigger
+from engine.core.times import format_ts, parse_ts
+from engine.actions.trigger import Trigger
 
 __all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "add_parser", "diff_backtests"]
 

@@ -10,14 +10,14 @@ from typing import TextIO
 
 import msgspec
 
-from engine import diff as diff_cmd
-from engine import explain as explain_cmd
-from engine.backtest import BacktestSummary, backtest_file
-from engine.lift import Lift, lift
-from engine.report_html import ReportCollector, write_report
+from engine.offline import diff as diff_cmd
+from engine.offline import explain as explain_cmd
+from engine.offline.backtest import BacktestSummary, backtest_file
+from engine.policy.lift import Lift, lift
+from engine.offline.report_html import ReportCollector, write_report
 from engine.rules.compiler import load_and_compile
 from engine.rules.errors import RulesInvalid
-from engine.times import parse_ts
+from engine.core.times import parse_ts
 
 RUN_DESCRIPTION = """\
 Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id;
@@ -263,8 +263,8 @@ def _run(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from engine.logs import setup_logging
-    from engine.settings import SettingsError, load_settings
+    from engine.operators.logs import setup_logging
+    from engine.operators.settings import SettingsError, load_settings
 
     overrides = {
         "rules": args.rules,
@@ -391,9 +391,9 @@ def _repartition_to_end(settings) -> None:
 
 def _repartition(args: argparse.Namespace) -> int:
     """`triggers repartition`: the stage on its own (a process of its own for high rates)."""
-    from engine.logs import setup_logging
+    from engine.operators.logs import setup_logging
     from engine.operators.repartition import config_from_settings, run_until_stopped
-    from engine.settings import SettingsError, load_settings
+    from engine.operators.settings import SettingsError, load_settings
 
     overrides = {"kafka.brokers": args.brokers.split(",") if args.brokers else None,
                  "kafka.repartition_from": args.from_topic, "kafka.topic": args.to_topic,
@@ -470,6 +470,3 @@ def print_lift(lifts: list[Lift], stream: TextIO) -> None:
         relative = "-" if l.relative is None else f"{100 * l.relative:+.0f}% {_ci(l.relative_ci)}"
         print(f"{l.rule_id:<{width}}  {contacted:>15}  {control:>15}  {absolute:>30}  {relative:>28}", file=stream)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

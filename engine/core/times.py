@@ -16,7 +16,7 @@ _DURATION_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 
 MAX_DURATION_MS = 3650 * _UNITS_MS["d"]
 """The longest duration a rule may give (10 years). Deadlines are event time plus durations, and
-event times end at the year 9000 (engine.decode), so no deadline can leave datetime's range
+event times end at the year 9000 (engine.events.decode), so no deadline can leave datetime's range
 (year 9999) and fail when a backtest formats it; no campaign waits longer than this."""
 
 

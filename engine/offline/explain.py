@@ -27,11 +27,11 @@ from typing import Any, TextIO
 
 import msgspec
 
-from engine.aggregates import decayed_top
-from engine.calendar import parse_date
-from engine.decode import EventDecoder, read_jsonl
-from engine.evaluate import DEFER_KEY, Evaluator
-from engine.events import Event
+from engine.rules.aggregates import decayed_top
+from engine.core.calendar import parse_date
+from engine.events.decode import EventDecoder, read_jsonl
+from engine.core.evaluate import DEFER_KEY, Evaluator
+from engine.events.model import Event
 from engine.rules.compiler import (
     ABSENCE, DELAY, IMMEDIATE, INACTIVE, RECURRING, SERIES, CompiledRule, CompiledRules, load_and_compile,
 )
@@ -39,8 +39,8 @@ from engine.rules.errors import RulesInvalid, did_you_mean
 from engine.rules.expr import Env, compile_expr
 from engine.rules.model import ANY_EVENT
 from engine.state.customer import CustomerState, Timer
-from engine.times import format_duration, format_ts, now_ms, parse_ts
-from engine.triggers import HELD_OUT, SENT, SUPPRESSED, Trigger
+from engine.core.times import format_duration, format_ts, now_ms, parse_ts
+from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger
 
 __all__ = [
     "AggregateValue", "ConditionCheck", "ConditionPart", "Explanation", "ExplainError", "Operand",

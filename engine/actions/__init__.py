@@ -1,0 +1,1 @@
+"""Action: the trigger record, the one engine module the connectors import."""

@@ -1,0 +1,1 @@
+"""Offline tools over event files: backtest, diff, explain, the report."""

@@ -1,0 +1,1 @@
+"""Policy: the contact policy every candidate trigger passes, response attribution, and lift against the control group."""
