@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from engine.errors import EngineError
 from engine.rules.aggregates import decayed_top
 from engine.core.calendar import parse_date
 from engine.events.decode import EventDecoder, read_jsonl
@@ -52,7 +53,7 @@ NOTES = 8   # notable moments kept per rule (the latest)
 _BATCH = 2000
 
 
-class ExplainError(Exception):
+class ExplainError(EngineError):
     """A request that cannot be explained; `exit_code` follows the CLI's convention."""
 
     exit_code = 2

@@ -21,6 +21,7 @@ from connectors.file import FileSink, FileSinkConfig
 from connectors.kafka import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink
 from connectors.webhook import WebhookSink
+from engine.errors import EngineError
 from engine.events.decode import DeadLetter
 from engine.operators.logs import kafka_logger
 from engine.operators.log import KafkaPartitionLog
@@ -45,7 +46,7 @@ _KAFKA_FATAL = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICA
                           KafkaError._SSL, KafkaError._INVALID_ARG})
 
 
-class FlowError(Exception):
+class FlowError(EngineError):
     pass
 
 

@@ -13,6 +13,7 @@ import time
 
 import redis
 
+from engine.errors import EngineError
 from engine.events.decode import DeadLetter, EventDecoder
 from engine.core.evaluate import Evaluator
 from engine.core.isolation import IsolatedEvaluator
@@ -36,7 +37,7 @@ STATS_EVERY_S = 10.0
 INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
 
 
-class Fatal(Exception):
+class Fatal(EngineError):
     """A condition waiting cannot fix (Redis refused the credentials): the run stops, exit 2."""
 
 

@@ -43,6 +43,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from engine.errors import EngineError
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.operators.logs import kafka_logger
@@ -82,7 +83,7 @@ _PERMANENT = frozenset({
 # transaction and the batch is read again, so an outage is waited out rather than fatal.
 
 
-class RepartitionError(Exception):
+class RepartitionError(EngineError):
     """The stage cannot go on (fenced by another instance, a topic missing, a message the
     keyed topic refuses for good). Nothing committed is lost: a restart resumes after the
     last committed transaction."""

@@ -23,6 +23,7 @@ import logging
 import redis
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
 
+from engine.errors import EngineError
 from engine.operators.logs import kafka_logger
 from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL
 from engine.operators.retry import retry_forever
@@ -32,7 +33,7 @@ from engine.state.redis import RedisStore
 log = logging.getLogger("engine.resume")
 
 
-class ResumeRefused(Exception):
+class ResumeRefused(EngineError):
     """Starting would hide a loss of state, or cannot work: the message says why and what to do."""
 
 

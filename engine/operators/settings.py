@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from engine.errors import EngineError
 from engine.operators.logs import add_secret, redact_url
 from connectors.file import FileSinkConfig
 from connectors.kafka import KafkaSinkConfig
@@ -171,7 +172,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
         return self.kafka.group_id or f"trigger-engine-{self.redis.prefix}"
 
 
-class SettingsError(Exception):
+class SettingsError(EngineError):
     pass
 
 

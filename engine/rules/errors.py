@@ -6,6 +6,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from engine.errors import EngineError
+
 
 MAX_MESSAGE_CHARS = 600
 """Messages quote what a file says (a key, a value, an id), and a hostile file can say megabytes:
@@ -19,7 +21,7 @@ a mistake repeated a million times would take minutes to report, and nobody read
 first screenful. The last error is then `error_limit(...)`."""
 
 
-class RuleError(Exception):
+class RuleError(EngineError):
     def __init__(self, file: str, line: int, message: str, rule_id: str | None = None) -> None:
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS * 2 // 3] + " … " + message[-MAX_MESSAGE_CHARS // 3 :]
@@ -36,7 +38,7 @@ class RuleError(Exception):
         return where + (f"rule '{self.rule_id}': " if self.rule_id else "") + self.message
 
 
-class RulesInvalid(Exception):
+class RulesInvalid(EngineError):
     """Raised with every error found (up to `MAX_ERRORS`), so one run of `triggers validate`
     lists them all."""
 

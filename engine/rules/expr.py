@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from engine.errors import EngineError
 from engine.events.model import Event
 from engine.rules.errors import did_you_mean
 from engine.state.customer import CustomerState
@@ -46,7 +47,7 @@ from engine.core.times import parse_ts
 __all__ = ["FUNCTIONS", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template"]
 
 
-class ExprError(Exception):
+class ExprError(EngineError):
     """A rejected expression or template.
 
     `col` is the 0-based character offset into the text given to `compile_expr` /

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from engine.errors import EngineError
 from engine.state.customer import CustomerState
 
 
-class StateLost(Exception):
+class StateLost(EngineError):
     """The store no longer holds what this engine committed (SPEC §6: state loss is never silent).
 
     Raised by a commit that finds the partition's stored offset different from the one it
