@@ -1,4 +1,5 @@
-"""`triggers diff`: what a rules change does to the triggers, over the same events.
+"""What a rules change does to the triggers, over the same events (`triggers diff`, whose
+command line is `engine.cli.diff`).
 
 Both rule sets are backtested over one decoding of the events (the replays run side by side,
 batch by batch, so the file is read once and memory holds triggers, not events), and their
@@ -14,7 +15,6 @@ few examples of each kind. The full lists are on `DiffResult.changes` (and `--ou
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,14 +23,14 @@ from typing import Any, TextIO
 import msgspec
 
 from engine.offline.backtest import BATCH, Replay
-from engine.events.decode import EventDecoder, read_jsonl
+from engine.events.decode import decode_jsonl
 from engine.events.model import Event
 from engine.rules.compiler import CompiledRules, load_and_compile
-from engine.rules.errors import RulesInvalid
 from engine.core.times import format_ts, parse_ts
 from engine.actions.trigger import Trigger
 
-__all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "add_parser", "diff_backtests"]
+__all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "diff_backtests", "print_diff",
+           "write_changes"]
 
 ADDED = "added"        # only in NEW
 REMOVED = "removed"    # only in OLD
@@ -152,19 +152,9 @@ def _as_rules(rules: CompiledRules | str | Path) -> CompiledRules:
 def _event_batches(events: Iterable[Event] | str | Path, dead: list[int]) -> Iterator[list[Event]]:
     """Batches of decoded events; a path is read and decoded once, dead letters counted in `dead`."""
     if isinstance(events, (str, Path)):
-        decoder = EventDecoder()
-        batch: list[tuple[bytes, str]] = []
-        for item in read_jsonl(events):
-            batch.append(item)
-            if len(batch) >= BATCH:
-                decoded, bad = decoder.decode_batch(batch)
-                dead[0] += len(bad)
-                yield decoded
-                batch = []
-        if batch:
-            decoded, bad = decoder.decode_batch(batch)
-            dead[0] += len(bad)
-            yield decoded
+        for batch in decode_jsonl(events, BATCH):
+            dead[0] += len(batch.dead)
+            yield batch.events
         return
     batch_events: list[Event] = []
     for ev in events:
@@ -221,6 +211,38 @@ def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRul
     """
     old_c, new_c = _as_rules(old_rules), _as_rules(new_rules)
     until_ms = parse_ts(until) if isinstance(until, str) else until
+    run = _replay_both(old_c, new_c, events, until_ms)
+    match = _Match(run.old, run.new)
+    rows = _rule_rows(old_c, new_c, match)
+    old_policy = _definition(msgspec.to_builtins(old_c.ruleset.policy))
+    new_policy = _definition(msgspec.to_builtins(new_c.ruleset.policy))
+    summary = DiffSummary(
+        old_rules=_where(old_rules), new_rules=_where(new_rules),
+        events=run.events, dead_letters=run.dead_letters,
+        until=format_ts(until_ms) if until_ms is not None else None,
+        old_triggers=run.old.count, new_triggers=run.new.count,
+        removed=sum(r.removed for r in rows), added=sum(r.added for r in rows),
+        changed=sum(r.changed for r in rows), unchanged=sum(r.unchanged for r in rows),
+        customers=len({c.customer_id for c in match.changes}),
+        rules_added=[r.rule_id for r in rows if r.rule == "added"],
+        rules_removed=[r.rule_id for r in rows if r.rule == "removed"],
+        rules_changed=[r.rule_id for r in rows if r.rule == "changed"],
+        policy_changed=old_policy != new_policy,
+        rules=rows,
+    )
+    return DiffResult(summary, match.changes)
+
+
+class _Runs(msgspec.Struct):
+    old: _Collect
+    new: _Collect
+    events: int
+    dead_letters: int
+
+
+def _replay_both(old_c: CompiledRules, new_c: CompiledRules, events: Iterable[Event] | str | Path,
+                 until_ms: int | None) -> _Runs:
+    """Both replays side by side, batch by batch: the events are decoded once."""
     old_out, new_out = _Collect(), _Collect()
     old_replay = Replay(old_c, old_out, until_ms)
     new_replay = Replay(new_c, new_out, until_ms)
@@ -232,39 +254,48 @@ def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRul
             break
     old_replay.finish()
     new_replay.finish()
+    return _Runs(old_out, new_out, old_replay.evaluator.counters.events, dead[0])
 
-    changes: list[TriggerChange] = []
-    per_rule_old: dict[str, int] = {}
-    per_rule_new: dict[str, int] = {}
-    unchanged: dict[str, int] = {}
-    for tid, olds in old_out.by_id.items():
-        news = new_out.by_id.get(tid, [])
-        for i, old in enumerate(olds):
-            per_rule_old[old.rule_id] = per_rule_old.get(old.rule_id, 0) + 1
-            if i >= len(news):
-                changes.append(TriggerChange(REMOVED, tid, old.rule_id, old.customer_id, old, None))
-                continue
-            new = news[i]
-            fields = [f for f in COMPARED if getattr(old, f) != getattr(new, f)]
-            if fields:
-                changes.append(TriggerChange(CHANGED, tid, old.rule_id, old.customer_id, old, new, fields))
-            else:
-                unchanged[old.rule_id] = unchanged.get(old.rule_id, 0) + 1
-    for tid, news in new_out.by_id.items():
-        olds = old_out.by_id.get(tid, [])
-        for new in news[len(olds):]:
-            changes.append(TriggerChange(ADDED, tid, new.rule_id, new.customer_id, None, new))
-        for new in news:
-            per_rule_new[new.rule_id] = per_rule_new.get(new.rule_id, 0) + 1
-    changes.sort(key=lambda c: (c.rule_id, c.customer_id, c.trigger.fired_at, c.trigger_id))
 
+class _Match:
+    """The triggers of both runs paired by id: the changes, sorted, and the counts per rule."""
+
+    def __init__(self, old_out: _Collect, new_out: _Collect) -> None:
+        changes: list[TriggerChange] = []
+        self.per_rule_old: dict[str, int] = {}
+        self.per_rule_new: dict[str, int] = {}
+        self.unchanged: dict[str, int] = {}
+        for tid, olds in old_out.by_id.items():
+            news = new_out.by_id.get(tid, [])
+            for i, old in enumerate(olds):
+                self.per_rule_old[old.rule_id] = self.per_rule_old.get(old.rule_id, 0) + 1
+                if i >= len(news):
+                    changes.append(TriggerChange(REMOVED, tid, old.rule_id, old.customer_id, old, None))
+                    continue
+                new = news[i]
+                fields = [f for f in COMPARED if getattr(old, f) != getattr(new, f)]
+                if fields:
+                    changes.append(TriggerChange(CHANGED, tid, old.rule_id, old.customer_id, old, new, fields))
+                else:
+                    self.unchanged[old.rule_id] = self.unchanged.get(old.rule_id, 0) + 1
+        for tid, news in new_out.by_id.items():
+            olds = old_out.by_id.get(tid, [])
+            for new in news[len(olds):]:
+                changes.append(TriggerChange(ADDED, tid, new.rule_id, new.customer_id, None, new))
+            for new in news:
+                self.per_rule_new[new.rule_id] = self.per_rule_new.get(new.rule_id, 0) + 1
+        changes.sort(key=lambda c: (c.rule_id, c.customer_id, c.trigger.fired_at, c.trigger_id))
+        self.changes = changes
+
+
+def _rule_rows(old_c: CompiledRules, new_c: CompiledRules, match: _Match) -> list[RuleDiff]:
+    """One row per rule of either set (and per rule id only the triggers know, e.g. timers of removed rules)."""
     old_defs = {r.id: _definition(msgspec.to_builtins(r.rule)) for r in old_c.rules}
     new_defs = {r.id: _definition(msgspec.to_builtins(r.rule)) for r in new_c.rules}
     rule_ids = [r.id for r in old_c.rules] + [r.id for r in new_c.rules if r.id not in old_defs]
-    rule_ids += sorted((set(per_rule_old) | set(per_rule_new)) - set(rule_ids))   # e.g. timers of removed rules
-
+    rule_ids += sorted((set(match.per_rule_old) | set(match.per_rule_new)) - set(rule_ids))
     by_rule: dict[str, list[TriggerChange]] = {}
-    for c in changes:
+    for c in match.changes:
         by_rule.setdefault(c.rule_id, []).append(c)
     rows = []
     for rid in rule_ids:
@@ -276,32 +307,16 @@ def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRul
         kinds = {k: [c for c in mine if c.change == k] for k in (REMOVED, ADDED, CHANGED)}
         rows.append(RuleDiff(
             rule_id=rid, rule=state,
-            old_triggers=per_rule_old.get(rid, 0), new_triggers=per_rule_new.get(rid, 0),
+            old_triggers=match.per_rule_old.get(rid, 0), new_triggers=match.per_rule_new.get(rid, 0),
             removed=len(kinds[REMOVED]), added=len(kinds[ADDED]), changed=len(kinds[CHANGED]),
-            unchanged=unchanged.get(rid, 0),
+            unchanged=match.unchanged.get(rid, 0),
             customers=len({c.customer_id for c in mine}),
             affected=sorted({c.customer_id for c in mine}),
             removed_examples=[_example(c) for c in _spread(kinds[REMOVED])],
             added_examples=[_example(c) for c in _spread(kinds[ADDED])],
             changed_examples=[_example(c) for c in _spread(kinds[CHANGED])],
         ))
-    old_policy = _definition(msgspec.to_builtins(old_c.ruleset.policy))
-    new_policy = _definition(msgspec.to_builtins(new_c.ruleset.policy))
-    summary = DiffSummary(
-        old_rules=_where(old_rules), new_rules=_where(new_rules),
-        events=old_replay.evaluator.counters.events, dead_letters=dead[0],
-        until=format_ts(until_ms) if until_ms is not None else None,
-        old_triggers=old_out.count, new_triggers=new_out.count,
-        removed=sum(r.removed for r in rows), added=sum(r.added for r in rows),
-        changed=sum(r.changed for r in rows), unchanged=sum(r.unchanged for r in rows),
-        customers=len({c.customer_id for c in changes}),
-        rules_added=[r.rule_id for r in rows if r.rule == "added"],
-        rules_removed=[r.rule_id for r in rows if r.rule == "removed"],
-        rules_changed=[r.rule_id for r in rows if r.rule == "changed"],
-        policy_changed=old_policy != new_policy,
-        rules=rows,
-    )
-    return DiffResult(summary, changes)
+    return rows
 
 
 def _spread(changes: list[TriggerChange]) -> list[TriggerChange]:
@@ -380,78 +395,3 @@ def write_changes(result: DiffResult, path: str) -> None:
         sys.stdout.flush()
     else:
         Path(path).write_bytes(data)
-
-
-# -- command line ------------------------------------------------------------------------------
-
-DESCRIPTION = """\
-Backtest two rule sets over the same events (decoded once, replayed twice, in event time
-with the in-memory store) and report, per rule, which triggers the change removes (only in
-OLD), adds (only in NEW) and changes (same trigger_id, a different status, reason, payload,
-fired_at, action or channel), with the customers affected and examples. Triggers are matched
-by trigger_id, a stable hash of rule, customer and cause. Rules present in only one set are
-called out, as are rules whose definition changed and a changed contact policy.
-"""
-
-EPILOG = """\
-examples:
-  triggers diff --rules rules/ --rules rules-new/ --events examples/sample-events.jsonl
-  triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --until 2026-02-01T00:00:00Z --json
-  triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --out changes.jsonl
-
-exit status: 0 when the diff ran (whatever it found), 1 when a rules directory is invalid,
-2 on bad usage (not exactly two --rules, a missing events file, a bad --until).
-"""
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `triggers diff` on the `triggers` command's subparsers."""
-    p = subparsers.add_parser(
-        "diff", help="what a rules change adds and removes: two backtests over the same events, compared",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--rules", action="append", required=True, metavar="RULES_DIR",
-                   help="give it twice: the OLD rules directory, then the NEW one")
-    p.add_argument("--events", required=True, metavar="FILE", help="JSONL events, native or Segment form ('-' = stdin)")
-    p.add_argument("--until", metavar="TIME", help="end of the replayed period (RFC 3339), as in `triggers backtest`")
-    p.add_argument("--json", action="store_true", help="print the per-rule result as JSON instead of a table")
-    p.add_argument("--out", metavar="FILE", help="write every removed, added and changed trigger as JSONL "
-                   "(one object per line: change, trigger_id, rule_id, customer_id, old, new, fields)")
-    p.set_defaults(handler=run_diff)
-
-
-def run_diff(args: argparse.Namespace) -> int:
-    err = sys.stderr
-    if len(args.rules) != 2:
-        print(f"triggers diff: give --rules exactly twice (OLD, then NEW), got {len(args.rules)}: "
-              f"{', '.join(args.rules)}", file=err)
-        return 2
-    if args.events != "-" and not Path(args.events).is_file():
-        print(f"triggers diff: no such events file: {args.events}", file=err)
-        return 2
-    until = None
-    if args.until:
-        try:
-            until = parse_ts(args.until)
-        except ValueError as e:
-            print(f"triggers diff: --until: {e}", file=err)
-            return 2
-    compiled = []
-    for label, path in zip(("OLD", "NEW"), args.rules):
-        try:
-            compiled.append(load_and_compile(path))
-        except RulesInvalid as e:
-            for error in e.errors:
-                print(error, file=err)
-            print(f"triggers diff: {len(e.errors)} error(s) in the {label} rules {path}", file=err)
-            return 1
-    result = diff_backtests(compiled[0], compiled[1], args.events, until)
-    result.summary.old_rules, result.summary.new_rules = args.rules
-    report = sys.stderr if args.out == "-" else sys.stdout   # stdout carries the JSONL then
-    if args.json:
-        report.write(msgspec.json.format(msgspec.json.encode(result.summary)).decode() + "\n")
-    else:
-        print_diff(result, report)
-    if args.out:
-        write_changes(result, args.out)
-    return 0

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from engine.offline.diff import DiffResult, DiffSummary, add_parser, diff_backtests
+from engine.cli import main
+from engine.offline.diff import DiffResult, DiffSummary, diff_backtests
 from engine.events.model import Event
 from engine.rules.compiler import load_and_compile
 from engine.core.times import format_ts, parse_ts
@@ -147,14 +147,10 @@ def test_events_file_is_decoded_once_and_counts_dead_letters(tmp_path):
     assert len(result.removed) == 1
 
 
-# -- the command line, through add_parser -----------------------------------------------------
+# -- the command line (engine.cli.diff), through the `triggers` command ---------------------------
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="triggers")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    return main(argv)
 
 
 def test_cli_table_json_and_out(tmp_path, capsys):

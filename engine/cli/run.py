@@ -1,0 +1,241 @@
+"""`triggers run`: the live engine, a Bytewax dataflow from Kafka through Redis to the sinks.
+
+Everything before the dataflow happens here, in order: settings, logging, rules, metrics,
+Kafka's partitions, Redis and the resume check (`engine.operators.resume`); a start that
+cannot work exits 2 with one line, before anything is consumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from typing import Any
+
+from engine.cli.common import CommandError, load_rules
+
+RUN_DESCRIPTION = """\
+Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id;
+other messages are dead letters), customer state, offsets and deadlines in Redis, triggers to
+the configured sinks (each gets `sent` triggers only, unless its `statuses` says more),
+undecodable events to the dead-letter output. State effects are exactly-once across crashes
+(state and offsets commit together); triggers are delivered at least once with stable ids.
+A Redis that lost the engine's state is detected (at start and at each commit): the run stops
+with exit 2 instead of resuming over it; --accept-state-loss overrides that at start.
+SIGTERM / Ctrl-C: finish the epoch in hand, commit, close the sinks, exit 0.
+
+Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, then flags:
+
+  rules = "rules"                        # TRIGGERS_RULES
+  workers = 1                            # TRIGGERS_WORKERS: worker threads in this process
+  process_id = 0                         # with addresses: a multi-process cluster
+  addresses = ["host0:2101", "host1:2101"]
+  commit_interval_ms = 200               # state + offsets commit (and replay window after a crash)
+  timer_poll_ms = 100                    # how often Redis's deadline index is scanned
+  cache_size = 200000                    # customer states cached per partition
+  exit_at_end = false
+  reload_rules = true                    # apply valid rules changes live; invalid ones are rejected
+  reload_interval_ms = 500
+  metrics_host = "127.0.0.1"             # /metrics (Prometheus) and /healthz
+  metrics_port = 9464                    # + process_id; 0 turns them off
+  log_level = "INFO"
+  log_format = "text"                    # or "json"
+
+  [kafka]                                # TRIGGERS_KAFKA__BROKERS='["10.0.0.5:9092"]'
+  brokers = ["127.0.0.1:9092"]
+  topic = "customer-events"              # keyed by customer_id (mis-keyed messages are dead letters)
+  repartition_from = "raw-events"        # optional: re-key this unkeyed topic into `topic` first
+  batch_size = 1000
+  extra = {}                             # librdkafka settings: security.protocol, sasl.*, ssl.*
+  start = "earliest"                     # first deployment only: "earliest" (history) or "latest"
+  group_id = "trigger-engine-<prefix>"   # where committed offsets are recorded (state-loss check)
+
+  [redis]                                # TRIGGERS_REDIS__URL=redis://cache:6379/0
+  url = "redis://127.0.0.1:6379/0"       # must persist (appendonly yes) and not evict keys
+  prefix = "te"
+  cluster = false
+  username = "engine"                    # optional; override the URL's credentials
+  password = "..."                       # better: TRIGGERS_REDIS__PASSWORD (never logged)
+  tls = false                            # or a rediss:// URL
+  tls_ca_file = "ca.pem"                 # optional: tls_cert_file, tls_key_file, tls_verify
+
+  [sinks.kafka]                          # default: topic "triggers" on kafka.brokers; configuring
+  brokers = ["127.0.0.1:9092"]           # any [sinks.*] replaces that default
+  topic = "triggers"
+  delivery_timeout_s = 30                # 0: wait for the broker as long as it takes
+  statuses = ["sent"]                    # every sink: add "held_out", "suppressed" for analytics
+  [sinks.webhook]                        # optional
+  url = "https://ma.example.com/hooks/triggers"
+  secret = "..."                         # HMAC-SHA256 signature header
+  batch_size = 1
+  max_retries = 6
+  dead_letter_path = "webhook-dead-letters.jsonl"   # the default when unset
+  [sinks.redis_stream]                   # optional
+  url = "redis://127.0.0.1:6379/0"
+  stream = "triggers"
+  [sinks.file]                           # optional, appended
+  path = "triggers.jsonl"
+
+  [dead_letters]
+  kafka_topic = "dead-letters"           # or: file = "dead-letters.jsonl"
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run", help="the live engine: Kafka in, Redis state, configured sinks out",
+        description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", metavar="FILE", help="settings file (TOML); see below for its keys")
+    run.add_argument("--rules", metavar="RULES_DIR", help="rules directory (settings: rules)")
+    run.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka bootstrap servers (kafka.brokers)")
+    run.add_argument("--topic", help="Kafka topic of the events, keyed by customer id (kafka.topic)")
+    run.add_argument("--redis-url", metavar="URL", help="Redis for state and offsets (redis.url)")
+    run.add_argument("--workers", type=int, help="worker threads in this process (workers)")
+    run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster (process_id)")
+    run.add_argument("--addresses", metavar="HOST:PORT;...", help="every process of the cluster (addresses)")
+    run.add_argument("--exit-at-end", action="store_true", default=None,
+                     help="stop once the events present at start-up are processed and their deadlines "
+                          "due by then have fired (exit_at_end); default: run until stopped")
+    run.add_argument("--accept-state-loss", action="store_true",
+                     help="when Redis has lost committed state (the start-up check refuses, exit 2), resume at "
+                          "the offsets recorded in Kafka anyway: the lost customers' states start empty and "
+                          "nothing is re-sent")
+    run.set_defaults(handler=run_live)
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from engine.operators.logs import setup_logging
+
+    settings = _settings(args)
+    setup_logging(settings.log_level, settings.log_format)
+    log = logging.getLogger("engine")
+    rules = load_rules(settings.rules)
+    if rules is None:
+        return 1
+    flow = _start(settings, rules, args.accept_state_loss, log)
+    if flow is None:
+        return 0
+    from engine.operators.flow import run
+    from engine.operators.shutdown import install_signal_handlers
+
+    install_signal_handlers()
+    stage = _Stage(settings) if settings.kafka.repartition_from and not settings.exit_at_end else None
+    log.info("running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules),
+             settings.rules, settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.shown(),
+             settings.workers)
+    run(flow, settings)
+    if stage is not None:
+        stage.stop()
+    return _stopped(log)
+
+
+def _settings(args: argparse.Namespace):
+    """The settings of the run: the file, then TRIGGERS_* variables, then the flags."""
+    from engine.operators.settings import SettingsError, load_settings
+
+    overrides = {
+        "rules": args.rules,
+        "kafka.brokers": args.brokers.split(",") if args.brokers else None,
+        "kafka.topic": args.topic,
+        "redis.url": args.redis_url,
+        "workers": args.workers,
+        "process_id": args.process_id,
+        "addresses": args.addresses.split(";") if args.addresses else None,
+        "exit_at_end": args.exit_at_end,
+    }
+    try:
+        return load_settings(args.config, overrides=overrides)
+    except SettingsError as e:
+        raise CommandError(str(e)) from None
+
+
+def _start(settings, rules, accept_state_loss: bool, log: logging.Logger):
+    """The dataflow, ready to run; None when a signal ended the start-up (nothing to commit yet)."""
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        return _prepare_run(settings, rules, accept_state_loss)
+    except KeyboardInterrupt as e:
+        log.info("stopped by %s while starting up", e.args[0] if e.args and e.args[0] else "SIGINT")
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(log: logging.Logger) -> int:
+    """The exit status once the dataflow returned, and the line that says why it did."""
+    import sys
+
+    from engine.operators.shutdown import SHUTDOWN
+
+    if SHUTDOWN.fatal:
+        print(f"triggers run: {SHUTDOWN.reason}", file=sys.stderr)
+        return SHUTDOWN.exit_code
+    if SHUTDOWN.requested:
+        offsets = ", ".join(f"{p} {o}" for p, o in sorted(SHUTDOWN.stopped_at.items()))
+        log.info("%s: committed and closed; offsets %s", SHUTDOWN.reason, offsets or "unchanged")
+    else:
+        log.info("done: every partition ended")
+    return 0
+
+
+class _Stage:
+    """The repartition stage in a thread of `triggers run`: it stops with the engine, and a
+    failure of it stops the engine (exit 2)."""
+
+    def __init__(self, settings) -> None:
+        import threading
+
+        from engine.operators.repartition import Repartitioner, config_from_settings
+        from engine.operators.shutdown import SHUTDOWN
+
+        self._stop = threading.Event()
+        repartitioner = Repartitioner(config_from_settings(settings))
+
+        def work() -> None:
+            try:
+                repartitioner.run(self._stop)
+            except Exception as e:   # RepartitionError, or a bug: the engine must not run on without it
+                SHUTDOWN.request(f"repartition stage: {e}", fatal=True)
+
+        self._thread = threading.Thread(target=work, name="repartition", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _prepare_run(settings, rules, accept_state_loss: bool):
+    """Everything before the dataflow: metrics, Kafka's partitions (waiting for the broker),
+    Redis (waiting for it; failing fast on refused credentials), the resume check, the flow.
+    A start that cannot work raises CommandError (exit 2)."""
+    from engine.operators.flow import FlowError, build_flow, kafka_partitions, serve_metrics
+    from engine.operators.resume import ResumeRefused, plan_resume
+    from engine.state.redis import RedisStore
+
+    serve_metrics(settings)
+    r = settings.redis
+    try:
+        partitions = kafka_partitions(settings)
+        if settings.kafka.repartition_from and settings.exit_at_end:
+            _repartition_to_end(settings)   # a bounded run evaluates everything the raw topic holds
+        store = RedisStore(r.client_url(), r.prefix, r.cluster, r.connection())
+        try:
+            plan_resume(settings, store, partitions, accept_state_loss)
+        finally:
+            store.close()
+        return build_flow(settings, rules, partitions=partitions)
+    except (FlowError, ResumeRefused) as e:
+        raise CommandError(str(e)) from None
+
+
+def _repartition_to_end(settings) -> None:
+    from engine.operators.repartition import RepartitionError, Repartitioner, config_from_settings
+
+    try:
+        Repartitioner(config_from_settings(settings)).run(exit_at_end=True)
+    except RepartitionError as e:
+        raise CommandError(f"repartition stage: {e}") from None
