@@ -23,68 +23,31 @@ undecodable events to the dead-letter output. State effects are exactly-once acr
 A Redis that lost the engine's state is detected (at start and at each commit): the run stops
 with exit 2 instead of resuming over it; --accept-state-loss overrides that at start.
 SIGTERM / Ctrl-C: finish the epoch in hand, commit, close the sinks, exit 0.
-
-Settings come from --config FILE (TOML), then TRIGGERS_* environment variables, then flags:
-
-  rules = "rules"                        # TRIGGERS_RULES
-  workers = 1                            # TRIGGERS_WORKERS: worker threads in this process
-  process_id = 0                         # with addresses: a multi-process cluster
-  addresses = ["host0:2101", "host1:2101"]
-  commit_interval_ms = 200               # state + offsets commit (and replay window after a crash)
-  timer_poll_ms = 100                    # how often Redis's deadline index is scanned
-  cache_size = 200000                    # customer states cached per partition
-  exit_at_end = false
-  reload_rules = true                    # apply valid rules changes live; invalid ones are rejected
-  reload_interval_ms = 500
-  metrics_host = "127.0.0.1"             # /metrics (Prometheus) and /healthz
-  metrics_port = 9464                    # + process_id; 0 turns them off
-  log_level = "INFO"
-  log_format = "text"                    # or "json"
-
-  [kafka]                                # TRIGGERS_KAFKA__BROKERS='["10.0.0.5:9092"]'
-  brokers = ["127.0.0.1:9092"]
-  topic = "customer-events"              # keyed by customer_id (mis-keyed messages are dead letters)
-  repartition_from = "raw-events"        # optional: re-key this unkeyed topic into `topic` first
-  batch_size = 1000
-  extra = {}                             # librdkafka settings: security.protocol, sasl.*, ssl.*
-  start = "earliest"                     # first deployment only: "earliest" (history) or "latest"
-  group_id = "trigger-engine-<prefix>"   # where committed offsets are recorded (state-loss check)
-
-  [redis]                                # TRIGGERS_REDIS__URL=redis://cache:6379/0
-  url = "redis://127.0.0.1:6379/0"       # must persist (appendonly yes) and not evict keys
-  prefix = "te"
-  cluster = false
-  username = "engine"                    # optional; override the URL's credentials
-  password = "..."                       # better: TRIGGERS_REDIS__PASSWORD (never logged)
-  tls = false                            # or a rediss:// URL
-  tls_ca_file = "ca.pem"                 # optional: tls_cert_file, tls_key_file, tls_verify
-
-  [sinks.kafka]                          # default: topic "triggers" on kafka.brokers; configuring
-  brokers = ["127.0.0.1:9092"]           # any [sinks.*] replaces that default
-  topic = "triggers"
-  delivery_timeout_s = 30                # 0: wait for the broker as long as it takes
-  statuses = ["sent"]                    # every sink: add "held_out", "suppressed" for analytics
-  [sinks.webhook]                        # optional
-  url = "https://ma.example.com/hooks/triggers"
-  secret = "..."                         # HMAC-SHA256 signature header
-  batch_size = 1
-  max_retries = 6
-  dead_letter_path = "webhook-dead-letters.jsonl"   # the default when unset
-  [sinks.redis_stream]                   # optional
-  url = "redis://127.0.0.1:6379/0"
-  stream = "triggers"
-  [sinks.file]                           # optional, appended
-  path = "triggers.jsonl"
-
-  [dead_letters]
-  kafka_topic = "dead-letters"           # or: file = "dead-letters.jsonl"
 """
+
+
+class _HelpWithSettings(argparse.Action):
+    """`-h/--help` of `triggers run`: the description, then the settings reference generated from
+    the settings struct (imported only here: building the parser must not load the connectors)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help message and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from engine.cli.settings_help import settings_help
+
+        parser.description = RUN_DESCRIPTION + "\n" + settings_help()
+        parser.print_help()
+        parser.exit()
 
 
 def add_parser(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run", help="the live engine: Kafka in, Redis state, configured sinks out",
-        description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    run.add_argument("-h", "--help", action=_HelpWithSettings)
     run.add_argument("--config", metavar="FILE", help="settings file (TOML); see below for its keys")
     run.add_argument("--rules", metavar="RULES_DIR", help="rules directory (settings: rules)")
     run.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka bootstrap servers (kafka.brokers)")

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -31,22 +31,30 @@ from connectors.webhook import WebhookSinkConfig
 ENV_PREFIX = "TRIGGERS_"
 
 
+def Doc(text: str) -> msgspec.Meta:
+    """A field's one-line documentation (as PEP 727's `Doc`), kept on the type where msgspec's
+    inspection finds it: `triggers run --help` prints it (engine.cli.settings_help)."""
+    return msgspec.Meta(description=text)
+
+
 class KafkaSource(msgspec.Struct, forbid_unknown_fields=True):
-    brokers: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:9092"])
-    topic: str = "customer-events"          # events, keyed by customer id
-    batch_size: int = 1000                  # messages per poll of a partition
-    extra: dict[str, str] = {}              # librdkafka consumer settings, e.g. security.protocol
-    # Where a partition starts when neither Redis nor Kafka has a committed offset for it
-    # (a first deployment): "earliest" replays the topic's history (and fires its triggers),
-    # "latest" starts at its end. Logged loudly either way.
-    start: Literal["earliest", "latest"] = "earliest"
-    # The consumer group the engine records its committed offsets in, after each Redis commit:
-    # what a start checks Redis against, so that a Redis that lost data is noticed. Default:
-    # "trigger-engine-<redis.prefix>", one group per deployment, as the state it mirrors.
-    group_id: str | None = None
-    # A raw topic NOT keyed by customer id: re-key it exactly-once into `topic` first
-    # (the repartition stage), and evaluate from `topic`.
-    repartition_from: str | None = None
+    """Where events come from: a topic keyed by customer id."""
+
+    brokers: Annotated[list[str], Doc("Kafka bootstrap servers, host:port")] = msgspec.field(
+        default_factory=lambda: ["127.0.0.1:9092"])
+    topic: Annotated[str, Doc("the events, keyed by customer id (mis-keyed messages are dead letters)")] = (
+        "customer-events")
+    batch_size: Annotated[int, Doc("messages per poll of a partition")] = 1000
+    extra: Annotated[dict[str, str], Doc("librdkafka consumer settings: security.protocol, sasl.*, ssl.*")] = {}
+    start: Annotated[Literal["earliest", "latest"], Doc(
+        "where a partition starts when neither Redis nor Kafka has its offset (a first deployment): "
+        "earliest replays the topic's history (and fires its triggers), latest starts at its end")] = "earliest"
+    group_id: Annotated[str | None, Doc(
+        "the consumer group the committed offsets are recorded in, after each Redis commit (the state-loss "
+        "check); unset: trigger-engine-<redis.prefix>, one group per deployment")] = None
+    repartition_from: Annotated[str | None, Doc(
+        "a raw topic NOT keyed by customer id: re-keyed exactly once into `topic` first (the repartition "
+        "stage), evaluated from `topic`")] = None
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -68,16 +76,17 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
     a password. `tls` (or a `rediss://` URL) encrypts the connection; the `tls_*` files are
     PEM paths for a private CA and for client certificates."""
 
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "te"                      # every key of this engine starts with it
-    cluster: bool = False
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    tls_verify: bool = True                 # false: accept any server certificate (testing only)
+    url: Annotated[str, Doc("customer states, offsets and deadlines; the server must persist "
+                            "(appendonly yes) and not evict keys")] = "redis://127.0.0.1:6379/0"
+    prefix: Annotated[str, Doc("every key of this engine starts with it")] = "te"
+    cluster: Annotated[bool, Doc("url names a node of a Redis Cluster")] = False
+    username: Annotated[str | None, Doc("overrides the URL's user")] = None
+    password: Annotated[str | None, Doc("overrides the URL's; best set by its variable (never logged)")] = None
+    tls: Annotated[bool, Doc("encrypt the connection (as a rediss:// URL does)")] = False
+    tls_ca_file: Annotated[str | None, Doc("PEM file of a private CA")] = None
+    tls_cert_file: Annotated[str | None, Doc("PEM file of a client certificate")] = None
+    tls_key_file: Annotated[str | None, Doc("PEM file of the client certificate's key")] = None
+    tls_verify: Annotated[bool, Doc("false: accept any server certificate (testing only)")] = True
 
     def __post_init__(self) -> None:
         from redis.connection import parse_url
@@ -132,39 +141,50 @@ class Sinks(msgspec.Struct, forbid_unknown_fields=True):
     `kafka.extra`); configuring any sink replaces that default.
     """
 
-    kafka: KafkaSinkConfig | None = None
-    webhook: WebhookSinkConfig | None = None
-    redis_stream: RedisStreamSinkConfig | None = None
-    file: FileSinkConfig | None = None
+    kafka: Annotated[KafkaSinkConfig | None, Doc(
+        "a Kafka topic; delivery_timeout_s = 0 waits for the broker as long as it takes")] = None
+    webhook: Annotated[WebhookSinkConfig | None, Doc(
+        "HTTP POSTs, signed (HMAC-SHA256 header) with `secret`; requests failed for good go to "
+        "dead_letter_path (default webhook-dead-letters.jsonl)")] = None
+    redis_stream: Annotated[RedisStreamSinkConfig | None, Doc("a Redis stream")] = None
+    file: Annotated[FileSinkConfig | None, Doc("a JSONL file, appended")] = None
 
 
 class DeadLetters(msgspec.Struct, forbid_unknown_fields=True):
     """Where undecodable events go: a Kafka topic, or a JSONL file (appended)."""
 
-    kafka_topic: str | None = "dead-letters"
-    file: str | None = None
+    kafka_topic: Annotated[str | None, Doc("a topic on kafka.brokers")] = "dead-letters"
+    file: Annotated[str | None, Doc("a JSONL file, appended; when set, used instead of kafka_topic")] = None
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
-    rules: str = "rules"                    # rules directory
-    kafka: KafkaSource = msgspec.field(default_factory=KafkaSource)
-    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
-    sinks: Sinks = msgspec.field(default_factory=Sinks)   # none: the Kafka topic "triggers" on kafka.brokers
-    dead_letters: DeadLetters = msgspec.field(default_factory=DeadLetters)
-    workers: int = 1                        # worker threads in this process
-    process_id: int | None = None           # with `addresses`: this process's index in the cluster
-    addresses: list[str] = []               # host:port of every process of a multi-process cluster
-    commit_interval_ms: int = 200           # how often state + offsets are committed (Bytewax epoch)
-    timer_poll_ms: int = 100                # how often due deadlines are looked up while idle
-    cache_size: int = 200_000               # customer states kept in memory per partition
-    exit_at_end: bool = False               # stop once the input read at start-up is processed
-    reload_rules: bool = True               # watch the rules directory and apply valid changes live
-    reload_interval_ms: int = 500
-    metrics_host: str = "127.0.0.1"         # /metrics and /healthz (0.0.0.0 in a container)
-    metrics_port: int = 9464                # + process_id in a multi-process cluster; 0 turns it off
-    log_level: str = "INFO"
-    log_format: str = "text"                # or "json": one JSON object per line
+    """Everything a live run is told; `triggers run --help` lists it from these fields."""
 
+    rules: Annotated[str, Doc("rules directory (or one file)")] = "rules"
+    kafka: Annotated[KafkaSource, Doc("where events come from")] = msgspec.field(default_factory=KafkaSource)
+    redis: Annotated[RedisSettings, Doc("where customer states, offsets and deadlines live")] = msgspec.field(
+        default_factory=RedisSettings)
+    sinks: Annotated[Sinks, Doc(
+        "where triggers go; each sink gets only `sent` triggers unless its `statuses` lists more "
+        "(held_out, suppressed: an analytics sink); none configured: the Kafka topic triggers on "
+        "kafka.brokers, configuring any replaces that default")] = msgspec.field(default_factory=Sinks)
+    dead_letters: Annotated[DeadLetters, Doc("where undecodable events go")] = msgspec.field(
+        default_factory=DeadLetters)
+    workers: Annotated[int, Doc("worker threads in this process")] = 1
+    process_id: Annotated[int | None, Doc("with `addresses`: this process's index in the cluster")] = None
+    addresses: Annotated[list[str], Doc("host:port of every process of a multi-process cluster")] = []
+    commit_interval_ms: Annotated[int, Doc(
+        "how often state + offsets are committed (a Bytewax epoch; the replay window after a crash)")] = 200
+    timer_poll_ms: Annotated[int, Doc("how often due deadlines are looked up in Redis while idle")] = 100
+    cache_size: Annotated[int, Doc("customer states kept in memory per partition")] = 200_000
+    exit_at_end: Annotated[bool, Doc("stop once the input present at start-up is processed")] = False
+    reload_rules: Annotated[bool, Doc(
+        "watch the rules directory and apply valid changes live (invalid ones are rejected)")] = True
+    reload_interval_ms: Annotated[int, Doc("how often the rules directory is checked")] = 500
+    metrics_host: Annotated[str, Doc("/metrics (Prometheus) and /healthz (0.0.0.0 in a container)")] = "127.0.0.1"
+    metrics_port: Annotated[int, Doc("+ process_id in a multi-process cluster; 0 turns them off")] = 9464
+    log_level: Annotated[str, Doc("DEBUG, INFO, WARNING or ERROR")] = "INFO"
+    log_format: Annotated[str, Doc("text, or json: one JSON object per line")] = "text"
 
     @property
     def consumer_group(self) -> str:
