@@ -8,6 +8,9 @@ Environment variables override the file: `TRIGGERS_<SECTION>__<KEY>` (double und
 between levels, values parsed as TOML where they parse, else taken as strings), e.g.
 `TRIGGERS_KAFKA__BROKERS='["10.0.0.5:9092"]'`, `TRIGGERS_REDIS__URL=redis://cache:6379/0`,
 `TRIGGERS_WORKERS=2`, `TRIGGERS_SINKS__WEBHOOK__URL=https://ma.example.com/hooks/triggers`.
+
+Every field carries a one-line `Doc`; `triggers run --help` lists the keys from these structs
+(engine.cli.settings_help), so a new field is documented where it is declared.
 """
 
 from __future__ import annotations
