@@ -20,7 +20,7 @@ from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
-from engine.operators.retry import retry_forever
+from connectors.base import retry_forever
 from engine.rules.reload import LiveRules
 from engine.core.schedule import DeadlineIndex
 from engine.state.customer import CustomerState, decode_state

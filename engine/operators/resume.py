@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicParti
 
 from engine.operators.logs import kafka_logger
 from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL
-from engine.operators.retry import retry_forever
+from connectors.base import retry_forever
 from engine.operators.settings import Settings
 from engine.state.redis import RedisStore
 

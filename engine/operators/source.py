@@ -15,13 +15,13 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors import SinkError
+from connectors.base import SinkError
 
 from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL, Batch, Fatal, PartitionWorker
 from engine.operators.shutdown import SHUTDOWN
-from engine.operators.retry import retry_forever
+from connectors.base import retry_forever
 from engine.rules.reload import LiveRules
 from engine.state.redis import RedisStore
 from engine.state.store import StateLost
