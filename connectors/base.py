@@ -1,4 +1,5 @@
-"""What every connector is: the `Sink` contract, its `SinkStats`, `SinkError`, and the one backoff.
+"""What every connector is: the `Sink` contract, its `SinkStats`, `SinkError`, a source's
+`Record`, and the one backoff.
 
 A sink's unit of work is a batch (`write_batch`), because the hot path is batch-shaped and a
 per-item write would cost a syscall or round trip per trigger. Delivery is checked at the
@@ -24,7 +25,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
-__all__ = ["DEFAULT_STATUSES", "Backoff", "Sink", "SinkError", "SinkStats", "Status", "Waiting", "retry_forever"]
+__all__ = ["DEFAULT_STATUSES", "Backoff", "Record", "Sink", "SinkError", "SinkStats", "Status", "Waiting",
+           "retry_forever"]
 
 T = TypeVar("T")
 
@@ -32,6 +34,9 @@ Status = Literal["sent", "held_out", "suppressed"]
 DEFAULT_STATUSES: tuple[Status, ...] = ("sent",)
 """What a live sink delivers unless its settings say `statuses` (SPEC §4, "Who receives what"):
 a messaging system must never see a held-out or suppressed trigger it did not ask for."""
+
+Record = tuple[bytes, int, bytes | None]
+"""What a source hands the engine: (message value, offset, message key or None)."""
 
 Waiting = Callable[[str | None], None]
 """A health hook a client is given: called with what it waits on (an error, as logged) while

@@ -17,8 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from connectors.base import Sink
-from engine.operators.log import Record
+from connectors.base import Record, Sink
 from engine.state.memory import InMemoryStore
 
 __all__ = ["InMemoryStore", "ListSink", "MemoryLog"]

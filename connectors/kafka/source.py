@@ -17,13 +17,11 @@ import logging
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from connectors.base import Waiting, retry_forever
+from connectors.base import Record, Waiting, retry_forever
 
-__all__ = ["KafkaPartitionLog", "Record"]
+__all__ = ["KafkaPartitionLog"]
 
 log = logging.getLogger("connectors.kafka")
-
-Record = tuple[bytes, int, bytes | None]   # (message value, offset, message key)
 
 
 class KafkaPartitionLog:

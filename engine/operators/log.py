@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-Record = tuple[bytes, int, bytes | None]   # (message value, offset, message key)
+from connectors.base import Record
 
 
 class EventLog(Protocol):

@@ -64,3 +64,21 @@ def test_settle_sinks_settles_what_this_thread_wrote_to() -> None:
     worker.join()
     assert settled == [threading.current_thread().name]   # another thread wrote to nothing
     live_sinks._written.pop(threading.get_ident(), None)   # leave no sink for later tests to settle
+
+
+def test_connectors_import_from_the_engine_only_the_trigger_record() -> None:
+    """Loggers, metrics and health hooks are passed in from engine.operators, never imported."""
+    import ast
+    from pathlib import Path
+
+    allowed = {"engine.actions", "engine.actions.trigger", "engine.errors"}
+    root = Path(__file__).resolve().parents[2] / "connectors"
+    found: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            engine = {n for n in names if n == "engine" or n.startswith("engine.")}
+            if engine - allowed:
+                found.setdefault(str(path.relative_to(root)), set()).update(engine - allowed)
+    assert found == {}
