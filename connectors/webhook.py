@@ -275,12 +275,12 @@ class WebhookSink(Sink):
         undelivered: list[_Outcome] = []  # only kept without a dead-letter file
         if self._pool is None or len(chunks) == 1:
             for chunk in chunks:
-                self._settle(self._deliver(chunk), undelivered)
+                self._account(self._deliver(chunk), undelivered)
         else:
             futures: list[Future[_Outcome]] = [self._pool.submit(self._deliver, chunk) for chunk in chunks]
             try:
                 for future in as_completed(futures):
-                    self._settle(future.result(), undelivered)
+                    self._account(future.result(), undelivered)
             except BaseException:
                 # Writing a dead letter failed (disk full?): nothing more is started; the
                 # requests in flight finish in the pool (`close` waits for them), unaccounted:
@@ -297,7 +297,7 @@ class WebhookSink(Sink):
                 "set dead_letter_path to keep such triggers instead of stopping",
             )
 
-    def _settle(self, outcome: _Outcome, undelivered: list[_Outcome]) -> None:
+    def _account(self, outcome: _Outcome, undelivered: list[_Outcome]) -> None:
         """Account for one finished request, in the caller's thread: counters, and the dead
         letter written and flushed now, not when the batch is done."""
         stats = self.stats

@@ -8,7 +8,7 @@ delivery at its own checkpoints (the live engine: before each commit) does not w
 
 - the producer is idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
   can neither duplicate nor reorder a partition's messages;
-- a message whose report is an error is produced again, after an exponential backoff, until
+- a message whose report is an error is produced again, after a backoff (`connectors.base.Backoff`), until
   it is delivered or `delivery_timeout_s` has passed since the batch began; then the batch
   raises `SinkError`. A batch that raises is not acknowledged, so the restarted dataflow
   replays it: delivery is at least once, and receivers de-duplicate by the `trigger_id`
@@ -193,7 +193,7 @@ class KafkaSink(Sink):
                 while self._producer.flush(5.0) and batch.outstanding > 0:
                     waited += 5.0
                     self.stats.failing(f"{batch.outstanding} message(s) waiting for the broker"
-                                  + (f": {_describe(self._client_error)}" if self._client_error else ""))
+                                       + (f": {_describe(self._client_error)}" if self._client_error else ""))
                     log.warning("%s: %d message(s) waiting for the broker for %.0f s%s", self.name,
                                 batch.outstanding, waited,
                                 f" (last client error: {_describe(self._client_error)})" if self._client_error else "")
