@@ -271,6 +271,25 @@ def test_400_goes_straight_to_the_dead_letter_file(receiver: Receiver, tmp_path:
     assert (sink.stats.delivered, sink.stats.retries, sink.stats.failed, sink.stats.dead_lettered) == (1, 0, 1, 1)
 
 
+def test_settle_makes_new_dead_letters_durable_before_a_commit(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    receiver.respond = lambda n, req: Reply(400) if n == 0 else Reply()
+    with WebhookSink(_config(receiver.url, dead_letter_path=str(tmp_path / "dead.jsonl"), concurrency=1)) as sink:
+        sink.settle()
+        assert synced == []                      # nothing dead-lettered yet: no fsync
+        sink.write_batch([_trigger(1), _trigger(2)])
+        sink.settle()
+        assert len(synced) == 1                  # the dead letter is on disk before the state commits
+        sink.settle()
+        assert len(synced) == 1                  # and only new ones cost an fsync
+
+
 def _dead_letters_from(lines: list[bytes]) -> list[WebhookDeadLetter]:
     decoder = msgspec.json.Decoder(WebhookDeadLetter)
     return [decoder.decode(line) for line in lines]
