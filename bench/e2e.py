@@ -44,7 +44,8 @@ from engine.offline.backtest import Replay
 from engine.events.decode import EventDecoder
 from engine.core.evaluate import Evaluator
 from engine.operators.flow import build_flow
-from engine.operators.log import MemoryLog
+from connectors.base import Sink
+from engine.testing import MemoryLog
 from engine.rules.compiler import load_and_compile
 from engine.operators.settings import Settings
 from engine.state.customer import decode_state, encode_state
@@ -116,8 +117,11 @@ def bench_floor(lines: list[bytes]) -> dict:
 
     keyed = [(orjson.loads(raw)["customer_id"], raw) for raw in lines]
 
-    class Null:
+    class Null(Sink):
         def write_batch(self, items) -> None:
+            pass
+
+        def settle(self) -> None:
             pass
 
         def close(self) -> None:
@@ -166,13 +170,17 @@ class PacedLog(MemoryLog):
         return self._position >= len(self._values)
 
 
-class TimedSink:
+class TimedSink(Sink):
     def __init__(self, into: list) -> None:
+        super().__init__()
         self.into = into
 
     def write_batch(self, items) -> None:
         now = time.time()
         self.into.extend((now, t) for t in items)
+
+    def settle(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -159,13 +159,13 @@ def measure(make: Callable[[WebhookSinkConfig], WebhookSink], url: str, concurre
         sink._deliver = timed  # type: ignore[method-assign]
         sink.write_batch(batch)  # warm up: connections open, code paths hot
         latencies.clear()
-        sent = sink.sent
+        sent = sink.stats.delivered
         cpu, started = time.process_time(), time.perf_counter()
         while time.perf_counter() - started < seconds:
             sink.write_batch(batch)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        requests = sink.sent - sent
-        assert sink.failed == 0 and sink.retries == 0, "the receiver must answer every request at once"
+        requests = sink.stats.delivered - sent
+        assert sink.stats.failed == 0 and sink.stats.retries == 0, "the receiver must answer every request at once"
     return Round(requests, elapsed, cpu, latencies)
 
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import msgspec
 
-from connectors import DEFAULT_STATUSES, Sink, Status
+from connectors.base import DEFAULT_STATUSES, Sink, Status
 
 __all__ = ["FileSinkConfig", "FileSink"]
 
@@ -39,12 +39,14 @@ class FileSink(Sink):
     """Writes structs (triggers, dead letters) as JSON lines, one `write` per batch.
 
     Not thread-safe: one sink belongs to one worker, as Bytewax sink partitions do.
-    Durability is `flush()`'s (the OS page cache), not fsync: a backtest can be re-run.
+    Durability is `flush()`'s (the OS page cache), not fsync: a backtest can be re-run; a
+    live run gets fsync at each `settle`. `stats.delivered` counts the lines written.
     """
 
     def __init__(self, config: FileSinkConfig, *, stream: IO[Any] | None = None) -> None:
         """`stream` is where path `-` writes (default stdout); the CLI passes stderr so that
         dead letters do not mix with the triggers on stdout. Ignored for a real path."""
+        super().__init__()
         self.config = config
         self._encoder = msgspec.json.Encoder()
         self._owns_file = config.path != "-"
@@ -89,6 +91,7 @@ class FileSink(Sink):
             self._fh.write(data.decode("utf-8"))
         else:
             self._fh.write(data)
+        self.stats.delivered += len(items)
 
     def flush(self) -> None:
         if not self._closed:

@@ -29,7 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors import DEFAULT_STATUSES, Sink, SinkError, Status, backoff_delay
+from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
 
 __all__ = ["RedisStreamSinkConfig", "RedisStreamSink"]
 
@@ -57,11 +57,14 @@ class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
 class RedisStreamSink(Sink):
     """Appends structs to a Redis stream, one round trip per batch.
 
-    One sink per worker. Counters: `written` (entries added) and `retries` (batches sent
-    again after a connection error or timeout).
+    One sink per worker. `stats`: `delivered` (entries added), `retries` (batches sent again
+    after a connection error or timeout), `failed` (entries of batches that raised),
+    `waiting_since`/`last_error` while Redis is unreachable. `write_batch` returns once the
+    batch is in the stream, so `settle` has nothing to wait for.
     """
 
     def __init__(self, config: RedisStreamSinkConfig) -> None:
+        super().__init__()
         self.config = config
         self.name = f"redis stream sink (stream {config.stream!r})"
         # redis-py's own retries are off: this sink owns the retry policy, so `retry_for_s`
@@ -74,10 +77,6 @@ class RedisStreamSink(Sink):
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
         )
         self._encoder = msgspec.json.Encoder()
-        self.written = 0
-        self.retries = 0
-        self.waiting_since: float | None = None   # for /healthz: since when Redis is unreachable (epoch s)
-        self.last_error: str | None = None
 
     def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
         """XADD every item in one MULTI/EXEC; retry the whole batch while Redis is
@@ -92,7 +91,8 @@ class RedisStreamSink(Sink):
             entries.append({"trigger_id": tid.encode(), "data": data} if isinstance(tid, str) else {"data": data})
         stream, maxlen = self.config.stream, self.config.maxlen
         deadline = time.monotonic() + self.config.retry_for_s
-        attempt = 0
+        backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S)
+        stats = self.stats
         while True:
             pipe = self._client.pipeline(transaction=True)
             for fields in entries:
@@ -103,28 +103,29 @@ class RedisStreamSink(Sink):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     first = f"{type(exc).__name__}: {exc} (retried for {self.config.retry_for_s} s)"
+                    stats.failed += len(entries)
                     raise SinkError(self.name, len(entries), first) from exc
-                delay = min(remaining, backoff_delay(attempt, _BACKOFF_BASE_S, _BACKOFF_CAP_S))
-                attempt += 1
+                delay = min(remaining, backoff.next_delay())
                 log.warning(
                     "%s: %s: %s; retry %d of a batch of %d in %.2f s",
-                    self.name, type(exc).__name__, exc, attempt, len(entries), delay,
+                    self.name, type(exc).__name__, exc, backoff.attempt, len(entries), delay,
                 )
-                self.retries += 1
-                if self.waiting_since is None:
-                    self.waiting_since = time.time()
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                stats.retries += 1
+                stats.failing(f"{type(exc).__name__}: {exc}")
                 time.sleep(delay)
                 continue
             except redis.RedisError as exc:
+                stats.failed += len(entries)
                 raise SinkError(self.name, len(entries), f"{type(exc).__name__}: {exc}") from exc
             finally:
                 pipe.reset()
-            self.written += len(entries)
-            self.waiting_since = self.last_error = None
+            stats.delivered += len(entries)
+            stats.recovered()
             return
+
+    def settle(self) -> None:
+        """Nothing to wait for: `write_batch` returned only once its batch was in the stream."""
 
     def close(self) -> None:
         """Release the connections."""
         self._client.close()
-

@@ -105,7 +105,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from connectors import DEFAULT_STATUSES, Sink, SinkError, Status, backoff_delay
+from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
 from connectors.file import FileSink, FileSinkConfig
 from engine.actions.trigger import Trigger
 
@@ -201,13 +201,14 @@ class WebhookSink(Sink):
     or dead-lettered.
 
     One sink per worker; `write_batch` is not meant to be called from several threads at
-    once. Counters (triggers unless said otherwise), updated by the thread that calls
-    `write_batch` as each request ends: `sent` delivered with a 2xx, `retries` requests sent
+    once. `stats` counts triggers unless said otherwise, updated by the thread that calls
+    `write_batch` as each request ends: `delivered` with a 2xx, `retries` requests sent
     again, `failed` not delivered (dead-lettered or raised), `dead_lettered` written to the
-    dead-letter file.
+    dead-letter file. `write_batch` returns only once each request is done, so `settle` only
+    makes the dead letters written since the last one durable.
 
-    For health reports, readable from any thread at any time (the delivery threads write them
-    under a lock):
+    For health reports, in `stats` too, readable from any thread at any time (the delivery
+    threads write them under a lock):
 
     - `waiting_since`: `time.time()` of the first failed attempt since the receiver last gave
       a final answer, None while it answers. A failed attempt is one with no usable answer
@@ -220,10 +221,11 @@ class WebhookSink(Sink):
       logged; None with it. (A refusal is not an outage: it is logged at ERROR, written to the
       dead-letter file and counted in `dead_lettered`.)
 
-    Both mean what they mean on the Kafka sink, so a health report reads any sink alike.
+    Both mean what they mean on every sink (`SinkStats`), so a health report reads any sink alike.
     """
 
     def __init__(self, config: WebhookSinkConfig) -> None:
+        super().__init__()
         self.config = config
         parts = urlsplit(config.url)
         self._https = parts.scheme == "https"
@@ -256,13 +258,8 @@ class WebhookSink(Sink):
             else None
         )
         self._closed = False
-        self.sent = 0
-        self.retries = 0
-        self.failed = 0
-        self.dead_lettered = 0
+        self._unsettled_dead_letters = False
         self._health_lock = threading.Lock()
-        self.waiting_since: float | None = None
-        self.last_error: str | None = None
 
     def write_batch(self, triggers: Sequence[Trigger]) -> None:
         """Send the triggers in requests of `batch_size`; return when each request was
@@ -278,12 +275,12 @@ class WebhookSink(Sink):
         undelivered: list[_Outcome] = []  # only kept without a dead-letter file
         if self._pool is None or len(chunks) == 1:
             for chunk in chunks:
-                self._settle(self._deliver(chunk), undelivered)
+                self._account(self._deliver(chunk), undelivered)
         else:
             futures: list[Future[_Outcome]] = [self._pool.submit(self._deliver, chunk) for chunk in chunks]
             try:
                 for future in as_completed(futures):
-                    self._settle(future.result(), undelivered)
+                    self._account(future.result(), undelivered)
             except BaseException:
                 # Writing a dead letter failed (disk full?): nothing more is started; the
                 # requests in flight finish in the pool (`close` waits for them), unaccounted:
@@ -300,15 +297,16 @@ class WebhookSink(Sink):
                 "set dead_letter_path to keep such triggers instead of stopping",
             )
 
-    def _settle(self, outcome: _Outcome, undelivered: list[_Outcome]) -> None:
+    def _account(self, outcome: _Outcome, undelivered: list[_Outcome]) -> None:
         """Account for one finished request, in the caller's thread: counters, and the dead
         letter written and flushed now, not when the batch is done."""
-        self.retries += outcome.retries
+        stats = self.stats
+        stats.retries += outcome.retries
         n = len(outcome.triggers)
         if outcome.ok:
-            self.sent += n
+            stats.delivered += n
             return
-        self.failed += n
+        stats.failed += n
         if self._dead_letters is None:
             undelivered.append(outcome)
             return
@@ -318,7 +316,8 @@ class WebhookSink(Sink):
         )
         self._dead_letters.write_batch([letter])
         self._dead_letters.flush()
-        self.dead_lettered += n
+        self._unsettled_dead_letters = True
+        stats.dead_lettered += n
 
     def _deliver(self, chunk: Sequence[Trigger]) -> _Outcome:
         """One request, with its retries. Runs in a pool thread; never raises for what the
@@ -330,6 +329,7 @@ class WebhookSink(Sink):
             body, key = self._encoder.encode(chunk), batch_idempotency_key([t.trigger_id for t in chunk])
         cfg = self.config
         conn = self._checkout()
+        backoff = Backoff(cfg.backoff_base_s, cfg.backoff_max_s)
         try:
             attempt = 0
             while True:
@@ -348,7 +348,7 @@ class WebhookSink(Sink):
                         self.name, key, attempt, reason,
                     )
                     return _Outcome(chunk, key, attempt, attempt - 1, False, status, reason)
-                delay = backoff_delay(attempt - 1, cfg.backoff_base_s, cfg.backoff_max_s)
+                delay = backoff.next_delay()
                 if retry_after is not None:
                     delay = min(retry_after, cfg.backoff_max_s)
                 log.warning(
@@ -361,16 +361,14 @@ class WebhookSink(Sink):
 
     def _answered(self) -> None:
         """The receiver gave a final answer (a 2xx or a refusal): it is not waited for."""
-        if self.waiting_since is None:
+        if self.stats.waiting_since is None:
             return  # the common case: no lock per delivered request
         with self._health_lock:
-            self.waiting_since = self.last_error = None
+            self.stats.recovered()
 
     def _failed_attempt(self, reason: str) -> None:
         with self._health_lock:
-            self.last_error = reason
-            if self.waiting_since is None:
-                self.waiting_since = time.time()
+            self.stats.failing(reason)
 
     def _attempt(self, conn: _Connection, body: bytes, key: str) -> tuple[int | None, str, bool, float | None]:
         """One POST within one deadline: (status or None, reason, whether to retry,
@@ -427,6 +425,13 @@ class WebhookSink(Sink):
         with self._all_lock:
             self._all.append(conn)
         return conn
+
+    def settle(self) -> None:
+        """Make the dead letters written since the last call durable (fsync): once the engine
+        commits, they are the only record of those triggers. Deliveries need no wait."""
+        if self._unsettled_dead_letters and self._dead_letters is not None:
+            self._dead_letters.settle()
+            self._unsettled_dead_letters = False
 
     def close(self) -> None:
         """Close the keep-alive connections and the dead-letter file. Nothing is pending:

@@ -18,10 +18,8 @@ draws the tree and imports nothing from the engine, so any module may derive fro
     ├── RepartitionError      engine.operators.repartition  the repartition stage cannot go on
     ├── ExplainError          engine.offline.explain      a request `triggers explain` cannot answer (exit 2)
     │   └── UnknownCustomer                               no events or state for that customer (exit 1)
-    └── CommandError          engine.cli.common           a `triggers` command refused its arguments (exit status attached)
-
-`connectors.SinkError` (a sink could not deliver a batch, even after retrying) belongs under
-the root too; the connectors are outside `engine/` and derive from it on their own schedule.
+    ├── CommandError          engine.cli.common           a `triggers` command refused its arguments (exit status attached)
+    └── SinkError             connectors.base             a sink could not deliver a batch, even after retrying
 """
 
 from __future__ import annotations

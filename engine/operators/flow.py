@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -17,21 +16,21 @@ from bytewax.dataflow import Dataflow
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from connectors.base import retry_forever
 from connectors.file import FileSink, FileSinkConfig
-from connectors.kafka import KafkaSink, KafkaSinkConfig
+from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
+from connectors.kafka.source import KafkaPartitionLog
 from connectors.redis_stream import RedisStreamSink
 from connectors.webhook import WebhookSink
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter
 from engine.operators.logs import kafka_logger
-from engine.operators.log import KafkaPartitionLog
 from engine.operators import metrics
 from engine.operators.metrics import serve, track_rules
 from engine.operators.partition import Batch
-from engine.operators.sinks import Connector, ConnectorSink
+from engine.operators.sinks import ConnectorSink, SinkFactory
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
 from engine.rules.compiler import CompiledRules
-from engine.operators.retry import retry_forever
 from engine.rules.reload import LiveRules
 from engine.operators.settings import Settings
 from engine.state.redis import RedisStore
@@ -89,7 +88,15 @@ def _kafka_log(settings: Settings) -> OpenLog:
     k = settings.kafka
 
     def open_log(name: str, start: int | None) -> KafkaPartitionLog:
-        return KafkaPartitionLog(k.brokers, k.topic, int(name.rsplit("-", 1)[1]), start, k.extra, settings.consumer_group)
+        errors = metrics.KAFKA_ERRORS.labels(name)
+
+        def waiting(what: str | None) -> None:   # librdkafka retries by itself: count, report, go on
+            if what is not None:
+                errors.inc()
+            metrics.HEALTH.waiting("kafka", name, what)
+
+        return KafkaPartitionLog(k.brokers, k.topic, int(name.rsplit("-", 1)[1]), start, k.extra,
+                                 settings.consumer_group, logger=kafka_logger(), waiting=waiting)
 
     return open_log
 
@@ -98,9 +105,6 @@ def _evaluate(batches: list[Batch]) -> list[Trigger | DeadLetter]:
     if len(batches) == 1:
         return batches[0].worker.process(batches[0])
     return [item for b in batches for item in b.worker.process(b)]
-
-
-SinkFactory = Callable[[int], Connector]
 
 
 def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[str]]]:
@@ -119,7 +123,8 @@ def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[
         kafka = KafkaSinkConfig(brokers=settings.kafka.brokers, topic="triggers", extra=settings.kafka.extra,
                                 delivery_timeout_s=0)   # during a Kafka outage: wait, do not stop
     if kafka is not None:
-        sinks["kafka"] = (lambda _w, c=kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False)),
+        sinks["kafka"] = (lambda _w, c=kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False),
+                                                        logger=kafka_logger()),
                           frozenset(kafka.statuses))
     if s.webhook is not None:
         webhook = s.webhook
@@ -138,21 +143,21 @@ def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[
     return sinks
 
 
-def dead_letter_sink(settings: Settings) -> Callable[[int], Connector]:
+def dead_letter_sink(settings: Settings) -> SinkFactory:
     d = settings.dead_letters
     if d.file:
         return lambda _w: FileSink(FileSinkConfig(path=d.file, append=True))
     if d.kafka_topic:
         return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=d.kafka_topic,
                                                     extra=settings.kafka.extra, delivery_timeout_s=0,
-                                                    wait_for_delivery=False))
+                                                    wait_for_delivery=False), logger=kafka_logger())
     raise FlowError("no dead-letter output: set dead_letters.kafka_topic or dead_letters.file")
 
 
 def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] | None = None,
                open_log: OpenLog | None = None, store: StoreFactory | None = None,
                sinks: dict[str, SinkFactory] | None = None,
-               dead_letters: Callable[[int], Connector] | None = None) -> Dataflow:
+               dead_letters: SinkFactory | None = None) -> Dataflow:
     """The dataflow for `triggers run`; the keyword arguments replace Kafka/Redis/sinks in benchmarks
     and tests (sinks given that way get every status)."""
     r = settings.redis

@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from connectors.base import SinkStats
+
 log = logging.getLogger("engine.metrics")
 
 EVENTS = Counter("triggers_events", "Events decoded and applied to customer state", ["partition"])
@@ -58,25 +60,25 @@ def count_triggers(items: list) -> None:
 
 
 class _SinkDeadLetters(Collector):
-    """`triggers_sink_dead_letters_total{sink}`, read from the sinks' own `dead_lettered`
+    """`triggers_sink_dead_letters_total{sink}`, read from the sinks' own `stats.dead_lettered`
     counters when scraped: a sink dead-letters while its `write_batch` still runs (a dead
     receiver can hold one for minutes), and the metric must move as the dead-letter file does."""
 
     def __init__(self) -> None:
-        self._sinks: list[tuple[str, object]] = []
+        self._sinks: list[tuple[str, SinkStats]] = []
         self._lock = threading.Lock()
 
-    def watch(self, sink: str, connector: object) -> None:
+    def watch(self, sink: str, stats: SinkStats) -> None:
         with self._lock:
-            self._sinks.append((sink, connector))
+            self._sinks.append((sink, stats))
 
     def collect(self):
         family = CounterMetricFamily("triggers_sink_dead_letters", "Triggers a sink could not deliver after its "
                                      "retries and wrote to its dead-letter output", labels=["sink"])
         totals: Tally = Tally()
         with self._lock:
-            for name, connector in self._sinks:
-                totals[name] += getattr(connector, "dead_lettered", 0)
+            for name, stats in self._sinks:
+                totals[name] += stats.dead_lettered
         for name, n in sorted(totals.items()):
             family.add_metric([name], n)
         yield family
@@ -105,7 +107,7 @@ class Health:
         self.unhealthy_after_s = unhealthy_after_s
         self._partitions: dict[str, dict] = {}
         self._waits: dict[tuple[str, str], tuple[str, float]] = {}   # (component, waiter) -> (what, since)
-        self._sinks: list[tuple[str, object]] = []
+        self._sinks: list[tuple[str, SinkStats]] = []
         self._lock = threading.Lock()
 
     def polled(self, partition: str) -> None:
@@ -121,10 +123,10 @@ class Health:
             elif (component, waiter) not in self._waits:
                 self._waits[(component, waiter)] = (what, time.time())
 
-    def watch(self, sink: str, connector: object) -> None:
-        """Report `sink:<name>` while the connector's `waiting_since` (epoch s) is set."""
+    def watch(self, sink: str, stats: SinkStats) -> None:
+        """Report `sink:<name>` while the sink's `stats.waiting_since` (epoch s) is set."""
         with self._lock:
-            self._sinks.append((sink, connector))
+            self._sinks.append((sink, stats))
 
     def forget(self, partition: str) -> None:
         """A partition that ended (bounded run, shutdown) is no longer reported."""
@@ -139,11 +141,11 @@ class Health:
             parts = {name: dict(p) for name, p in self._partitions.items()}
             waits = dict(self._waits)
             sinks = list(self._sinks)
-        for name, connector in sinks:
-            since = getattr(connector, "waiting_since", None)
+        for name, stats in sinks:
+            since = stats.waiting_since
             if since is not None:
-                error = getattr(connector, "last_error", None)
-                waits[(f"sink:{name}", str(id(connector)))] = (error or "delivery failing, retrying", since)
+                error = stats.last_error
+                waits[(f"sink:{name}", str(id(stats)))] = (error or "delivery failing, retrying", since)
         waiting: dict[str, dict] = {}
         ok = bool(parts)
         for (component, waiter), (what, since) in sorted(waits.items()):

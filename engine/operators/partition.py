@@ -11,8 +11,6 @@ import gc
 import logging
 import time
 
-import redis
-
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter, EventDecoder
 from engine.core.evaluate import Evaluator
@@ -21,18 +19,16 @@ from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
-from engine.operators.retry import retry_forever
+from connectors.base import retry_forever
 from engine.rules.reload import LiveRules
 from engine.core.schedule import DeadlineIndex
 from engine.state.customer import CustomerState, decode_state
-from engine.state.redis import RedisStore
+from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
+from engine.state.store import PartitionStore
 from engine.actions.trigger import Trigger
 
 log = logging.getLogger("engine.partition")
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-# Waiting cannot fix these: a wrong password or missing permission is a configuration error.
-REDIS_FATAL = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 STATS_EVERY_S = 10.0
 INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
 
@@ -64,7 +60,7 @@ class PartitionStats:
 
 
 class PartitionWorker:
-    def __init__(self, event_log: EventLog, store: RedisStore, rules: LiveRules, start_offset: int,
+    def __init__(self, event_log: EventLog, store: PartitionStore, rules: LiveRules, start_offset: int,
                  cache_size: int = 200_000, has_offset: bool | None = None) -> None:
         """`has_offset`: the store holds `start_offset` for this partition (default: when it is
         not 0); a commit expects to find it there, or stops with `StateLost`."""

@@ -47,7 +47,7 @@ from engine.errors import EngineError
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.operators.logs import kafka_logger
-from engine.operators.retry import Backoff
+from connectors.base import Backoff
 
 __all__ = ["RepartitionConfig", "RepartitionError", "RepartitionStats", "Repartitioner", "main"]
 

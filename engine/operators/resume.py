@@ -23,12 +23,11 @@ import logging
 import redis
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
 
+from connectors.base import retry_forever
 from engine.errors import EngineError
 from engine.operators.logs import kafka_logger
-from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL
-from engine.operators.retry import retry_forever
 from engine.operators.settings import Settings
-from engine.state.redis import RedisStore
+from engine.state.redis import REDIS_ERRORS, REDIS_FATAL, RedisStore
 
 log = logging.getLogger("engine.resume")
 

@@ -27,7 +27,7 @@ import msgspec
 from engine.errors import EngineError
 from engine.operators.logs import add_secret, redact_url
 from connectors.file import FileSinkConfig
-from connectors.kafka import KafkaSinkConfig
+from connectors.kafka.sink import KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSinkConfig
 from connectors.webhook import WebhookSinkConfig
 

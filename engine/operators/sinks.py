@@ -1,9 +1,9 @@
-"""Connectors as Bytewax sinks: one connector instance per worker, written in batches.
+"""Connectors as Bytewax sinks: one connector (a `connectors.base.Sink`) per worker, written in batches.
 
 Delivery before commit: a connector's `write_batch` either returns once its batch is
 delivered, or (Kafka with `wait_for_delivery` off) once it is queued; then the worker calls
-`settle_sinks()` before it commits the state that produced those triggers, which waits for
-every delivery of the connectors this worker thread wrote to. Either way a crash can only
+`settle_sinks()` before it commits the state that produced those triggers, which calls
+`settle()` on every connector this worker thread wrote to. Either way a crash can only
 re-send triggers, never lose them. Waiting once per commit instead of once per batch keeps
 the worker reading while the broker acknowledges (the latency of the Kafka path).
 """
@@ -11,20 +11,16 @@ the worker reading while the broker acknowledges (the latency of the Kafka path)
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors import SinkError
+from connectors.base import Sink, SinkError
 from engine.operators import metrics
 from engine.operators.shutdown import SHUTDOWN
 
-
-class Connector(Protocol):
-    def write_batch(self, items: Sequence[Any]) -> None: ...
-
-    def close(self) -> None: ...
+SinkFactory = Callable[[int], Sink]   # worker index -> the worker's connector
 
 
 class ConnectorSink(DynamicSink):
@@ -33,7 +29,7 @@ class ConnectorSink(DynamicSink):
     stops the run with exit 2 and one line, instead of a traceback: nothing after it commits,
     so the restarted run sends those triggers again."""
 
-    def __init__(self, name: str, factory: Callable[[int], Connector], statuses: frozenset[str] | None = None) -> None:
+    def __init__(self, name: str, factory: SinkFactory, statuses: frozenset[str] | None = None) -> None:
         self.name = name
         self.factory = factory   # worker index -> connector
         self.statuses = statuses
@@ -54,34 +50,27 @@ def _os_error(e: OSError, connector: object) -> str:
 
 # Connectors written to by each worker thread: a worker's sink partitions and its source
 # partitions run on the same thread (no exchange in the flow), so this is what it must settle.
-_written: dict[int, list[Connector]] = {}
+_written: dict[int, list[Sink]] = {}
 
 
 def settle_sinks() -> None:
     """Wait for the deliveries of every connector this thread wrote to (see module docstring)."""
     for connector in _written.get(threading.get_ident(), ()):
-        settle = getattr(connector, "settle", None)
-        if settle is not None:
-            settle()
-
-
-def _retries(connector: Connector) -> int:
-    """The connector's retry counter, whatever it calls it (connectors keep plain int counters)."""
-    return getattr(connector, "retries", None) or getattr(connector, "retried", 0) or 0
+        connector.settle()
 
 
 class _ConnectorPartition(StatelessSinkPartition):
-    def __init__(self, name: str, connector: Connector | None, statuses: frozenset[str] | None) -> None:
+    def __init__(self, name: str, connector: Sink | None, statuses: frozenset[str] | None) -> None:
         self.name = name
         self.connector = connector
         self.statuses = statuses
         self._items = metrics.SINK_ITEMS.labels(name)
         self._retries = metrics.SINK_RETRIES.labels(name)
-        self._seen_retries = _retries(connector) if connector is not None else 0
+        self._seen_retries = connector.stats.retries if connector is not None else 0
         self._registered = False
         if connector is not None:
-            metrics.HEALTH.watch(name, connector)
-            metrics.SINK_DEAD_LETTERS.watch(name, connector)
+            metrics.HEALTH.watch(name, connector.stats)
+            metrics.SINK_DEAD_LETTERS.watch(name, connector.stats)
 
     def write_batch(self, items: list[Any]) -> None:
         connector = self.connector
@@ -104,7 +93,7 @@ class _ConnectorPartition(StatelessSinkPartition):
             SHUTDOWN.request(f"sink {self.name}: {_os_error(e, connector)}", fatal=True)
             return
         self._items.inc(len(items))
-        retries = _retries(connector)
+        retries = connector.stats.retries
         if retries != self._seen_retries:
             self._retries.inc(retries - self._seen_retries)
             self._seen_retries = retries

@@ -1,5 +1,6 @@
 """The engine's Bytewax source: one partition per event-log partition, resuming from the
-offset committed in Redis, and committing each epoch once its outputs are written.
+offset committed in the state store (a `PartitionStore`: Redis live, in memory in tests), and
+committing each epoch once its outputs are written.
 
 Why commit in `next_batch`: Bytewax calls `snapshot()` when a partition's epoch closes and
 polls the partition for the next epoch only after the dataflow's probe has passed that epoch,
@@ -15,22 +16,20 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors import SinkError
-
+from connectors.base import SinkError, retry_forever
 from engine.operators import metrics
 from engine.operators.log import EventLog
-from engine.operators.partition import REDIS_ERRORS, REDIS_FATAL, Batch, Fatal, PartitionWorker
+from engine.operators.partition import Batch, Fatal, PartitionWorker
 from engine.operators.shutdown import SHUTDOWN
-from engine.operators.retry import retry_forever
 from engine.rules.reload import LiveRules
-from engine.state.redis import RedisStore
-from engine.state.store import StateLost
+from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
+from engine.state.store import PartitionStore, StateLost
 from engine.core.times import now_ms
 
 log = logging.getLogger("engine.source")
 
 OpenLog = Callable[[str, int | None], EventLog]   # (partition name, start offset or None) -> log
-StoreFactory = Callable[[], RedisStore]
+StoreFactory = Callable[[], PartitionStore]   # called once per partition: one store per worker, or shared
 
 
 class EngineSource(FixedPartitionedSource):

@@ -1,2 +1,3 @@
-"""Per-customer state: its struct (`customer`), the store protocol (`store`) and the stores
-side by side: in memory (`memory`, for backtests and the quick start) and Redis (`redis`)."""
+"""Per-customer state: its struct (`customer`), the store protocols (`store`: `PartitionStore`, what
+the live worker calls; `StateStore`, states by id for tools) and the stores side by side: in memory
+(`memory`, for backtests, the quick start and the live path in tests) and Redis (`redis`)."""

@@ -1,7 +1,9 @@
-"""The in-memory state store: the backtest's store, and the quick start's.
+"""The in-memory state store: the backtest's store, the quick start's, and the live path's in tests.
 
 It keeps the `CustomerState` objects themselves, with no encoding, because a backtest
-replays a whole event file through it and must run at the speed of the core. Nothing
+replays a whole event file through it and must run at the speed of the core. As a
+`PartitionStore` it behaves like the Redis store (encoded states in and out, the conditional
+commit, the deadline index), so the live dataflow runs on it without Redis. Nothing
 survives the process; exactly-once across crashes is the Redis store's job.
 """
 
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Mapping
 
-from engine.state.customer import CustomerState
+from engine.state.customer import CustomerState, decode_state, encode_state
+from engine.state.store import StateLost
 
 
 class InMemoryStore:
-    """A `StateStore` in a dict: customer id -> `CustomerState`, plus the source offsets.
+    """A `StateStore` and a `PartitionStore` in dicts: customer id -> `CustomerState`, the
+    source offsets, and each partition's deadline index.
 
     Contract, beyond `StateStore`:
     - `load_many` returns the stored objects, not copies; `save_many` stores references.
@@ -22,15 +26,20 @@ class InMemoryStore:
       path loads, mutates and saves every state it touches, so this costs it nothing.
     - `save_many` is atomic in the only sense that matters in one thread: no reader can run
       between writing the states and writing the offsets.
-    - Not thread-safe; one store per worker.
+    - The `PartitionStore` calls copy, as the Redis store does: `commit` stores the decoded
+      images (never an object the worker still holds), `load_many_encoded` encodes.
+    - One store may serve several workers of one process (Bytewax workers are threads): each
+      `PartitionStore` call touches only its own partition's entries and its customers, and
+      Kafka keys every customer to one partition. The `StateStore` calls are single-threaded.
     """
 
-    __slots__ = ("states", "_offsets")
+    __slots__ = ("states", "_offsets", "_index")
 
     def __init__(self) -> None:
         # Public so the backtest's per-event loop reads and writes it without a call per event.
         self.states: dict[str, CustomerState] = {}
         self._offsets: dict[str, int] = {}
+        self._index: dict[str, dict[str, int]] = {}   # partition -> customer id -> earliest deadline (ms)
 
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
         """The stored states of these customers; customers without state are absent."""
@@ -46,6 +55,49 @@ class InMemoryStore:
     def load_offsets(self) -> dict[str, int]:
         """The saved source offsets (partition -> next offset), as a copy."""
         return dict(self._offsets)
+
+    # -- PartitionStore ------------------------------------------------------------------------
+
+    def load_offset(self, partition: str) -> int | None:
+        """The partition's committed next offset; None when nothing was committed for it."""
+        return self._offsets.get(partition)
+
+    def load_many_encoded(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
+        """The states of these customers as `encode_state` bytes; customers without state are absent."""
+        get = self.states.get
+        return {cid: encode_state(state) for cid in customer_ids if (state := get(cid)) is not None}
+
+    def due_customers(self, partition: str, until_ms: int, limit: int = 1000) -> list[str]:
+        """Customers of the partition's index due at or before `until_ms`, earliest first (ties
+        by id, as Redis orders a sorted set)."""
+        index = self._index.get(partition)
+        if not index:
+            return []
+        due = sorted((when, cid) for cid, when in index.items() if when <= until_ms)
+        return [cid for _, cid in due[:limit]]
+
+    def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
+               next_due: Mapping[str, int | None], unindex: list[str] | None = None,
+               expected_offset: int | None = None) -> None:
+        """The Redis store's commit (`engine.state.store.PartitionStore.commit`), in memory."""
+        stored = self._offsets.get(partition)
+        if stored != expected_offset:
+            raise StateLost(partition, expected_offset, stored)
+        decoded = {cid: decode_state(image) for cid, image in images.items()}   # all or nothing
+        self.states.update(decoded)
+        index = self._index.setdefault(partition, {})
+        for cid in unindex or ():
+            index.pop(cid, None)
+        for cid in images:
+            when = next_due.get(cid)
+            if when is None:
+                index.pop(cid, None)
+            else:
+                index[cid] = when
+        if offset is not None:
+            self._offsets[partition] = offset
+
+    # -- reading back --------------------------------------------------------------------------
 
     def get(self, customer_id: str) -> CustomerState | None:
         """The stored state of one customer, None when it has none."""

@@ -19,7 +19,8 @@ persistence, flushed, failed over to a stale replica) is detected at the next co
 of being written over (`StateLost`). One round trip, like the MULTI/EXEC it replaces.
 
 Retries and backoff when Redis is unavailable are the caller's job: every method makes its
-round trip once and lets redis-py's exceptions through.
+round trip once and lets redis-py's exceptions through (`REDIS_ERRORS` are worth retrying,
+`REDIS_FATAL` are not).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from redis.cluster import RedisCluster
 
 from engine.state.customer import CustomerState, decode_state, encode_state
 from engine.state.store import StateLost
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+"""What a caller retries: Redis is unreachable, timing out or loading its data."""
+# Waiting cannot fix these: a wrong password or missing permission is a configuration error.
+REDIS_FATAL = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
@@ -64,7 +70,7 @@ return {1, ''}
 
 
 class RedisStore:
-    """A `StateStore` in Redis (single node) or Redis Cluster.
+    """A `PartitionStore` and a `StateStore` in Redis (single node) or Redis Cluster.
 
     `url` is a redis-py URL (``redis://127.0.0.1:6379/0``; ``rediss://`` for TLS). With
     `cluster=True` it names any node of the cluster.

@@ -1,9 +1,13 @@
-"""The state store protocol: load a batch of customers, save a batch atomically with offsets.
+"""The state store protocols: what the live worker calls (`PartitionStore`), and customer
+states by id for tools (`StateStore`); `StateLost`, what a commit raises on a store that lost data.
 
 A store is the only place customer state lives between batches. Saving the states of a
 batch together with the source offsets that produced them is what makes state effects
 exactly-once: after a crash the source resumes from the saved offsets, and the saved states
 already contain exactly the events before them.
+
+Both the Redis store (`engine.state.redis`) and the in-memory store (`engine.state.memory`)
+implement both protocols, so the live path (source, partition worker, commits) runs on either.
 """
 
 from __future__ import annotations
@@ -37,7 +41,43 @@ class StateLost(EngineError):
         return (type(self), (self.partition, self.expected, self.found))
 
 
+class PartitionStore(Protocol):
+    """Exactly what the live dataflow calls, per source partition (`engine.operators.{source,partition}`).
+
+    States cross it encoded (`engine.state.customer.encode_state` bytes): the worker keeps
+    its own decoded cache and checkpoints each state once per commit (`engine.core.isolation`),
+    so a store never holds an object the worker still mutates. Every call is one round trip
+    and fails with the store's own transient errors (Redis: `engine.state.redis.REDIS_ERRORS`),
+    which the caller retries; the store does not retry.
+    """
+
+    def load_offset(self, partition: str) -> int | None:
+        """The partition's committed next offset; None when nothing was committed for it."""
+        ...
+
+    def load_many_encoded(self, customer_ids: list[str]) -> dict[str, bytes]:
+        """The encoded states of these (distinct) customers; customers without state are absent."""
+        ...
+
+    def due_customers(self, partition: str, until_ms: int, limit: int = 1000) -> list[str]:
+        """Up to `limit` customers of the partition's deadline index whose earliest deadline
+        is at or before `until_ms`, earliest first."""
+        ...
+
+    def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
+               next_due: Mapping[str, int | None], unindex: list[str] | None = None,
+               expected_offset: int | None = None) -> None:
+        """Write the batch's encoded states, the partition's next `offset` (None: leave it) and
+        its deadline index at once: each customer of `images` is indexed at its `next_due`
+        (None: taken out), `unindex` are taken out. Conditional: when the partition's stored
+        offset is not `expected_offset` (None: no offset), raise `StateLost` and write nothing."""
+        ...
+
+
 class StateStore(Protocol):
+    """Customer states by id, decoded: for tools that read or seed states outside a live run
+    (explain's live state, tests, a backtest's final states)."""
+
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
         """The stored states of these customers; customers without state are absent."""
         ...

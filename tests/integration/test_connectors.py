@@ -15,8 +15,8 @@ import redis
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors import SinkError
-from connectors.kafka import KafkaSink, KafkaSinkConfig
+from connectors.base import SinkError
+from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
 from engine.events.decode import DeadLetter
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger, trigger_id
@@ -94,7 +94,7 @@ def test_kafka_sink_delivers_every_trigger_with_key_and_trigger_id_header(
         sink.write_batch(triggers[:25])
         sink.write_batch([])
         sink.write_batch(triggers[25:])
-        assert (sink.delivered, sink.retried) == (60, 0)
+        assert (sink.stats.delivered, sink.stats.retries) == (60, 0)
     messages = _consume(kafka_bootstrap, kafka_topic, len(triggers))
     assert len(messages) == len(triggers)
     decoder = msgspec.json.Decoder(Trigger)
@@ -131,7 +131,7 @@ def test_kafka_sink_unreachable_broker_raises_within_the_deadline() -> None:
     assert info.value.count == 5
     assert "127.0.0.1:1" in str(info.value)
     assert "_MSG_TIMED_OUT" in info.value.first_error or "delivery report" in info.value.first_error
-    assert sink.delivered == 0 and sink.retried >= 5  # re-produced at least once before giving up
+    assert sink.stats.delivered == 0 and sink.stats.retries >= 5  # re-produced at least once before giving up
     started = time.monotonic()
     sink.close()  # nothing is left queued: close does not wait out another timeout
     assert time.monotonic() - started < 1.0
@@ -152,8 +152,8 @@ def test_kafka_sink_reproduces_failed_deliveries_until_the_broker_is_back(
         with caplog.at_level(logging.WARNING, logger="connectors.kafka"):
             with KafkaSink(config) as sink:
                 sink.write_batch(triggers)
-                assert sink.delivered == 10
-                assert sink.retried >= 10  # every message of the first round was produced again
+                assert sink.stats.delivered == 10
+                assert sink.stats.retries >= 10  # every message of the first round was produced again
     finally:
         proxy.close()
     assert any("producing them again" in r.getMessage() for r in caplog.records)
@@ -171,7 +171,7 @@ def test_redis_stream_sink_writes_entries_xrange_reads_back(redis_url: str, redi
         sink.write_batch(triggers[:15])
         sink.write_batch([])
         sink.write_batch(triggers[15:])
-        assert (sink.written, sink.retries) == (40, 0)
+        assert (sink.stats.delivered, sink.stats.retries) == (40, 0)
     entries = redis_client.xrange("te:triggers")
     assert len(entries) == 40
     decoder = msgspec.json.Decoder(Trigger)
@@ -187,7 +187,7 @@ def test_redis_stream_sink_trims_approximately_to_maxlen(redis_url: str, redis_c
             sink.write_batch(triggers)
     length = redis_client.xlen("te:trim")
     assert 50 <= length < 2000 / 4  # trimmed (approximately: whole macro nodes), not all 2000 kept
-    assert sink.written == 2000
+    assert sink.stats.delivered == 2000
 
 
 def test_redis_stream_sink_unreachable_server_raises_after_retry_for(caplog: pytest.LogCaptureFixture) -> None:
@@ -201,9 +201,9 @@ def test_redis_stream_sink_unreachable_server_raises_after_retry_for(caplog: pyt
     assert 0.9 <= elapsed < 3.0
     assert info.value.count == 3
     assert "ConnectionError" in info.value.first_error
-    assert sink.retries >= 1 and sink.written == 0
+    assert sink.stats.retries >= 1 and sink.stats.delivered == 0
     warnings = [r for r in caplog.records if r.name == "connectors.redis_stream" and r.levelno == logging.WARNING]
-    assert len(warnings) == sink.retries
+    assert len(warnings) == sink.stats.retries
 
 
 def test_redis_stream_sink_does_not_retry_an_error_redis_answers(redis_url: str, redis_client: redis.Redis) -> None:
@@ -213,4 +213,4 @@ def test_redis_stream_sink_does_not_retry_an_error_redis_answers(redis_url: str,
         with pytest.raises(SinkError, match="WRONGTYPE"):
             sink.write_batch(_triggers(2))
         assert time.monotonic() - started < 1.0
-        assert sink.retries == 0
+        assert sink.stats.retries == 0

@@ -9,7 +9,8 @@ from confluent_kafka import KafkaException
 
 from engine.events.model import Event
 from engine.core.evaluate import Evaluator
-from engine.operators.log import KafkaPartitionLog, MemoryLog
+from connectors.kafka.source import KafkaPartitionLog
+from engine.testing import MemoryLog
 from engine.operators.partition import Batch, PartitionWorker
 from engine.rules.compiler import load_and_compile
 from engine.rules.reload import LiveRules

@@ -3,7 +3,6 @@ same final states as a backtest of the same events, with 1 worker and with 2."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 import zlib
 from datetime import timedelta
@@ -16,7 +15,7 @@ from bytewax.testing import cluster_main, run_main
 from engine.offline.backtest import Replay
 from engine.events.decode import EventDecoder, read_jsonl
 from engine.operators.flow import build_flow
-from engine.operators.log import MemoryLog
+from engine.testing import ListSink, MemoryLog
 from engine.rules.compiler import load_and_compile
 from engine.operators.settings import Settings
 from engine.state.customer import encode_state
@@ -26,20 +25,6 @@ from engine.core.times import now_ms
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 PARTITIONS = 4
-
-
-class ListSink:
-    lock = threading.Lock()
-
-    def __init__(self, into: list) -> None:
-        self.into = into
-
-    def write_batch(self, items) -> None:
-        with self.lock:
-            self.into.extend(items)
-
-    def close(self) -> None:
-        pass
 
 
 def partitioned(lines: list[bytes]) -> dict[str, list[bytes]]:

@@ -20,6 +20,7 @@ from bytewax.testing import run_main
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e import PacedLog
+from connectors.base import Sink
 from engine.events.decode import read_jsonl
 from engine.operators.flow import build_flow
 from engine.operators.metrics import serve
@@ -32,13 +33,19 @@ SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 PARTITIONS = 2
 
 
-class ListSink:
+class ListSink(Sink):
+    """Each item with the time it was written."""
+
     def __init__(self, into: list) -> None:
+        super().__init__()
         self.into = into
 
     def write_batch(self, items) -> None:
         now = time.monotonic()
         self.into.extend((now, item) for item in items)
+
+    def settle(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import time
 
+from connectors.base import SinkStats
 from engine.operators.metrics import Health
-
-
-class Connector:
-    """Stands for a sink: the attributes `Health.watch` reads while it retries."""
-
-    waiting_since: float | None = None
-    last_error: str | None = None
 
 
 def test_nothing_to_wait_for_is_ok() -> None:
@@ -27,7 +21,7 @@ def test_waits_are_reported_per_component_and_turn_unhealthy_after_a_while() -> 
     health.polled("p-1")
     health.waiting("redis", "p-0", "commit")
     health.waiting("redis", "p-1", "state load")
-    sink = Connector()
+    sink = SinkStats()   # what `Health.watch` reads while a sink retries
     health.watch("webhook", sink)
     ok, report = health.report()
     assert ok and list(report["waiting_for"]) == ["redis"]

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from connectors import SinkError
+from connectors.base import SinkError
 from connectors.webhook import WebhookDeadLetter, WebhookSink, WebhookSinkConfig, batch_idempotency_key
 from engine.actions.trigger import SENT, Trigger, trigger_id
 
@@ -191,7 +191,7 @@ def test_each_trigger_is_one_request_keyed_by_its_trigger_id(receiver: Receiver)
         assert "x-trigger-signature" not in req.headers
     # one keep-alive connection carried all five requests
     assert len({req.client_port for req in receiver.requests}) == 1
-    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (5, 0, 0, 0)
+    assert (sink.stats.delivered, sink.stats.retries, sink.stats.failed, sink.stats.dead_lettered) == (5, 0, 0, 0)
 
 
 def test_signature_verifies_with_the_documented_scheme(receiver: Receiver) -> None:
@@ -224,8 +224,8 @@ def test_every_other_request_failing_still_delivers_each_trigger_once(
     server_errors = sum(1 for rep in receiver.replies if rep.status == 500)
     if concurrency == 1:  # strictly alternating: each trigger fails once, then succeeds
         assert server_errors == 10
-    assert sink.retries == server_errors >= 5
-    assert (sink.sent, sink.failed, sink.dead_lettered) == (10, 0, 0)
+    assert sink.stats.retries == server_errors >= 5
+    assert (sink.stats.delivered, sink.stats.failed, sink.stats.dead_lettered) == (10, 0, 0)
     retry_logs = [r for r in caplog.records if r.name == "connectors.webhook" and r.levelno == logging.WARNING]
     assert len(retry_logs) == server_errors
     assert all("HTTP 500" in r.getMessage() and "boom" in r.getMessage() for r in retry_logs)
@@ -241,7 +241,7 @@ def test_503_with_retry_after_waits_as_asked(receiver: Receiver) -> None:
         elapsed = time.monotonic() - started
     assert [rep.status for rep in receiver.replies] == [503, 200]
     assert 0.95 <= elapsed < 3.0
-    assert sink.retries == 1 and sink.sent == 1
+    assert sink.stats.retries == 1 and sink.stats.delivered == 1
 
 
 def test_retry_after_is_capped_at_backoff_max(receiver: Receiver) -> None:
@@ -268,7 +268,26 @@ def test_400_goes_straight_to_the_dead_letter_file(receiver: Receiver, tmp_path:
     assert "HTTP 400" in letter.reason and "unknown action" in letter.reason
     assert letter.idempotency_key == _trigger(1).trigger_id
     assert letter.endpoint == receiver.url.split("?")[0]
-    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (1, 0, 1, 1)
+    assert (sink.stats.delivered, sink.stats.retries, sink.stats.failed, sink.stats.dead_lettered) == (1, 0, 1, 1)
+
+
+def test_settle_makes_new_dead_letters_durable_before_a_commit(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    receiver.respond = lambda n, req: Reply(400) if n == 0 else Reply()
+    with WebhookSink(_config(receiver.url, dead_letter_path=str(tmp_path / "dead.jsonl"), concurrency=1)) as sink:
+        sink.settle()
+        assert synced == []                      # nothing dead-lettered yet: no fsync
+        sink.write_batch([_trigger(1), _trigger(2)])
+        sink.settle()
+        assert len(synced) == 1                  # the dead letter is on disk before the state commits
+        sink.settle()
+        assert len(synced) == 1                  # and only new ones cost an fsync
 
 
 def _dead_letters_from(lines: list[bytes]) -> list[WebhookDeadLetter]:
@@ -289,7 +308,7 @@ def test_always_failing_receiver_is_dead_lettered_after_max_retries(
     assert letter.triggers == [_trigger(1)]
     assert letter.status == 502 and letter.attempts == 4
     assert "HTTP 502" in letter.reason and "bad gateway" in letter.reason
-    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (0, 3, 1, 1)
+    assert (sink.stats.delivered, sink.stats.retries, sink.stats.failed, sink.stats.dead_lettered) == (0, 3, 1, 1)
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 3
     assert any(r.levelno == logging.ERROR and "giving up" in r.getMessage() for r in caplog.records)
 
@@ -306,7 +325,7 @@ def test_without_a_dead_letter_file_a_failure_raises(receiver: Receiver) -> None
         _trigger(1).trigger_id,
         _trigger(3).trigger_id,
     }
-    assert sink.sent == 2 and sink.failed == 1
+    assert sink.stats.delivered == 2 and sink.stats.failed == 1
 
 
 def test_slow_receiver_times_out_is_retried_then_dead_lettered(receiver: Receiver, tmp_path: Path) -> None:
@@ -323,7 +342,7 @@ def test_slow_receiver_times_out_is_retried_then_dead_lettered(receiver: Receive
     assert letter.status is None and letter.attempts == 3
     assert "timed out" in letter.reason
     assert letter.triggers == [_trigger(1)]
-    assert sink.retries == 2 and sink.dead_lettered == 1
+    assert sink.stats.retries == 2 and sink.stats.dead_lettered == 1
 
 
 def test_connection_refused_is_retried_then_dead_lettered(tmp_path: Path) -> None:
@@ -350,7 +369,7 @@ def test_batch_size_sends_arrays_with_a_stable_key(receiver: Receiver) -> None:
     for key, body in bodies.items():
         assert key == batch_idempotency_key([t.trigger_id for t in body])
         assert key == batch_idempotency_key([t.trigger_id for t in reversed(body)])  # order-independent
-    assert sink.sent == 7
+    assert sink.stats.delivered == 7
 
 
 def test_concurrency_overlaps_requests_up_to_the_limit(receiver: Receiver) -> None:
@@ -362,7 +381,7 @@ def test_concurrency_overlaps_requests_up_to_the_limit(receiver: Receiver) -> No
     assert receiver.max_in_flight == 4
     assert elapsed < 8 * 0.2 * 0.75  # sequential would take 1.6 s; four at a time about 0.4 s
     assert len({req.client_port for req in receiver.requests}) == 4  # one connection per slot
-    assert sink.sent == 8
+    assert sink.stats.delivered == 8
 
 
 def test_idle_connection_closed_by_the_receiver_is_reopened_without_a_retry(receiver: Receiver) -> None:
@@ -376,7 +395,7 @@ def test_idle_connection_closed_by_the_receiver_is_reopened_without_a_retry(rece
     assert [req.headers["idempotency-key"] for req in receiver.successes()] == [
         _trigger(n).trigger_id for n in (1, 2, 3)
     ]
-    assert sink.retries == 0 and sink.sent == 3
+    assert sink.stats.retries == 0 and sink.stats.delivered == 3
 
 
 @pytest.fixture
@@ -416,7 +435,7 @@ def test_https_receiver(
             _trigger(1).trigger_id,
             _trigger(2).trigger_id,
         }
-        assert sink.sent == 2
+        assert sink.stats.delivered == 2
     finally:
         receiver.stop()
 
@@ -441,7 +460,7 @@ def test_config_is_validated_when_loaded() -> None:
 
 
 class Sampler:
-    """Reads `sink.waiting_since` and `sink.last_error` every few ms from another thread while
+    """Reads `sink.stats.waiting_since` and `sink.stats.last_error` every few ms from another thread while
     the test runs, as a health endpoint would."""
 
     def __init__(self, sink: WebhookSink) -> None:
@@ -450,7 +469,7 @@ class Sampler:
 
         def run() -> None:
             while not self._stop.wait(0.005):
-                self.samples.append((time.time(), sink.waiting_since, sink.last_error))
+                self.samples.append((time.time(), sink.stats.waiting_since, sink.stats.last_error))
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -484,8 +503,8 @@ def test_a_trickling_receiver_costs_one_timeout_per_attempt(
     assert "timed out" in letter.reason
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "timed out" in warnings[0] and "retry 1/1" in warnings[0]
-    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (0, 1, 1, 1)
-    assert sink.last_error is not None and "timed out" in sink.last_error
+    assert (sink.stats.delivered, sink.stats.retries, sink.stats.failed, sink.stats.dead_lettered) == (0, 1, 1, 1)
+    assert sink.stats.last_error is not None and "timed out" in sink.stats.last_error
 
 
 def test_a_receiver_that_accepts_and_never_answers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -499,7 +518,7 @@ def test_a_receiver_that_accepts_and_never_answers(tmp_path: Path, caplog: pytes
     try:
         with caplog.at_level(logging.WARNING, logger="connectors.webhook"):
             with WebhookSink(_config(url, timeout_s=0.5, max_retries=2, dead_letter_path=str(dead))) as sink:
-                assert sink.waiting_since is None
+                assert sink.stats.waiting_since is None
                 sampler = Sampler(sink)
                 started = time.time()
                 sink.write_batch([_trigger(1)])
@@ -508,8 +527,8 @@ def test_a_receiver_that_accepts_and_never_answers(tmp_path: Path, caplog: pytes
                 assert 1.4 < elapsed < 3 * 2.5  # three attempts of about 0.5 s
                 first = sampler.first_waiting()
                 assert first is not None and started + 0.4 < first < started + 1.0  # the first timeout
-                assert sink.waiting_since == first  # the receiver has not answered since
-                assert sink.last_error is not None and "timed out" in sink.last_error
+                assert sink.stats.waiting_since == first  # the receiver has not answered since
+                assert sink.stats.last_error is not None and "timed out" in sink.stats.last_error
         assert len(held) == 3  # each attempt on a new connection
         (letter,) = _dead_letters(dead)
         assert letter.status is None and letter.attempts == 3 and "timed out" in letter.reason
@@ -580,16 +599,16 @@ def test_dead_letters_are_written_as_requests_fail_not_when_the_batch_is_done(
     letters = _dead_letters(dead)
     assert sorted(index[l.idempotency_key] for l in letters) == [2, 3, 4, 5, 6, 7]
     assert {index[l.idempotency_key]: l.attempts for l in letters} == {2: 1, 3: 2, 4: 1, 5: 2, 6: 1, 7: 2}
-    assert (sink.sent, sink.retries, sink.failed, sink.dead_lettered) == (2, 3, 6, 6)
+    assert (sink.stats.delivered, sink.stats.retries, sink.stats.failed, sink.stats.dead_lettered) == (2, 3, 6, 6)
 
 
 def test_waiting_since_and_last_error_follow_the_receiver(receiver: Receiver, tmp_path: Path) -> None:
     dead = tmp_path / "dead.jsonl"
     config = _config(receiver.url, concurrency=1, max_retries=2, backoff_max_s=0.2, dead_letter_path=str(dead))
     with WebhookSink(config) as sink:
-        assert (sink.waiting_since, sink.last_error) == (None, None)
+        assert (sink.stats.waiting_since, sink.stats.last_error) == (None, None)
         sink.write_batch([_trigger(0)])
-        assert (sink.waiting_since, sink.last_error) == (None, None)
+        assert (sink.stats.waiting_since, sink.stats.last_error) == (None, None)
 
         # two failures (each followed by a 0.1 s wait), then delivered: waiting while retrying, not after
         busy = Reply(503, headers={"Retry-After": "0.1"}, body=b"busy")
@@ -603,27 +622,27 @@ def test_waiting_since_and_last_error_follow_the_receiver(receiver: Receiver, tm
         assert first is not None and started <= first <= time.time()
         errors = {error for _, _, error in sampler.samples if error is not None}
         assert errors and all("HTTP 503" in e and "busy" in e for e in errors)
-        assert (sink.waiting_since, sink.last_error) == (None, None)
-        assert sink.sent == 2 and sink.retries == 2
+        assert (sink.stats.waiting_since, sink.stats.last_error) == (None, None)
+        assert sink.stats.delivered == 2 and sink.stats.retries == 2
 
         # a receiver that is down: still waiting after the batch was dead-lettered, and after the next
         receiver.respond = lambda n, req: Reply(502, body=b"bad gateway")
         sink.write_batch([_trigger(2)])
-        down_since = sink.waiting_since
-        assert down_since is not None and "HTTP 502" in (sink.last_error or "")
+        down_since = sink.stats.waiting_since
+        assert down_since is not None and "HTTP 502" in (sink.stats.last_error or "")
         sink.write_batch([_trigger(3)])
-        assert sink.waiting_since == down_since
-        assert sink.dead_lettered == 2
+        assert sink.stats.waiting_since == down_since
+        assert sink.stats.dead_lettered == 2
 
         # back up: the next delivery clears both
         receiver.respond = lambda n, req: Reply()
         sink.write_batch([_trigger(4)])
-        assert (sink.waiting_since, sink.last_error) == (None, None)
+        assert (sink.stats.waiting_since, sink.stats.last_error) == (None, None)
 
         # a refusal is an answer: the receiver is up, and not waited for (the trigger is
         # dead-lettered, and counted): a 502, then the retry refused
         answers = iter([Reply(502), Reply(409, body=b"duplicate")])
         receiver.respond = lambda n, req: next(answers)
         sink.write_batch([_trigger(5)])
-        assert (sink.waiting_since, sink.last_error) == (None, None)
-        assert sink.dead_lettered == 3
+        assert (sink.stats.waiting_since, sink.stats.last_error) == (None, None)
+        assert sink.stats.dead_lettered == 3

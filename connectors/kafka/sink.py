@@ -8,7 +8,7 @@ delivery at its own checkpoints (the live engine: before each commit) does not w
 
 - the producer is idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
   can neither duplicate nor reorder a partition's messages;
-- a message whose report is an error is produced again, after an exponential backoff, until
+- a message whose report is an error is produced again, after a backoff (`connectors.base.Backoff`), until
   it is delivered or `delivery_timeout_s` has passed since the batch began; then the batch
   raises `SinkError`. A batch that raises is not acknowledged, so the restarted dataflow
   replays it: delivery is at least once, and receivers de-duplicate by the `trigger_id`
@@ -32,12 +32,12 @@ from typing import Any, NoReturn
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors import DEFAULT_STATUSES, Sink, SinkError, Status
-from engine.operators.logs import kafka_logger
+from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
 
 __all__ = ["KafkaSinkConfig", "KafkaSink"]
 
 log = logging.getLogger("connectors.kafka")
+_CLIENT_LOG = "kafka"   # librdkafka's own lines, unless the caller passes a logger
 
 _BACKOFF_BASE_S = 0.1
 _BACKOFF_CAP_S = 5.0
@@ -114,20 +114,16 @@ class _Round:
 class KafkaSink(Sink):
     """Writes structs to one topic and returns only when Kafka has acknowledged all of them.
 
-    One sink per worker (a Bytewax sink partition), not shared between threads. Counters:
-    `delivered` (messages acknowledged) and `retried` (messages produced again after a
-    failed delivery).
+    One sink per worker (a Bytewax sink partition), not shared between threads. `stats`:
+    `delivered` (messages acknowledged), `retries` (messages produced again after a failed
+    delivery), `failed` (messages of batches that raised), `waiting_since`/`last_error`
+    while deliveries fail. `logger` receives librdkafka's own log lines (default: `kafka`).
     """
 
-    def __init__(self, config: KafkaSinkConfig) -> None:
+    def __init__(self, config: KafkaSinkConfig, logger: logging.Logger | None = None) -> None:
+        super().__init__()
         self.config = config
         self.name = f"kafka sink (topic {config.topic!r} on {','.join(config.brokers)})"
-        self.delivered = 0
-        self.retried = 0
-        # Read by the engine's /healthz from another thread: since when deliveries have been
-        # failing (epoch s; None: they are not), and why.
-        self.waiting_since: float | None = None
-        self.last_error: str | None = None
         self._encoder = msgspec.json.Encoder()
         self._client_error: KafkaError | None = None
         self._pending: list[tuple[_Round, float]] = []
@@ -141,7 +137,7 @@ class KafkaSink(Sink):
                 100, int(config.delivery_timeout_s * 1000 / _ATTEMPTS_PER_DEADLINE)
             ),
             "error_cb": self._on_client_error,
-            "logger": kafka_logger(),
+            "logger": logger or logging.getLogger(_CLIENT_LOG),
         }
         settings.update(config.extra)
         self._producer = Producer(settings)
@@ -190,14 +186,14 @@ class KafkaSink(Sink):
             self._settle(batch, deadline)
 
     def _settle(self, batch: _Round, deadline: float) -> None:
-        attempt = 0
+        backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S)
         while True:
             if deadline == float("inf"):   # wait for the broker as long as it takes, saying so
                 waited = 0.0
                 while self._producer.flush(5.0) and batch.outstanding > 0:
                     waited += 5.0
-                    self._failing(f"{batch.outstanding} message(s) waiting for the broker"
-                                  + (f": {_describe(self._client_error)}" if self._client_error else ""))
+                    self.stats.failing(f"{batch.outstanding} message(s) waiting for the broker"
+                                       + (f": {_describe(self._client_error)}" if self._client_error else ""))
                     log.warning("%s: %d message(s) waiting for the broker for %.0f s%s", self.name,
                                 batch.outstanding, waited,
                                 f" (last client error: {_describe(self._client_error)})" if self._client_error else "")
@@ -206,33 +202,27 @@ class KafkaSink(Sink):
             if batch.outstanding > 0:  # the deadline passed with reports still missing
                 self._fail(batch, deadline)
             if not batch.failures:
-                self.delivered += batch.delivered
+                self.stats.delivered += batch.delivered
                 batch.delivered = 0
-                self.waiting_since = self.last_error = None
+                self.stats.recovered()
                 return
             permanent = [f for f in batch.failures if f[0].fatal() or f[0].code() in _PERMANENT]
             if permanent:
                 self._fail(batch, deadline, permanent[0][0])
-            delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)
+            delay = backoff.next_delay()
             if time.monotonic() + delay >= deadline:
                 self._fail(batch, deadline)
             first = batch.failures[0][0]
-            self._failing(_describe(first))
+            self.stats.failing(_describe(first))
             log.warning(
                 "%s: %d message(s) not delivered (%s), producing them again in %.2f s (retry %d)",
-                self.name, len(batch.failures), _describe(first), delay, attempt + 1,
+                self.name, len(batch.failures), _describe(first), delay, backoff.attempt,
             )
             time.sleep(delay)
             records = [record for _, record in batch.failures]
             batch.failures = []
-            self.retried += len(records)
-            attempt += 1
+            self.stats.retries += len(records)
             self._produce_all(records, batch, batch.report, deadline)
-
-    def _failing(self, why: str) -> None:
-        if self.waiting_since is None:
-            self.waiting_since = time.time()
-        self.last_error = why
 
     def _produce_all(
         self,
@@ -262,8 +252,9 @@ class KafkaSink(Sink):
     def _fail(self, batch: _Round, deadline: float, cause: KafkaError | None = None) -> NoReturn:
         """Raise `SinkError` for what this batch could not deliver; drop what is still queued
         locally, since the batch will be replayed anyway and a late copy only duplicates."""
-        self.delivered += batch.delivered
+        self.stats.delivered += batch.delivered
         count = batch.outstanding + len(batch.failures)
+        self.stats.failed += count
         if cause is not None:
             first = _describe(cause)
         elif batch.failures:

@@ -1,0 +1,1 @@
+"""Kafka: the event log's consumer (`source`) and the trigger producer (`sink`)."""

@@ -1,0 +1,85 @@
+"""The shipped test doubles: the live path without Kafka, Redis or a receiver.
+
+- `MemoryLog`: a partition held in a list, an `engine.operators.log.EventLog`;
+- `InMemoryStore`: the state store in a dict, a `PartitionStore` like the Redis one
+  (re-exported from `engine.state.memory`);
+- `ListSink`: a `connectors.base.Sink` that appends what it is given to a list.
+
+`build_flow(settings, rules, partitions=..., open_log=lambda name, start: MemoryLog(...),
+store=lambda: store, sinks={"list": lambda _w: ListSink(out)}, dead_letters=...)` runs the live
+dataflow (source, partition worker, commits, sinks) in one process, as `bytewax.testing.run_main`
+runs it, and gives the triggers a backtest of the same events gives.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from connectors.base import Record, Sink
+from engine.state.memory import InMemoryStore
+
+__all__ = ["InMemoryStore", "ListSink", "MemoryLog"]
+
+
+class MemoryLog:
+    """A partition held in a list: the in-process source of benchmarks and tests. With `keys`
+    (aligned with `values`), records carry them and are checked like Kafka's. `committed` is
+    the last offset the worker recorded as committed (Kafka's consumer-group record)."""
+
+    def __init__(self, name: str, values: list[bytes], start: int | None = None,
+                 keys: list[bytes | None] | None = None) -> None:
+        self.name = name
+        self.where = f"memory {name}"
+        self.keyed = keys is not None
+        self._values = values
+        self._keys = keys
+        self._position = start or 0
+        self.committed: int | None = None
+
+    def read(self, max_records: int) -> list[Record]:
+        start = self._position
+        chunk = self._values[start:start + max_records]
+        self._position += len(chunk)
+        keys = self._keys
+        if keys is None:
+            return [(value, start + i, None) for i, value in enumerate(chunk)]
+        return [(value, start + i, keys[start + i]) for i, value in enumerate(chunk)]
+
+    def record_committed(self, offset: int) -> None:
+        self.committed = offset
+
+    def caught_up(self) -> bool:
+        return self._position >= len(self._values)
+
+    def end_reached(self) -> bool:
+        return self.caught_up()
+
+    def lag(self) -> int:
+        return len(self._values) - self._position
+
+    def close(self) -> None:
+        pass
+
+
+class ListSink(Sink):
+    """Appends every batch to `into` (under a lock: the sinks of several workers may share one
+    list); delivered when `write_batch` returns, so `settle` has nothing to wait for."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, into: list[Any]) -> None:
+        super().__init__()
+        self.into = into
+
+    def write_batch(self, items: Sequence[Any]) -> None:
+        with self._lock:
+            self.into.extend(items)
+        self.stats.delivered += len(items)
+
+    def settle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
