@@ -20,7 +20,6 @@ document (the limits below). Whatever a file holds, `load_rules` raises nothing 
 from __future__ import annotations
 
 import difflib
-import keyword
 import os
 import re
 import unicodedata
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from engine.rules.expr import reserved_name_problem
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, did_you_mean, error_limit, exception_text
 from engine.rules.model import (
     AGGREGATE_KINDS,
@@ -53,19 +53,6 @@ from engine.core.times import MAX_DURATION_MS, format_duration, parse_duration
 __all__ = ["load_rules"]
 
 RULES_SUFFIXES = (".yaml", ".yml")
-
-# Names an aggregate cannot take because `if:` expressions already mean something by them.
-# Python keywords are included as well: expressions compile to Python code, where an
-# aggregate called `class` or `lambda` could not be referred to.
-RESERVED_NAMES = frozenset(
-    {
-        "event", "profile", "now",
-        "days_since", "hours_since", "minutes_since", "top", "len", "abs", "min", "max",
-        "round", "lower", "coalesce",
-        "true", "false", "null", "and", "or", "not", "in",
-    }
-    | {word for word in keyword.kwlist if word.islower()}
-)
 
 # Limits of a rules directory (the compiler adds those of expressions). Real directories are far
 # below them: the bundled rules/ is 5 kB; 1,000 typical rules (bench/rulegen.py) are 146 kB and
@@ -655,8 +642,8 @@ def _check_aggregate_name(scope: _Scope, name: str, line: int) -> None:
     if not _AGGREGATE_NAME.fullmatch(name):
         scope.error(line, "a name uses lower-case letters, digits and _, and does not start with a digit"
                     + _invisible(name))
-    elif name in RESERVED_NAMES:
-        scope.error(line, f"'{name}' is reserved in `if:` expressions: choose another name")
+    elif (problem := reserved_name_problem(name)) is not None:
+        scope.error(line, problem)
 
 
 def _aggregate_kind(scope: _Scope, node: _Node) -> str | None:
