@@ -135,7 +135,8 @@ def printable(text: str, scope: Scope) -> bool:
             why = "a byte order mark belongs only at the start of the file"
         else:
             why = "a rules file is plain text, with tabs and line breaks as its only control characters"
-        scope.error(line, f"invisible character {character_name(char)} at column {at - line_start + 1}: {why}; delete it")
+        column = at - line_start + 1
+        scope.error(line, f"invisible character {character_name(char)} at column {column}: {why}; delete it")
         clean = False
     return clean
 

@@ -90,6 +90,7 @@ _OPTION_MISFIT = {
 
 
 def aggregate(scope: Scope, name: str, line: int, node: Node) -> Aggregate | None:
+    """The aggregate `name:` at `line`; a `last` aggregate reads every event unless it says `on`."""
     mark = scope.mark()
     _check_aggregate_name(scope, name, line)
     if not node.is_map:
@@ -461,6 +462,7 @@ _POLICY_TABLE: Table = {
 
 
 def policy(scope: Scope, line: int, node: Node) -> Policy | None:
+    """The `policy:` section at `line`; its errors read "policy: …"."""
     scope = scope.within("policy: ")
     if not node.is_map:
         scope.error(node.line, f"must be a mapping with {alternatives(_POLICY_TABLE)}")

@@ -113,7 +113,9 @@ def read_mapping(
 def invisible(text: str) -> str:
     """A hint for a name that does not match its pattern because it holds an invisible character."""
     found = ZERO_WIDTH.search(text)
-    return "" if found is None else f" (it holds the invisible {character_name(found[0])} at column {found.start() + 1})"
+    if found is None:
+        return ""
+    return f" (it holds the invisible {character_name(found[0])} at column {found.start() + 1})"
 
 
 def visible(scope: Scope, key: str, node: Node, text: str, start: int = 0, end: int | None = None) -> bool:

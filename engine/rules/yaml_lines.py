@@ -7,6 +7,29 @@ surprises never reach a rule: `on:` is the key "on" (not True), `no` is an event
 False) and an unquoted `09:00` is text (not 540 sexagesimal minutes). Aliases share one built
 node, merge keys and tags other than the core schema's are errors, and nothing recursive runs
 before `limits.within_limits` has walked the parser's events.
+
+Why not ruamel.yaml (issue 10 asked: use it if the error messages stay as good and hostile files
+stay bounded). Measured with ruamel.yaml 0.19.1 behind this module's `compose` (its parser's
+events for the limits, its composer's nodes for `_build`, its YAML 1.2 resolver) against PyYAML
+6 with libyaml, on a loaded 2-core machine: `load_and_compile` in three interleaved rounds, best
+(medians), and `triggers validate` of bench/hostile_rules.py's 20,000-rule file (3 runs):
+
+                          rules/ (9 rules)    1,000 rules (bench/rulegen)   20,000-rule file
+    PyYAML + libyaml       4.2 ms (5-16)        288 ms (586-747)              0.6-1.5 s
+    ruamel, pure Python   34 ms (62-79)       1,763 ms (2,539-3,545)         10.7-24 s
+    ruamel, C (clibz)      4.9 ms (11-18)       295 ms (456-927)              1.2-1.9 s
+    PyYAML, pure Python   23 ms (62-83)       1,541 ms (3,068-3,292)         10.7-15 s
+
+- Pure ruamel (the one that keeps a line and column on every node) words every error as we do
+  (its parser is of PyYAML's lineage: all of tests/unit/test_loader.py, test_hostile_rules.py
+  and test_cli.py pass once their 5 s bound is lifted), and every hostile file of
+  bench/hostile_rules.py stays bounded in memory (26-31 MiB peak, as with PyYAML), but it is 6
+  to 18 times slower than libyaml: six hostile-file tests miss their 5 s bound.
+- ruamel's C parser is as fast, but it is an older libyaml: it rejects the valid `t: 12:30`
+  inside a flow mapping (test_yaml_11_booleans_and_sexagesimals_stay_text), words syntax errors
+  as libyaml does, and its nodes carry the same marks as PyYAML's.
+- PyYAML's nodes already carry a line and column (`start_mark`) and `RulesYamlLoader` below
+  types scalars by YAML 1.2's core schema: ruamel would add a dependency and gain nothing.
 """
 
 from __future__ import annotations
@@ -218,6 +241,7 @@ def compose(text: str, scope: Scope, tally: Tally) -> Node | None:
             scope.error(*_yaml_syntax_error(_worded(text, exc)))
         return None
     return None if root is None else _build(root, scope, {})
+
 
 _REWORD_CHARS = 65_536   # what PyYAML's pure-Python parser reads again, at most (about 0.3 s)
 
