@@ -21,7 +21,6 @@ from engine.rules.errors import RuleError, RulesInvalid, error_limit, exception_
 from engine.rules.limits import MAX_FILES, Tally, printable, read_text
 from engine.rules.model import Aggregate, Policy, Rule, RuleSet, Source
 from engine.rules.scope import Scope, TooManyErrors
-from engine.rules.schema import AGGREGATE_EXAMPLES
 from engine.rules.values import alternatives, check_keys, describe
 from engine.rules.yaml_lines import Node, compose
 
@@ -90,8 +89,8 @@ def _read_file(path: Path, name: str, into: _Collected) -> None:
     if root is None:
         return  # a syntax error or a limit passed (reported) or an empty file (nothing to add)
     if not root.is_map:
-        sections = alternatives(_SECTIONS)
-        scope.error(root.line, f"a rules file is a mapping with {sections}, not {describe(root.value)}")
+        expected = alternatives(_SECTIONS)
+        scope.error(root.line, f"a rules file is a mapping with {expected}, not {describe(root.value)}")
         return
     check_keys(scope, root, _SECTIONS, " at the top level")
     sections = {key: node for key, node in root.value.items() if key in _SECTIONS and node.value is not None}
@@ -105,7 +104,7 @@ def _read_file(path: Path, name: str, into: _Collected) -> None:
 
 def _read_aggregates(scope: Scope, node: Node, into: _Collected) -> None:
     if not node.is_map:
-        scope.error(node.line, f"'aggregates' must be a mapping of name: {AGGREGATE_EXAMPLES['count']}")
+        scope.error(node.line, f"'aggregates' must be a mapping of name: {schema.AGGREGATE_EXAMPLES['count']}")
         return
     for name, value in node.value.items():
         line = node.key_lines[name]

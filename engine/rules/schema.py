@@ -264,7 +264,7 @@ def _steps(scope: Scope, key: str, node: Node) -> tuple[Step, ...] | None:
     if None in steps:
         return None
     # each wait is bounded, and so is their sum: a deadline stays inside datetime's range
-    span = sum(step.after for step in steps)  # type: ignore[union-attr]
+    span = sum(step.after for step in steps if step is not None)
     if span > MAX_DURATION_MS:
         scope.error(node.line, f"the steps wait {format_duration(span)} in all; a series may span at most"
                     f" {format_duration(MAX_DURATION_MS)} (10 years)")
