@@ -13,7 +13,7 @@ from typing import Any
 from engine.rules.aggregates import Read, Update, compile_aggregate, decayed_top
 from engine.events.model import CONSENT_EVENT
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
-from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template
+from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
 from engine.rules.loader import load_rules
 from engine.rules.model import ANY_EVENT, Action, Attribution, Rule, RuleSet, Source, Unless
 
@@ -198,6 +198,10 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     readers: dict[str, Read] = {}
     updates: list[tuple[tuple[str, ...], Update]] = []
     for agg in ruleset.aggregates.values():
+        problem = reserved_name_problem(agg.name)   # the loader reports it first; a RuleSet built by hand may not
+        if problem is not None:
+            errors.append(RuleError(agg.source.file, agg.source.line, f"aggregate '{agg.name}': {problem}"))
+            continue
         try:
             update, read = compile_aggregate(agg)
         except Exception as exc:  # validated by the loader: a bug, reported where it shows

@@ -44,7 +44,10 @@ from engine.rules.errors import did_you_mean
 from engine.state.customer import CustomerState
 from engine.core.times import parse_ts
 
-__all__ = ["FUNCTIONS", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template"]
+__all__ = [
+    "FUNCTIONS", "RESERVED_NAMES", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template",
+    "reserved_name_problem",
+]
 
 
 class ExprError(EngineError):
@@ -69,7 +72,24 @@ FUNCTIONS = (
     "abs", "coalesce", "days_since", "hours_since", "len", "lower",
     "max", "min", "minutes_since", "round", "top",
 )
-_RESERVED = frozenset({"now", "event", "profile", "True", "False", "None", *_KEYWORD_CONSTANTS, *FUNCTIONS})
+RESERVED_NAMES = frozenset(
+    {"now", "event", "profile", *_KEYWORD_CONSTANTS, *_KEYWORD_CONSTANTS.values(), *FUNCTIONS, *keyword.kwlist}
+)
+"""The names an aggregate cannot take, because expressions already mean something by them; the
+one list the loader and `Env` both check. Python's keywords are in it as well: expressions
+compile to Python, where an aggregate called `class` or `lambda` could not be referred to."""
+
+
+def reserved_name_problem(name: str) -> str | None:
+    """What is wrong with `name` as an aggregate's name in expressions, or None when nothing is.
+
+    The rules loader reports it at the aggregate's file:line, and the compiler does for a
+    `RuleSet` built by hand, so a clash never surfaces as `Env`'s bare ValueError."""
+    if not name.isidentifier():
+        return f"'{name}' is not usable in `if:` expressions: use letters, digits and _"
+    if name in RESERVED_NAMES:
+        return f"'{name}' is reserved in `if:` expressions: choose another name"
+    return None
 
 
 class Env(msgspec.Struct, frozen=True):
@@ -77,8 +97,8 @@ class Env(msgspec.Struct, frozen=True):
 
     `aggregates` maps an aggregate name to its reader `reader(state, now_ms)`, which returns
     the value at time `now_ms` (a sliding-window count, a dict of decayed counts, ...).
-    Names must be identifiers that do not shadow a built-in name of the language, otherwise
-    an expression could not say which one it means: that is a ValueError here, at load time.
+    Names must be identifiers outside `RESERVED_NAMES`, otherwise an expression could not say
+    which one it means: that is a ValueError here (the loader reports it at file:line first).
     """
 
     aggregates: Mapping[str, AggregateReader] = {}
@@ -88,10 +108,9 @@ class Env(msgspec.Struct, frozen=True):
 
     def __post_init__(self) -> None:
         for name in self.aggregates:
-            if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-                raise ValueError(f"aggregate name {name!r} is not usable in expressions: use letters, digits and _")
-            if name in _RESERVED:
-                raise ValueError(f"aggregate name {name!r} clashes with a built-in name of the expression language")
+            problem = reserved_name_problem(name) if isinstance(name, str) else f"{name!r} is not a name"
+            if problem is not None:
+                raise ValueError(f"aggregate name {problem}")
 
 
 class CompiledExpr(msgspec.Struct, frozen=True):

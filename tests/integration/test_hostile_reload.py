@@ -15,7 +15,7 @@ from bytewax.testing import run_main
 from test_operations import ROOT, SAMPLE, paced_flow   # same directory (pytest puts it on sys.path)
 
 from engine.events.decode import read_jsonl
-from engine.rules import loader
+from engine.rules import limits
 
 PING = ("rules:\n  - id: view-ping\n    type: behavioral\n    on: product_view\n"
         "    then: {action: ping, channel: email}\n")
@@ -29,7 +29,7 @@ def alias_bomb() -> tuple[str, int, str]:
             "    then:\n      action: h\n      channel: email\n      payload:\n"
             + "".join(f"        {laugh}\n" for laugh in laughs))
     size, total, level = 1, 20, 0   # the first list whose aliases take the file past MAX_VALUES values
-    while total <= loader.MAX_VALUES:
+    while total <= limits.MAX_VALUES:
         level += 1
         size = 1 + 9 * size
         total += size

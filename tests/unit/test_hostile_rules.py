@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.rules import compiler, loader
+from engine.rules import compiler, limits, schema, yaml_lines
 from engine.rules.compiler import load_and_compile
 from engine.rules.errors import MAX_ERRORS, RulesInvalid
 
@@ -75,12 +75,12 @@ def test_alias_bomb_in_a_payload_is_rejected_at_its_first_big_alias(tmp_path, ca
     path = write(tmp_path, text)
     # the line of the first list whose aliases take the file past MAX_VALUES values
     size, total, level = 1, 40, 0
-    while total <= loader.MAX_VALUES:
+    while total <= limits.MAX_VALUES:
         level += 1
         size = 1 + 9 * size
         total += size
     error = assert_rejected_at(capsys, path, line_of(text, f"lol{level}: "), "alias *lol", "aliases counted expanded")
-    assert f"{loader.MAX_VALUES:,}" in error
+    assert f"{limits.MAX_VALUES:,}" in error
 
 
 def test_a_few_aliases_are_fine(tmp_path) -> None:
@@ -106,7 +106,7 @@ def deep(kind: str, depth: int) -> str:
 def test_deep_nesting_is_rejected_before_anything_recurses(tmp_path, capsys, kind, depth) -> None:
     text = AGGREGATES + "rules:\n" + RULE + "  - " + deep(kind, depth) + "\n"
     path = write(tmp_path, text)
-    assert_rejected_at(capsys, path, text.count("\n"), f"nests more than {loader.MAX_DEPTH} levels deep")
+    assert_rejected_at(capsys, path, text.count("\n"), f"nests more than {limits.MAX_DEPTH} levels deep")
 
 
 def test_deep_block_mappings_are_rejected_at_the_line_past_the_limit(tmp_path, capsys) -> None:
@@ -114,11 +114,11 @@ def test_deep_block_mappings_are_rejected_at_the_line_past_the_limit(tmp_path, c
     lines = ["rules:", "  - a:"] + [" " * (4 + n) + "a:" for n in range(1, 1_500)]
     text = "\n".join(lines) + " 1\n"
     path = write(tmp_path, text)
-    assert_rejected_at(capsys, path, loader.MAX_DEPTH, "nests more than")
+    assert_rejected_at(capsys, path, limits.MAX_DEPTH, "nests more than")
 
 
 def test_nesting_at_the_limit_is_fine(tmp_path) -> None:
-    payload = deep("flow lists", loader.MAX_DEPTH - 5)   # file, rules, rule, then and payload come first
+    payload = deep("flow lists", limits.MAX_DEPTH - 5)   # file, rules, rule, then and payload come first
     text = AGGREGATES + "rules:\n" + RULE.replace("channel: email}", f"channel: email, payload: {{p: {payload}}}}}")
     assert load_and_compile(write(tmp_path, text).parent).rules
 
@@ -281,51 +281,51 @@ def test_a_20000_rule_file_is_rejected_fast(tmp_path, capsys) -> None:
     (error,) = rejected(capsys, path)
     line = int(error.split(":")[1])
     assert error.startswith(f"{path}:{line}: ") and "- {id: r" in text.splitlines()[line - 1]
-    assert f"more than {loader.MAX_VALUES:,} YAML values" in error or f"more than {loader.MAX_RULES:,} rules" in error
+    assert f"more than {limits.MAX_VALUES:,} YAML values" in error or f"more than {limits.MAX_RULES:,} rules" in error
 
 
 def test_a_directory_over_the_rule_limit_is_rejected_at_the_first_rule_too_many(tmp_path, capsys) -> None:
-    per_file = loader.MAX_RULES // 2
+    per_file = limits.MAX_RULES // 2
     for f in range(3):
         rules = "".join(f"  - {{id: r{f}-{i}, type: threshold, if: 'true', then: {{action: a, channel: e}}}}\n"
                         for i in range(per_file))
         write(tmp_path, "rules:\n" + rules, f"{f}.yaml")
-    error = assert_rejected_at(capsys, tmp_path / "2.yaml", 2, f"more than {loader.MAX_RULES:,} rules",
+    error = assert_rejected_at(capsys, tmp_path / "2.yaml", 2, f"more than {limits.MAX_RULES:,} rules",
                                directory=tmp_path)
     assert "rule 'r2-0'" not in error
 
 
 def test_a_directory_over_the_aggregate_limit_is_rejected(tmp_path, capsys) -> None:
-    aggregates = "".join(f"  a{i}: {{count: e{i}}}\n" for i in range(loader.MAX_AGGREGATES + 1))
+    aggregates = "".join(f"  a{i}: {{count: e{i}}}\n" for i in range(limits.MAX_AGGREGATES + 1))
     path = write(tmp_path, "aggregates:\n" + aggregates)
-    assert_rejected_at(capsys, path, loader.MAX_AGGREGATES + 2, f"more than {loader.MAX_AGGREGATES} aggregates")
+    assert_rejected_at(capsys, path, limits.MAX_AGGREGATES + 2, f"more than {limits.MAX_AGGREGATES} aggregates")
 
 
 def test_a_directory_over_the_size_limit_is_rejected_at_the_file_that_passes_it(tmp_path, capsys) -> None:
-    comment = "# " + "x" * (loader.MAX_FILE_BYTES - 10) + "\n"
-    count = loader.MAX_DIRECTORY_BYTES // loader.MAX_FILE_BYTES + 1
+    comment = "# " + "x" * (limits.MAX_FILE_BYTES - 10) + "\n"
+    count = limits.MAX_DIRECTORY_BYTES // limits.MAX_FILE_BYTES + 1
     for f in range(count + 2):
         write(tmp_path, comment, f"{f:02d}.yaml")
     assert_rejected_at(capsys, tmp_path / f"{count - 1:02d}.yaml", 1,
-                       f"more than {loader.MAX_DIRECTORY_BYTES:,} bytes", directory=tmp_path)
+                       f"more than {limits.MAX_DIRECTORY_BYTES:,} bytes", directory=tmp_path)
 
 
 def test_a_directory_with_too_many_files_is_rejected(tmp_path, capsys) -> None:
-    for f in range(loader.MAX_FILES + 1):
+    for f in range(limits.MAX_FILES + 1):
         write(tmp_path, "# nothing\n", f"{f:03d}.yaml")
-    assert_rejected_at(capsys, tmp_path / f"{loader.MAX_FILES:03d}.yaml", 1,
-                       f"{loader.MAX_FILES + 1} rules files", directory=tmp_path)
+    assert_rejected_at(capsys, tmp_path / f"{limits.MAX_FILES:03d}.yaml", 1,
+                       f"{limits.MAX_FILES + 1} rules files", directory=tmp_path)
 
 
 def test_too_many_values_are_rejected(tmp_path, capsys) -> None:
     text = ("rules:\n" + RULE.replace("channel: email}\n", "channel: email, payload: {p: [\n")
-            + "1,\n" * loader.MAX_VALUES + "]}}\n")
+            + "1,\n" * limits.MAX_VALUES + "]}}\n")
     path = write(tmp_path, text)
     # the file's mapping, `rules`, its list, the rule's mapping, 8 scalars, `then`, its mapping, 4
     # scalars, `payload`, its mapping, `p` and the list come before the first item
     before = 22
-    line = line_of(text, "1,") + loader.MAX_VALUES - before
-    assert_rejected_at(capsys, path, line, f"more than {loader.MAX_VALUES:,} YAML values")
+    line = line_of(text, "1,") + limits.MAX_VALUES - before
+    assert_rejected_at(capsys, path, line, f"more than {limits.MAX_VALUES:,} YAML values")
 
 
 def test_a_long_expression_is_rejected(tmp_path, capsys) -> None:
@@ -349,7 +349,7 @@ def test_rulegen_directories_up_to_the_rule_limit_stay_valid(tmp_path) -> None:
     from bench.rulegen import rule_set
 
     assert len(rule_set(1_000, tmp_path).rules) == 1_000
-    assert len(rule_set(loader.MAX_RULES, tmp_path).rules) == loader.MAX_RULES
+    assert len(rule_set(limits.MAX_RULES, tmp_path).rules) == limits.MAX_RULES
 
 
 # --------------------------------------------------------------------------- many errors, long messages
@@ -380,7 +380,7 @@ def test_an_unexpected_failure_in_the_loader_is_an_error_of_its_file(tmp_path, c
     def overflow(*_args):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(loader, "_rule", overflow)
+    monkeypatch.setattr(schema, "rule", overflow)
     path = write(tmp_path, AGGREGATES + "rules:\n" + RULE)
     assert_rejected_at(capsys, path, 1, "cannot read this file (RecursionError: maximum recursion depth exceeded)")
 
@@ -420,7 +420,7 @@ def test_an_unreadable_directory_is_an_error(tmp_path, capsys, monkeypatch) -> N
 
 @pytest.mark.parametrize("case", ["alias bomb", "deep flow lists", "deep block lists", "duration", "bidi"])
 def test_pyyaml_without_libyaml_rejects_the_same_files(tmp_path, capsys, monkeypatch, case) -> None:
-    monkeypatch.setattr(loader, "_FastYamlLoader", loader._RulesYamlLoader)
+    monkeypatch.setattr(yaml_lines, "FastYamlLoader", yaml_lines.RulesYamlLoader)
     texts = {
         "alias bomb": ("rules:\n  - id: b\n    then:\n      payload:\n"
                        + "".join(f"        {laugh}\n" for laugh in billion_laughs())),

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.rules.compiler import compile_rules
 from engine.rules.errors import RulesInvalid
+from engine.rules.expr import RESERVED_NAMES
 from engine.rules.loader import load_rules
-from engine.rules.model import Action, FrequencyCap, QuietHours, Source, Step, Unless
+from engine.rules.model import Action, Aggregate, FrequencyCap, QuietHours, RuleSet, Source, Step, Unless
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -347,6 +349,22 @@ def test_aggregate_names(tmp_path: Path) -> None:
     errors = errors_of(tmp_path / "a.yaml")
     assert "lower-case letters" in errors[0]
     assert "'top' is reserved" in errors[1] and "'class' is reserved" in errors[2]
+
+
+@pytest.mark.parametrize("name", sorted(name for name in RESERVED_NAMES if re.fullmatch(r"[a-z_][a-z0-9_]*", name)))
+def test_every_reserved_name_is_an_error_at_its_line(tmp_path: Path, name: str) -> None:
+    # the loader reads the expression language's own list, so the two cannot drift apart
+    write(tmp_path, "a.yaml", f"aggregates:\n  ok: {{count: x}}\n  {name}: {{count: x}}\n")
+    (error,) = errors_of(tmp_path / "a.yaml")
+    assert error.startswith(f"{tmp_path / 'a.yaml'}:3: ") and f"'{name}' is reserved" in error, error
+
+
+def test_a_reserved_name_in_a_ruleset_built_by_hand_is_a_file_line_error() -> None:
+    # compile_rules is handed a RuleSet the loader did not check: still file:line, never Env's ValueError
+    clash = Aggregate(name="now", kind="count", on=("x",), source=Source("hand.yaml", 7))
+    with pytest.raises(RulesInvalid) as caught:
+        compile_rules(RuleSet(aggregates={"now": clash}, rules=(), policy=None, files=("hand.yaml",)))
+    assert str(caught.value) == "hand.yaml:7: aggregate 'now': 'now' is reserved in `if:` expressions: choose another name"
 
 
 def test_policy_details(tmp_path: Path) -> None:
