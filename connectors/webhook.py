@@ -100,7 +100,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -492,6 +492,8 @@ class _Connection(http.client.HTTPConnection):
     """A keep-alive HTTP/1.1 connection (TLS when given a context) whose every socket
     operation ends by the deadline of the current attempt (`set_deadline`)."""
 
+    sock: _DeadlineSocket | _DeadlineSSLSocket | None  # what `connect` sets (None when closed)
+
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
         super().__init__(host, port)
         self.default_port = 443 if tls is not None else 80  # Host: without the default port
@@ -512,7 +514,8 @@ class _Connection(http.client.HTTPConnection):
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
                 tcp.settimeout(_remaining(self._deadline))  # the handshake's total timeout
-                sock = self._tls.wrap_socket(tcp, server_hostname=self.host)  # a _DeadlineSSLSocket
+                # a _DeadlineSSLSocket: the context's sslsocket_class (see WebhookSink.__init__)
+                sock = cast(_DeadlineSSLSocket, self._tls.wrap_socket(tcp, server_hostname=self.host))
         except BaseException:
             tcp.close()
             raise

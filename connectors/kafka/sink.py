@@ -59,8 +59,10 @@ _PERMANENT = frozenset(
     }
 )
 
-_Headers = list[tuple[str, bytes]] | None
-_Record = tuple[bytes | None, bytes, _Headers]  # key, value, headers
+# As confluent_kafka types them: what `produce` takes and a delivery report's message gives back
+# (this sink produces only lists of (str, bytes) and bytes values).
+_Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+_Record = tuple[bytes | None, bytes | None, _Headers]  # key, value, headers
 
 
 class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):

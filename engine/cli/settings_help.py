@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import msgspec.inspect as mi
@@ -46,7 +46,7 @@ def settings_help(cls: type | None = None, env_prefix: str | None = None) -> str
         f"variable is {env_prefix}<SECTION>__<KEY> (double underscore between levels; its value is parsed as",
         "TOML where it parses, else taken as a string), e.g. TRIGGERS_KAFKA__BROKERS='[\"10.0.0.5:9092\"]'.",
     ]
-    for section in _sections(mi.type_info(cls), (), "", False, env_prefix):
+    for section in _sections(_struct_info(cls), (), "", False, env_prefix):
         lines.append("")
         if section.path:
             title = "optional: " + section.doc if section.optional else section.doc
@@ -58,13 +58,18 @@ def settings_help(cls: type | None = None, env_prefix: str | None = None) -> str
 def settings_keys(cls: type | None = None, env_prefix: str | None = None) -> list[Key]:
     """Every key of the settings, sections first to last (what the help lists)."""
     cls, env_prefix = _defaults(cls, env_prefix)
-    return [key for section in _sections(mi.type_info(cls), (), "", False, env_prefix) for key in section.keys]
+    return [key for section in _sections(_struct_info(cls), (), "", False, env_prefix) for key in section.keys]
 
 
 def _defaults(cls: type | None, env_prefix: str | None) -> tuple[type, str]:
     from engine.operators.settings import ENV_PREFIX, Settings   # imports the connectors' configs
 
     return (cls if cls is not None else Settings), (env_prefix if env_prefix is not None else ENV_PREFIX)
+
+
+def _struct_info(cls: type) -> mi.StructType:
+    """`msgspec.inspect.type_info` of a settings struct class, which is a `StructType`."""
+    return cast(mi.StructType, mi.type_info(cls))
 
 
 def _sections(struct: mi.StructType, path: tuple[str, ...], doc: str, optional: bool,
@@ -107,7 +112,7 @@ def _struct_of(t: Any) -> tuple[mi.StructType | None, bool]:
 
 def _type(t: Any) -> str:
     t, _ = _unwrap(t)
-    simple = {mi.StrType: "str", mi.IntType: "int", mi.FloatType: "float", mi.BoolType: "bool",
+    simple: dict[type, str] = {mi.StrType: "str", mi.IntType: "int", mi.FloatType: "float", mi.BoolType: "bool",
               mi.NoneType: "None"}
     if type(t) in simple:
         return simple[type(t)]

@@ -364,7 +364,7 @@ def _fast(raw: bytes) -> Event | None:
     """
     try:
         w = _fast_decoder.decode(raw)
-        ts = w.ts
+        ts: Any = w.ts   # datetime | int, told apart by __class__ (which mypy does not narrow on)
         if ts.__class__ is not int:
             ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000 if ts.tzinfo is not None else _NO_TS
         etype = w.type
@@ -434,7 +434,7 @@ class EventDecoder:
             result = None
             try:
                 w = fast(raw)
-                ts = w.ts
+                ts: Any = w.ts   # datetime | int, told apart by __class__ (which mypy does not narrow on)
                 if ts.__class__ is not int:
                     ts = ((ts - _EPOCH) // _MICROSECOND + 500) // 1000 if ts.tzinfo is not None else _NO_TS
                 etype = w.type
@@ -446,16 +446,17 @@ class EventDecoder:
             except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError):
                 pass
             if result is None:   # anything unusual (and consent events): the slow path says what
-                result = self._slow(raw, source)
-                if result.__class__ is not Event:
-                    add_dead(result)  # type: ignore[arg-type]
+                slow: Any = self._slow(raw, source)   # Event | DeadLetter, told apart by __class__
+                if slow.__class__ is not Event:
+                    add_dead(slow)
                     continue
+                result = slow
             if keys is not None:
-                why = _key_reason(keys[i], result.customer_id)  # type: ignore[union-attr]
+                why = _key_reason(keys[i], result.customer_id)
                 if why is not None:
                     add_dead(DeadLetter(why, source, _raw_text(raw), Stage.KEY))
                     continue
-            add_event(result)  # type: ignore[arg-type]
+            add_event(result)
         return events, dead
 
     def _too_large(self, raw: bytes, source: str) -> DeadLetter:

@@ -18,7 +18,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self._next = self.start + after_s
         self._shown = False
-        self._last_pct = -10
+        self._last_pct: float = -10
 
     def update(self, done_bytes: int, events: int) -> None:
         """Cheap enough to call once per batch: it looks at the clock and returns."""

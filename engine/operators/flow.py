@@ -20,8 +20,8 @@ from connectors.base import retry_forever
 from connectors.file import FileSink, FileSinkConfig
 from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
 from connectors.kafka.source import KafkaPartitionLog
-from connectors.redis_stream import RedisStreamSink
-from connectors.webhook import WebhookSink
+from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
+from connectors.webhook import WebhookSink, WebhookSinkConfig
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter
 from engine.operators.logs import kafka_logger
@@ -56,7 +56,9 @@ def kafka_partitions(settings: Settings, topic_name: str | None = None) -> list[
     k = settings.kafka
     name = topic_name or k.topic
     brokers = ",".join(k.brokers)
-    admin = AdminClient({"bootstrap.servers": brokers, "logger": kafka_logger(), **k.extra})
+    # ignore: confluent_kafka's stub types AdminClient's config values as str/int/float/bool, but
+    # librdkafka's Python client takes a logging.Logger for "logger" (as Consumer and Producer do)
+    admin = AdminClient({"bootstrap.servers": brokers, "logger": kafka_logger(), **k.extra})  # type: ignore[dict-item]
 
     def fetch() -> list[str]:
         try:
@@ -123,21 +125,31 @@ def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[
         kafka = KafkaSinkConfig(brokers=settings.kafka.brokers, topic="triggers", extra=settings.kafka.extra,
                                 delivery_timeout_s=0)   # during a Kafka outage: wait, do not stop
     if kafka is not None:
-        sinks["kafka"] = (lambda _w, c=kafka: KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False),
-                                                        logger=kafka_logger()),
-                          frozenset(kafka.statuses))
+        def kafka_sink(_w: int, c: KafkaSinkConfig = kafka) -> KafkaSink:
+            return KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False), logger=kafka_logger())
+
+        sinks["kafka"] = (kafka_sink, frozenset(kafka.statuses))
     if s.webhook is not None:
         webhook = s.webhook
         if webhook.dead_letter_path is None:
             webhook = msgspec.structs.replace(webhook, dead_letter_path="webhook-dead-letters.jsonl")
             log.info("webhook triggers that fail for good go to %s", webhook.dead_letter_path)
-        sinks["webhook"] = (lambda _w, c=webhook: WebhookSink(c), frozenset(webhook.statuses))
+
+        def webhook_sink(_w: int, c: WebhookSinkConfig = webhook) -> WebhookSink:
+            return WebhookSink(c)
+
+        sinks["webhook"] = (webhook_sink, frozenset(webhook.statuses))
     if s.redis_stream is not None:
-        sinks["redis_stream"] = (lambda _w, c=s.redis_stream: RedisStreamSink(c), frozenset(s.redis_stream.statuses))
+        def redis_stream_sink(_w: int, c: RedisStreamSinkConfig = s.redis_stream) -> RedisStreamSink:
+            return RedisStreamSink(c)
+
+        sinks["redis_stream"] = (redis_stream_sink, frozenset(s.redis_stream.statuses))
     if s.file is not None:
         # workers append to one file: each batch is one write() on an O_APPEND file
-        sinks["file"] = (lambda _w, c=s.file: FileSink(FileSinkConfig(path=c.path, append=True)),
-                         frozenset(s.file.statuses))
+        def file_sink(_w: int, c: FileSinkConfig = s.file) -> FileSink:
+            return FileSink(FileSinkConfig(path=c.path, append=True))
+
+        sinks["file"] = (file_sink, frozenset(s.file.statuses))
     for name, (_, statuses) in sinks.items():
         log.info("sink %s delivers %s triggers", name, ", ".join(sorted(statuses)))
     return sinks
@@ -145,10 +157,11 @@ def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[
 
 def dead_letter_sink(settings: Settings) -> SinkFactory:
     d = settings.dead_letters
-    if d.file:
-        return lambda _w: FileSink(FileSinkConfig(path=d.file, append=True))
-    if d.kafka_topic:
-        return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=d.kafka_topic,
+    file, topic = d.file, d.kafka_topic   # locals, so that the lambdas keep the narrowing below
+    if file:
+        return lambda _w: FileSink(FileSinkConfig(path=file, append=True))
+    if topic:
+        return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=topic,
                                                     extra=settings.kafka.extra, delivery_timeout_s=0,
                                                     wait_for_delivery=False), logger=kafka_logger())
     raise FlowError("no dead-letter output: set dead_letters.kafka_topic or dead_letters.file")

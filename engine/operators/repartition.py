@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -324,7 +325,7 @@ class Repartitioner:
                     event = decode(value, "")   # a dead letter's reason is the engine's to give
                     if event.__class__ is Event:
                         # encoded as the engine's key check encodes it, so the two always agree
-                        key = event.customer_id.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
+                        key = event.customer_id.encode("utf-8", "surrogatepass")
                 ts_type, ts = m.timestamp()
                 if key is None:
                     unkeyed += 1
@@ -437,8 +438,10 @@ class Repartitioner:
 
     def _consumer_error(self, m: Message, err: KafkaError, eofs: list[int]) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
-            if m.offset() >= self._end_at_start.get(m.partition(), 0):
-                eofs.append(m.partition())
+            offset, partition = m.offset(), m.partition()
+            assert offset is not None and partition is not None   # an end-of-partition event names both
+            if offset >= self._end_at_start.get(partition, 0):
+                eofs.append(partition)
             return
         if err.fatal():
             self._fatal("consuming", err)
@@ -475,7 +478,7 @@ class Repartitioner:
         c = self.config
         found: dict[str, list[int]] = {}
         for topic in (c.from_topic, c.to_topic):
-            meta = self._retry(lambda t=topic: self._consumer.list_topics(t, timeout=10), f"reading topic {topic}")
+            meta = self._retry(partial(self._consumer.list_topics, topic, timeout=10), f"reading topic {topic}")
             t = meta.topics.get(topic)
             if t is None or t.error is not None or not t.partitions:
                 why = _describe(t.error) if t is not None and t.error is not None else "no partitions"
@@ -488,9 +491,11 @@ class Repartitioner:
 
     def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
         topic = self.config.from_topic
-        return {p: self._retry(lambda p=p: self._consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                                                 timeout=10),
-                               f"reading the end of {topic}/{p}")[1] for p in partitions}
+
+        def watermarks(p: int) -> tuple[int, int]:
+            return self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+
+        return {p: self._retry(partial(watermarks, p), f"reading the end of {topic}/{p}")[1] for p in partitions}
 
     def _reached_end(self) -> bool:
         """Every raw partition read to its end at start-up and committed: by this instance
@@ -580,8 +585,10 @@ def _offsets(msgs: list[Message]) -> str:
     ranges: dict[tuple[str, int], list[int]] = {}
     for m in msgs:
         if m.error() is None:
-            r = ranges.setdefault((m.topic(), m.partition()), [m.offset(), m.offset()])
-            r[0], r[1] = min(r[0], m.offset()), max(r[1], m.offset())
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and partition is not None and offset is not None   # a message names all three
+            r = ranges.setdefault((topic, partition), [offset, offset])
+            r[0], r[1] = min(r[0], offset), max(r[1], offset)
     return ", ".join(f"{t}/{p}@{a}..{b}" for (t, p), (a, b) in sorted(ranges.items())) or "the batch"
 
 

@@ -19,6 +19,7 @@ It also warns loudly when Redis runs without persistence or may evict keys.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import redis
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
@@ -120,7 +121,7 @@ def _plan(settings: Settings, store: RedisStore, partitions: list[str], accept_s
     lost: list[str] = []
     fresh: list[str] = []
     for p in partitions:
-        r = retry_forever(lambda p=p: store.load_offset(p), f"partition {p}: Redis offset load", REDIS_ERRORS, log)
+        r = retry_forever(partial(store.load_offset, p), f"partition {p}: Redis offset load", REDIS_ERRORS, log)
         k = records.get(p)
         if r is None and k is None:
             fresh.append(p)

@@ -22,7 +22,7 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from engine.events.model import MAX_EXACT, Event, add_amount, amount
 from engine.rules.model import Aggregate
@@ -37,11 +37,11 @@ Read = Callable[[CustomerState, int], Any]
 
 
 def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
-    name = agg.name
+    name, field = agg.name, agg.field   # one assignment, so the closures keep the narrowing below
     if agg.kind in ("sum", "count") and agg.window:
         return _windowed(agg)
     if agg.kind == "sum":
-        field = agg.field
+        assert field is not None   # the schema always sets it: `sum: <field>`
 
         def update(aggs: dict[str, Any], ev: Event) -> None:
             # add_amount(aggs.get(name, 0), amount(value)), inlined for JSON numbers: a call costs
@@ -74,7 +74,7 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
 
         return update, read
     if agg.kind == "last":
-        field = agg.field
+        assert field is not None   # the schema always sets it: `last: <field>`
         if field == "ts":
 
             def update(aggs: dict[str, Any], ev: Event) -> None:
@@ -98,7 +98,8 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
 
 
 def _windowed(agg: Aggregate) -> tuple[Update, Read]:
-    name, window, field = agg.name, agg.window, agg.field
+    name, window = agg.name, agg.window
+    field = cast(str, agg.field)   # read only when is_sum, and a sum always names its field
     assert window
     bucket_ms = -(-window // WINDOW_BUCKETS)   # ceil
     is_sum = agg.kind == "sum"
@@ -162,7 +163,7 @@ def decayed_top(agg: Aggregate) -> Read:
 
 def _decayed(agg: Aggregate) -> tuple[Update, Read]:
     name, by, half_life = agg.name, agg.by, agg.half_life
-    assert half_life
+    assert by is not None and half_life
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
         key = ev.properties.get(by)

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import msgspec
 
@@ -293,6 +293,7 @@ class _Compiler:
     def col(self, node: ast.AST, at_attr: bool = False) -> int:
         """AST columns are UTF-8 byte offsets within a line; ExprError wants characters."""
         if at_attr:  # point at the name after the dot, not at the start of `a.b`
+            assert isinstance(node, ast.Attribute)  # at_attr is only passed for ast.Attribute nodes
             lineno, byte_col = node.end_lineno or 1, (node.end_col_offset or 0) - len(node.attr.encode("utf-8"))
         else:
             lineno, byte_col = getattr(node, "lineno", 1), getattr(node, "col_offset", 0)
@@ -471,7 +472,7 @@ class _Compiler:
 def _constant_key(node: ast.AST) -> str | int | None:
     """A subscript key or round() digits: a str/int literal, or a negated int literal."""
     if isinstance(node, ast.Constant) and type(node.value) in (str, int):
-        return node.value
+        return cast("str | int", node.value)
     if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
             and isinstance(node.operand, ast.Constant) and type(node.operand.value) is int):
         return -node.operand.value

@@ -185,6 +185,7 @@ class RedisStore:
             args.append(when)
             args.append(cid)
         args.extend(idle)
+        assert self._commit_script is not None   # registered in __init__ unless cluster
         ok, stored = self._commit_script(keys=[offset_key, key], args=args)
         if not ok:
             raise StateLost(partition, expected_offset, int(stored) if stored else None)
