@@ -37,8 +37,8 @@ DEFAULT_STATUSES: tuple[Status, ...] = ("sent",)
 """What a live sink delivers unless its settings say `statuses` (SPEC §4, "Who receives what"):
 a messaging system must never see a held-out or suppressed trigger it did not ask for."""
 
-Record = tuple[bytes, int, bytes | None]
-"""What a source hands the engine: (message value, offset, message key or None)."""
+Record = tuple[bytes | None, int, bytes | None]
+"""What a source hands the engine: (message value, None for a tombstone; offset; message key or None)."""
 
 Waiting = Callable[[str | None], None]
 """A health hook a client is given: called with what it waits on (an error, as logged) while

@@ -81,9 +81,7 @@ class KafkaPartitionLog:
                 offset = msg.offset()
                 assert offset is not None   # only error events have none
                 if offset >= self._position:   # never hand out an offset twice
-                    # ignore: Record (connectors/base.py) says bytes, but a tombstone's value is
-                    # None, which the decoder dead-letters; Record should say `bytes | None`
-                    records.append((msg.value(), offset, msg.key()))  # type: ignore[arg-type]
+                    records.append((msg.value(), offset, msg.key()))
                 continue
             if err.code() == KafkaError._PARTITION_EOF:
                 eof_at = msg.offset()
