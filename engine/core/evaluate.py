@@ -20,6 +20,7 @@ import zlib
 
 from engine.policy.attribution import Attributor, RuleOutcome
 from engine.core.calendar import next_occurrence, parse_date
+from engine.core.observe import Observer
 from engine.events.model import Event
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import (
@@ -52,8 +53,9 @@ def new_state() -> CustomerState:
 class Evaluator:
     """Applies compiled rules to one customer at a time. Not thread-safe: one per worker."""
 
-    def __init__(self, rules: CompiledRules) -> None:
+    def __init__(self, rules: CompiledRules, observer: Observer | None = None) -> None:
         self.rules = rules
+        self.observer = observer   # told what happens (explain); None on the hot path
         self.counters = Counters()
         self.policy = ContactPolicy(rules.ruleset.policy)
         self.attributor = Attributor(rules.attribution, rules.attribution_windows)
