@@ -11,9 +11,10 @@ state, the timer or the decision they are handed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from engine.actions.trigger import Trigger
     from engine.events.model import Event
     from engine.policy.contact import Candidate, Decision
     from engine.rules.compiler import CompiledRule
@@ -27,42 +28,36 @@ class TimerEnd:
     REPLACED = "replaced"            # a newer cause re-armed the rule's wait with the same key
     RESTARTED = "restarted"          # a new start restarted the series, a profile change the recurring date
     CONDITION_FALSE = "condition_false"   # due, but the rule's (or the step's) `if:` was false then
+    #                                       (inactivity deadlines too, as transient timers)
     RULE_GONE = "rule_gone"          # its rule was removed or reshaped by a reload: it lapses
 
 
-class Observer:
-    """No-op defaults; subclass and override what you need."""
+class Observer(Protocol):
+    """No-op defaults: subclass it and override what you need."""
 
     def event_applied(self, ev: Event) -> None:
         """A (non-duplicate) event reached the rules; its duplicates are not told."""
 
-    def condition(self, rule: CompiledRule, ev: Event | None, now: int, value: Any) -> None:
-        """A rule's `if:` was evaluated (on `ev`, or on a deadline when None) to `value`.
-        Also told, with `value` True, for a rule of the event's type that has no `if:`."""
+    def condition(self, rule: CompiledRule, ev: Event, value: Any) -> None:
+        """A rule of the event's type evaluated its `if:` on `ev` to `value` (what the rule then
+        tests for truth); a rule without `if:` is told `True`. Conditions read at a deadline
+        (series steps, recurring, inactivity) are told through `timer_ended` / `timer_fired`."""
 
     def timer_armed(self, rule: CompiledRule, timer: Timer) -> None:
         """A deadline (or a deferred send) was added to the state."""
 
     def timer_ended(self, rule: CompiledRule | None, timer: Timer, why: str, ev: Event | None) -> None:
-        """A stored timer left the state without a candidate (`TimerEnd`); `ev` caused it, if an event did."""
+        """A timer left the state without making a candidate (`TimerEnd`); `ev` caused it, if an event did."""
 
     def timer_fired(self, rule: CompiledRule, timer: Timer) -> None:
-        """A deadline came due and its rule made a candidate (the policy decides next)."""
+        """A deadline (or a deferred send) came due and made a candidate: the policy decides next.
+        Inactivity deadlines, implicit in the state, come as transient timers."""
 
-    def inactivity_lapsed(self, rule: CompiledRule, due: int) -> None:
-        """An inactivity deadline came due with the rule's `if:` false: nothing was sent."""
-
-    def decision(self, decision: Decision, detail: dict[str, Any]) -> None:
-        """The policy decided a candidate. `detail` says why, per outcome:
-        `no_consent`: consent (the recorded [granted, ts] or None), required;
-        `cooldown`: previous (epoch ms of the rule's last contact), cooldown (ms);
-        `priority`: winner (the candidate that won the moment);
-        `quiet_hours_dropped` / deferred: timezone, start, end, mode;
-        `frequency_cap`: cap (the `FrequencyCap` reached), count;
-        held out: share, scope ("rule" or "global")."""
-
-    def deferred(self, candidate: Candidate, until: int) -> None:
-        """A send was deferred by quiet hours to `until` (epoch ms)."""
+    def decision(self, decision: Decision, trigger: Trigger | None) -> None:
+        """The policy decided a candidate; `trigger` is what it became (None: deferred by quiet
+        hours, to `decision.until`). `decision.detail` holds the fact that decided it
+        (`engine.policy.contact.Decision`): which cap, which winner, which previous contact,
+        the consent record, the time zone of quiet hours, the control group."""
 
 
 __all__ = ["Observer", "TimerEnd"]
