@@ -11,7 +11,7 @@ from typing import TextIO
 import msgspec
 
 from engine.offline import diff as diff_cmd
-from engine.offline import explain as explain_cmd
+from engine.cli import explain as explain_cmd
 from engine.offline.backtest import BacktestSummary, backtest_file
 from engine.policy.lift import Lift, lift
 from engine.offline.report_html import ReportCollector, write_report

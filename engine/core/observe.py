@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from engine.actions.trigger import Trigger
     from engine.events.model import Event
-    from engine.policy.contact import Candidate, Decision
+    from engine.policy.contact import Decision
     from engine.rules.compiler import CompiledRule
     from engine.state.customer import Timer
 

@@ -12,10 +12,11 @@ import pytest
 
 from engine.offline.backtest import Replay
 from engine.events.model import Event
+from engine.cli.explain import add_parser
 from engine.offline.explain import (
-    ExplainError, Explanation, UnknownCustomer, add_parser, check_condition, explain_customer, print_explanation,
+    ExplainError, Explanation, UnknownCustomer, check_condition, explain_customer, print_explanation,
 )
-from engine.offline.explain import _env as expr_env
+from engine.offline.explain import condition_env as expr_env
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import CustomerState
 from engine.core.times import format_ts, parse_ts
