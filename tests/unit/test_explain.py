@@ -312,3 +312,45 @@ def test_help_has_examples(capsys):
         cli(["explain", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "--redis-url" in text and "--customer c-31" in text
+
+
+# -- told by the policy, not rebuilt from the trigger list ----------------------------------------
+
+POLICY_RULES = """\
+rules:
+  - id: big
+    type: transactional
+    on: purchase
+    if: event.amount >= 100
+    priority: 10
+    then: {action: big-thanks, channel: email}
+  - id: thanks
+    type: transactional
+    on: purchase
+    then: {action: thanks, channel: email}
+policy:
+  frequency_caps:
+    - {channel: "*", max: 5, per: 1d}
+    - {channel: email, max: 2, per: 7d}
+"""
+
+
+def test_policy_detail_is_the_one_that_decided(tmp_path):
+    """More exact than rebuilt: the cap named is the one reached (not every cap of the channel),
+    the priority winner is the candidate that won the moment, an opt-out says when."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "rules.yaml").write_text(POLICY_RULES)
+    compiled = load_and_compile(d)
+    s = Events()
+    s.add("purchase", T0, amount=150)              # big sent, thanks loses on priority
+    s.add("purchase", T0 + HOUR, amount=5)         # thanks sent (2 emails in 7d)
+    s.add("purchase", T0 + 2 * HOUR, amount=5)     # thanks capped by the 7d email cap, not the 1d one
+    s.add("consent", T0 + 3 * HOUR, channel="email", granted=False)
+    s.add("purchase", T0 + 4 * HOUR, amount=5)     # opted out
+    e = explain_customer(compiled, "c1", events=s.events, rule_id="thanks")
+    whys = [t.why for t in e.rules[0].triggers]
+    assert whys[0] == "suppressed (priority): another trigger of higher priority: big won the same moment"
+    assert whys[1] == "sent"
+    assert whys[2] == "suppressed (frequency_cap): at most 2 email per 1w"
+    assert whys[3] == f"suppressed (no_consent): opted out of email at {format_ts(T0 + 3 * HOUR)}"

@@ -54,21 +54,12 @@ def explain_customer(
     until_ms = _ms(until, "until")
     at_ms = _ms(at, "at")
     selected = [compiled.by_id[rule_id]] if rule_id else list(compiled.rules)
+    trace: Trace | None
     if events is not None:
-        evs = _customer_events(events, customer_id)
-        if until_ms is not None:
-            evs = _before(evs, until_ms)
-        if not evs:
-            raise UnknownCustomer(_no_events(events, customer_id, until_ms))
-        basis = "--at" if at_ms is not None else ("--until" if until_ms is not None else "last event")
-        if at_ms is None:
-            at_ms = until_ms if until_ms is not None else max(e.ts for e in evs)
-        evs = _before(evs, at_ms)
         where = where or (str(events) if isinstance(events, (str, Path)) else "events")
-        trace = Trace(compiled, customer_id, where)
-        trace.replay(evs, at_ms)
+        trace, at_ms, basis = _replay(compiled, customer_id, events, until_ms, at_ms, where)
         st = trace.state if trace.state is not None else CustomerState()   # --at before the first event
-        source, n_events = "backtest", len(evs)
+        source, n_events = "backtest", trace.events
     else:
         if until_ms is not None:
             raise ExplainError("--until applies to a backtest (--events), not to a live state")
@@ -88,6 +79,23 @@ def explain_customer(
         timers=timers,
         rules=[explain_rule(compiled, env, r, st, at_ms, timers, trace) for r in selected],
     )
+
+
+def _replay(rules: CompiledRules, customer_id: str, events: str | Path | Iterable[Event], until: int | None,
+            at: int | None, where: str) -> tuple[Trace, int, str]:
+    """The customer's events replayed up to the explain time; (trace, explain time, its basis)."""
+    evs = _customer_events(events, customer_id)
+    if until is not None:
+        evs = _before(evs, until)
+    if not evs:
+        raise UnknownCustomer(_no_events(events, customer_id, until))
+    basis = "--at" if at is not None else ("--until" if until is not None else "last event")
+    if at is None:
+        at = until if until is not None else max(e.ts for e in evs)
+    evs = _before(evs, at)
+    trace = Trace(rules, customer_id, where)
+    trace.replay(evs, at)
+    return trace, at, basis
 
 
 def _ms(value: int | str | None, what: str) -> int | None:

@@ -48,6 +48,7 @@ class Trace(Observer):
         self.rules = rules
         self.customer_id = customer_id
         self.session = Session(rules, where, ordered=True, observer=self)
+        self.events = 0                            # events replayed
         self.triggers: list[Trigger] = []
         self.decisions: dict[str, Decision] = {}   # trigger id -> the policy decision it came from
         self.last_by_type: dict[str, Event] = {}
@@ -60,6 +61,7 @@ class Trace(Observer):
 
     def replay(self, events: list[Event], at: int) -> None:
         """Apply the events in order, then fire what is due by the explain time `at`."""
+        self.events += len(events)
         self.session.apply(events, self.triggers)
         self.session.advance(at, self.triggers)
 
