@@ -10,8 +10,11 @@ same triggers with the same ids.
 States are updated in place (they are per-customer and owned by one worker); functions
 return the state so that a new customer's fresh state reaches the caller. Timers are data
 in the state (`CustomerState.timers`), except inactivity deadlines, which follow from the
-latest event time (`last_ts` + the rule's wait) and so cost nothing per event: a caller that
-schedules wake-ups asks `Evaluator.next_due(state)`.
+latest event time (`last_ts` + the rule's wait) and so cost nothing per event: the session
+(engine.core.session), which schedules wake-ups, asks `Evaluator.next_due(state)`.
+
+An observer (engine.core.observe), when given, is told each condition with its value, each
+timer armed, ended or fired and each policy decision with its trigger; None on the hot path.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ id, then series step, so the outcome never depends on evaluation order):
 
 A held-out trigger counts as a contact for cooldowns and caps, so the control group lives
 under the same pacing as the contacted group and the lift compares like with like.
+
+Each `Decision` carries the fact that decided it (`detail`: the consent record, the previous
+contact, the winner, the cap reached, the control group, the time zone of quiet hours); the
+evaluator tells it to an observer (engine.core.observe) with the trigger it became.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from engine.offline.explain.model import (
 )
 from engine.offline.explain.render import fmt
 from engine.offline.explain.trace import RuleTrace, Trace
-from engine.policy.contact import Decision
+from engine.policy.contact import COOLDOWN, FREQUENCY_CAP, NO_CONSENT, PRIORITY, QUIET_HOURS_DROPPED, Decision
 from engine.rules.compiler import ABSENCE, DELAY, IMMEDIATE, INACTIVE, RECURRING, SERIES, CompiledRule, CompiledRules
 from engine.rules.expr import Env
 from engine.rules.model import ANY_EVENT
@@ -182,21 +182,21 @@ def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decisio
     reason = t.reason or ""
     if decision is None:
         return f"suppressed ({reason})"
-    if reason == "no_consent":
+    if reason == NO_CONSENT:
         if detail is not None:   # a recorded decision: an opt-out
             return f"suppressed (no_consent): opted out of {t.channel} at {format_ts(detail[1])}"
         return f"suppressed (no_consent): no opt-in for {t.channel} at {t.fired_at}"
-    if reason == "cooldown":
+    if reason == COOLDOWN:
         return (f"suppressed (cooldown): within {format_duration(rule.cooldown)} of the rule's last contact, "
                 f"the previous contact at {format_ts(detail)}")
-    if reason == "priority":
+    if reason == PRIORITY:
         return f"suppressed (priority): another trigger of higher priority: {detail.rule.id} won the same moment"
     policy = rules.ruleset.policy
-    if reason == "quiet_hours_dropped" and policy is not None and policy.quiet_hours is not None:
+    if reason == QUIET_HOURS_DROPPED and policy is not None and policy.quiet_hours is not None:
         q = policy.quiet_hours
         return (f"suppressed (quiet_hours_dropped): inside quiet hours {q.start[0]:02d}:{q.start[1]:02d}–"
                 f"{q.end[0]:02d}:{q.end[1]:02d} ({detail or 'UTC'}), mode drop")
-    if reason == "frequency_cap":
+    if reason == FREQUENCY_CAP:
         cap = detail
         what = cap.channel if cap.channel != "*" else "contacts"
         return f"suppressed (frequency_cap): at most {cap.max} {what} per {format_duration(cap.per)}"
