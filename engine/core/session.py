@@ -92,7 +92,8 @@ class Session:
             if dead is not None:
                 rejected.append(dead)
                 refused += 1
-                if state is None:
+                if state is None:   # a new customer's first event: nothing to index
+                    evaluator.earlier_deadline = False
                     continue
                 evaluator.earlier_deadline = True   # the restored state's deadlines
             states[cid] = state
