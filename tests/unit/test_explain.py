@@ -354,3 +354,30 @@ def test_policy_detail_is_the_one_that_decided(tmp_path):
     assert whys[1] == "sent"
     assert whys[2] == "suppressed (frequency_cap): at most 2 email per 1w"
     assert whys[3] == f"suppressed (no_consent): opted out of email at {format_ts(T0 + 3 * HOUR)}"
+
+
+def test_a_deferral_sent_in_the_same_clock_step_is_still_told(tmp_path):
+    """More exact than diffing timers: a delay due inside quiet hours is deferred and sent within
+    one clock step (the next event comes after the quiet hours); the deferred timer never shows
+    in the state between two calls, but the policy told the trace of the deferral."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "rules.yaml").write_text("""\
+rules:
+  - id: tips
+    type: transactional
+    on: purchase
+    delay: 1h
+    then: {action: tips, channel: email}
+policy:
+  quiet_hours: {from: "21:00", to: "08:00", mode: defer}
+""")
+    compiled = load_and_compile(d)
+    night = parse_ts("2026-03-02T23:30:00Z")
+    s = Events()
+    s.add("purchase", night)
+    s.add("page_view", night + 12 * HOUR)
+    e = explain_customer(compiled, "c1", events=s.events)
+    tips = rule(e, "tips")
+    assert [(t.status, t.fired_at) for t in tips.triggers] == [("sent", "2026-03-03T08:00:00.000Z")]
+    assert tips.notes == ["2026-03-03T00:30:00.000Z: inside quiet hours, deferred to 2026-03-03T08:00:00.000Z"]
