@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from engine.cli import backtest, diff, repartition, report, run, validate
 from engine.cli.common import CommandError
-from engine.offline import explain as explain_cmd
+from engine.cli import explain as explain_cmd
 
 __all__ = ["main"]
 

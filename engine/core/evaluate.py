@@ -10,8 +10,11 @@ same triggers with the same ids.
 States are updated in place (they are per-customer and owned by one worker); functions
 return the state so that a new customer's fresh state reaches the caller. Timers are data
 in the state (`CustomerState.timers`), except inactivity deadlines, which follow from the
-latest event time (`last_ts` + the rule's wait) and so cost nothing per event: a caller that
-schedules wake-ups asks `Evaluator.next_due(state)`.
+latest event time (`last_ts` + the rule's wait) and so cost nothing per event: the session
+(engine.core.session), which schedules wake-ups, asks `Evaluator.next_due(state)`.
+
+An observer (engine.core.observe), when given, is told each condition with its value, each
+timer armed, ended or fired and each policy decision with its trigger; None on the hot path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import zlib
 
 from engine.policy.attribution import Attributor, RuleOutcome
 from engine.core.calendar import next_occurrence, parse_date
+from engine.core.observe import Observer, TimerEnd
 from engine.events.model import Event
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import (
@@ -52,15 +56,17 @@ def new_state() -> CustomerState:
 class Evaluator:
     """Applies compiled rules to one customer at a time. Not thread-safe: one per worker."""
 
-    def __init__(self, rules: CompiledRules) -> None:
+    def __init__(self, rules: CompiledRules, observer: Observer | None = None) -> None:
         self.rules = rules
+        self.observer = observer   # told what happens (explain); None on the hot path
         self.counters = Counters()
         self.policy = ContactPolicy(rules.ruleset.policy)
         self.attributor = Attributor(rules.attribution, rules.attribution_windows)
         self.outcomes: dict[str, RuleOutcome] = {r.id: RuleOutcome(suppressed={}) for r in rules.rules}
         # Set by any call that may have made a customer's next deadline earlier (a new timer, a
-        # new customer); wake-up indexes re-read `next_due` then and clear it. Deadlines that
-        # only move later (inactivity) need no update: a stale, earlier wake-up finds nothing
+        # new customer, a new stretch of inactivity); the `Session`, and only it, re-reads
+        # `next_due` then and clears it (re-reading after every event costs ~6% of the hot path).
+        # Deadlines that only move later need no update: a stale, earlier wake-up finds nothing
         # due and is re-indexed then.
         self.earlier_deadline = False
         self._idle_min_wait = min((r.wait for r in rules.inactive), default=0)
@@ -114,7 +120,6 @@ class Evaluator:
         if len(seen) > SEEN_IDS:
             del seen[0]
         ts = ev.ts
-        cid = ev.customer_id
         last_ts = state.last_ts
         # deadlines strictly before the event fire first
         due_before = self._idle_min_wait and last_ts and last_ts + self._idle_min_wait < ts
@@ -124,7 +129,7 @@ class Evaluator:
                     due_before = True
                     break
         if due_before:
-            self.on_time(state, cid, ts - 1, out)
+            self.on_time(state, ev.customer_id, ts - 1, out)
         if ts < last_ts:
             counters.late += 1
         elif ts > last_ts:
@@ -132,6 +137,8 @@ class Evaluator:
             if state.idle_fired:   # a new event starts a new stretch of inactivity: a new deadline
                 state.idle_fired = []
                 self.earlier_deadline = True
+        if self.observer is not None:
+            self.observer.event_applied(ev)
 
         plan = self.rules.plan(ev.type)
         aggs = state.aggs
@@ -146,13 +153,22 @@ class Evaluator:
                 self.attributor.observe(state, ev, self.outcomes)
             if plan.cancels and state.timers:
                 self._cancel(state, ev)
-        if not plan.rules:
-            return state
+        if plan.rules:
+            self._run_rules(state, ev, plan.rules, out)
+        return state
+
+    def _run_rules(self, state: CustomerState, ev: Event, rules: list[CompiledRule], out: list[Trigger]) -> None:
+        """The rules of the event's type: conditions, then a send, a wait or a series start each."""
         moment: list[Candidate] = []
-        for rule in plan.rules:
+        ts = ev.ts
+        observer = self.observer
+        for rule in rules:
             cond = rule.cond
             if rule.crossing:
-                true = bool(cond(state, ev, ts))
+                value = cond(state, ev, ts)
+                if observer is not None:
+                    observer.condition(rule, ev, value)
+                true = bool(value)
                 armed = state.armed
                 if true == (rule.id in armed):
                     continue
@@ -162,8 +178,14 @@ class Evaluator:
                 armed.append(rule.id)
                 moment.append(self._candidate(state, rule, 0, rule.then, ev.event_id, ev.event_id, ts, ev))
                 continue
-            if cond is not None and not cond(state, ev, ts):
-                continue
+            if cond is not None:
+                value = cond(state, ev, ts)
+                if observer is not None:
+                    observer.condition(rule, ev, value)
+                if not value:
+                    continue
+            elif observer is not None:
+                observer.condition(rule, ev, True)
             kind = rule.kind
             if kind is ABSENCE:
                 self._arm(state, rule, ev, ts + rule.wait, 0, rule.unless.key_for_cause(state, ev, ts), replace=True)
@@ -174,8 +196,7 @@ class Evaluator:
             else:
                 moment.append(self._candidate(state, rule, 0, rule.then, ev.event_id, ev.event_id, ts, ev))
         if moment:
-            self._decide(state, cid, moment, out)
-        return state
+            self._decide(state, ev.customer_id, moment, out)
 
     def _update_profile(self, state: CustomerState, ev: Event) -> None:
         """Keep only the profile attributes some rule reads: the state stays small."""
@@ -193,7 +214,7 @@ class Evaluator:
                     self._update_consent(state, {"channel": channel, "granted": granted}, ev.ts, self.rules.channels)
         if changed and self.rules.recurring:
             for rule in self.rules.recurring:   # an occurrence due exactly now is kept, not skipped
-                self._arm_recurring(state, rule, ev.ts - 1)
+                self._arm_recurring(state, rule, ev.ts - 1, ev)
 
     @staticmethod
     def _update_consent(state: CustomerState, props: dict, ts: int, channels: frozenset[str]) -> None:
@@ -214,6 +235,8 @@ class Evaluator:
             unless = rule.unless_for_step(t.step) if rule is not None and t.key != DEFER_KEY else None
             if (unless is not None and ev.type in unless.events and ev.ts >= t.cause_ts
                     and unless.key_of_candidate(ev) == t.key):
+                if self.observer is not None:
+                    self.observer.timer_ended(rule, t, TimerEnd.CANCELLED, ev)
                 continue
             keep.append(t)
         if len(keep) != len(state.timers):
@@ -234,16 +257,35 @@ class Evaluator:
         same = [t for t in mine if t.key == key] if replace else []
         for t in same:
             timers.remove(t)
+            if self.observer is not None:
+                self.observer.timer_ended(rule, t, TimerEnd.REPLACED, ev)
         if len(mine) - len(same) >= MAX_TIMERS_PER_RULE:
             self.counters.timers_dropped += 1   # bounded state beats unbounded waits; counted, never silent
             return
-        timers.append(Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev), ev.type))
-        self.earlier_deadline = True
+        self._add_timer(state, rule, Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev), ev.type))
 
-    def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int) -> None:
-        """Arm the next occurrence after `after`, never one already fired: a profile re-sent or a
-        time zone changed on the day must not fire the same birthday twice."""
+    def _add_timer(self, state: CustomerState, rule: CompiledRule, timer: Timer) -> None:
+        """Every timer enters the state here: the one place a customer's next deadline can move
+        earlier (besides a new state or a new stretch of inactivity), hence the flag the
+        `Session` reads and clears to re-index the customer."""
+        state.timers.append(timer)
+        self.earlier_deadline = True
+        if self.observer is not None:
+            self.observer.timer_armed(rule, timer)
+
+    def _restart(self, state: CustomerState, rule: CompiledRule, ev: Event | None) -> None:
+        """Drop the rule's pending timers (deferred sends stay: they still go out)."""
+        if self.observer is not None:
+            for t in state.timers:
+                if t.rule == rule.id and t.key != DEFER_KEY:
+                    self.observer.timer_ended(rule, t, TimerEnd.RESTARTED, ev)
         state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
+
+    def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int, ev: Event | None = None) -> None:
+        """Arm the next occurrence after `after`, never one already fired: a profile re-sent or a
+        time zone changed on the day must not fire the same birthday twice. `ev`: the profile
+        event that moved it (None: the occurrence just fired)."""
+        self._restart(state, rule, ev)
         anchor = parse_date(state.profile.get(rule.date_attr))
         if anchor is None:
             return
@@ -255,12 +297,10 @@ class Evaluator:
         if found is None:
             return
         due, occurrence = found
-        state.timers.append(Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
-        self.earlier_deadline = True
+        self._add_timer(state, rule, Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
 
     def _start_series(self, state: CustomerState, rule: CompiledRule, ev: Event, moment: list[Candidate]) -> None:
-        # a new start restarts the series (deferred sends of the old one still go out)
-        state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
+        self._restart(state, rule, ev)   # a new start restarts the series
         first = rule.steps[0]
         if first.cond is None or first.cond(state, ev, ev.ts):
             moment.append(self._candidate(state, rule, 0, first.then, f"{ev.event_id}#1", ev.event_id, ev.ts, ev))
@@ -271,9 +311,8 @@ class Evaluator:
             return
         s = rule.steps[step]
         key = s.unless.key_for_cause(state, cause, start) if s.unless else ""
-        state.timers.append(Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts,
-                                  self._ctx(rule, cause), cause.type))
-        self.earlier_deadline = True
+        self._add_timer(state, rule, Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts,
+                                           self._ctx(rule, cause), cause.type))
 
     def on_time(self, state: CustomerState, customer_id: str, now: int, out: list[Trigger],
                 recurring_until: int | None = None) -> CustomerState:
@@ -305,12 +344,16 @@ class Evaluator:
             for t in batch:
                 rule = by_id.get(t.rule)
                 if rule is None:   # a rule removed by a reload leaves its timers to lapse
+                    if self.observer is not None:
+                        self.observer.timer_ended(None, t, TimerEnd.RULE_GONE, None)
                     continue
                 self.counters.timers_fired += 1
                 if t.key == DEFER_KEY:
                     candidate = self._deferred(rule, t)
                     if candidate is not None:
                         deferred.append(candidate)
+                    if self.observer is not None:
+                        self._tell_fired(rule, t, candidate is not None)
                 else:
                     self._fire(state, rule, t, customer_id, moment)
             if moment:
@@ -323,25 +366,43 @@ class Evaluator:
         cause = Event(t.cause, t.cause_type, customer_id, t.cause_ts, t.ctx)
         kind = rule.kind
         if not rule.accepts(t):   # left by a reload that changed the rule's shape: it lapses
+            if self.observer is not None:
+                self.observer.timer_ended(rule, t, TimerEnd.RULE_GONE, None)
             return
+        made = True
         if kind is SERIES:
             step = rule.steps[t.step]
             if step.cond is None or step.cond(state, cause, t.due):
                 moment.append(self._candidate(state, rule, t.step, step.then, f"{t.cause}#{t.step + 1}", t.cause,
                                               t.due, cause))
+            else:
+                made = False
             self._arm_step(state, rule, cause, t.step + 1, t.due)
         elif kind is RECURRING:
             state.occurred[rule.id] = t.cause
             if rule.cond is None or rule.cond(state, None, t.due):
                 moment.append(self._candidate(state, rule, 0, rule.then, t.cause, "", t.due, cause))
+            else:
+                made = False
             self._arm_recurring(state, rule, t.due)
         elif kind is INACTIVE:   # no event caused it: the cause is the stretch since `last_ts`
             state.idle_fired = [*state.idle_fired, rule.id]
             if rule.cond is None or rule.cond(state, None, t.due):
                 moment.append(self._candidate(state, rule, 0, rule.then, f"inactive{t.cause}", "", t.due, cause))
+            else:
+                made = False
         else:   # ABSENCE, DELAY: the condition was checked when the cause armed it
             key = f"{t.cause}\x1f{t.key}" if t.key and kind is ABSENCE else t.cause
             moment.append(self._candidate(state, rule, 0, rule.then, key, t.cause, t.due, cause))
+        if self.observer is not None:
+            self._tell_fired(rule, t, made)
+
+    def _tell_fired(self, rule: CompiledRule, t: Timer, made: bool) -> None:
+        assert self.observer is not None
+        if made:
+            self.observer.timer_fired(rule, t)
+        else:
+            self.observer.timer_ended(rule, t, TimerEnd.CONDITION_FALSE, None)
 
     # -- triggers -------------------------------------------------------------------------
 
@@ -369,18 +430,22 @@ class Evaluator:
         for d in self.policy.decide(state, customer_id, moment, allow_defer):
             c = d.candidate
             if d.status is DEFERRED:
-                state.timers.append(Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.cause_ts,
-                                          {"payload": c.payload, "cause_event_id": c.cause_event_id,
-                                           "deferred_at": c.at}))
-                self.earlier_deadline = True
+                if self.observer is not None:
+                    self.observer.decision(d, None)
+                self._add_timer(state, c.rule, Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.cause_ts,
+                                                     {"payload": c.payload, "cause_event_id": c.cause_event_id,
+                                                      "deferred_at": c.at}))
                 continue
             self._count(d)
             if d.status is SENT or d.status is HELD_OUT:
                 self.attributor.open(state, c.rule.id, c.at, d.status is HELD_OUT)
-            out.append(Trigger(
+            trigger = Trigger(
                 trigger_id(c.rule.id, customer_id, c.cause, c.cause_ts), c.rule.id, customer_id, c.action.action,
                 c.action.channel, d.status, d.reason, format_ts(c.at), c.cause_event_id, c.payload,
-            ))
+            )
+            out.append(trigger)
+            if self.observer is not None:
+                self.observer.decision(d, trigger)
 
     def _count(self, d: Decision) -> None:
         o = self.outcomes.get(d.candidate.rule.id)

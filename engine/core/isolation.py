@@ -48,10 +48,11 @@ Entry = Event | Clock             # a call as it was applied (with `evaluator`'s
 class IsolatedEvaluator:
     """Wraps an `Evaluator`: the same calls, but a failure costs one event, never the run.
 
-    Callers must store the state these methods return (after a failure it is a new object),
-    call `checkpoint` for the customers they are about to store (live: each commit; the
-    backtest: every `JOURNAL_LIMIT` events, and at the end), switch rules through `use`, hand
-    over the bytes of states they load (`loaded`) and drop the customers they evict (`forget`).
+    Its caller, the `Session` (engine.core.session), stores the state these methods return
+    (after a failure it is a new object), calls `checkpoint` for the customers about to be
+    stored (live: each commit; the backtest: every `JOURNAL_LIMIT` events, and at the end),
+    switches rules through `use`, hands over the bytes of states loaded (`loaded`) and drops
+    the customers evicted (`forget`).
     The hot path costs a dictionary lookup and a list append per call.
     """
 

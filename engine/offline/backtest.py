@@ -18,12 +18,11 @@ import msgspec
 from engine.policy.attribution import RuleOutcome
 from engine.events.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.core.evaluate import Evaluator
-from engine.core.isolation import JOURNAL_LIMIT, IsolatedEvaluator
+from engine.core.isolation import JOURNAL_LIMIT
 from engine.events.model import Event
 from engine.offline.progress import Progress
 from engine.rules.compiler import CompiledRules
-from engine.core.schedule import DeadlineIndex
-from engine.state.customer import CustomerState
+from engine.core.session import Session
 from engine.state.memory import InMemoryStore
 from engine.actions.trigger import Trigger
 
@@ -47,100 +46,58 @@ class BacktestSummary(msgspec.Struct):
 
 
 class Replay:
-    """The event-time replay loop; `feed` batches of events in file order, then `finish`.
+    """The event-time replay; `feed` batches of events in file order, then `finish`.
 
-    Events and deadlines the core cannot handle (engine errors) go to `dead_letter`, with the
-    customer's state as it was before them (`engine.core.isolation`), as in the live engine.
+    A `Session` in event-time order over the in-memory store's states. Events and deadlines
+    the core cannot handle (engine errors) go to `dead_letter`, with the customer's state as
+    it was before them (`engine.core.isolation`), as in the live engine.
     """
 
     def __init__(self, rules: CompiledRules, emit: Callable[[list[Trigger]], None], until: int | None = None,
                  store: InMemoryStore | None = None,
                  dead_letter: Callable[[list[DeadLetter]], None] | None = None, where: str = "backtest") -> None:
-        self.evaluator = Evaluator(rules)
-        self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.store = store if store is not None else InMemoryStore()
+        self.session = Session(rules, where, self.store.states, ordered=True, until=until)
         self.emit = emit
         self.dead_letter = dead_letter
         self.until = until
-        self._deadlines = DeadlineIndex()
-        self._clock = 0
         self.triggers = 0
         self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
-        self.rejected: list[DeadLetter] = []   # refused by the core, not yet handed to `dead_letter`
         self._checkpointed_at = 0              # the event count at the last checkpoint of the journal
-        self.stopped = False   # set once an event passes `until`
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.session.evaluator
+
+    @property
+    def stopped(self) -> bool:
+        """An event passed `until`: the rest of the file is not replayed."""
+        return self.session.stopped
 
     def feed(self, events: Iterable[Event]) -> None:
         out: list[Trigger] = []
-        states = self.store.states
-        evaluator = self.evaluator
-        on_event = self.isolated.on_event
-        deadlines = self._deadlines
-        until = self.until
-        for ev in events:
-            ts = ev.ts
-            if until is not None and ts > until:
-                self.stopped = True
-                break
-            next_due = deadlines.next_due()
-            if next_due is not None and next_due < ts:
-                self._fire_due(ts - 1, out)
-            if ts > self._clock:
-                self._clock = ts
-            cid = ev.customer_id
-            state, dead = on_event(states.get(cid), ev, out)
-            if state is not None:
-                states[cid] = state
-            if dead is not None:
-                self.rejected.append(dead)
-                evaluator.earlier_deadline = True   # the restored state's deadlines
-            if evaluator.earlier_deadline:
-                evaluator.earlier_deadline = False
-                deadlines.update(cid, evaluator.next_due(state) if state is not None else None)
-        if evaluator.counters.events - self._checkpointed_at >= JOURNAL_LIMIT:
+        self.session.apply(events, out)
+        if self.evaluator.counters.events - self._checkpointed_at >= JOURNAL_LIMIT:
             self._checkpoint()
         self._write(out)
 
     def _checkpoint(self) -> None:
         """Every state journaled since the last checkpoint is encoded: the storability check a
         live commit makes, and what bounds the journal's memory (engine.core.isolation)."""
-        states = self.store.states
         self._checkpointed_at = self.evaluator.counters.events
-        _, replaced, dead = self.isolated.checkpoint(self.isolated.journal, states.get)
-        for cid, state in replaced.items():
-            if state is None:
-                states.pop(cid, None)
-                self._deadlines.forget(cid)
-            else:
-                states[cid] = state
-                self._schedule(cid, state)
-        self.rejected += dead
+        self.session.checkpoint_changed()
 
     def finish(self) -> None:
         """End of file: jump the clock past pending one-shot deadlines; recurring up to the period's end."""
-        horizon = self.until if self.until is not None else self._clock
+        horizon = self.until if self.until is not None else self.session.clock
         out: list[Trigger] = []
-        self._fire_due(None, out, recurring_until=horizon)
+        self.session.advance(None, out, recurring_until=horizon)
         self._checkpoint()
         self._write(out)
 
-    def _schedule(self, cid: str, state: CustomerState, recurring_until: int | None = None) -> None:
-        self._deadlines.update(cid, self.evaluator.next_due(state, recurring_until))
-
-    def _fire_due(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
-        """Fire every customer's deadlines due at or before `now` (None: all), in deadline order."""
-        states, on_time, pop = self.store.states, self.isolated.on_time, self._deadlines.pop
-        while (entry := pop(now)) is not None:
-            due, cid = entry
-            state, dead = on_time(states[cid], cid, due, out, recurring_until)
-            if dead is not None:
-                states[cid] = state
-                self.rejected.append(dead)
-            self._schedule(cid, state, recurring_until)
-
     def _write(self, out: list[Trigger]) -> None:
-        if self.rejected:
-            rejected, self.rejected = self.rejected, []
+        rejected = self.session.take_rejected()
+        if rejected:
             if self.dead_letter is not None:
                 self.dead_letter(rejected)
             self.dead_letters += len(rejected)

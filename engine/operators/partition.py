@@ -13,15 +13,13 @@ import time
 
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter, EventDecoder
-from engine.core.evaluate import Evaluator
-from engine.core.isolation import IsolatedEvaluator
+from engine.core.session import Session
 from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
 from connectors.base import retry_forever
 from engine.rules.reload import LiveRules
-from engine.core.schedule import DeadlineIndex
 from engine.state.customer import CustomerState, decode_state
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
 from engine.state.store import PartitionStore
@@ -71,13 +69,11 @@ class PartitionWorker:
         self.store = store
         self.live_rules = rules
         self.rules_version = rules.version
-        self.evaluator = Evaluator(rules.rules)
-        self.isolated = IsolatedEvaluator(self.evaluator, event_log.where)
+        self.session = Session(rules.rules, event_log.where, ordered=False)
+        self.cache: dict[str, CustomerState] = self.session.states   # the session's states are the cache
         self.decoder = EventDecoder()
-        self.cache: dict[str, CustomerState] = {}
         self.cache_size = cache_size
         self.dirty: set[str] = set()
-        self.deadlines = DeadlineIndex()
         self.clock = 0                          # event time of this partition (watermark), epoch ms
         self.index_backlog = False              # the last index scan was cut at its limit
         self.orphans: set[str] = set()          # indexed customers without a state, to unindex
@@ -86,7 +82,6 @@ class PartitionWorker:
         self.has_committed = has_offset         # the store holds an offset for this partition
         self.stats = PartitionStats()
         self.failed = False                     # a fatal error stopped this partition's work
-        self.rejected: list[DeadLetter] = []    # dead letters a commit found, for the next batch
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
@@ -112,15 +107,10 @@ class PartitionWorker:
         started = time.perf_counter()
         if self.live_rules.version != self.rules_version:   # a reload: new batches use the new rules
             self.rules_version = self.live_rules.version
-            self.evaluator = Evaluator(self.live_rules.rules)
-            replaced, dead = self.isolated.use(self.evaluator, self.cache.get)
-            self._replace(replaced)
-            self.rejected += dead
+            # cached customers are re-indexed now (inactivity deadlines follow from the rules),
+            # the others as their states are written next
+            self.session.use(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
-            # deadlines that follow from the rules (inactivity) may have moved: re-index the
-            # cached customers now, and the others as their states are written next
-            for cid, state in self.cache.items():
-                self.deadlines.update(cid, self.evaluator.next_due(state))
         out: list = []
         where = self.log.where
         if batch.records and self.first_record_at is None:
@@ -128,34 +118,17 @@ class PartitionWorker:
         records = batch.records
         keys = [r[2] for r in records] if self.log.keyed else None
         events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys)
-        if self.rejected:   # found by the last commit's storability check
-            dead += self.rejected
-            self.rejected = []
+        session = self.session
+        dead += session.take_rejected()   # found by the last commit's storability check
         refused = 0   # events the core refused (dead-lettered too)
-        cache = self.cache
         if events:
             self._load({e.customer_id for e in events})
-            evaluator = self.evaluator
-            on_event, dirty, update, next_due = self.isolated.on_event, self.dirty, self.deadlines.update, \
-                evaluator.next_due
-            clock = self.clock
-            for ev in events:
-                cid = ev.customer_id
-                state, rejected = on_event(cache.get(cid), ev, out)
-                if rejected is not None:
-                    dead.append(rejected)
-                    refused += 1
-                    if state is None:
-                        continue
-                    evaluator.earlier_deadline = True
-                cache[cid] = state
-                dirty.add(cid)
-                if evaluator.earlier_deadline:
-                    evaluator.earlier_deadline = False
-                    update(cid, next_due(state))
-                if ev.ts > clock:
-                    clock = ev.ts
-            self.clock = clock
+            refused = session.apply(events, out)
+            dead += session.take_rejected()
+            cache = self.cache
+            self.dirty.update(e.customer_id for e in events if e.customer_id in cache)
+            if session.clock > self.clock:
+                self.clock = session.clock
         if batch.caught_up and batch.now > self.clock:
             self.clock = batch.now      # nothing unread: event time has caught up with the wall clock
         self._fire_due(batch.scan_index, batch.caught_up, out, dead)
@@ -180,35 +153,23 @@ class PartitionWorker:
         # the backtest (an event exactly at a deadline still counts as in time); once caught up,
         # the clock is the wall clock and everything at or before it is due.
         clock = self.clock if caught_up else self.clock - 1
-        due: list[str] = []
-        while (entry := self.deadlines.pop(clock)) is not None:
-            due.append(entry[1])
+        indexed: list[str] = []
         if scan_index:   # customers not touched since start-up (or evicted) are only in Redis's index
             indexed = self._redis(lambda: self.store.due_customers(self.name, clock, INDEX_SCAN_LIMIT),
                                   "deadline index lookup")
             self.index_backlog = len(indexed) >= INDEX_SCAN_LIMIT   # more are due: scan again at once
-            due += [cid for cid in indexed if cid not in self.cache]
-        if not due:
-            return
-        self._load(set(due))
-        on_time, update = self.isolated.on_time, self.deadlines.update
-        for cid in dict.fromkeys(due):
-            state = self.cache.get(cid)
-            if state is None:   # indexed, but its state is gone (deleted, evicted by Redis): unindex it
-                self.orphans.add(cid)
-                continue
-            state, rejected = on_time(state, cid, clock, out)
-            if rejected is not None:
-                self.cache[cid] = state
-                dead.append(rejected)
-            self.dirty.add(cid)
-            update(cid, self.evaluator.next_due(state))
-        self.stats.deadline_customers += len(due)
+            indexed = [cid for cid in indexed if cid not in self.cache]
+            self._load(set(indexed))
+        fired, missing = self.session.advance(clock, out, also=indexed)
+        dead += self.session.take_rejected()
+        self.orphans.update(missing)   # indexed, but its state is gone (deleted, evicted by Redis): unindex it
+        self.dirty.update(fired)
+        self.stats.deadline_customers += len(fired) + len(missing)
 
     def nothing_due(self, now: int) -> bool:
         """No deadline due by `now`, neither among cached customers nor in Redis's index
         (for a bounded run's last check before it stops)."""
-        local = self.deadlines.next_due()
+        local = self.session.deadlines.next_due()
         if local is not None and local <= now:
             return False
         return not self._redis(lambda: self.store.due_customers(self.name, now, 1), "deadline index lookup")
@@ -220,11 +181,9 @@ class PartitionWorker:
         if not missing:
             return
         loaded = self._redis(lambda: self.store.load_many_encoded(missing), "state load")
-        update, next_due, known, cache = self.deadlines.update, self.evaluator.next_due, self.isolated.loaded, self.cache
+        known = self.session.loaded
         for cid, image in loaded.items():
-            state = cache[cid] = decode_state(image)
-            known(cid, image)
-            update(cid, next_due(state))
+            known(cid, decode_state(image), image)
 
     # -- commit (source, once the epoch's outputs are written) --------------------------------
 
@@ -234,12 +193,10 @@ class PartitionWorker:
             return False
         started = time.perf_counter()
         settle_sinks()   # the triggers of these changes are delivered before the changes commit
-        cache = self.cache
-        states, replaced, dead = self.isolated.checkpoint(self.dirty, cache.get)
-        self._replace(replaced)
-        self.rejected += dead                 # handed out with the next batch's outputs
-        next_due = self.evaluator.next_due
-        due = {cid: next_due(cache[cid]) for cid in states}
+        session = self.session
+        states = session.checkpoint(self.dirty)   # its dead letters go out with the next batch's outputs
+        next_due = session.next_due
+        due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
         self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
@@ -261,22 +218,11 @@ class PartitionWorker:
         gc.freeze()
         return True
 
-    def _replace(self, replaced: dict[str, CustomerState | None]) -> None:
-        """States a checkpoint rebuilt without the event that made them unstorable."""
-        for cid, state in replaced.items():
-            if state is None:
-                self.cache.pop(cid, None)
-            else:
-                self.cache[cid] = state
-                self.deadlines.update(cid, self.evaluator.next_due(state))
-
     def _evict(self) -> None:
         """Drop the oldest cached states (all are committed now); Redis has them."""
         excess = len(self.cache) - int(self.cache_size * 0.9)
         for cid in list(self.cache)[:excess]:
-            del self.cache[cid]
-            self.isolated.forget(cid)
-            self.deadlines.forget(cid)   # Redis's index still has it; the scan finds it when due
+            self.session.forget(cid)   # Redis's index still has it; the scan finds it when due
 
     def _redis(self, fn, what: str):
         def counted() -> None:

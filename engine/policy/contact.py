@@ -16,6 +16,10 @@ id, then series step, so the outcome never depends on evaluation order):
 
 A held-out trigger counts as a contact for cooldowns and caps, so the control group lives
 under the same pacing as the contacted group and the lift compares like with like.
+
+Each `Decision` carries the fact that decided it (`detail`: the consent record, the previous
+contact, the winner, the cap reached, the control group, the time zone of quiet hours); the
+evaluator tells it to an observer (engine.core.observe) with the trigger it became.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from engine.core.calendar import quiet_until
 from engine.rules.compiler import CompiledAction, CompiledRule
-from engine.rules.model import Policy
+from engine.rules.model import FrequencyCap, Policy
 from engine.state.customer import CustomerState
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED
 
@@ -58,13 +62,29 @@ class Candidate:
 
 
 class Decision:
-    __slots__ = ("candidate", "status", "reason", "until")
+    """What the policy made of a candidate, with the fact that decided it in `detail`:
 
-    def __init__(self, candidate: Candidate, status: str, reason: str | None = None, until: int = 0) -> None:
+    - `no_consent`: the channel's recorded decision, [granted, epoch ms], or None (none recorded);
+    - `cooldown`: the epoch ms of the rule's last contact;
+    - `priority`: the `Candidate` that won the moment;
+    - `quiet_hours_dropped` and DEFERRED: the customer's time zone then (None: UTC);
+    - `frequency_cap`: the `FrequencyCap` reached;
+    - HELD_OUT: (share, "rule" or "global"), the control group the customer is in;
+    - SENT: None.
+
+    Recorded as the policy decides (no extra work: each is a value it already holds), so an
+    explanation is told the detail instead of rebuilding it from the triggers afterwards.
+    """
+
+    __slots__ = ("candidate", "status", "reason", "until", "detail")
+
+    def __init__(self, candidate: Candidate, status: str, reason: str | None = None, until: int = 0,
+                 detail: Any = None) -> None:
         self.candidate = candidate
         self.status = status
         self.reason = reason
         self.until = until   # DEFERRED: epoch ms when quiet hours end
+        self.detail = detail
 
 
 def in_control_group(customer_id: str, scope: str, salt: str, share: float) -> bool:
@@ -92,47 +112,52 @@ class ContactPolicy:
         if len(moment) > 1:
             moment.sort(key=Candidate.order)
         decisions = []
-        won = False
+        winner: Candidate | None = None
         for c in moment:
-            d = self._decide_one(state, customer_id, c, won and self.policy is not None, allow_defer)
-            if d.status is not SUPPRESSED:
-                won = True
+            d = self._decide_one(state, customer_id, c, winner if self.policy is not None else None, allow_defer)
+            if winner is None and d.status is not SUPPRESSED:
+                winner = c
             if d.status is SENT or d.status is HELD_OUT:
                 self._record(state, c)
             decisions.append(d)
         return decisions
 
-    def _decide_one(self, state: CustomerState, customer_id: str, c: Candidate, lost: bool,
+    def _decide_one(self, state: CustomerState, customer_id: str, c: Candidate, winner: Candidate | None,
                     allow_defer: bool) -> Decision:
+        """`winner`: the candidate that already won the moment, if any (the others lose on priority)."""
         channel = c.action.channel
         consent = state.consent.get(channel)
         if (consent is None and self.consent_required) or (consent is not None and not consent[0]):
-            return Decision(c, SUPPRESSED, NO_CONSENT)
+            return Decision(c, SUPPRESSED, NO_CONSENT, detail=consent)
         rule = c.rule
         if rule.cooldown:
             last = state.sent.get(rule.id)
             if last is not None and c.at - last < rule.cooldown:
-                return Decision(c, SUPPRESSED, COOLDOWN)
-        if lost:
-            return Decision(c, SUPPRESSED, PRIORITY)
+                return Decision(c, SUPPRESSED, COOLDOWN, detail=last)
+        if winner is not None:
+            return Decision(c, SUPPRESSED, PRIORITY, detail=winner)
         quiet = self.quiet
         if quiet is not None and allow_defer:
-            until = quiet_until(c.at, state.profile.get("timezone"), quiet.start, quiet.end)
+            tz = state.profile.get("timezone")
+            until = quiet_until(c.at, tz, quiet.start, quiet.end)
             if until is not None:
                 if (rule.rule.quiet_hours or quiet.mode) == "drop":
-                    return Decision(c, SUPPRESSED, QUIET_HOURS_DROPPED)
-                return Decision(c, DEFERRED, None, until)
-        if self.caps and self._capped(state, channel, c.at):
-            return Decision(c, SUPPRESSED, FREQUENCY_CAP)
+                    return Decision(c, SUPPRESSED, QUIET_HOURS_DROPPED, detail=tz)
+                return Decision(c, DEFERRED, None, until, detail=tz)
+        if self.caps:
+            cap = self._cap_reached(state, channel, c.at)
+            if cap is not None:
+                return Decision(c, SUPPRESSED, FREQUENCY_CAP, detail=cap)
         share = rule.rule.control_group
         scope = rule.id
         if share is None:
             share, scope = self.global_share, ""
         if share and in_control_group(customer_id, scope, self.salt, share):
-            return Decision(c, HELD_OUT)
+            return Decision(c, HELD_OUT, detail=(share, "rule" if scope else "global"))
         return Decision(c, SENT)
 
-    def _capped(self, state: CustomerState, channel: str, at: int) -> bool:
+    def _cap_reached(self, state: CustomerState, channel: str, at: int) -> FrequencyCap | None:
+        """The first cap (in file order) the channel has reached over its window, if any."""
         for cap in self.caps:
             since = at - cap.per
             every = cap.channel == "*"
@@ -140,8 +165,8 @@ class ContactPolicy:
                 continue
             n = sum(1 for ts, ch in state.contacts if ts > since and (every or ch == channel))
             if n >= cap.max:
-                return True
-        return False
+                return cap
+        return None
 
     def _record(self, state: CustomerState, c: Candidate) -> None:
         state.sent[c.rule.id] = c.at

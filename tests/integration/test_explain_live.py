@@ -10,7 +10,8 @@ import pytest
 
 from engine.core.evaluate import Evaluator
 from engine.events.model import Event
-from engine.offline.explain import Explanation, add_parser, explain_customer
+from engine.cli.explain import add_parser
+from engine.offline.explain import Explanation, explain_customer
 from engine.rules.compiler import load_and_compile
 from engine.state.redis import RedisStore
 from engine.core.times import format_ts, parse_ts

@@ -56,7 +56,7 @@ def test_kafka_to_redis_state_matches_backtest(kafka_bootstrap, redis_url, redis
     replay = Replay(rules, expected.extend)
     events, _ = decoder.decode_batch(lines)
     replay.feed(events)
-    horizon = replay._clock
+    horizon = replay.session.clock
     replay.finish()
 
     # The pipeline: consume in batches, load the batch's customers once, evaluate, save

@@ -12,10 +12,11 @@ import pytest
 
 from engine.offline.backtest import Replay
 from engine.events.model import Event
+from engine.cli.explain import add_parser
 from engine.offline.explain import (
-    ExplainError, Explanation, UnknownCustomer, add_parser, check_condition, explain_customer, print_explanation,
+    ExplainError, Explanation, UnknownCustomer, check_condition, explain_customer, print_explanation,
 )
-from engine.offline.explain import _env as expr_env
+from engine.offline.explain import condition_env as expr_env
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import CustomerState
 from engine.core.times import format_ts, parse_ts
@@ -311,3 +312,72 @@ def test_help_has_examples(capsys):
         cli(["explain", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "--redis-url" in text and "--customer c-31" in text
+
+
+# -- told by the policy, not rebuilt from the trigger list ----------------------------------------
+
+POLICY_RULES = """\
+rules:
+  - id: big
+    type: transactional
+    on: purchase
+    if: event.amount >= 100
+    priority: 10
+    then: {action: big-thanks, channel: email}
+  - id: thanks
+    type: transactional
+    on: purchase
+    then: {action: thanks, channel: email}
+policy:
+  frequency_caps:
+    - {channel: "*", max: 5, per: 1d}
+    - {channel: email, max: 2, per: 7d}
+"""
+
+
+def test_policy_detail_is_the_one_that_decided(tmp_path):
+    """More exact than rebuilt: the cap named is the one reached (not every cap of the channel),
+    the priority winner is the candidate that won the moment, an opt-out says when."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "rules.yaml").write_text(POLICY_RULES)
+    compiled = load_and_compile(d)
+    s = Events()
+    s.add("purchase", T0, amount=150)              # big sent, thanks loses on priority
+    s.add("purchase", T0 + HOUR, amount=5)         # thanks sent (2 emails in 7d)
+    s.add("purchase", T0 + 2 * HOUR, amount=5)     # thanks capped by the 7d email cap, not the 1d one
+    s.add("consent", T0 + 3 * HOUR, channel="email", granted=False)
+    s.add("purchase", T0 + 4 * HOUR, amount=5)     # opted out
+    e = explain_customer(compiled, "c1", events=s.events, rule_id="thanks")
+    whys = [t.why for t in e.rules[0].triggers]
+    assert whys[0] == "suppressed (priority): another trigger of higher priority: big won the same moment"
+    assert whys[1] == "sent"
+    assert whys[2] == "suppressed (frequency_cap): at most 2 email per 1w"
+    assert whys[3] == f"suppressed (no_consent): opted out of email at {format_ts(T0 + 3 * HOUR)}"
+
+
+def test_a_deferral_sent_in_the_same_clock_step_is_still_told(tmp_path):
+    """More exact than diffing timers: a delay due inside quiet hours is deferred and sent within
+    one clock step (the next event comes after the quiet hours); the deferred timer never shows
+    in the state between two calls, but the policy told the trace of the deferral."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "rules.yaml").write_text("""\
+rules:
+  - id: tips
+    type: transactional
+    on: purchase
+    delay: 1h
+    then: {action: tips, channel: email}
+policy:
+  quiet_hours: {from: "21:00", to: "08:00", mode: defer}
+""")
+    compiled = load_and_compile(d)
+    night = parse_ts("2026-03-02T23:30:00Z")
+    s = Events()
+    s.add("purchase", night)
+    s.add("page_view", night + 12 * HOUR)
+    e = explain_customer(compiled, "c1", events=s.events)
+    tips = rule(e, "tips")
+    assert [(t.status, t.fired_at) for t in tips.triggers] == [("sent", "2026-03-03T08:00:00.000Z")]
+    assert tips.notes == ["2026-03-03T00:30:00.000Z: inside quiet hours, deferred to 2026-03-03T08:00:00.000Z"]

@@ -1,0 +1,135 @@
+"""The readable report of `triggers explain`: an `Explanation` as text for people (the
+`--json` output is the struct itself). Only formatting: every fact comes from the struct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import msgspec
+
+from engine.offline.explain.model import ConditionCheck, Explanation, RuleExplanation, StateView, TimerView
+
+Print = Callable[..., None]
+
+
+def fmt(value: Any) -> str:
+    """A value for people: numbers without float noise, null as `missing`, JSON otherwise."""
+    if value is None:
+        return "missing"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e15 else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: (-kv[1], str(kv[0]))) if all(
+            isinstance(v, (int, float)) for v in value.values()) else list(value.items())
+        return "{" + ", ".join(f"{fmt(str(k))}: {fmt(v)}" for k, v in items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    return str(value)
+
+
+
+
+def print_explanation(e: Explanation, stream: TextIO) -> None:
+    """The readable report: state, pending timers, then one block per rule."""
+    def p(text: str = "") -> None:
+        print(text, file=stream)
+
+    basis = f"{e.at} ({e.at_basis})"
+    if e.source == "backtest":
+        p(f"customer {e.customer_id}: backtest of {e.where}, {e.events:,} of its events, explained at {basis}")
+    else:
+        p(f"customer {e.customer_id}: live state from {e.where}, explained at {basis}")
+    _print_state(e.state, p)
+    _print_timers(e.timers, e.source == "backtest", p)
+    for r in e.rules:
+        _print_rule(r, e.source, p)
+
+
+def _print_state(s: StateView, p: Print) -> None:
+    p()
+    p("state")
+    p(f"  last event     {s.last_event_at or '-'}")
+    width = max([0] + [len(a.name) for a in s.aggregates])
+    for i, a in enumerate(s.aggregates):
+        label = "aggregates" if i == 0 else ""
+        p(f"  {label:<13}  {a.name:<{width}} = {a.display}    ({a.definition})")
+    profile = ", ".join(f"{k} = {fmt(v)}" for k, v in sorted(s.profile.items())) or "-"
+    p(f"  profile        {profile}")
+    for i, c in enumerate(s.consent):
+        label = "consent" if i == 0 else ""
+        decided = "no decision" if c.granted is None else (
+            f"opted in at {c.at}" if c.granted else f"opted out at {c.at}")
+        p(f"  {label:<13}  {c.channel}: {decided} → {c.effect}")
+    contacts = ", ".join(f"{c.at} {c.channel}" for c in s.contacts) or "-"
+    p(f"  contacts       {contacts}")
+    last = ", ".join(f"{r} {ts}" for r, ts in sorted(s.last_contact.items())) or "-"
+    p(f"  last contact   {last}")
+    if s.open_triggers:
+        for i, o in enumerate(s.open_triggers):
+            label = "open triggers" if i == 0 else ""
+            flags = ", ".join(x for x, on in (("held out", o.held_out), ("responded", o.responded),
+                                               ("converted", o.converted)) if on) or "no response yet"
+            p(f"  {label:<13}  {o.rule_id} at {o.at}, awaiting responses until {o.until} ({flags})")
+    else:
+        p("  open triggers  -")
+    if s.armed:
+        p(f"  armed          {', '.join(s.armed)}  (threshold conditions currently true)")
+
+
+def _print_timers(timers: list[TimerView], backtest: bool, p: Print) -> None:
+    p()
+    p("pending timers" + ("" if timers else "  -"))
+    if not timers:
+        return
+    rw = max(len(t.rule_id) for t in timers)
+    for t in timers:
+        over = "  OVERDUE" if t.overdue else ""
+        cause = "" if t.what.startswith("occurrence") else f", cause {t.cause} at {t.cause_at}"
+        p(f"  {t.rule_id:<{rw}}  step {t.step}  due {t.due}  {t.what}{cause}{over}")
+    if backtest:
+        p("  (a `triggers backtest` ending here fires the pending one-shot deadlines at the end of the file)")
+
+
+def _print_rule(r: RuleExplanation, source: str, p: Print) -> None:
+    p()
+    p(f"{r.rule_id}  ({r.type}: {r.shape})")
+    p(f"  → {r.summary}")
+    if r.condition is not None:
+        _print_condition(r.condition, p)
+    if r.last_contact and source == "live":
+        p(f"  last contact {r.last_contact}")
+    if r.triggers:
+        p("  triggers")
+        for t in r.triggers:
+            p(f"    {t.fired_at}  {t.action} ({t.channel})  {t.why}  [cause {t.cause_event_id}]")
+    elif source == "backtest":
+        p("  triggers: none")
+    for note in r.notes:
+        p(f"    · {note}")
+
+
+def _print_condition(c: ConditionCheck, p: Print) -> None:
+    src = "" if not c.reads_event else (
+        f"with event {c.event_id}, " if c.event_id else "with no event: event.* read as missing, ")
+    p(f"  if {c.expression}  → {fmt(c.holds)} now ({src}at {c.at})")
+    if len(c.parts) > 1 or c.parts and c.parts[0].operands:
+        tw = max(len(x.text) for x in c.parts)
+        for i, part in enumerate(c.parts):
+            join = f"{c.joiner} " if i and c.joiner else "    " if c.joiner else ""
+            values = "; ".join(f"{o.text} = {fmt(o.value)}" for o in part.operands)
+            if not values and not isinstance(part.value, bool):
+                values = f"= {fmt(part.value)}"
+            shown = f"{values} → {fmt(part.holds)}" if values else f"→ {fmt(part.holds)}"
+            p(f"    {join}{part.text:<{tw}}    {shown}")
+    if c.note:
+        p(f"    ({c.note})")
