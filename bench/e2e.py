@@ -40,17 +40,17 @@ import orjson
 import redis
 
 from bench.workload import generate
-from engine.offline.backtest import Replay
-from engine.events.decode import EventDecoder
-from engine.core.evaluate import Evaluator
-from engine.operators.flow import build_flow
 from connectors.base import Sink
-from engine.testing import MemoryLog
-from engine.rules.compiler import load_and_compile
+from engine.core.evaluate import Evaluator
+from engine.core.times import format_ts
+from engine.events.decode import EventDecoder
+from engine.offline.backtest import Replay
+from engine.operators.flow import build_flow
 from engine.operators.settings import Settings
+from engine.rules.compiler import load_and_compile
 from engine.state.customer import decode_state, encode_state
 from engine.state.redis import RedisStore
-from engine.core.times import format_ts
+from engine.testing import MemoryLog
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")

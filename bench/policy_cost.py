@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from engine.offline.backtest import Replay
 from engine.events.decode import EventDecoder, read_jsonl
+from engine.offline.backtest import Replay
 from engine.rules.compiler import compile_rules
 from engine.rules.loader import load_rules
 

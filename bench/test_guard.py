@@ -8,9 +8,9 @@ import statistics
 import time
 from pathlib import Path
 
-from engine.offline.backtest import Replay
-from engine.events.decode import EventDecoder
 from engine.core.evaluate import Evaluator
+from engine.events.decode import EventDecoder
+from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import encode_state
 

@@ -14,9 +14,9 @@ import uuid
 import msgspec
 import pytest
 
-from engine.offline.backtest import Replay
-from engine.events.decode import EventDecoder
 from engine.core.evaluate import Evaluator
+from engine.events.decode import EventDecoder
+from engine.offline.backtest import Replay
 from engine.policy.contact import Candidate, ContactPolicy
 from engine.state.customer import decode_state, encode_state
 from engine.state.redis import RedisStore

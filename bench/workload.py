@@ -43,7 +43,7 @@ import sys
 import time
 from bisect import bisect
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
 from operator import itemgetter
 from typing import Any, BinaryIO
@@ -192,7 +192,7 @@ class _Shop:
         self.rng = random.Random(seed)
         self.start_date = start_date
         self.start_ms = int(datetime(start_date.year, start_date.month, start_date.day,
-                                     tzinfo=timezone.utc).timestamp() * 1000)
+                                     tzinfo=UTC).timestamp() * 1000)
         self.end_ms = self.start_ms + days * DAY_MS
         self.buckets: list[list[tuple[int, str, str, dict[str, Any]]] | None] = [[] for _ in range(days)]
         self.produced = 0           # in-period events put into a bucket so far

@@ -99,7 +99,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
@@ -151,7 +151,7 @@ class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url must be an http:// or https:// URL with a host, got {self.url!r}")
         try:
-            parts.port
+            _ = parts.port   # raises on a port that is not a number
         except ValueError:
             raise ValueError(f"url has an invalid port: {self.url!r}") from None
         clash = sorted(name for name in self.headers if name.lower() in _OWN_HEADERS)
@@ -310,7 +310,7 @@ class WebhookSink(Sink):
         if self._dead_letters is None:
             undelivered.append(outcome)
             return
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         letter = WebhookDeadLetter(
             outcome.reason, outcome.status, outcome.attempts, self.endpoint, outcome.key, now, list(outcome.triggers)
         )

@@ -21,5 +21,9 @@ bash scripts/chromium.sh
 step "starting the services (or reusing running ones)"
 bash scripts/services.sh start all
 
+step "ruff (lint, import order) and mypy (engine/, connectors/)"
+.venv/bin/ruff check --quiet engine connectors bench tests
+.venv/bin/mypy --no-error-summary
+
 step "running pytest $*"
 exec .venv/bin/python -m pytest "$@"

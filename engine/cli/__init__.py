@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from engine.cli import backtest, diff, repartition, report, run, validate
-from engine.cli.common import CommandError
 from engine.cli import explain as explain_cmd
+from engine.cli.common import CommandError
 
 __all__ = ["main"]
 

@@ -196,7 +196,7 @@ def _prepare_run(settings, rules, accept_state_loss: bool):
 
 
 def _repartition_to_end(settings) -> None:
-    from engine.operators.repartition import RepartitionError, Repartitioner, config_from_settings
+    from engine.operators.repartition import Repartitioner, RepartitionError, config_from_settings
 
     try:
         Repartitioner(config_from_settings(settings)).run(exit_at_end=True)

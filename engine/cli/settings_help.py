@@ -62,7 +62,7 @@ def settings_keys(cls: type | None = None, env_prefix: str | None = None) -> lis
 
 
 def _defaults(cls: type | None, env_prefix: str | None) -> tuple[type, str]:
-    from engine.operators.settings import ENV_PREFIX, Settings   # imports the connectors' configs
+    from engine.operators.settings import ENV_PREFIX, Settings  # imports the connectors' configs
 
     return (cls if cls is not None else Settings), (env_prefix if env_prefix is not None else ENV_PREFIX)
 

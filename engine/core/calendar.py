@@ -7,11 +7,11 @@ of a daylight-saving change. Unknown or invalid zones fall back to UTC (SPEC §3
 from __future__ import annotations
 
 import calendar
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def zone(name: object) -> ZoneInfo | timezone:

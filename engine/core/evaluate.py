@@ -21,18 +21,25 @@ from __future__ import annotations
 
 import zlib
 
-from engine.policy.attribution import Attributor, RuleOutcome
+from engine.actions.trigger import HELD_OUT, SENT, Trigger, trigger_id
 from engine.core.calendar import next_occurrence, parse_date
 from engine.core.observe import Observer, TimerEnd
+from engine.core.times import format_ts
 from engine.events.model import Event
+from engine.policy.attribution import Attributor, RuleOutcome
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import (
-    ABSENCE, DELAY, INACTIVE, MAX_TIMERS_PER_RULE, RECURRING, SERIES, CompiledAction,
-    CompiledRule, CompiledRules,
+    ABSENCE,
+    DELAY,
+    INACTIVE,
+    MAX_TIMERS_PER_RULE,
+    RECURRING,
+    SERIES,
+    CompiledAction,
+    CompiledRule,
+    CompiledRules,
 )
 from engine.state.customer import CustomerState, Timer
-from engine.core.times import format_ts
-from engine.actions.trigger import HELD_OUT, SENT, Trigger, trigger_id
 
 SEEN_IDS = 4            # recent event ids remembered per customer for de-duplication
 DEFER_KEY = "\x00defer"  # timer key of a trigger deferred by quiet hours

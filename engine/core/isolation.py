@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from engine.events.decode import DeadLetter, Stage
+from engine.actions.trigger import Trigger
 from engine.core.evaluate import Evaluator
+from engine.core.times import format_ts
+from engine.events.decode import DeadLetter, Stage
 from engine.events.model import Event
 from engine.state.customer import CustomerState, decode_state, encode_state
-from engine.core.times import format_ts
-from engine.actions.trigger import Trigger
 
 log = logging.getLogger("engine.core.isolation")
 
@@ -172,7 +172,7 @@ class IsolatedEvaluator:
                 ) -> CustomerState | None:
         """One journaled call again, on an evaluator of the same rules whose counts are thrown away."""
         if call.__class__ is Event:
-            return scratch.on_event(state, call, [])   # type: ignore[arg-type]
+            return scratch.on_event(state, call, [])
         if state is not None:
             now, recurring_until = call   # type: ignore[misc]
             scratch.on_time(state, customer_id, now, [], recurring_until)
@@ -211,7 +211,7 @@ class IsolatedEvaluator:
             except Exception as exc:
                 state = None if last_good is None else decode_state(last_good)
                 if call.__class__ is Event:
-                    ev: Event = call   # type: ignore[assignment]
+                    ev: Event = call
                     what = f"event {ev.event_id!r} of customer {customer_id!r}"
                     dead.append(DeadLetter(self._reason(Stage.STORE, exc, what), f"{self.where} event {ev.event_id}",
                                            _json.encode(ev).decode(), Stage.STORE))

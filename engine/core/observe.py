@@ -11,7 +11,7 @@ state, the timer or the decision they are handed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.actions.trigger import Trigger
@@ -32,7 +32,7 @@ class TimerEnd:
     RULE_GONE = "rule_gone"          # its rule was removed or reshaped by a reload: it lapses
 
 
-class Observer(Protocol):
+class Observer:
     """No-op defaults: subclass it and override what you need."""
 
     def event_applied(self, ev: Event) -> None:

@@ -96,10 +96,10 @@ class Session:
                     evaluator.earlier_deadline = False
                     continue
                 evaluator.earlier_deadline = True   # the restored state's deadlines
-            states[cid] = state
+            states[cid] = state   # type: ignore[assignment]  # no dead letter, or one with the state restored: a state
             if evaluator.earlier_deadline:
                 evaluator.earlier_deadline = False
-                update(cid, next_due(state))
+                update(cid, next_due(state))   # type: ignore[arg-type]
         self.clock = clock
         return refused
 

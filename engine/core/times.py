@@ -7,7 +7,7 @@ plain ints here so that deadline arithmetic on the hot path is integer addition.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -59,7 +59,7 @@ def format_duration(ms: int) -> str:
 
 @lru_cache(maxsize=4096)
 def _day_prefix(day: int) -> str:
-    return datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%dT")
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
 
 
 def format_ts(ms: int) -> str:
@@ -95,4 +95,4 @@ def parse_ts(value: str | int | float) -> int:
 
 def now_ms() -> int:
     """The wall clock, for live runs."""
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+    return int(datetime.now(UTC).timestamp() * 1000)

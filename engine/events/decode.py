@@ -29,7 +29,7 @@ import enum
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,13 +99,13 @@ _SEGMENT_TYPES = frozenset({"track", "identify", "page", "group", "alias", "scre
 _SEGMENT_KEYS = ("userId", "anonymousId", "messageId")
 _PURCHASE_AMOUNT_KEYS = ("amount", "revenue", "total")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # datetime's own range (years 1..9999): anything outside cannot be formatted back to
 # RFC 3339 by the rest of the engine, and is a unit mistake anyway (e.g. epoch µs).
-_MIN_TS_MS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+_MIN_TS_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
 # The upper bound leaves room for deadlines: a timestamp plus a rule's wait must still be a date.
-_MAX_TS_MS = (datetime(9000, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+_MAX_TS_MS = (datetime(9000, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
 _NO_TS = _MAX_TS_MS + 1   # a ts without a zone: out of range, for the slow path to explain
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -409,7 +409,7 @@ class EventDecoder:
         event = _fast(raw)
         return event if event is not None else self._slow(raw, source)
 
-    def decode_batch(self, items: Iterable[tuple[bytes, str]],
+    def decode_batch(self, items: Iterable[tuple[bytes | None, str]],
                      keys: Sequence[bytes | None] | None = None) -> tuple[list[Event], list[DeadLetter]]:
         """A batch of `(raw, source)` -> (events in input order, dead letters in input order).
 

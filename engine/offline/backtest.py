@@ -15,16 +15,16 @@ from pathlib import Path
 
 import msgspec
 
-from engine.policy.attribution import RuleOutcome
-from engine.events.decode import DeadLetter, EventDecoder, read_jsonl
+from engine.actions.trigger import Trigger
 from engine.core.evaluate import Evaluator
 from engine.core.isolation import JOURNAL_LIMIT
+from engine.core.session import Session
+from engine.events.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.events.model import Event
 from engine.offline.progress import Progress
+from engine.policy.attribution import RuleOutcome
 from engine.rules.compiler import CompiledRules
-from engine.core.session import Session
 from engine.state.memory import InMemoryStore
-from engine.actions.trigger import Trigger
 
 BATCH = 2000    # lines decoded and triggers written per step
 

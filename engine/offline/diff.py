@@ -22,12 +22,12 @@ from typing import Any, TextIO
 
 import msgspec
 
-from engine.offline.backtest import BATCH, Replay
+from engine.actions.trigger import Trigger
+from engine.core.times import format_ts, parse_ts
 from engine.events.decode import decode_jsonl
 from engine.events.model import Event
+from engine.offline.backtest import BATCH, Replay
 from engine.rules.compiler import CompiledRules, load_and_compile
-from engine.core.times import format_ts, parse_ts
-from engine.actions.trigger import Trigger
 
 __all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "diff_backtests", "print_diff",
            "write_changes"]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import msgspec
 
-from engine.policy.attribution import RuleOutcome
-from engine.offline.backtest import BacktestSummary
-from engine.policy.lift import Lift, lift
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger
+from engine.offline.backtest import BacktestSummary
+from engine.policy.attribution import RuleOutcome
+from engine.policy.lift import Lift, lift
 
 TOP_VALUES = 10          # payload values shown per key and rule
 MAX_TRACKED = 1000       # distinct values counted per key and rule before the rarest are dropped

@@ -22,20 +22,19 @@ from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
 from connectors.kafka.source import KafkaPartitionLog
 from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
 from connectors.webhook import WebhookSink, WebhookSinkConfig
+from engine.actions.trigger import Trigger
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter
-from engine.operators.logs import kafka_logger
 from engine.operators import metrics
+from engine.operators.logs import kafka_logger
 from engine.operators.metrics import serve, track_rules
 from engine.operators.partition import Batch
+from engine.operators.settings import Settings
 from engine.operators.sinks import ConnectorSink, SinkFactory
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
 from engine.rules.compiler import CompiledRules
 from engine.rules.reload import LiveRules
-from engine.operators.settings import Settings
 from engine.state.redis import RedisStore
-from engine.actions.trigger import Trigger
-
 
 log = logging.getLogger("engine")
 

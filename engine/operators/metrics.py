@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from connectors.base import SinkStats
 
@@ -148,7 +148,7 @@ class Health:
                 waits[(f"sink:{name}", str(id(stats)))] = (error or "delivery failing, retrying", since)
         waiting: dict[str, dict] = {}
         ok = bool(parts)
-        for (component, waiter), (what, since) in sorted(waits.items()):
+        for (component, _waiter), (what, since) in sorted(waits.items()):
             entry = waiting.setdefault(component, {"for_s": 0.0, "what": []})
             entry["for_s"] = round(max(entry["for_s"], now - since), 1)
             if what not in entry["what"]:

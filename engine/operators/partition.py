@@ -11,19 +11,19 @@ import gc
 import logging
 import time
 
+from connectors.base import Record, retry_forever
+from engine.actions.trigger import Trigger
+from engine.core.session import Session
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter, EventDecoder
-from engine.core.session import Session
 from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
-from connectors.base import retry_forever
 from engine.rules.reload import LiveRules
 from engine.state.customer import CustomerState, decode_state
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
 from engine.state.store import PartitionStore
-from engine.actions.trigger import Trigger
 
 log = logging.getLogger("engine.partition")
 
@@ -40,7 +40,7 @@ class Batch:
 
     __slots__ = ("worker", "records", "caught_up", "now", "scan_index")
 
-    def __init__(self, worker: "PartitionWorker", records: list[tuple[bytes, int, bytes | None]], caught_up: bool,
+    def __init__(self, worker: PartitionWorker, records: list[Record], caught_up: bool,
                  now: int, scan_index: bool) -> None:
         self.worker = worker
         self.records = records          # (value, offset, key)

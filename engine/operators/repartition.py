@@ -44,11 +44,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from connectors.base import Backoff
 from engine.errors import EngineError
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.operators.logs import kafka_logger
-from connectors.base import Backoff
 
 __all__ = ["RepartitionConfig", "RepartitionError", "RepartitionStats", "Repartitioner", "main"]
 

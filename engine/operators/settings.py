@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from engine.errors import EngineError
-from engine.operators.logs import add_secret, redact_url
 from connectors.file import FileSinkConfig
 from connectors.kafka.sink import KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSinkConfig
 from connectors.webhook import WebhookSinkConfig
+from engine.errors import EngineError
+from engine.operators.logs import add_secret, redact_url
 
 ENV_PREFIX = "TRIGGERS_"
 

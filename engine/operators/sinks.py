@@ -34,7 +34,7 @@ class ConnectorSink(DynamicSink):
         self.factory = factory   # worker index -> connector
         self.statuses = statuses
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> "_ConnectorPartition":
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ConnectorPartition:
         try:
             connector = self.factory(worker_index)
         except OSError as e:   # a file sink that cannot be opened: a full disk, a missing directory

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.base import SinkError, retry_forever
+from engine.core.times import now_ms
 from engine.operators import metrics
 from engine.operators.log import EventLog
 from engine.operators.partition import Batch, Fatal, PartitionWorker
@@ -24,7 +25,6 @@ from engine.operators.shutdown import SHUTDOWN
 from engine.rules.reload import LiveRules
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
 from engine.state.store import PartitionStore, StateLost
-from engine.core.times import now_ms
 
 log = logging.getLogger("engine.source")
 
@@ -49,7 +49,7 @@ class EngineSource(FixedPartitionedSource):
     def list_parts(self) -> list[str]:
         return list(self.partitions)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "EnginePartition":
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> EnginePartition:
         store = self.store()
         # Redis owns the offsets; Bytewax's resume state (only with its recovery) is ignored.
         start = retry_forever(lambda: store.load_offset(for_part), f"partition {for_part}: Redis offset load",
@@ -93,7 +93,7 @@ class EnginePartition(StatefulSourcePartition):
             worker.next_offset = records[-1][1] + 1
             self._awake = None
         else:
-            self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=self.idle_poll_ms)
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=self.idle_poll_ms)
             if self.exit_at_end and worker.log.end_reached() and quiet_commit and worker.nothing_due(now):
                 log.info("partition %s", worker.summary())
                 metrics.HEALTH.forget(worker.name)
@@ -134,7 +134,7 @@ class EnginePartition(StatefulSourcePartition):
             metrics.HEALTH.forget(worker.name)
             raise StopIteration()
         if self._pending is None:
-            self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=10)
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=10)
             return []
         self._commit()
         SHUTDOWN.stopped_at[worker.name] = worker.committed_offset

@@ -31,7 +31,7 @@ class RuleOutcome(msgspec.Struct):
     held_out_converted: int = 0
     held_out_revenue: float = 0.0
 
-    def add(self, other: "RuleOutcome") -> None:
+    def add(self, other: RuleOutcome) -> None:
         for f in ("sent", "held_out", "responded", "converted", "revenue", "held_out_responded",
                   "held_out_converted", "held_out_revenue"):
             setattr(self, f, getattr(self, f) + getattr(other, f))

@@ -27,11 +27,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED
 from engine.core.calendar import quiet_until
 from engine.rules.compiler import CompiledAction, CompiledRule
 from engine.rules.model import FrequencyCap, Policy
 from engine.state.customer import CustomerState
-from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED
 
 DEFERRED = "deferred"
 NO_CONSENT = "no_consent"

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.rules.aggregates import Read, Update, compile_aggregate, decayed_top
 from engine.events.model import CONSENT_EVENT
+from engine.rules.aggregates import Read, Update, compile_aggregate, decayed_top
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
 from engine.rules.loader import load_rules

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 from engine.errors import EngineError
 
-
 MAX_MESSAGE_CHARS = 600
 """Messages quote what a file says (a key, a value, an id), and a hostile file can say megabytes:
 the middle of a longer message is elided, keeping its start and the hint at its end; a longer

@@ -32,17 +32,17 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NoReturn, cast
 
 import msgspec
 
+from engine.core.times import parse_ts
 from engine.errors import EngineError
 from engine.events.model import Event
 from engine.rules.errors import did_you_mean
 from engine.state.customer import CustomerState
-from engine.core.times import parse_ts
 
 __all__ = [
     "FUNCTIONS", "RESERVED_NAMES", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template",
@@ -140,7 +140,7 @@ _MS_PER = {"days_since": 86_400_000, "hours_since": 3_600_000, "minutes_since": 
 def _text_ms(text: str) -> int:
     """Profile dates arrive as strings and are read on every evaluation: parse each once."""
     if _DATE_ONLY.fullmatch(text):  # a calendar date means its midnight, UTC
-        return int(datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+        return int(datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
     return parse_ts(text)
 
 

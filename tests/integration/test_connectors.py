@@ -14,13 +14,13 @@ import pytest
 import redis
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
+from harness import LateProxy, free_port
 
 from connectors.base import SinkError
 from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
 from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
-from engine.events.decode import DeadLetter
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger, trigger_id
-from harness import LateProxy, free_port
+from engine.events.decode import DeadLetter
 
 PARTITIONS = 3
 

@@ -10,11 +10,11 @@ import subprocess
 import time
 
 import orjson
+from harness import ROOT, create_topic, engine_cmd, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 from bench.workload import generate
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
-from harness import ROOT, create_topic, engine_cmd, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 EVENTS = 100_000
 

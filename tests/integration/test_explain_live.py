@@ -8,13 +8,13 @@ import uuid
 import msgspec
 import pytest
 
-from engine.core.evaluate import Evaluator
-from engine.events.model import Event
 from engine.cli.explain import add_parser
+from engine.core.evaluate import Evaluator
+from engine.core.times import format_ts, parse_ts
+from engine.events.model import Event
 from engine.offline.explain import Explanation, explain_customer
 from engine.rules.compiler import load_and_compile
 from engine.state.redis import RedisStore
-from engine.core.times import format_ts, parse_ts
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000

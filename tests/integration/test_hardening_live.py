@@ -10,17 +10,27 @@ import time
 from collections import Counter
 
 from confluent_kafka import Producer
-
-from bench.hostile import hostile_stream
-from engine.events.decode import read_jsonl
-from engine.state.customer import decode_state
-from engine.state.redis import RedisStore
-from engine.core.times import now_ms
-from harness import (ROOT, Receiver, create_topic, engine_cmd, free_port, produce, read_topic, run_engine, unique,
-                     write_config)
+from harness import (
+    ROOT,
+    Receiver,
+    create_topic,
+    engine_cmd,
+    free_port,
+    produce,
+    read_topic,
+    run_engine,
+    unique,
+    write_config,
+)
 from test_operations import scrape
 from test_run import backtest
 from test_start_stop import healthz
+
+from bench.hostile import hostile_stream
+from engine.core.times import now_ms
+from engine.events.decode import read_jsonl
+from engine.state.customer import decode_state
+from engine.state.redis import RedisStore
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 DONE = re.compile(r"partition \S+: done: (\d+) events, (\d+) dead letters, (\d+) triggers")

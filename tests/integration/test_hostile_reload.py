@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 
 from bytewax.testing import run_main
-from test_operations import ROOT, SAMPLE, paced_flow   # same directory (pytest puts it on sys.path)
+from test_operations import ROOT, SAMPLE, paced_flow  # same directory (pytest puts it on sys.path)
 
 from engine.events.decode import read_jsonl
 from engine.rules import limits

@@ -6,17 +6,17 @@ import uuid
 
 import pytest
 from confluent_kafka import KafkaException
+from harness import ROOT, create_topic, produce, unique
 
-from engine.events.model import Event
-from engine.core.evaluate import Evaluator
 from connectors.kafka.source import KafkaPartitionLog
-from engine.testing import MemoryLog
+from engine.core.evaluate import Evaluator
+from engine.events.model import Event
 from engine.operators.partition import Batch, PartitionWorker
 from engine.rules.compiler import load_and_compile
 from engine.rules.reload import LiveRules
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
-from harness import ROOT, create_topic, produce, unique
+from engine.testing import MemoryLog
 
 
 def test_a_committed_offset_beyond_the_end_is_refused(kafka_bootstrap):

@@ -24,8 +24,8 @@ from connectors.base import Sink
 from engine.events.decode import read_jsonl
 from engine.operators.flow import build_flow
 from engine.operators.metrics import serve
-from engine.rules.compiler import load_and_compile
 from engine.operators.settings import Settings
+from engine.rules.compiler import load_and_compile
 from engine.state.redis import RedisStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import orjson
 import redis
-
-from bench.workload import generate
-from engine.state.redis import RedisStore
-from engine.core.times import now_ms
 from harness import ROOT, OwnRedis, Receiver, create_topic, engine_cmd, produce, read_topic, unique, write_config
 from test_run import backtest
+
+from bench.workload import generate
+from engine.core.times import now_ms
+from engine.state.redis import RedisStore
 
 EVENTS = 30_000
 

@@ -11,9 +11,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from engine.offline.backtest import Replay
-from engine.events.decode import EventDecoder, read_jsonl
 from engine.core.evaluate import Evaluator
+from engine.events.decode import EventDecoder, read_jsonl
+from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore

@@ -26,9 +26,9 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from harness import ROOT, create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 from engine.operators.repartition import RepartitionConfig, Repartitioner
-from harness import ROOT, create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 

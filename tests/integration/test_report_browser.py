@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.actions.trigger import Trigger
 from engine.offline.backtest import BacktestSummary, backtest_file
 from engine.offline.report_html import STATUS_COLOURS, ReportCollector, write_report
 from engine.rules.compiler import load_and_compile
-from engine.actions.trigger import Trigger
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_SH = REPO_ROOT / "scripts" / "chromium.sh"

@@ -10,16 +10,25 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from harness import (
+    ROOT,
+    Receiver,
+    create_topic,
+    engine_cmd,
+    produce,
+    read_topic,
+    run_engine,
+    trigger_key,
+    unique,
+    write_config,
+)
 
-from engine.offline.backtest import Replay
+from engine.core.times import now_ms
 from engine.events.decode import EventDecoder, read_jsonl
+from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
-from engine.core.times import now_ms
-
-from harness import (ROOT, Receiver, create_topic, engine_cmd, produce, read_topic, run_engine, trigger_key,
-                      unique, write_config)
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 

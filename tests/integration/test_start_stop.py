@@ -14,12 +14,23 @@ import urllib.request
 
 import orjson
 import pytest
+from harness import (
+    ROOT,
+    LateProxy,
+    OwnRedis,
+    create_topic,
+    engine_cmd,
+    free_port,
+    produce,
+    read_topic,
+    run_engine,
+    unique,
+    write_config,
+)
 
 from bench.workload import generate
 from engine.events.decode import read_jsonl
 from engine.state.redis import RedisStore
-from harness import (ROOT, LateProxy, OwnRedis, create_topic, engine_cmd, free_port, produce, read_topic, run_engine,
-                     unique, write_config)
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 

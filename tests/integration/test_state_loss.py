@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import orjson
+from harness import ROOT, OwnRedis, create_topic, engine_cmd, produce, read_topic, run_engine, unique, write_config
 
 from bench.workload import generate
 from engine.events.decode import read_jsonl
 from engine.state.redis import RedisStore
-from harness import ROOT, OwnRedis, create_topic, engine_cmd, produce, read_topic, run_engine, unique, write_config
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.core.times import parse_ts
 from engine.events.decode import DeadLetter, EventDecoder, read_jsonl
 from engine.events.model import Event
-from engine.core.times import parse_ts
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 SRC = "events.jsonl:17"

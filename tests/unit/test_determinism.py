@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.offline.backtest import Replay
 from engine.events.model import Event
+from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
 
 RULES = load_and_compile(Path(__file__).resolve().parents[2] / "rules")

@@ -9,10 +9,10 @@ import msgspec
 import pytest
 
 from engine.cli import main
-from engine.offline.diff import DiffResult, DiffSummary, diff_backtests
-from engine.events.model import Event
-from engine.rules.compiler import load_and_compile
 from engine.core.times import format_ts, parse_ts
+from engine.events.model import Event
+from engine.offline.diff import DiffResult, DiffSummary, diff_backtests
+from engine.rules.compiler import load_and_compile
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000

@@ -7,11 +7,11 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-from engine.offline.backtest import Replay
 from engine.core.evaluate import Evaluator
-from engine.events.model import Event
-from engine.rules.compiler import load_and_compile
 from engine.core.times import parse_ts
+from engine.events.model import Event
+from engine.offline.backtest import Replay
+from engine.rules.compiler import load_and_compile
 
 BIRTHDAY = """
 rules:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.offline.backtest import Replay
-from engine.events.model import Event
-from engine.rules.compiler import load_and_compile
-from engine.core.times import format_ts, parse_duration, parse_ts
 from engine.actions.trigger import Trigger
+from engine.core.times import format_ts, parse_duration, parse_ts
+from engine.events.model import Event
+from engine.offline.backtest import Replay
+from engine.rules.compiler import load_and_compile
 
 SPEC_RULES = Path(__file__).resolve().parents[1] / "fixtures" / "spec_rules"
 T0 = parse_ts("2026-01-05T10:00:00Z")

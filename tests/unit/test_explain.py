@@ -10,16 +10,21 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.offline.backtest import Replay
-from engine.events.model import Event
 from engine.cli.explain import add_parser
+from engine.core.times import format_ts, parse_ts
+from engine.events.model import Event
+from engine.offline.backtest import Replay
 from engine.offline.explain import (
-    ExplainError, Explanation, UnknownCustomer, check_condition, explain_customer, print_explanation,
+    ExplainError,
+    Explanation,
+    UnknownCustomer,
+    check_condition,
+    explain_customer,
+    print_explanation,
 )
 from engine.offline.explain import condition_env as expr_env
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import CustomerState
-from engine.core.times import format_ts, parse_ts
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -174,7 +174,7 @@ def test_subscript_is_a_safe_get():
 def test_time_functions_accept_epoch_ms_and_strings():
     assert run("hours_since(now - 7200000)") == 2.0
     assert run("minutes_since(now - 90000)") == 1.5
-    day = int(datetime(2026, 9, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    day = int(datetime(2026, 9, 1, tzinfo=UTC).timestamp() * 1000)
     assert run('days_since("2026-09-01")', now=day + 3 * DAY) == 3.0
     assert run('days_since("2026-09-01T12:00:00Z")', now=day + 3 * DAY) == 2.5
     assert run('days_since("2026-09-01T14:00:00+02:00")', now=day + DAY) == 0.5

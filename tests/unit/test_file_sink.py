@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from connectors.file import FileSink, FileSinkConfig
-from engine.events.decode import DeadLetter, read_jsonl
 from engine.actions.trigger import SENT, SUPPRESSED, Trigger, trigger_id
+from engine.events.decode import DeadLetter, read_jsonl
 
 
 def _trigger(n: int, status: str = SENT, reason: str | None = None) -> Trigger:

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import cli
-from engine.offline.backtest import Replay
 from engine.events.decode import MAX_DEPTH, DeadLetter, EventDecoder, Stage
 from engine.events.model import Event
+from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
 from engine.state.customer import decode_state, encode_state
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import random
 import textwrap
 
+import orjson
 import pytest
 
 from bench.workload import generate
-from engine.policy.attribution import RuleOutcome
-from engine.offline.backtest import Replay
+from engine.core.times import parse_ts
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
+from engine.offline.backtest import Replay
+from engine.policy.attribution import RuleOutcome
 from engine.policy.lift import lift, wilson
 from engine.rules.compiler import load_and_compile
-from engine.core.times import parse_ts
-
-import orjson
 
 
 def test_wilson_interval_known_values():

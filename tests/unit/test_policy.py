@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.offline.backtest import Replay
+from engine.actions.trigger import Trigger
+from engine.core.times import format_ts, parse_ts
 from engine.events.model import Event
+from engine.offline.backtest import Replay
 from engine.policy.contact import in_control_group
 from engine.rules.compiler import load_and_compile
-from engine.core.times import format_ts, parse_ts
-from engine.actions.trigger import Trigger
 
 DAY = 86_400_000
 HOUR = 3_600_000

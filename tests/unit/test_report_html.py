@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from engine.policy.attribution import RuleOutcome
+from engine.actions.trigger import Trigger
 from engine.offline.backtest import BacktestSummary
 from engine.offline.report_html import ReportCollector, ValueCounts, render_report, write_report
-from engine.actions.trigger import Trigger
+from engine.policy.attribution import RuleOutcome
 
 EVIL = "<script>alert(1)</script>"
 

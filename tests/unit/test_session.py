@@ -10,11 +10,11 @@ import pytest
 
 from engine.core.observe import Observer, TimerEnd
 from engine.core.session import Session
+from engine.core.times import parse_ts
 from engine.events.decode import EventDecoder, read_jsonl
 from engine.events.model import Event
 from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
-from engine.core.times import parse_ts
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = parse_ts("2026-03-02T10:00:00Z")

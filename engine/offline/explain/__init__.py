@@ -21,8 +21,17 @@ Modules: `model` (the result structs and errors), `customer` (`explain_customer`
 from engine.offline.explain.conditions import check_condition, condition_env
 from engine.offline.explain.customer import explain_customer
 from engine.offline.explain.model import (
-    AggregateValue, ConditionCheck, ConditionPart, Explanation, ExplainError, Operand, RuleExplanation, StateView,
-    TimerView, TriggerView, UnknownCustomer,
+    AggregateValue,
+    ConditionCheck,
+    ConditionPart,
+    ExplainError,
+    Explanation,
+    Operand,
+    RuleExplanation,
+    StateView,
+    TimerView,
+    TriggerView,
+    UnknownCustomer,
 )
 from engine.offline.explain.render import print_explanation
 

@@ -16,7 +16,14 @@ from engine.core.times import format_duration, format_ts
 from engine.events.model import Event
 from engine.offline.explain.conditions import check_condition
 from engine.offline.explain.model import (
-    AggregateValue, ConditionCheck, ConsentView, ContactView, OpenTriggerView, RuleExplanation, StateView, TimerView,
+    AggregateValue,
+    ConditionCheck,
+    ConsentView,
+    ContactView,
+    OpenTriggerView,
+    RuleExplanation,
+    StateView,
+    TimerView,
     TriggerView,
 )
 from engine.offline.explain.render import fmt
@@ -174,7 +181,7 @@ def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decisio
     """The status in words, from the fact the policy decided it by (`Decision.detail`)."""
     if t.status == SENT:
         return "sent"
-    detail = decision.detail if decision is not None else None
+    detail: Any = decision.detail if decision is not None else None   # its type depends on the reason
     if t.status == HELD_OUT:
         share, scope = detail if detail is not None else (None, "")
         where = "this rule's" if scope == "rule" else "the global"
@@ -216,15 +223,15 @@ def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[Timer
             key = f"{t.status} ({t.reason})" if t.reason else t.status
             counts[key] = counts.get(key, 0) + 1
         pieces.append(", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items()))
-    for t in timers:
-        label = "overdue" if t.overdue else "waiting"
-        step = f"step {t.step}, " if rule.kind is SERIES else ""
-        pieces.append(f"{label}: {step}due {t.due}" + (" (deferred by quiet hours)" if "deferred" in t.what else ""))
+    for w in timers:
+        label = "overdue" if w.overdue else "waiting"
+        step = f"step {w.step}, " if rule.kind is SERIES else ""
+        pieces.append(f"{label}: {step}due {w.due}" + (" (deferred by quiet hours)" if "deferred" in w.what else ""))
     if pieces:
         return "; ".join(pieces)
     on = " or ".join(f"`{t}`" for t in rule.rule.on)
     if rule.kind is RECURRING:
-        if parse_date(st.profile.get(rule.date_attr)) is None:
+        if parse_date(st.profile.get(rule.date_attr or "")) is None:
             return f"never scheduled: no usable profile.{rule.date_attr}"
         return "no occurrence scheduled"
     if rule.kind is INACTIVE:
