@@ -13,15 +13,8 @@ SERVICES_DIR="${TE_SERVICES_DIR:-$REPO_ROOT/.services}"
 log() { printf 'chromium: %s\n' "$*" >&2; }
 die() { printf 'chromium: ERROR: %s\n' "$*" >&2; exit 1; }
 
-as_root() {
-    if [[ $EUID -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "'$*' needs root and sudo is not available; run it as root or install chromium by hand"
-    fi
-}
+# shellcheck source=scripts/as_root.sh
+source "$(dirname "${BASH_SOURCE[0]}")/as_root.sh"
 
 find_chromium() {
     local candidate

@@ -58,15 +58,8 @@ kafka_errors() {
 }
 
 # apt-get needs root: run directly as root (CI containers), else through sudo when there is one.
-as_root() {
-    if [[ $EUID -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "'$*' needs root and sudo is not available; run it as root"
-    fi
-}
+# shellcheck source=scripts/as_root.sh
+source "$(dirname "${BASH_SOURCE[0]}")/as_root.sh"
 
 # Serialize start/stop/install of one services dir: tests of several engineers (or pytest
 # sessions) may start the services at the same moment, and must not launch two brokers.

@@ -144,23 +144,13 @@ class _Invalid(Exception):
     """Internal: carries a dead-letter reason out of the slow path."""
 
 
+_JSON_KINDS = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
+               list: "array", dict: "object"}
+
+
 def _kind(value: object) -> str:
     """JSON's name for a decoded value's type, for reasons a producer can act on."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return _JSON_KINDS.get(type(value)) or type(value).__name__
 
 
 def _show(value: object, limit: int = 80) -> str:

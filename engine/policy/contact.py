@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import msgspec
+
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED
 from engine.core.calendar import quiet_until
 from engine.rules.compiler import CompiledAction, CompiledRule
@@ -41,21 +43,17 @@ QUIET_HOURS_DROPPED = "quiet_hours_dropped"
 FREQUENCY_CAP = "frequency_cap"
 
 
-class Candidate:
-    """A trigger a rule fired, before the policy decided what becomes of it."""
+class Candidate(msgspec.Struct, eq=False):
+    """A trigger a rule fired, before the policy decided what becomes of it (compared by identity)."""
 
-    __slots__ = ("rule", "step", "action", "cause", "cause_event_id", "at", "payload", "cause_ts")
-
-    def __init__(self, rule: CompiledRule, step: int, action: CompiledAction, cause: str, cause_event_id: str,
-                 at: int, payload: dict[str, Any], cause_ts: int) -> None:
-        self.rule = rule
-        self.step = step
-        self.action = action
-        self.cause = cause
-        self.cause_event_id = cause_event_id
-        self.at = at
-        self.payload = payload
-        self.cause_ts = cause_ts   # epoch ms of the cause (part of the trigger id)
+    rule: CompiledRule
+    step: int
+    action: CompiledAction
+    cause: str
+    cause_event_id: str
+    at: int
+    payload: dict[str, Any]
+    cause_ts: int   # epoch ms of the cause (part of the trigger id)
 
     def order(self) -> tuple[int, str, int]:
         return (-self.rule.rule.priority, self.rule.id, self.step)
