@@ -53,8 +53,12 @@ def backtest(tree: Path, events: str, work: Path) -> float:
 _COUNT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from engine.offline.backtest import Replay
-from engine.events.decode import EventDecoder, read_jsonl
+try:                                     # the layout since the redesign (issue 10) ...
+    from engine.events.decode import EventDecoder, read_jsonl
+    from engine.offline.backtest import Replay
+except ImportError:                      # ... and the flat one before it
+    from engine.backtest import Replay
+    from engine.decode import EventDecoder, read_jsonl
 from engine.rules.compiler import load_and_compile
 rules, n = load_and_compile(sys.argv[1] + "/rules"), int(sys.argv[3])
 items = [line for _, line in zip(range(n), read_jsonl(sys.argv[2]))]

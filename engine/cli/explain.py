@@ -10,9 +10,8 @@ from typing import Any
 
 import msgspec
 
+from engine.cli.common import load_rules
 from engine.offline.explain import ExplainError, UnknownCustomer, explain_customer, print_explanation
-from engine.rules.compiler import load_and_compile
-from engine.rules.errors import RulesInvalid
 from engine.state.customer import CustomerState
 
 DESCRIPTION = """\
@@ -67,12 +66,8 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.redis_url and args.until:
         print("triggers explain: --until applies to a backtest (--events); live, use --at", file=err)
         return 2
-    try:
-        rules = load_and_compile(args.rules)
-    except RulesInvalid as e:
-        for error in e.errors:
-            print(error, file=err)
-        print(f"triggers explain: {len(e.errors)} error(s) in {args.rules}", file=err)
+    rules = load_rules(args.rules, prog="triggers explain")
+    if rules is None:
         return 1
     try:
         if args.events:
