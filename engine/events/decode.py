@@ -521,16 +521,20 @@ class DecodedBatch(msgspec.Struct):
 
 
 def decode_jsonl(path: str | Path, batch_size: int = JSONL_BATCH,
-                 decoder: EventDecoder | None = None) -> Iterator[DecodedBatch]:
+                 decoder: EventDecoder | None = None, containing: bytes | None = None) -> Iterator[DecodedBatch]:
     """Decode a JSONL event file (`-`: stdin) batch by batch, in constant memory.
 
     The one loop the offline tools share (backtest, diff, explain): every non-blank line ends
     up in exactly one batch, as an event or a dead letter. A caller that stops iterating stops
-    the reading; no line after the last batch it took is decoded.
+    the reading; no line after the last batch it took is decoded. `containing`: only the lines
+    that hold these bytes are decoded (a cheap filter, e.g. one customer's id); the others are
+    skipped, and not counted in `size`.
     """
     decoder = decoder if decoder is not None else EventDecoder()
     batch: list[tuple[bytes, str]] = []
     for item in read_jsonl(path):
+        if containing is not None and containing not in item[0]:
+            continue
         batch.append(item)
         if len(batch) >= batch_size:
             yield _decoded(decoder, batch)

@@ -19,14 +19,14 @@ from engine.actions.trigger import Trigger
 from engine.core.evaluate import Evaluator
 from engine.core.isolation import JOURNAL_LIMIT
 from engine.core.session import Session
-from engine.events.decode import DeadLetter, EventDecoder, read_jsonl
+from engine.events.decode import JSONL_BATCH, DeadLetter, decode_jsonl
 from engine.events.model import Event
 from engine.offline.progress import Progress
 from engine.policy.attribution import RuleOutcome
 from engine.rules.compiler import CompiledRules
 from engine.state.memory import InMemoryStore
 
-BATCH = 2000    # lines decoded and triggers written per step
+BATCH = JSONL_BATCH   # lines decoded and triggers written per step
 
 
 class BacktestSummary(msgspec.Struct):
@@ -125,35 +125,22 @@ def backtest_file(
 ) -> BacktestSummary:
     """Replay a JSONL event file; triggers go to `emit`, undecodable lines to `dead_letter`."""
     start = time.perf_counter()
-    decoder = EventDecoder()
     replay = Replay(rules, emit, until, dead_letter=dead_letter, where=str(events_path))
     path = Path(events_path)
     bar = Progress(path.stat().st_size if progress and str(path) != "-" else 0, "backtest") if progress else None
     dead = 0
     done_bytes = 0
-    batch: list[tuple[bytes, str]] = []
-    for item in read_jsonl(path):
-        batch.append(item)
-        if len(batch) >= BATCH:
-            dead += _step(decoder, replay, batch, dead_letter)
-            if bar is not None:
-                done_bytes += sum(len(raw) + 1 for raw, _ in batch)
-                bar.update(done_bytes, replay.evaluator.counters.events)
-            batch = []
-            if replay.stopped:
-                break
-    if batch and not replay.stopped:
-        dead += _step(decoder, replay, batch, dead_letter)
+    for batch in decode_jsonl(path, BATCH):
+        if batch.dead:
+            dead += len(batch.dead)
+            dead_letter(batch.dead)
+        replay.feed(batch.events)
+        if bar is not None:
+            done_bytes += batch.size
+            bar.update(done_bytes, replay.evaluator.counters.events)
+        if replay.stopped:
+            break
     replay.finish()
     if bar is not None:
         bar.done()
     return replay.summary(dead, time.perf_counter() - start)
-
-
-def _step(decoder: EventDecoder, replay: Replay, batch: list[tuple[bytes, str]],
-          dead_letter: Callable[[list[DeadLetter]], None]) -> int:
-    events, dead = decoder.decode_batch(batch)
-    if dead:
-        dead_letter(dead)
-    replay.feed(events)
-    return len(dead)

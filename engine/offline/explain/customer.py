@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from engine.core.times import format_ts, now_ms, parse_ts
-from engine.events.decode import EventDecoder, read_jsonl
+from engine.events.decode import decode_jsonl
 from engine.events.model import Event
 from engine.offline.explain.conditions import condition_env
 from engine.offline.explain.model import ExplainError, Explanation, UnknownCustomer
@@ -21,8 +21,6 @@ from engine.offline.explain.views import explain_rule, state_view, timer_views
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import did_you_mean
 from engine.state.customer import CustomerState
-
-_BATCH = 2000   # lines decoded per step
 
 
 def explain_customer(
@@ -125,18 +123,9 @@ def _customer_events(events: str | Path | Iterable[Event], customer_id: str) -> 
     needle = customer_id.encode()
     # An id that JSON may write with escapes cannot be pre-filtered on bytes: decode every line.
     prefilter = customer_id.isascii() and customer_id.isprintable() and not any(c in customer_id for c in '"\\/')
-    decoder = EventDecoder()
     found: list[Event] = []
-    batch: list[tuple[bytes, str]] = []
-    for raw, src in read_jsonl(events):
-        if prefilter and needle not in raw:
-            continue
-        batch.append((raw, src))
-        if len(batch) >= _BATCH:
-            found += [e for e in decoder.decode_batch(batch)[0] if e.customer_id == customer_id]
-            batch = []
-    if batch:
-        found += [e for e in decoder.decode_batch(batch)[0] if e.customer_id == customer_id]
+    for batch in decode_jsonl(events, containing=needle if prefilter else None):
+        found += [e for e in batch.events if e.customer_id == customer_id]
     return found
 
 
@@ -145,13 +134,7 @@ def _no_events(events: str | Path | Iterable[Event], customer_id: str, until: in
     if not isinstance(events, (str, Path)) or str(events) == "-":
         return f"customer '{customer_id}' has no events{upto}"
     ids: set[str] = set()
-    decoder = EventDecoder()
-    batch: list[tuple[bytes, str]] = []
-    for item in read_jsonl(events):   # the error path only: find a close id to suggest
-        batch.append(item)
-        if len(batch) >= _BATCH:
-            ids.update(e.customer_id for e in decoder.decode_batch(batch)[0])
-            batch = []
-    ids.update(e.customer_id for e in decoder.decode_batch(batch)[0])
+    for batch in decode_jsonl(events):   # the error path only: find a close id to suggest
+        ids.update(e.customer_id for e in batch.events)
     return f"customer '{customer_id}' has no events in {events}{upto}{did_you_mean(customer_id, ids)}"
 
