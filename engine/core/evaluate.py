@@ -13,6 +13,10 @@ in the state (`CustomerState.timers`), except inactivity deadlines, which follow
 latest event time (`last_ts` + the rule's wait) and so cost nothing per event: the session
 (engine.core.session), which schedules wake-ups, asks `Evaluator.next_due(state)`.
 
+What a rule does when its condition holds on an event or one of its deadlines comes is its
+kind's (engine.rules.kinds: `matched`, `fired`); the evaluator holds the mechanics the kinds
+call (`candidate`, `arm`, `start_series`, `arm_step`, `arm_recurring`) and no branch on kind.
+
 An observer (engine.core.observe), when given, is told each condition with its value, each
 timer armed, ended or fired and each policy decision with its trigger; None on the hot path.
 """
@@ -79,7 +83,7 @@ class Evaluator:
         for t in state.timers:
             if recurring_until is not None and t.due > recurring_until and t.key != DEFER_KEY:
                 rule = by_id.get(t.rule)
-                if rule is not None and isinstance(rule, RecurringRule):
+                if rule is not None and rule.dated:
                     continue
             if best is None or t.due < best:
                 best = t.due
@@ -317,7 +321,7 @@ class Evaluator:
             due = [t for t in state.timers if t.due <= now]
             if due and recurring_until is not None:
                 due = [t for t in due if t.due <= recurring_until or t.rule not in by_id
-                       or not isinstance(by_id[t.rule], RecurringRule)]
+                       or not by_id[t.rule].dated]
             if self.rules.inactive and state.last_ts:
                 due += self._idle_due(state, now)
             if not due:

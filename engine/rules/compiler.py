@@ -2,6 +2,7 @@
 
 Everything that can be decided once is decided here, so evaluating an event is one dict
 lookup for its plan, then calls of compiled functions: no parsing, no name lookups.
+Each rule becomes the class of its kind (engine.rules.kinds), decided here from its shape.
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ class CompiledRule:
     kind: ClassVar[Kind]
     crossing: ClassVar[bool] = False    # threshold: fire only when the condition turns true
     on_events: ClassVar[bool] = True    # run by the events of `on:` (False: by the clock alone)
+    dated: ClassVar[bool] = False       # its deadlines are calendar dates (a backtest's end holds them back)
     __slots__ = ("id", "rule", "policy", "cond", "ctx_props")
 
     def __init__(self, rule: Rule, cond: Fn | None, ctx_props: tuple[str, ...] = ()) -> None:
@@ -255,6 +256,7 @@ class RecurringRule(_OneAction):
 
     kind = Kind.RECURRING
     on_events = False
+    dated = True
     __slots__ = ("date_attr",)
 
     def __init__(self, rule: Rule, cond: Fn | None, then: CompiledAction, date_attr: str) -> None:
