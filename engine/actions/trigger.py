@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-SENT = "sent"
-HELD_OUT = "held_out"
-SUPPRESSED = "suppressed"
-STATUSES = (SENT, HELD_OUT, SUPPRESSED)
+
+class Status(StrEnum):
+    """What became of a fired trigger; the values are the wire format (a trigger's `status`)."""
+
+    SENT = "sent"
+    HELD_OUT = "held_out"         # in the control group: counted, not contacted
+    SUPPRESSED = "suppressed"     # by the contact policy; the trigger's `reason` says why
+
+
+SENT = Status.SENT
+HELD_OUT = Status.HELD_OUT
+SUPPRESSED = Status.SUPPRESSED
+STATUSES = tuple(Status)
 
 
 class Trigger(msgspec.Struct, omit_defaults=False):
@@ -19,8 +29,8 @@ class Trigger(msgspec.Struct, omit_defaults=False):
     customer_id: str
     action: str
     channel: str
-    status: str
-    reason: str | None
+    status: Status
+    reason: str | None     # why it was suppressed (engine.policy.contact.Reason); None otherwise
     fired_at: str          # RFC 3339, UTC, millisecond precision
     cause_event_id: str
     payload: dict[str, Any] = {}

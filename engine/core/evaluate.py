@@ -13,6 +13,10 @@ in the state (`CustomerState.timers`), except inactivity deadlines, which follow
 latest event time (`last_ts` + the rule's wait) and so cost nothing per event: the session
 (engine.core.session), which schedules wake-ups, asks `Evaluator.next_due(state)`.
 
+What a rule does when its condition holds on an event or one of its deadlines comes is its
+kind's (engine.rules.kinds: `matched`, `fired`); the evaluator holds the mechanics the kinds
+call (`candidate`, `arm`, `start_series`, `arm_step`, `arm_recurring`) and no branch on kind.
+
 An observer (engine.core.observe), when given, is told each condition with its value, each
 timer armed, ended or fired and each policy decision with its trigger; None on the hot path.
 """
@@ -28,17 +32,8 @@ from engine.core.times import format_ts
 from engine.events.model import Event
 from engine.policy.attribution import Attributor, RuleOutcome
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
-from engine.rules.compiler import (
-    ABSENCE,
-    DELAY,
-    INACTIVE,
-    MAX_TIMERS_PER_RULE,
-    RECURRING,
-    SERIES,
-    CompiledAction,
-    CompiledRule,
-    CompiledRules,
-)
+from engine.rules.compiler import MAX_TIMERS_PER_RULE, CompiledRules
+from engine.rules.kinds import CompiledAction, CompiledRule, RecurringRule, SeriesRule
 from engine.state.customer import CustomerState, Timer
 
 SEEN_IDS = 4            # recent event ids remembered per customer for de-duplication
@@ -88,7 +83,7 @@ class Evaluator:
         for t in state.timers:
             if recurring_until is not None and t.due > recurring_until and t.key != DEFER_KEY:
                 rule = by_id.get(t.rule)
-                if rule is not None and rule.kind is RECURRING:
+                if rule is not None and rule.dated:
                     continue
             if best is None or t.due < best:
                 best = t.due
@@ -164,14 +159,14 @@ class Evaluator:
             self._run_rules(state, ev, plan.rules, out)
         return state
 
-    def _run_rules(self, state: CustomerState, ev: Event, rules: list[CompiledRule], out: list[Trigger]) -> None:
-        """The rules of the event's type: conditions, then a send, a wait or a series start each."""
+    def _run_rules(self, state: CustomerState, ev: Event, rules: tuple[CompiledRule, ...], out: list[Trigger]) -> None:
+        """The rules of the event's type: conditions, then what the rule's kind does (`matched`)."""
         moment: list[Candidate] = []
         ts = ev.ts
         observer = self.observer
         for rule in rules:
             cond = rule.cond
-            if rule.crossing:
+            if rule.crossing and cond is not None:
                 value = cond(state, ev, ts)
                 if observer is not None:
                     observer.condition(rule, ev, value)
@@ -183,7 +178,7 @@ class Evaluator:
                     armed.remove(rule.id)
                     continue
                 armed.append(rule.id)
-                moment.append(self._candidate(state, rule, 0, rule.then, ev.event_id, ev.event_id, ts, ev))
+                rule.matched(self, state, ev, moment)
                 continue
             if cond is not None:
                 value = cond(state, ev, ts)
@@ -193,15 +188,7 @@ class Evaluator:
                     continue
             elif observer is not None:
                 observer.condition(rule, ev, True)
-            kind = rule.kind
-            if kind is ABSENCE:
-                self._arm(state, rule, ev, ts + rule.wait, 0, rule.unless.key_for_cause(state, ev, ts), replace=True)
-            elif kind is DELAY:
-                self._arm(state, rule, ev, ts + rule.wait, 0, ev.event_id, replace=False)
-            elif kind is SERIES:
-                self._start_series(state, rule, ev, moment)
-            else:
-                moment.append(self._candidate(state, rule, 0, rule.then, ev.event_id, ev.event_id, ts, ev))
+            rule.matched(self, state, ev, moment)
         if moment:
             self._decide(state, ev.customer_id, moment, out)
 
@@ -221,7 +208,7 @@ class Evaluator:
                     self._update_consent(state, {"channel": channel, "granted": granted}, ev.ts, self.rules.channels)
         if changed and self.rules.recurring:
             for rule in self.rules.recurring:   # an occurrence due exactly now is kept, not skipped
-                self._arm_recurring(state, rule, ev.ts - 1, ev)
+                self.arm_recurring(state, rule, ev.ts - 1, ev)
 
     @staticmethod
     def _update_consent(state: CustomerState, props: dict, ts: int, channels: frozenset[str]) -> None:
@@ -257,7 +244,7 @@ class Evaluator:
         props = ev.properties
         return {p: props[p] for p in rule.ctx_props if p in props}
 
-    def _arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
+    def arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
         """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key."""
         timers = state.timers
         mine = [t for t in timers if t.rule == rule.id and t.key != DEFER_KEY]
@@ -288,7 +275,7 @@ class Evaluator:
                     self.observer.timer_ended(rule, t, TimerEnd.RESTARTED, ev)
         state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
 
-    def _arm_recurring(self, state: CustomerState, rule: CompiledRule, after: int, ev: Event | None = None) -> None:
+    def arm_recurring(self, state: CustomerState, rule: RecurringRule, after: int, ev: Event | None = None) -> None:
         """Arm the next occurrence after `after`, never one already fired: a profile re-sent or a
         time zone changed on the day must not fire the same birthday twice. `ev`: the profile
         event that moved it (None: the occurrence just fired)."""
@@ -306,14 +293,14 @@ class Evaluator:
         due, occurrence = found
         self._add_timer(state, rule, Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
 
-    def _start_series(self, state: CustomerState, rule: CompiledRule, ev: Event, moment: list[Candidate]) -> None:
+    def start_series(self, state: CustomerState, rule: SeriesRule, ev: Event, moment: list[Candidate]) -> None:
         self._restart(state, rule, ev)   # a new start restarts the series
         first = rule.steps[0]
         if first.cond is None or first.cond(state, ev, ev.ts):
-            moment.append(self._candidate(state, rule, 0, first.then, f"{ev.event_id}#1", ev.event_id, ev.ts, ev))
-        self._arm_step(state, rule, ev, 1, ev.ts)
+            moment.append(self.candidate(state, rule, 0, first.then, f"{ev.event_id}#1", ev.event_id, ev.ts, ev))
+        self.arm_step(state, rule, ev, 1, ev.ts)
 
-    def _arm_step(self, state: CustomerState, rule: CompiledRule, cause: Event, step: int, start: int) -> None:
+    def arm_step(self, state: CustomerState, rule: SeriesRule, cause: Event, step: int, start: int) -> None:
         if step >= len(rule.steps):
             return
         s = rule.steps[step]
@@ -334,7 +321,7 @@ class Evaluator:
             due = [t for t in state.timers if t.due <= now]
             if due and recurring_until is not None:
                 due = [t for t in due if t.due <= recurring_until or t.rule not in by_id
-                       or by_id[t.rule].kind is not RECURRING]
+                       or not by_id[t.rule].dated]
             if self.rules.inactive and state.last_ts:
                 due += self._idle_due(state, now)
             if not due:
@@ -370,37 +357,11 @@ class Evaluator:
 
     def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str,
               moment: list[Candidate]) -> None:
-        cause = Event(t.cause, t.cause_type, customer_id, t.cause_ts, t.ctx)
-        kind = rule.kind
         if not rule.accepts(t):   # left by a reload that changed the rule's shape: it lapses
             if self.observer is not None:
                 self.observer.timer_ended(rule, t, TimerEnd.RULE_GONE, None)
             return
-        made = True
-        if kind is SERIES:
-            step = rule.steps[t.step]
-            if step.cond is None or step.cond(state, cause, t.due):
-                moment.append(self._candidate(state, rule, t.step, step.then, f"{t.cause}#{t.step + 1}", t.cause,
-                                              t.due, cause))
-            else:
-                made = False
-            self._arm_step(state, rule, cause, t.step + 1, t.due)
-        elif kind is RECURRING:
-            state.occurred[rule.id] = t.cause
-            if rule.cond is None or rule.cond(state, None, t.due):
-                moment.append(self._candidate(state, rule, 0, rule.then, t.cause, "", t.due, cause))
-            else:
-                made = False
-            self._arm_recurring(state, rule, t.due)
-        elif kind is INACTIVE:   # no event caused it: the cause is the stretch since `last_ts`
-            state.idle_fired = [*state.idle_fired, rule.id]
-            if rule.cond is None or rule.cond(state, None, t.due):
-                moment.append(self._candidate(state, rule, 0, rule.then, f"inactive{t.cause}", "", t.due, cause))
-            else:
-                made = False
-        else:   # ABSENCE, DELAY: the condition was checked when the cause armed it
-            key = f"{t.cause}\x1f{t.key}" if t.key and kind is ABSENCE else t.cause
-            moment.append(self._candidate(state, rule, 0, rule.then, key, t.cause, t.due, cause))
+        made = rule.fired(self, state, t, Event(t.cause, t.cause_type, customer_id, t.cause_ts, t.ctx), moment)
         if self.observer is not None:
             self._tell_fired(rule, t, made)
 
@@ -414,19 +375,14 @@ class Evaluator:
     # -- triggers -------------------------------------------------------------------------
 
     @staticmethod
-    def _candidate(state: CustomerState, rule: CompiledRule, step: int, action: CompiledAction, cause: str,
-                   cause_event_id: str, at: int, ev: Event) -> Candidate:
+    def candidate(state: CustomerState, rule: CompiledRule, step: int, action: CompiledAction, cause: str,
+                  cause_event_id: str, at: int, ev: Event) -> Candidate:
         payload = {key: fn(state, ev, at) for key, fn in action.payload} if action.payload else {}
         return Candidate(rule, step, action, cause, cause_event_id, at, payload, ev.ts)
 
     @staticmethod
     def _deferred(rule: CompiledRule, t: Timer) -> Candidate | None:
-        if rule.kind is SERIES:
-            if t.step >= len(rule.steps):
-                return None
-            action = rule.steps[t.step].then
-        else:
-            action = rule.then
+        action = rule.action_for_step(t.step)
         if action is None:
             return None
         return Candidate(rule, t.step, action, t.cause, t.ctx.get("cause_event_id", ""), t.due,
@@ -462,5 +418,5 @@ class Evaluator:
             o.sent += 1
         elif d.status is HELD_OUT:
             o.held_out += 1
-        else:
+        elif d.reason is not None:   # suppressed: the policy always says why
             o.suppressed[d.reason] = o.suppressed.get(d.reason, 0) + 1

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from engine.actions.trigger import Trigger
     from engine.events.model import Event
     from engine.policy.contact import Decision
-    from engine.rules.compiler import CompiledRule
+    from engine.rules.kinds import CompiledRule
     from engine.state.customer import Timer
 
 

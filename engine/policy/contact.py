@@ -25,22 +25,40 @@ evaluator tells it to an observer (engine.core.observe) with the trigger it beca
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED
+from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Status
 from engine.core.calendar import quiet_until
-from engine.rules.compiler import CompiledAction, CompiledRule
+from engine.rules.kinds import CompiledAction, CompiledRule
 from engine.rules.model import FrequencyCap, Policy
 from engine.state.customer import CustomerState
 
-DEFERRED = "deferred"
-NO_CONSENT = "no_consent"
-COOLDOWN = "cooldown"
-PRIORITY = "priority"
-QUIET_HOURS_DROPPED = "quiet_hours_dropped"
-FREQUENCY_CAP = "frequency_cap"
+
+class Reason(StrEnum):
+    """Why the policy suppressed a trigger; the values are the wire format (a trigger's `reason`)."""
+
+    NO_CONSENT = "no_consent"
+    COOLDOWN = "cooldown"
+    PRIORITY = "priority"
+    QUIET_HOURS_DROPPED = "quiet_hours_dropped"
+    FREQUENCY_CAP = "frequency_cap"
+
+
+class Deferral(StrEnum):
+    """Not a trigger status: the candidate is decided again when quiet hours end."""
+
+    DEFERRED = "deferred"
+
+
+DEFERRED = Deferral.DEFERRED
+NO_CONSENT = Reason.NO_CONSENT
+COOLDOWN = Reason.COOLDOWN
+PRIORITY = Reason.PRIORITY
+QUIET_HOURS_DROPPED = Reason.QUIET_HOURS_DROPPED
+FREQUENCY_CAP = Reason.FREQUENCY_CAP
 
 
 class Candidate(msgspec.Struct, eq=False):
@@ -56,7 +74,7 @@ class Candidate(msgspec.Struct, eq=False):
     cause_ts: int   # epoch ms of the cause (part of the trigger id)
 
     def order(self) -> tuple[int, str, int]:
-        return (-self.rule.rule.priority, self.rule.id, self.step)
+        return (-self.rule.policy.priority, self.rule.id, self.step)
 
 
 class Decision:
@@ -76,7 +94,7 @@ class Decision:
 
     __slots__ = ("candidate", "status", "reason", "until", "detail")
 
-    def __init__(self, candidate: Candidate, status: str, reason: str | None = None, until: int = 0,
+    def __init__(self, candidate: Candidate, status: Status | Deferral, reason: Reason | None = None, until: int = 0,
                  detail: Any = None) -> None:
         self.candidate = candidate
         self.status = status
@@ -128,9 +146,10 @@ class ContactPolicy:
         if (consent is None and self.consent_required) or (consent is not None and not consent[0]):
             return Decision(c, SUPPRESSED, NO_CONSENT, detail=consent)
         rule = c.rule
-        if rule.cooldown:
+        own = rule.policy
+        if own.cooldown:
             last = state.sent.get(rule.id)
-            if last is not None and c.at - last < rule.cooldown:
+            if last is not None and c.at - last < own.cooldown:
                 return Decision(c, SUPPRESSED, COOLDOWN, detail=last)
         if winner is not None:
             return Decision(c, SUPPRESSED, PRIORITY, detail=winner)
@@ -139,14 +158,14 @@ class ContactPolicy:
             tz = state.profile.get("timezone")
             until = quiet_until(c.at, tz, quiet.start, quiet.end)
             if until is not None:
-                if (rule.rule.quiet_hours or quiet.mode) == "drop":
+                if (own.quiet_hours or quiet.mode) == "drop":
                     return Decision(c, SUPPRESSED, QUIET_HOURS_DROPPED, detail=tz)
                 return Decision(c, DEFERRED, None, until, detail=tz)
         if self.caps:
             cap = self._cap_reached(state, channel, c.at)
             if cap is not None:
                 return Decision(c, SUPPRESSED, FREQUENCY_CAP, detail=cap)
-        share = rule.rule.control_group
+        share = own.control_group
         scope = rule.id
         if share is None:
             share, scope = self.global_share, ""

@@ -2,6 +2,7 @@
 
 Everything that can be decided once is decided here, so evaluating an event is one dict
 lookup for its plan, then calls of compiled functions: no parsing, no name lookups.
+Each rule becomes the class of its kind (engine.rules.kinds), decided here from its shape.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from engine.events.model import CONSENT_EVENT
 from engine.rules.aggregates import Read, Update, compile_aggregate, decayed_top
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
+from engine.rules.kinds import (
+    AbsenceRule,
+    CompiledAction,
+    CompiledRule,
+    CompiledStep,
+    CompiledUnless,
+    CrossingRule,
+    DelayRule,
+    ImmediateRule,
+    InactiveRule,
+    RecurringRule,
+    SeriesRule,
+)
 from engine.rules.loader import load_rules
-from engine.rules.model import ANY_EVENT, Action, Attribution, Rule, RuleSet, Source, Unless
-
-# How a rule fires; decided from its shape, not its family name.
-IMMEDIATE = "immediate"     # fires on the event itself (threshold crossings, plain conditions)
-ABSENCE = "absence"         # fires `within` after the event unless a cancelling event came
-DELAY = "delay"             # fires `delay` after the event
-SERIES = "series"           # multi-step journey
-INACTIVE = "inactive"       # fires after a stretch with no event at all
-RECURRING = "recurring"     # fires on a date every year/month at a local time
+from engine.rules.model import ANY_EVENT, Action, Attribution, Rule, RuleSet, RuleType, Source, Unless
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -35,83 +41,6 @@ MAX_EXPRESSIONS = 5_000
 MAX_EXPRESSION_TEXT = 250_000
 
 Fn = Callable[..., Any]
-
-
-class CompiledAction:
-    __slots__ = ("action", "channel", "payload")
-
-    def __init__(self, action: str, channel: str, payload: tuple[tuple[str, Fn], ...]) -> None:
-        self.action = action
-        self.channel = channel
-        self.payload = payload
-
-
-class CompiledUnless:
-    """A cancelling condition: an event of `events` whose `match_props` equal the timer's key."""
-
-    __slots__ = ("events", "match_props", "match_values")
-
-    def __init__(self, events: frozenset[str], match_props: tuple[str, ...], match_values: tuple[Fn, ...]) -> None:
-        self.events = events
-        self.match_props = match_props
-        self.match_values = match_values
-
-    def key_for_cause(self, st: Any, ev: Any, now: int) -> str:
-        """The timer key: the match values the cancelling event must carry, rendered from the cause."""
-        if not self.match_values:
-            return ""
-        return "\x1f".join(str(fn(st, ev, now)) for fn in self.match_values)
-
-    def key_of_candidate(self, ev: Any) -> str:
-        if not self.match_props:
-            return ""
-        props = ev.properties
-        return "\x1f".join(str(props.get(p)) for p in self.match_props)
-
-
-class CompiledStep:
-    __slots__ = ("after", "cond", "then", "unless")
-
-    def __init__(self, after: int, cond: Fn | None, then: CompiledAction, unless: CompiledUnless | None) -> None:
-        self.after = after
-        self.cond = cond
-        self.then = then
-        self.unless = unless
-
-
-class CompiledRule:
-    __slots__ = (
-        "id", "rule", "kind", "cond", "crossing", "then", "unless", "wait", "steps",
-        "cooldown", "ctx_props", "date_attr",
-    )
-
-    def __init__(self, rule: Rule) -> None:
-        self.id = rule.id
-        self.rule = rule
-        self.kind = IMMEDIATE
-        self.cond: Fn | None = None
-        self.crossing = False            # threshold: fire only when the condition turns true
-        self.then: CompiledAction | None = None
-        self.unless: CompiledUnless | None = None
-        self.wait = 0                    # ms: within / delay / inactive
-        self.steps: tuple[CompiledStep, ...] = ()
-        self.cooldown = rule.cooldown or 0
-        self.ctx_props: tuple[str, ...] = ()   # cause-event properties a timer must carry
-        self.date_attr: str | None = None
-
-    def unless_for_step(self, step: int) -> CompiledUnless | None:
-        if self.kind == SERIES:
-            return self.steps[step].unless if step < len(self.steps) else None
-        return self.unless
-
-    def accepts(self, timer) -> bool:
-        """Whether a stored deadline still fits this rule (a reload may have changed its shape:
-        fewer steps, another kind); one that does not lapses."""
-        if self.kind is SERIES:
-            return 0 < timer.step < len(self.steps)
-        if timer.step != 0:
-            return False
-        return self.kind in (ABSENCE, DELAY, RECURRING, INACTIVE)
 
 
 class EventPlan:
@@ -139,18 +68,15 @@ class CompiledRules:
         self.rules = tuple(rules)
         self.by_id = {r.id: r for r in rules}
         self.profile_attrs = profile_attrs
-        self.inactive = tuple(r for r in rules if r.kind == INACTIVE)
-        self.recurring = tuple(r for r in rules if r.kind == RECURRING)
+        self.inactive = tuple(r for r in rules if isinstance(r, InactiveRule))
+        self.recurring = tuple(r for r in rules if isinstance(r, RecurringRule))
         # channels some rule sends on: the only ones whose consent is worth keeping
-        self.channels = frozenset(
-            a.channel for r in rules for a in ([r.then] if r.then else []) + [s.then for s in r.steps])
+        self.channels = frozenset(a.channel for r in rules for a in r.actions())
         policy = ruleset.policy
         self.attribution = policy.attribution if policy is not None else Attribution()
-        self.attribution_windows = {r.id: r.rule.attribution_window for r in rules if r.rule.attribution_window}
+        self.attribution_windows = {r.id: r.policy.attribution_window for r in rules if r.policy.attribution_window}
         self._response_types = frozenset(self.attribution.responses) | frozenset(self.attribution.conversions)
-        self.cancel_types = frozenset(
-            t for r in rules for u in _unlesses(r) for t in u.events
-        )
+        self.cancel_types = frozenset(t for r in rules for u in r.unlesses() for t in u.events)
         self._plans: dict[str, EventPlan] = {}
 
     def plan(self, event_type: str) -> EventPlan:
@@ -163,7 +89,7 @@ class CompiledRules:
             updates=tuple(u for on, u in self._updates if event_type in on or ANY_EVENT in on),
             rules=tuple(
                 r for r in self.rules
-                if r.kind not in (INACTIVE, RECURRING) and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
+                if r.on_events and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
             ),
             cancels=event_type in self.cancel_types,
             profile=event_type in PROFILE_EVENTS,
@@ -171,11 +97,6 @@ class CompiledRules:
             responds=event_type in self._response_types,
         )
         return plan
-
-
-def _unlesses(rule: CompiledRule) -> list[CompiledUnless]:
-    found = [rule.unless] if rule.unless else []
-    return found + [s.unless for s in rule.steps if s.unless]
 
 
 def load_and_compile(path: str | Path) -> CompiledRules:
@@ -323,24 +244,17 @@ class _Collector:
 
 def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str],
                   budget: _Budget) -> CompiledRule:
-    c = CompiledRule(rule)
+    """The class of the rule's kind, decided from its shape (not its `type:` family)."""
     col = _Collector(rule, env, errors, profile_attrs, budget)
+    cond = None
     if rule.condition is not None:
         line = Source(rule.source.file, rule.condition_line or rule.source.line)
-        c.cond = col.expr(rule.condition, line, "if")
-    if rule.then is not None:
-        c.then = col.action(rule.then)
-    c.unless = col.unless(rule.unless)
-    if rule.type == "recurring":
-        c.kind = RECURRING
-        c.date_attr = (rule.date or "").removeprefix("profile.")
-        profile_attrs.add(c.date_attr)
-        profile_attrs.add("timezone")
-    elif rule.inactive:
-        c.kind, c.wait = INACTIVE, rule.inactive
-    elif rule.steps:
-        c.kind = SERIES
-        c.steps = tuple(
+        cond = col.expr(rule.condition, line, "if")
+    then = col.action(rule.then) if rule.then is not None else None
+    unless = col.unless(rule.unless)
+    steps: tuple[CompiledStep, ...] = ()
+    if rule.steps and rule.type != RuleType.RECURRING and not rule.inactive:
+        steps = tuple(
             CompiledStep(
                 step.after,
                 col.expr(step.condition, Source(step.source.file, step.condition_line or step.source.line),
@@ -350,17 +264,29 @@ def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: 
             )
             for i, step in enumerate(rule.steps)
         )
-    elif rule.unless is not None:
-        c.kind, c.wait = ABSENCE, rule.unless.within or 0
-    elif rule.delay:
-        c.kind, c.wait = DELAY, rule.delay
-    else:
-        c.crossing = rule.type == "threshold"
-    if c.kind is INACTIVE and col.event_props:
-        # the deadline follows from the latest event time alone; no event is kept for it
-        props = ", ".join(f"event.{p}" for p in sorted(col.event_props))
-        errors.append(RuleError(rule.source.file, rule.source.line,
-                                f"an inactivity rule fires when no event came, so it cannot read {props}; "
-                                "use aggregates (e.g. last_active) or profile attributes", rule.id))
-    c.ctx_props = tuple(sorted(col.event_props)) if c.kind in (ABSENCE, DELAY, SERIES) else ()
-    return c
+    ctx_props = tuple(sorted(col.event_props))   # cause-event properties a timer must carry
+    if rule.type == RuleType.RECURRING:
+        assert then is not None
+        date_attr = (rule.date or "").removeprefix("profile.")
+        profile_attrs.add(date_attr)
+        profile_attrs.add("timezone")
+        return RecurringRule(rule, cond, then, date_attr)
+    if rule.inactive:
+        assert then is not None
+        if col.event_props:
+            # the deadline follows from the latest event time alone; no event is kept for it
+            props = ", ".join(f"event.{p}" for p in sorted(col.event_props))
+            errors.append(RuleError(rule.source.file, rule.source.line,
+                                    f"an inactivity rule fires when no event came, so it cannot read {props}; "
+                                    "use aggregates (e.g. last_active) or profile attributes", rule.id))
+        return InactiveRule(rule, cond, then, rule.inactive)
+    if steps:
+        return SeriesRule(rule, cond, steps, ctx_props)
+    assert then is not None   # the loader requires `then:` of a rule without steps
+    if unless is not None and rule.unless is not None:
+        return AbsenceRule(rule, cond, then, rule.unless.within or 0, unless, ctx_props)
+    if rule.delay:
+        return DelayRule(rule, cond, then, rule.delay, ctx_props)
+    if rule.type == RuleType.THRESHOLD:
+        return CrossingRule(rule, cond, then)
+    return ImmediateRule(rule, cond, then)

@@ -6,11 +6,22 @@ stages (compiler, expression errors, reports) can point at the source.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-RULE_TYPES = ("threshold", "transactional", "behavioral", "recurring")
+
+class RuleType(StrEnum):
+    """A rule's `type:` family, as written in the YAML (how it fires is its `Kind`, engine.rules.kinds)."""
+
+    THRESHOLD = "threshold"
+    TRANSACTIONAL = "transactional"
+    BEHAVIORAL = "behavioral"
+    RECURRING = "recurring"
+
+
+RULE_TYPES = tuple(RuleType)
 AGGREGATE_KINDS = ("sum", "count", "last", "decayed_count")
 ANY_EVENT = "*"
 
@@ -75,7 +86,7 @@ class Step(msgspec.Struct, frozen=True):
 
 class Rule(msgspec.Struct, frozen=True):
     id: str
-    type: str                      # one of RULE_TYPES
+    type: RuleType
     source: Source
     on: tuple[str, ...] = ()       # event types that start or evaluate the rule
     condition: str | None = None   # `if:` expression source

@@ -27,6 +27,7 @@ from engine.rules.model import (
     Policy,
     QuietHours,
     Rule,
+    RuleType,
     Step,
     Unless,
 )
@@ -343,6 +344,7 @@ def rule(scope: Scope, node: Node) -> tuple[str | None, Rule | None]:
         return rule_id, None
     if "condition" in fields:
         fields["condition_line"] = _condition_line(node.value["if"])
+    fields["type"] = RuleType(fields["type"])
     return rule_id, Rule(id=rule_id, source=scope.source(node.line), **fields)
 
 

@@ -17,7 +17,8 @@ from engine.core.session import Session
 from engine.core.times import format_ts
 from engine.events.model import Event
 from engine.policy.contact import Decision
-from engine.rules.compiler import IMMEDIATE, INACTIVE, RECURRING, SERIES, CompiledRule, CompiledRules
+from engine.rules.compiler import CompiledRules
+from engine.rules.kinds import CompiledRule, Kind
 from engine.state.customer import CustomerState, Timer
 
 NOTES = 8   # notable moments kept per rule (the latest)
@@ -82,7 +83,7 @@ class Trace(Observer):
         tr.evaluations += 1
         tr.true += holds
         tr.last_eval = (ev, holds)
-        if not holds and rule.kind is not IMMEDIATE:
+        if not holds and rule.kind is not Kind.IMMEDIATE:
             tr.note(f"{format_ts(ev.ts)} {ev.type} {ev.event_id}: condition false, not started")
 
     def timer_ended(self, rule: CompiledRule | None, timer: Timer, why: str, ev: Event | None) -> None:
@@ -104,20 +105,20 @@ class Trace(Observer):
 def _ended(rule: CompiledRule, t: Timer, why: str, ev: Event | None) -> str | None:
     """A timer that left the state without a candidate, in words (None: not worth a note)."""
     due = format_ts(t.due)
-    step = f"step {t.step + 1} " if rule.kind is SERIES else ""
+    step = f"step {t.step + 1} " if rule.kind is Kind.SERIES else ""
     if why == TimerEnd.CANCELLED and ev is not None:
         return (f"cancelled: {ev.type} {ev.event_id} at {format_ts(ev.ts)} came before the {step}deadline {due} "
                 f"(cause {t.cause})")
     if why in (TimerEnd.REPLACED, TimerEnd.RESTARTED):
         if ev is None:   # a recurring date re-armed as it fired: nothing was lost
             return None
-        if rule.kind is RECURRING:
+        if rule.kind is Kind.RECURRING:
             return f"rescheduled after a profile change ({ev.event_id} at {format_ts(ev.ts)})"
         return (f"re-armed: a newer {ev.type} {ev.event_id} at {format_ts(ev.ts)} replaced the {step}wait due {due} "
                 f"(cause {t.cause})")
-    what = f"step {t.step + 1}" if rule.kind is SERIES else "deadline"
+    what = f"step {t.step + 1}" if rule.kind is Kind.SERIES else "deadline"
     if why == TimerEnd.CONDITION_FALSE:
-        if rule.kind is INACTIVE:
+        if rule.kind is Kind.INACTIVE:
             return f"{due} inactivity due: its condition was false, nothing sent"
         return f"{due} {what} due (cause {t.cause}): its condition was false, nothing sent"
     return f"{due} {what} due (cause {t.cause}): lapsed, the rule changed since it was armed"

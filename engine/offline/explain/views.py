@@ -29,8 +29,18 @@ from engine.offline.explain.model import (
 from engine.offline.explain.render import fmt
 from engine.offline.explain.trace import RuleTrace, Trace
 from engine.policy.contact import COOLDOWN, FREQUENCY_CAP, NO_CONSENT, PRIORITY, QUIET_HOURS_DROPPED, Decision
-from engine.rules.compiler import ABSENCE, DELAY, IMMEDIATE, INACTIVE, RECURRING, SERIES, CompiledRule, CompiledRules
+from engine.rules.compiler import CompiledRules
 from engine.rules.expr import Env
+from engine.rules.kinds import (
+    AbsenceRule,
+    CompiledRule,
+    DelayRule,
+    ImmediateRule,
+    InactiveRule,
+    Kind,
+    RecurringRule,
+    SeriesRule,
+)
 from engine.rules.model import ANY_EVENT
 from engine.state.customer import CustomerState
 
@@ -89,7 +99,7 @@ def state_view(rules: CompiledRules, st: CustomerState, at: int) -> StateView:
 
 
 def _actions(rule: CompiledRule) -> list[Any]:
-    return [rule.then] if rule.then is not None else [s.then for s in rule.steps]
+    return list(rule.actions())
 
 
 def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) -> list[TimerView]:
@@ -98,13 +108,12 @@ def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) ->
         rule = rules.by_id.get(t.rule)
         if t.key == DEFER_KEY:
             what = "deferred send (quiet hours)"
-        elif rule is not None and rule.kind is RECURRING:
+        elif rule is not None and rule.kind is Kind.RECURRING:
             what = f"occurrence {t.cause}"
         elif rule is None:
             what = "deadline of a rule no longer in the rules (lapses)"
         else:
-            what = {ABSENCE: "absence deadline", DELAY: "delay", SERIES: "series step", INACTIVE: "inactivity"}.get(
-                rule.kind, "deadline")
+            what = _TIMER_WHAT.get(rule.kind, "deadline")
         views.append(TimerView(t.rule, t.step + 1, format_ts(t.due), what, t.cause, format_ts(t.cause_ts),
                                live and t.due <= at))
     # Inactivity deadlines are implicit (the latest event time plus the rule's wait), unless the
@@ -121,23 +130,28 @@ def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) ->
     return views
 
 
+_TIMER_WHAT = {Kind.ABSENCE: "absence deadline", Kind.DELAY: "delay", Kind.SERIES: "series step",
+               Kind.INACTIVE: "inactivity"}
+
+
 def _shape(rule: CompiledRule) -> str:
     r = rule.rule
     on = " or ".join(f"`{t}`" for t in r.on) if r.on else ""
     cond = " when `if` holds" if r.condition else ""
-    if rule.kind is IMMEDIATE:
+    if isinstance(rule, ImmediateRule):
         if rule.crossing:
             return f"on {on}, once when `if` turns true (crossing); again only after it turned false"
         return f"on {on}{cond}"
-    if rule.kind is ABSENCE:
-        cancel = " or ".join(f"`{t}`" for t in sorted(rule.unless.events)) if rule.unless else ""
+    if isinstance(rule, AbsenceRule):
+        cancel = " or ".join(f"`{t}`" for t in sorted(rule.unless.events))
         return f"{format_duration(rule.wait)} after {on}{cond}, unless {cancel} comes first"
-    if rule.kind is DELAY:
+    if isinstance(rule, DelayRule):
         return f"{format_duration(rule.wait)} after each {on}{cond}"
-    if rule.kind is SERIES:
+    if isinstance(rule, SeriesRule):
         return f"series of {len(rule.steps)} steps, started by {on}{cond}"
-    if rule.kind is INACTIVE:
+    if isinstance(rule, InactiveRule):
         return f"after {format_duration(rule.wait)} without any event"
+    assert isinstance(rule, RecurringRule)
     at = f"{r.at[0]:02d}:{r.at[1]:02d}"
     return f"every {r.every} on profile.{rule.date_attr} at {at} local time"
 
@@ -194,7 +208,7 @@ def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decisio
             return f"suppressed (no_consent): opted out of {t.channel} at {format_ts(detail[1])}"
         return f"suppressed (no_consent): no opt-in for {t.channel} at {t.fired_at}"
     if reason == COOLDOWN:
-        return (f"suppressed (cooldown): within {format_duration(rule.cooldown)} of the rule's last contact, "
+        return (f"suppressed (cooldown): within {format_duration(rule.policy.cooldown)} of the rule's last contact, "
                 f"the previous contact at {format_ts(detail)}")
     if reason == PRIORITY:
         return f"suppressed (priority): another trigger of higher priority: {detail.rule.id} won the same moment"
@@ -225,16 +239,16 @@ def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[Timer
         pieces.append(", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items()))
     for w in timers:
         label = "overdue" if w.overdue else "waiting"
-        step = f"step {w.step}, " if rule.kind is SERIES else ""
+        step = f"step {w.step}, " if rule.kind is Kind.SERIES else ""
         pieces.append(f"{label}: {step}due {w.due}" + (" (deferred by quiet hours)" if "deferred" in w.what else ""))
     if pieces:
         return "; ".join(pieces)
     on = " or ".join(f"`{t}`" for t in rule.rule.on)
-    if rule.kind is RECURRING:
+    if isinstance(rule, RecurringRule):
         if parse_date(st.profile.get(rule.date_attr or "")) is None:
             return f"never scheduled: no usable profile.{rule.date_attr}"
         return "no occurrence scheduled"
-    if rule.kind is INACTIVE:
+    if rule.kind is Kind.INACTIVE:
         if not st.last_ts:
             return "never started: no event"
         if rule.id in getattr(st, "idle_fired", ()):
