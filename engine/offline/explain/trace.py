@@ -18,7 +18,7 @@ from engine.core.times import format_ts
 from engine.events.model import Event
 from engine.policy.contact import Decision
 from engine.rules.compiler import IMMEDIATE, INACTIVE, RECURRING, SERIES, CompiledRule, CompiledRules
-from engine.state.customer import CustomerState, Timer
+from engine.state.customer import CustomerState, Deferred, Timer
 
 NOTES = 8   # notable moments kept per rule (the latest)
 
@@ -92,6 +92,12 @@ class Trace(Observer):
         text = _ended(rule, timer, why, ev)
         if text is not None:
             tr.note(text)
+
+    def deferred_due(self, rule: CompiledRule | None, send: Deferred, made: bool) -> None:
+        tr = self.rule.get(send.rule) if rule is not None else None
+        if tr is not None and not made:
+            tr.note(f"{format_ts(send.due)} deferred send due (cause {send.cause}): lapsed, the rule changed "
+                    "since it was deferred")
 
     def decision(self, decision: Decision, trigger: Trigger | None) -> None:
         c = decision.candidate
