@@ -91,8 +91,11 @@ def _actions(rule: CompiledRule) -> list[Any]:
     return [rule.then] if rule.then is not None else [s.then for s in rule.steps]
 
 
+DEFERRED_SEND = "deferred send (quiet hours)"   # `TimerView.what` of a send deferred out of quiet hours
+
+
 def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) -> list[TimerView]:
-    views = [TimerView(d.rule, d.step + 1, format_ts(d.due), "deferred send (quiet hours)", d.cause,
+    views = [TimerView(d.rule, d.step + 1, format_ts(d.due), DEFERRED_SEND, d.cause,
                        format_ts(d.cause_ts), live and d.due <= at) for d in st.deferred]
     for t in sorted(st.timers, key=lambda t: (t.due, t.rule, t.step)):
         rule = rules.by_id.get(t.rule)
@@ -224,7 +227,7 @@ def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[Timer
     for w in timers:
         label = "overdue" if w.overdue else "waiting"
         step = f"step {w.step}, " if rule.kind is SERIES else ""
-        pieces.append(f"{label}: {step}due {w.due}" + (" (deferred by quiet hours)" if "deferred" in w.what else ""))
+        pieces.append(f"{label}: {step}due {w.due}" + (" (deferred by quiet hours)" if w.what == DEFERRED_SEND else ""))
     if pieces:
         return "; ".join(pieces)
     on = " or ".join(f"`{t}`" for t in rule.rule.on)
