@@ -1,6 +1,6 @@
 """The shipped test doubles: the live path without Kafka, Redis or a receiver.
 
-- `MemoryLog`: a partition held in a list, an `engine.operators.log.EventLog`;
+- `MemoryLog`: a partition held in a list, an `engine.operators.event_log.EventLog`;
 - `InMemoryStore`: the state store in a dict, a `PartitionStore` like the Redis one
   (re-exported from `engine.state.memory`);
 - `ListSink`: a `connectors.base.Sink` that appends what it is given to a list.

@@ -6,7 +6,7 @@ commit the same offset is also committed to the consumer group (asynchronously, 
 back to resume): the record that a start compares the store with (`engine.operators.resume`),
 so a store that lost data is noticed instead of replayed over.
 
-It implements the engine's event-log interface (`engine.operators.log.EventLog`) by its
+It implements the engine's event-log interface (`engine.operators.event_log.EventLog`) by its
 shape; what the engine observes of it (librdkafka's log lines, transient errors for metrics
 and /healthz) goes through the `logger` and `waiting` hooks it is given.
 """

@@ -10,7 +10,8 @@ same triggers with the same ids.
 States are updated in place (they are per-customer and owned by one worker); functions
 return the state so that a new customer's fresh state reaches the caller. Timers are data
 in the state (`CustomerState.timers`), except inactivity deadlines, which follow from the
-latest event time (`last_ts` + the rule's wait) and so cost nothing per event: the session
+latest event time (`last_ts` + the rule's wait) and so cost nothing per event, and sends
+deferred out of quiet hours, which have their own list (`CustomerState.deferred`): the session
 (engine.core.session), which schedules wake-ups, asks `Evaluator.next_due(state)`.
 
 What a rule does when its condition holds on an event or one of its deadlines comes is its
@@ -34,10 +35,9 @@ from engine.policy.attribution import Attributor, RuleOutcome
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import MAX_TIMERS_PER_RULE, CompiledRules
 from engine.rules.kinds import CompiledAction, CompiledRule, RecurringRule, SeriesRule
-from engine.state.customer import CustomerState, Timer
+from engine.state.customer import Consent, CustomerState, Deferred, Timer
 
 SEEN_IDS = 4            # recent event ids remembered per customer for de-duplication
-DEFER_KEY = "\x00defer"  # timer key of a trigger deferred by quiet hours
 _EMPTY: dict = {}       # shared, never mutated: the ctx of timers whose rule reads no event property
 
 
@@ -51,8 +51,8 @@ class Counters:
 
 
 def new_state() -> CustomerState:
-    return CustomerState(aggs={}, profile={}, armed=[], sent={}, timers=[], seen=[], consent={}, contacts=[],
-                         open_triggers=[], idle_fired=[], occurred={})
+    return CustomerState(aggs={}, profile={}, armed=[], last_contact={}, timers=[], seen=[], consent={}, contacts=[],
+                         open_triggers=[], idle_fired=[], occurred={}, deferred=[])
 
 
 class Evaluator:
@@ -81,12 +81,15 @@ class Evaluator:
         best = None
         by_id = self.rules.by_id
         for t in state.timers:
-            if recurring_until is not None and t.due > recurring_until and t.key != DEFER_KEY:
+            if recurring_until is not None and t.due > recurring_until:
                 rule = by_id.get(t.rule)
                 if rule is not None and rule.dated:
                     continue
             if best is None or t.due < best:
                 best = t.due
+        for d in state.deferred:
+            if best is None or d.due < best:
+                best = d.due
         if state.last_ts:
             for rule in self.rules.inactive:
                 if rule.id not in state.idle_fired:
@@ -128,6 +131,11 @@ class Evaluator:
         if not due_before and state.timers:
             for t in state.timers:
                 if t.due < ts:
+                    due_before = True
+                    break
+        if not due_before and state.deferred:
+            for d in state.deferred:
+                if d.due < ts:
                     due_before = True
                     break
         if due_before:
@@ -218,15 +226,15 @@ class Evaluator:
         if channel not in channels or not isinstance(granted, bool):
             return
         current = state.consent.get(channel)
-        if current is None or current[1] <= ts:
-            state.consent[channel] = [granted, ts]
+        if current is None or current.at <= ts:
+            state.consent[channel] = Consent(granted, ts)
 
     def _cancel(self, state: CustomerState, ev: Event) -> None:
         by_id = self.rules.by_id
         keep = []
         for t in state.timers:
             rule = by_id.get(t.rule)
-            unless = rule.unless_for_step(t.step) if rule is not None and t.key != DEFER_KEY else None
+            unless = rule.unless_for_step(t.step) if rule is not None else None
             if (unless is not None and ev.type in unless.events and ev.ts >= t.cause_ts
                     and unless.key_of_candidate(ev) == t.key):
                 if self.observer is not None:
@@ -247,7 +255,7 @@ class Evaluator:
     def arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
         """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key."""
         timers = state.timers
-        mine = [t for t in timers if t.rule == rule.id and t.key != DEFER_KEY]
+        mine = [t for t in timers if t.rule == rule.id]
         same = [t for t in mine if t.key == key] if replace else []
         for t in same:
             timers.remove(t)
@@ -271,9 +279,9 @@ class Evaluator:
         """Drop the rule's pending timers (deferred sends stay: they still go out)."""
         if self.observer is not None:
             for t in state.timers:
-                if t.rule == rule.id and t.key != DEFER_KEY:
+                if t.rule == rule.id:
                     self.observer.timer_ended(rule, t, TimerEnd.RESTARTED, ev)
-        state.timers = [t for t in state.timers if t.rule != rule.id or t.key == DEFER_KEY]
+        state.timers = [t for t in state.timers if t.rule != rule.id]
 
     def arm_recurring(self, state: CustomerState, rule: RecurringRule, after: int, ev: Event | None = None) -> None:
         """Arm the next occurrence after `after`, never one already fired: a profile re-sent or a
@@ -324,17 +332,24 @@ class Evaluator:
                        or not by_id[t.rule].dated]
             if self.rules.inactive and state.last_ts:
                 due += self._idle_due(state, now)
-            if not due:
+            sends = [d for d in state.deferred if d.due <= now] if state.deferred else None
+            if sends:
+                first = min(d.due for d in sends)
+                if due:
+                    first = min(first, min(t.due for t in due))
+                    due = [t for t in due if t.due == first]
+                sends = sorted((d for d in sends if d.due == first), key=lambda d: (d.rule, d.step))
+                state.deferred = [d for d in state.deferred if d not in sends]
+            elif not due:
                 return state
-            if len(due) == 1:   # the common case: one deadline
+            if len(due) <= 1:   # the common case: one deadline
                 batch = due
             else:
                 first = min(t.due for t in due)
                 batch = sorted((t for t in due if t.due == first), key=lambda t: (t.rule, t.step, t.key))
-            if state.timers:
+            if batch and state.timers:
                 state.timers = [t for t in state.timers if t not in batch]
             moment: list[Candidate] = []
-            deferred: list[Candidate] = []
             for t in batch:
                 rule = by_id.get(t.rule)
                 if rule is None:   # a rule removed by a reload leaves its timers to lapse
@@ -342,18 +357,25 @@ class Evaluator:
                         self.observer.timer_ended(None, t, TimerEnd.RULE_GONE, None)
                     continue
                 self.counters.timers_fired += 1
-                if t.key == DEFER_KEY:
-                    candidate = self._deferred(rule, t)
-                    if candidate is not None:
-                        deferred.append(candidate)
-                    if self.observer is not None:
-                        self._tell_fired(rule, t, candidate is not None)
-                else:
-                    self._fire(state, rule, t, customer_id, moment)
+                self._fire(state, rule, t, customer_id, moment)
             if moment:
                 self._decide(state, customer_id, moment, out)
-            for c in deferred:
-                self._decide(state, customer_id, [c], out, allow_defer=False)
+            if sends:
+                self._send_deferred(state, customer_id, sends, out)
+
+    def _send_deferred(self, state: CustomerState, customer_id: str, sends: list[Deferred],
+                       out: list[Trigger]) -> None:
+        """Deferred sends due at one instant: each decided alone, after the deadlines of that
+        instant, and never deferred again."""
+        for d in sends:
+            rule = self.rules.by_id.get(d.rule)
+            if rule is not None:
+                self.counters.timers_fired += 1
+            candidate = self._deferred(rule, d) if rule is not None else None
+            if self.observer is not None:
+                self.observer.deferred_due(rule, d, candidate is not None)
+            if candidate is not None:
+                self._decide(state, customer_id, [candidate], out, allow_defer=False)
 
     def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str,
               moment: list[Candidate]) -> None:
@@ -381,12 +403,12 @@ class Evaluator:
         return Candidate(rule, step, action, cause, cause_event_id, at, payload, ev.ts)
 
     @staticmethod
-    def _deferred(rule: CompiledRule, t: Timer) -> Candidate | None:
-        action = rule.action_for_step(t.step)
+    def _deferred(rule: CompiledRule, d: Deferred) -> Candidate | None:
+        """The candidate of a deferred send; None if a reload left the rule without its action."""
+        action = rule.action_for_step(d.step)
         if action is None:
             return None
-        return Candidate(rule, t.step, action, t.cause, t.ctx.get("cause_event_id", ""), t.due,
-                         t.ctx.get("payload", {}), t.cause_ts)
+        return Candidate(rule, d.step, action, d.cause, d.cause_event_id, d.due, d.payload, d.cause_ts)
 
     def _decide(self, state: CustomerState, customer_id: str, moment: list[Candidate], out: list[Trigger],
                 allow_defer: bool = True) -> None:
@@ -395,9 +417,9 @@ class Evaluator:
             if d.status is DEFERRED:
                 if self.observer is not None:
                     self.observer.decision(d, None)
-                self._add_timer(state, c.rule, Timer(d.until, c.rule.id, c.step, DEFER_KEY, c.cause, c.cause_ts,
-                                                     {"payload": c.payload, "cause_event_id": c.cause_event_id,
-                                                      "deferred_at": c.at}))
+                state.deferred.append(Deferred(d.until, c.rule.id, c.step, c.cause, c.cause_ts, c.cause_event_id,
+                                               c.payload, c.at))
+                self.earlier_deadline = True
                 continue
             self._count(d)
             if d.status is SENT or d.status is HELD_OUT:

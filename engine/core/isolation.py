@@ -31,7 +31,7 @@ from engine.core.evaluate import Evaluator
 from engine.core.times import format_ts
 from engine.events.decode import DeadLetter, Stage
 from engine.events.model import Event
-from engine.state.customer import CustomerState, decode_state, encode_state
+from engine.state.customer import CustomerState, Deferred, Timer, decode_state, encode_state
 
 log = logging.getLogger("engine.core.isolation")
 
@@ -118,8 +118,10 @@ class IsolatedEvaluator:
         except Exception as exc:
             del out[mark:]
             restored = self._rebuild(customer_id)[0] or state
-            dropped = [t for t in restored.timers if t.due <= now]
+            dropped: list[Timer | Deferred] = [t for t in restored.timers if t.due <= now]
+            dropped += [d for d in restored.deferred if d.due <= now]
             restored.timers = [t for t in restored.timers if t.due > now]
+            restored.deferred = [d for d in restored.deferred if d.due > now]
             idle = [r.id for r in evaluator.rules.inactive
                     if restored.last_ts and restored.last_ts + r.wait <= now and r.id not in restored.idle_fired]
             restored.idle_fired = [*restored.idle_fired, *idle]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from engine.events.model import Event
     from engine.policy.contact import Decision
     from engine.rules.kinds import CompiledRule
-    from engine.state.customer import Timer
+    from engine.state.customer import Deferred, Timer
 
 
 class TimerEnd:
@@ -44,14 +44,19 @@ class Observer:
         (series steps, recurring, inactivity) are told through `timer_ended` / `timer_fired`."""
 
     def timer_armed(self, rule: CompiledRule, timer: Timer) -> None:
-        """A deadline (or a deferred send) was added to the state."""
+        """A deadline was added to the state (a deferred send is told by `decision`)."""
 
     def timer_ended(self, rule: CompiledRule | None, timer: Timer, why: str, ev: Event | None) -> None:
         """A timer left the state without making a candidate (`TimerEnd`); `ev` caused it, if an event did."""
 
     def timer_fired(self, rule: CompiledRule, timer: Timer) -> None:
-        """A deadline (or a deferred send) came due and made a candidate: the policy decides next.
+        """A deadline came due and made a candidate: the policy decides next.
         Inactivity deadlines, implicit in the state, come as transient timers."""
+
+    def deferred_due(self, rule: CompiledRule | None, send: Deferred, made: bool) -> None:
+        """A send deferred out of quiet hours came due: `made` if it became a candidate again
+        (the policy decides it next, never deferring it twice); otherwise it lapsed, its rule
+        (None: removed) changed by a reload since."""
 
     def decision(self, decision: Decision, trigger: Trigger | None) -> None:
         """The policy decided a candidate; `trigger` is what it became (None: deferred by quiet

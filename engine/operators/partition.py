@@ -17,7 +17,7 @@ from engine.core.session import Session
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter, EventDecoder
 from engine.operators import metrics
-from engine.operators.log import EventLog
+from engine.operators.event_log import EventLog
 from engine.operators.shutdown import SHUTDOWN
 from engine.operators.sinks import settle_sinks
 from engine.rules.reload import LiveRules
@@ -64,7 +64,7 @@ class PartitionWorker:
         not 0); a commit expects to find it there, or stops with `StateLost`."""
         if has_offset is None:
             has_offset = start_offset > 0
-        self.log = event_log
+        self.event_log = event_log
         self.name = event_log.name
         self.store = store
         self.live_rules = rules
@@ -112,11 +112,11 @@ class PartitionWorker:
             self.session.use(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
         out: list = []
-        where = self.log.where
+        where = self.event_log.where
         if batch.records and self.first_record_at is None:
             self.first_record_at = time.time()
         records = batch.records
-        keys = [r[2] for r in records] if self.log.keyed else None
+        keys = [r[2] for r in records] if self.event_log.keyed else None
         events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys)
         session = self.session
         dead += session.take_rejected()   # found by the last commit's storability check
@@ -202,7 +202,7 @@ class PartitionWorker:
         self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
                                               expected_offset=expected), "commit")
         self.has_committed = True
-        self.log.record_committed(offset)   # the record outside Redis that state loss is checked against
+        self.event_log.record_committed(offset)   # the record outside Redis that state loss is checked against
         self.orphans.clear()
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         self._m_commits.inc()
@@ -259,4 +259,4 @@ class PartitionWorker:
                 f"{self.first_record_at or 0:.3f}, last commit at {self.last_commit_at or 0:.3f} ({span:.2f} s)")
 
     def close(self) -> None:
-        self.log.close()
+        self.event_log.close()

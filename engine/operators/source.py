@@ -19,7 +19,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors.base import SinkError, retry_forever
 from engine.core.times import now_ms
 from engine.operators import metrics
-from engine.operators.log import EventLog
+from engine.operators.event_log import EventLog
 from engine.operators.partition import Batch, Fatal, PartitionWorker
 from engine.operators.shutdown import SHUTDOWN
 from engine.rules.reload import LiveRules
@@ -88,13 +88,13 @@ class EnginePartition(StatefulSourcePartition):
             quiet_commit = not self._commit()
             self._pending = None
         now = now_ms()
-        records = worker.log.read(self.batch_size)
+        records = worker.event_log.read(self.batch_size)
         if records:
             worker.next_offset = records[-1][1] + 1
             self._awake = None
         else:
             self._awake = datetime.now(UTC) + timedelta(milliseconds=self.idle_poll_ms)
-            if self.exit_at_end and worker.log.end_reached() and quiet_commit and worker.nothing_due(now):
+            if self.exit_at_end and worker.event_log.end_reached() and quiet_commit and worker.nothing_due(now):
                 log.info("partition %s", worker.summary())
                 metrics.HEALTH.forget(worker.name)
                 raise StopIteration()   # read to the start-up end, every deadline fired and committed
@@ -103,9 +103,9 @@ class EnginePartition(StatefulSourcePartition):
             self._index_at = now
             if now - self._lag_at >= 5000:   # a broker round trip: every few seconds is enough
                 self._lag_at = now
-                self._lag.set(worker.log.lag())
+                self._lag.set(worker.event_log.lag())
         # A bounded run treats the start-up end as "caught up", so its clock reaches the wall clock.
-        caught_up = worker.log.caught_up() or (self.exit_at_end and worker.log.end_reached())
+        caught_up = worker.event_log.caught_up() or (self.exit_at_end and worker.event_log.end_reached())
         return [Batch(worker, records, caught_up, now, scan)]
 
     def _commit(self) -> bool:

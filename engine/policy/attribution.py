@@ -13,7 +13,7 @@ import msgspec
 
 from engine.events.model import Event, amount
 from engine.rules.model import Attribution
-from engine.state.customer import CustomerState
+from engine.state.customer import CustomerState, OpenTrigger
 
 MAX_OPEN = 16   # open triggers kept per customer; the oldest close first
 
@@ -50,8 +50,8 @@ class Attributor:
 
     def open(self, state: CustomerState, rule_id: str, at: int, held_out: bool) -> None:
         until = at + self.windows.get(rule_id, self.default_window)
-        entries = [e for e in state.open_triggers if e[5] >= at]
-        entries.append([rule_id, at, held_out, False, False, until])
+        entries = [e for e in state.open_triggers if e.until >= at]
+        entries.append(OpenTrigger(rule_id, at, held_out, False, False, until))
         if len(entries) > MAX_OPEN:
             del entries[0]
         state.open_triggers = entries
@@ -59,28 +59,28 @@ class Attributor:
     def observe(self, state: CustomerState, ev: Event, outcomes: dict[str, RuleOutcome]) -> None:
         """Attribute a response/conversion event to the open triggers it follows."""
         ts = ev.ts
-        entries = [e for e in state.open_triggers if e[5] >= ts]
+        entries = [e for e in state.open_triggers if e.until >= ts]
         is_response = ev.type in self.responses
         is_conversion = ev.type in self.conversions
         revenue = 0.0
         if is_conversion:
             revenue = float(amount(ev.properties.get(self.revenue_field)))
         for e in entries:
-            rule_id, at, held = e[0], e[1], e[2]
+            rule_id, at, held = e.rule, e.at, e.held_out
             if ts <= at:
                 continue
             o = outcomes.get(rule_id)
             if o is None:
                 o = outcomes[rule_id] = RuleOutcome(suppressed={})
-            if is_response and not e[3]:
-                e[3] = True
+            if is_response and not e.responded:
+                e.responded = True
                 if held:
                     o.held_out_responded += 1
                 else:
                     o.responded += 1
             if is_conversion:
-                if not e[4]:
-                    e[4] = True
+                if not e.converted:
+                    e.converted = True
                     if held:
                         o.held_out_converted += 1
                     else:

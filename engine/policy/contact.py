@@ -34,7 +34,7 @@ from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Status
 from engine.core.calendar import quiet_until
 from engine.rules.kinds import CompiledAction, CompiledRule
 from engine.rules.model import FrequencyCap, Policy
-from engine.state.customer import CustomerState
+from engine.state.customer import Contact, CustomerState
 
 
 class Reason(StrEnum):
@@ -80,7 +80,7 @@ class Candidate(msgspec.Struct, eq=False):
 class Decision:
     """What the policy made of a candidate, with the fact that decided it in `detail`:
 
-    - `no_consent`: the channel's recorded decision, [granted, epoch ms], or None (none recorded);
+    - `no_consent`: the channel's recorded `Consent`, or None (none recorded);
     - `cooldown`: the epoch ms of the rule's last contact;
     - `priority`: the `Candidate` that won the moment;
     - `quiet_hours_dropped` and DEFERRED: the customer's time zone then (None: UTC);
@@ -143,12 +143,12 @@ class ContactPolicy:
         """`winner`: the candidate that already won the moment, if any (the others lose on priority)."""
         channel = c.action.channel
         consent = state.consent.get(channel)
-        if (consent is None and self.consent_required) or (consent is not None and not consent[0]):
+        if (consent is None and self.consent_required) or (consent is not None and not consent.granted):
             return Decision(c, SUPPRESSED, NO_CONSENT, detail=consent)
         rule = c.rule
         own = rule.policy
         if own.cooldown:
-            last = state.sent.get(rule.id)
+            last = state.last_contact.get(rule.id)
             if last is not None and c.at - last < own.cooldown:
                 return Decision(c, SUPPRESSED, COOLDOWN, detail=last)
         if winner is not None:
@@ -180,15 +180,15 @@ class ContactPolicy:
             every = cap.channel == "*"
             if not every and cap.channel != channel:
                 continue
-            n = sum(1 for ts, ch in state.contacts if ts > since and (every or ch == channel))
+            n = sum(1 for x in state.contacts if x.at > since and (every or x.channel == channel))
             if n >= cap.max:
                 return cap
         return None
 
     def _record(self, state: CustomerState, c: Candidate) -> None:
-        state.sent[c.rule.id] = c.at
+        state.last_contact[c.rule.id] = c.at
         if self.caps:
             since = c.at - self.cap_window
-            contacts = [x for x in state.contacts if x[0] > since]
-            contacts.append([c.at, c.action.channel])
+            contacts = [x for x in state.contacts if x.at > since]
+            contacts.append(Contact(c.at, c.action.channel))
             state.contacts = contacts

@@ -1,8 +1,10 @@
 """The compact per-customer state the rules read and the engine keeps in Redis.
 
 Encoded as msgpack arrays (`array_like`): no field names on the wire, about half the bytes
-of a map (hot-path-measurements §2). Fields are only ever appended at the end, with
-defaults, so states written by an older engine still decode.
+of a map (hot-path-measurements §2). The inner records are `array_like` structs too, so a
+record is the same msgpack array the engine wrote when they were plain lists: a field is
+renamed freely (its position is its identity) and only ever appended at the end, with a
+default, so states written by an older engine still decode (tests/unit/test_state_wire.py).
 """
 
 from __future__ import annotations
@@ -29,28 +31,77 @@ class Timer(msgspec.Struct, array_like=True):
     cause_type: str = ""       # the cause event's type, for `event.type` when the deadline fires
 
 
+class Deferred(msgspec.Struct, array_like=True):
+    """A send the policy deferred out of quiet hours: decided and rendered, it goes out at `due`
+    (re-checked against consent, cooldown and caps then, never deferred twice)."""
+
+    due: int                   # epoch ms, UTC: when quiet hours end
+    rule: str
+    step: int                  # the series step whose action it sends; 0 otherwise
+    cause: str                 # the trigger's cause (part of its id)
+    cause_ts: int              # epoch ms of the cause (part of its id)
+    cause_event_id: str        # the trigger's `cause_event_id`
+    payload: dict[str, Any]    # the rendered payload, as it was when deferred
+    deferred_at: int           # epoch ms the send was first due
+
+
+class Consent(msgspec.Struct, array_like=True):
+    """A channel's latest consent decision (wire: [granted, at])."""
+
+    granted: bool
+    at: int                    # epoch ms of the decision (event time)
+
+
+class Contact(msgspec.Struct, array_like=True):
+    """A recent contact, for frequency caps (wire: [at, channel])."""
+
+    at: int                    # epoch ms of the send
+    channel: str
+
+
+class OpenTrigger(msgspec.Struct, array_like=True):
+    """A sent or held-out trigger whose attribution window is still open
+    (wire: [rule, at, held_out, responded, converted, until])."""
+
+    rule: str
+    at: int                    # epoch ms the trigger fired
+    held_out: bool             # in the control group: not sent, still attributed (lift)
+    responded: bool
+    converted: bool
+    until: int                 # epoch ms the attribution window closes
+
+
 class CustomerState(msgspec.Struct, array_like=True):
     aggs: dict[str, Any] = {}       # aggregate name -> value (shape depends on the kind)
     profile: dict[str, Any] = {}    # profile attributes from identify/profile events
     armed: list[str] = []           # threshold rules whose condition is currently true
-    sent: dict[str, int] = {}       # rule id -> epoch ms of its last sent trigger (cooldown)
+    last_contact: dict[str, int] = {}   # rule id -> epoch ms of its latest contact (cooldown)
     timers: list[Timer] = []        # pending deadlines, any order
     last_ts: int = 0                # epoch ms of the latest event applied
     seen: list[int] = []            # 64-bit hashes of the latest event ids (de-duplication)
-    consent: dict[str, list] = {}   # channel -> [granted: bool, epoch ms of the decision]
-    contacts: list[list] = []       # [epoch ms, channel] of recent contacts, for frequency caps
-    open_triggers: list[list] = []  # [rule id, epoch ms, held out?, responded?, converted?] awaiting responses
+    consent: dict[str, Consent] = {}    # channel -> its latest decision
+    contacts: list[Contact] = []    # recent contacts, for frequency caps
+    open_triggers: list[OpenTrigger] = []   # triggers awaiting responses
     idle_fired: list[str] = []      # inactivity rules already fired since the latest event
     occurred: dict[str, str] = {}   # recurring rule id -> local date of its latest occurrence fired
+    deferred: list[Deferred] = []   # sends deferred out of quiet hours, any order
 
     def next_due(self) -> int | None:
-        """The earliest stored deadline; inactivity deadlines are implicit (`Evaluator.next_due`)."""
+        """The earliest stored deadline or deferred send; inactivity deadlines are implicit
+        (`Evaluator.next_due`)."""
         best = None
         for t in self.timers:
             if best is None or t.due < best:
                 best = t.due
+        for d in self.deferred:
+            if best is None or d.due < best:
+                best = d.due
         return best
 
+
+# Engines before `CustomerState.deferred` kept a deferred send as a timer under this key, its
+# send in `Timer.ctx`; `decode_state` moves them to `deferred`, so only decoding knows the key.
+LEGACY_DEFER_KEY = "\x00defer"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CustomerState)
@@ -61,4 +112,23 @@ def encode_state(state: CustomerState) -> bytes:
 
 
 def decode_state(data: bytes) -> CustomerState:
-    return _decoder.decode(data)
+    state = _decoder.decode(data)
+    if state.timers:
+        for t in state.timers:
+            if t.key == LEGACY_DEFER_KEY:
+                _lift_legacy_deferred(state)
+                break
+    return state
+
+
+def _lift_legacy_deferred(state: CustomerState) -> None:
+    """Move the deferred sends an older engine stored among the timers to `deferred`."""
+    timers = []
+    for t in state.timers:
+        if t.key != LEGACY_DEFER_KEY:
+            timers.append(t)
+            continue
+        ctx = t.ctx
+        state.deferred.append(Deferred(t.due, t.rule, t.step, t.cause, t.cause_ts, ctx.get("cause_event_id", ""),
+                                       ctx.get("payload", {}), ctx.get("deferred_at", t.due)))
+    state.timers = timers

@@ -59,7 +59,7 @@ def test_an_unstorable_state_is_caught_at_the_commit_and_its_event_dead_lettered
     lines = [b'{"event_id": "p%d", "type": "purchase", "customer_id": "c1", "ts": %d, "properties": {"amount": 1}}'
              % (i, 1_000 + i) for i in range(3)]
     worker = PartitionWorker(MemoryLog("p-0", lines), store, LiveRules(ROOT / "rules", rules, watch=False), 0)
-    records = worker.log.read(10)
+    records = worker.event_log.read(10)
     worker.process(Batch(worker, records, False, 10_000, False))
     worker.commit(3)                                             # the check: p1 made the state unstorable
     out = worker.process(Batch(worker, [], False, 10_000, False))

@@ -133,7 +133,7 @@ def _customer_state(i: int) -> CustomerState:
         },
         profile={"email": f"c{i}@example.com", "timezone": "Europe/London", "consent": {"email": i % 2 == 0}},
         armed=["vip-5000"] if i % 3 == 0 else [],
-        sent={"cart-abandoned": 1_700_000_000_000 + i},
+        last_contact={"cart-abandoned": 1_700_000_000_000 + i},
         timers=[
             Timer(
                 due=1_700_000_600_000 + i,

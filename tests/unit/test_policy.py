@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from engine.actions.trigger import Trigger
+from engine.core.evaluate import Evaluator
 from engine.core.times import format_ts, parse_ts
 from engine.events.model import Event
 from engine.offline.backtest import Replay
 from engine.policy.contact import in_control_group
 from engine.rules.compiler import load_and_compile
+from engine.state.customer import LEGACY_DEFER_KEY, CustomerState, Timer, decode_state, encode_state
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -215,3 +217,34 @@ policy:
     o = r.evaluator.outcomes["nudge"]
     assert (o.sent, o.responded, o.converted, o.revenue) == (1, 1, 1, 75.0)
     assert (o.held_out, o.held_out_responded, o.held_out_converted, o.held_out_revenue) == (1, 1, 1, 75.0)
+
+
+def test_a_deferred_send_has_its_own_place_in_the_state(tmp_path):
+    rules = compile_yaml(tmp_path, QUIET.replace("MODE", "defer"))
+    night, morning = parse_ts("2026-03-10T23:00:00Z"), parse_ts("2026-03-11T08:00:00Z")
+    evaluator, out = Evaluator(rules), []
+    state = evaluator.on_event(None, ev(1, "purchase", night), out)
+    assert out == [] and state.timers == []
+    (d,) = state.deferred
+    assert (d.rule, d.due, d.cause, d.cause_event_id, d.deferred_at) == ("thanks", morning, "e1", "e1", night)
+    assert evaluator.next_due(state) == state.next_due() == morning
+    evaluator.on_time(state, "c1", morning - 1, out)
+    assert out == [] and state.deferred == [d]
+    evaluator.on_time(state, "c1", morning, out)
+    assert [(t.status, t.fired_at) for t in out] == [("sent", "2026-03-11T08:00:00.000Z")]
+    assert state.deferred == [] and evaluator.next_due(state) is None
+
+
+def test_a_send_deferred_by_an_older_engine_still_goes_out(tmp_path):
+    """Before `CustomerState.deferred`, a deferred send was a timer under a magic key: decoding lifts it."""
+    rules = compile_yaml(tmp_path, QUIET.replace("MODE", "defer"))
+    night, morning = parse_ts("2026-03-10T23:00:00Z"), parse_ts("2026-03-11T08:00:00Z")
+    evaluator, expected = Evaluator(rules), []
+    evaluator.on_time(evaluator.on_event(None, ev(1, "purchase", night), expected), "c1", morning, expected)
+    legacy = Timer(morning, "thanks", 0, LEGACY_DEFER_KEY, "e1", night,
+                   {"payload": {}, "cause_event_id": "e1", "deferred_at": night})
+    state = decode_state(encode_state(CustomerState(last_ts=night, timers=[legacy])))
+    assert state.timers == [] and [d.due for d in state.deferred] == [morning]
+    out: list[Trigger] = []
+    Evaluator(rules).on_time(state, "c1", morning, out)
+    assert out == expected and len(out) == 1

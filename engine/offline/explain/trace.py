@@ -19,7 +19,7 @@ from engine.events.model import Event
 from engine.policy.contact import Decision
 from engine.rules.compiler import CompiledRules
 from engine.rules.kinds import CompiledRule, Kind
-from engine.state.customer import CustomerState, Timer
+from engine.state.customer import CustomerState, Deferred, Timer
 
 NOTES = 8   # notable moments kept per rule (the latest)
 
@@ -93,6 +93,12 @@ class Trace(Observer):
         text = _ended(rule, timer, why, ev)
         if text is not None:
             tr.note(text)
+
+    def deferred_due(self, rule: CompiledRule | None, send: Deferred, made: bool) -> None:
+        tr = self.rule.get(send.rule) if rule is not None else None
+        if tr is not None and not made:
+            tr.note(f"{format_ts(send.due)} deferred send due (cause {send.cause}): lapsed, the rule changed "
+                    "since it was deferred")
 
     def decision(self, decision: Decision, trigger: Trigger | None) -> None:
         c = decision.candidate

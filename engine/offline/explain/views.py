@@ -11,7 +11,6 @@ from typing import Any
 
 from engine.actions.trigger import HELD_OUT, SENT, Trigger
 from engine.core.calendar import parse_date
-from engine.core.evaluate import DEFER_KEY
 from engine.core.times import format_duration, format_ts
 from engine.events.model import Event
 from engine.offline.explain.conditions import check_condition
@@ -82,18 +81,18 @@ def state_view(rules: CompiledRules, st: CustomerState, at: int) -> StateView:
             consent.append(ConsentView(ch, None, None, "suppressed (no_consent: consent required)" if required
                                        else "contacted (no decision; consent optional)"))
         else:
-            granted = bool(decision[0])
-            consent.append(ConsentView(ch, granted, format_ts(decision[1]),
+            granted = decision.granted
+            consent.append(ConsentView(ch, granted, format_ts(decision.at),
                                        "contacted" if granted else "suppressed (no_consent: opted out)"))
     return StateView(
         last_event_at=format_ts(st.last_ts) if st.last_ts else None,
         aggregates=aggs,
         profile=dict(st.profile),
         consent=consent,
-        contacts=[ContactView(format_ts(c[0]), str(c[1])) for c in st.contacts],
-        last_contact={r: format_ts(ts) for r, ts in st.sent.items()},
-        open_triggers=[OpenTriggerView(str(e[0]), format_ts(e[1]), bool(e[2]), bool(e[3]), bool(e[4]),
-                                       format_ts(e[5])) for e in st.open_triggers if len(e) >= 6 and e[5] >= at],
+        contacts=[ContactView(format_ts(c.at), c.channel) for c in st.contacts],
+        last_contact={r: format_ts(ts) for r, ts in st.last_contact.items()},
+        open_triggers=[OpenTriggerView(e.rule, format_ts(e.at), e.held_out, e.responded, e.converted,
+                                       format_ts(e.until)) for e in st.open_triggers if e.until >= at],
         armed=list(st.armed),
     )
 
@@ -102,13 +101,15 @@ def _actions(rule: CompiledRule) -> list[Any]:
     return list(rule.actions())
 
 
+DEFERRED_SEND = "deferred send (quiet hours)"   # `TimerView.what` of a send deferred out of quiet hours
+
+
 def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) -> list[TimerView]:
-    views = []
+    views = [TimerView(d.rule, d.step + 1, format_ts(d.due), DEFERRED_SEND, d.cause,
+                       format_ts(d.cause_ts), live and d.due <= at) for d in st.deferred]
     for t in sorted(st.timers, key=lambda t: (t.due, t.rule, t.step)):
         rule = rules.by_id.get(t.rule)
-        if t.key == DEFER_KEY:
-            what = "deferred send (quiet hours)"
-        elif rule is not None and rule.kind is Kind.RECURRING:
+        if rule is not None and rule.kind is Kind.RECURRING:
             what = f"occurrence {t.cause}"
         elif rule is None:
             what = "deadline of a rule no longer in the rules (lapses)"
@@ -166,7 +167,7 @@ def explain_rule(rules: CompiledRules, env: Env, rule: CompiledRule, st: Custome
     mine = [t for t in trace.triggers if t.rule_id == rule.id] if trace is not None else []
     views = [_trigger_view(rules, rule, t, trace.decisions.get(t.trigger_id)) for t in mine] if trace else []
     my_timers = [t for t in timers if t.rule_id == rule.id]
-    last_contact = format_ts(st.sent[rule.id]) if rule.id in st.sent else None
+    last_contact = format_ts(st.last_contact[rule.id]) if rule.id in st.last_contact else None
     tr = trace.rule.get(rule.id) if trace is not None else None
     summary = _summary(rule, views, my_timers, tr, st, condition, last_contact, trace is not None)
     return RuleExplanation(
@@ -205,7 +206,7 @@ def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decisio
         return f"suppressed ({reason})"
     if reason == NO_CONSENT:
         if detail is not None:   # a recorded decision: an opt-out
-            return f"suppressed (no_consent): opted out of {t.channel} at {format_ts(detail[1])}"
+            return f"suppressed (no_consent): opted out of {t.channel} at {format_ts(detail.at)}"
         return f"suppressed (no_consent): no opt-in for {t.channel} at {t.fired_at}"
     if reason == COOLDOWN:
         return (f"suppressed (cooldown): within {format_duration(rule.policy.cooldown)} of the rule's last contact, "
@@ -240,7 +241,7 @@ def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[Timer
     for w in timers:
         label = "overdue" if w.overdue else "waiting"
         step = f"step {w.step}, " if rule.kind is Kind.SERIES else ""
-        pieces.append(f"{label}: {step}due {w.due}" + (" (deferred by quiet hours)" if "deferred" in w.what else ""))
+        pieces.append(f"{label}: {step}due {w.due}" + (" (deferred by quiet hours)" if w.what == DEFERRED_SEND else ""))
     if pieces:
         return "; ".join(pieces)
     on = " or ".join(f"`{t}`" for t in rule.rule.on)
