@@ -14,14 +14,13 @@ from engine.offline.explain.model import ConditionCheck, Explanation, RuleExplan
 Print = Callable[..., None]
 
 
+_WORDS = {None: "missing", True: "true", False: "false"}
+
+
 def fmt(value: Any) -> str:
     """A value for people: numbers without float noise, null as `missing`, JSON otherwise."""
-    if value is None:
-        return "missing"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
+    if value is None or value is True or value is False:
+        return _WORDS[value]
     if isinstance(value, float):
         return f"{value:.6g}" if abs(value) < 1e15 else repr(value)
     if isinstance(value, int):
