@@ -13,6 +13,7 @@ quiet-hours mode, attribution window), so the policy never reads the rule's sour
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -97,7 +98,7 @@ class CompiledStep:
         self.unless = unless
 
 
-class CompiledRule:
+class CompiledRule(ABC):
     """The interface of every kind. `rule` is the source (explain reads its text and lines).
 
     `matched`: the rule's condition held on `ev` (for a crossing, turned true): send, wait or
@@ -118,12 +119,13 @@ class CompiledRule:
         self.cond = cond
         self.ctx_props = ctx_props     # cause-event properties a timer must carry
 
+    @abstractmethod
     def actions(self) -> tuple[CompiledAction, ...]:
-        raise NotImplementedError
+        """Each kind's own."""
 
+    @abstractmethod
     def action_for_step(self, step: int) -> CompiledAction | None:
         """The action of a step (0 for single-action rules); None if the rule has no such step."""
-        raise NotImplementedError
 
     def unless_for_step(self, step: int) -> CompiledUnless | None:
         return None
@@ -136,11 +138,13 @@ class CompiledRule:
         fewer steps, another kind); one that does not lapses."""
         return timer.step == 0
 
+    @abstractmethod
     def matched(self, run: Evaluator, state: CustomerState, ev: Event, moment: list[Candidate]) -> None:
-        raise NotImplementedError
+        """Each kind's own."""
 
+    @abstractmethod
     def fired(self, run: Evaluator, state: CustomerState, t: Timer, cause: Event, moment: list[Candidate]) -> bool:
-        raise NotImplementedError
+        """Each kind's own."""
 
 
 class _OneAction(CompiledRule):
@@ -231,11 +235,20 @@ class DelayRule(_WaitRule):
         run.arm(state, self, ev, ev.ts + self.wait, 0, ev.event_id, replace=False)
 
 
-class InactiveRule(_OneAction):
+class _ByTheClock(_OneAction):
+    """A kind run by the clock alone: never indexed by event type, so no event reaches `matched`."""
+
+    on_events = False
+    __slots__ = ()
+
+    def matched(self, run: Evaluator, state: CustomerState, ev: Event, moment: list[Candidate]) -> None:
+        """Nothing: events only move this kind's deadline (the evaluator re-arms it)."""
+
+
+class InactiveRule(_ByTheClock):
     """Fires `wait` ms after the latest event; the deadline is implicit (`last_ts` + wait)."""
 
     kind = Kind.INACTIVE
-    on_events = False
     __slots__ = ("wait",)
 
     def __init__(self, rule: Rule, cond: Fn | None, then: CompiledAction, wait: int) -> None:
@@ -251,11 +264,10 @@ class InactiveRule(_OneAction):
         return True
 
 
-class RecurringRule(_OneAction):
+class RecurringRule(_ByTheClock):
     """Fires on `profile.<date_attr>` every year or month, at `rule.at` in the customer's zone."""
 
     kind = Kind.RECURRING
-    on_events = False
     dated = True
     __slots__ = ("date_attr",)
 
