@@ -1,11 +1,10 @@
-"""Regression guards CI runs: ratios measured in one process, interleaved, never absolute
-times, so a noisy machine slows both sides alike; and sizes, which do not depend on time."""
+"""Regression guards CI runs: counts (Python calls per event) and sizes, never times, so that a
+noisy machine cannot fail them. Speed in seconds is measured by the benchmarks, which print."""
 
 from __future__ import annotations
 
-import json
 import statistics
-import time
+import sys
 from pathlib import Path
 
 from engine.core.evaluate import Evaluator
@@ -17,42 +16,56 @@ from engine.state.customer import encode_state
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def evaluate_seconds(rules, events) -> float:
+def python_calls(fn) -> int:
+    """Python function calls made by `fn()`: a cost measure that, unlike a clock, does not
+    depend on what else the machine is doing (CI machines are noisy by ±30% and more)."""
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def evaluate_calls(rules, events) -> int:
     evaluator, states, out = Evaluator(rules), {}, []
-    start = time.perf_counter()
-    for e in events:
-        states[e.customer_id] = evaluator.on_event(states.get(e.customer_id), e, out)
-    return time.perf_counter() - start
+
+    def run():
+        for e in events:
+            states[e.customer_id] = evaluator.on_event(states.get(e.customer_id), e, out)
+
+    return python_calls(run)
 
 
 def test_a_thousand_rules_cost_at_most_twice_ten(events, sized_rules):
-    """Rules are indexed by event type: rules for other events cost nothing per event."""
+    """Rules are indexed by event type: rules for other events cost nothing per event.
+    Counted in Python calls per event (measured 12.8 for 10, 100 and 1,000 rules); the
+    wall-clock figures are `bench/test_hot_path.py`'s, which print and never fail."""
     sample = events[:10_000]
-    times: dict[int, list[float]] = {10: [], 100: [], 1000: []}
-    for _ in range(5):
-        for n in times:
-            times[n].append(evaluate_seconds(sized_rules[n], sample))
-    ratio_100 = statistics.median(times[100]) / statistics.median(times[10])
-    ratio_1000 = statistics.median(times[1000]) / statistics.median(times[10])
-    print(f"per event: 10 rules {1e6 * statistics.median(times[10]) / len(sample):.2f} us, "
-          f"100 rules x{ratio_100:.2f}, 1000 rules x{ratio_1000:.2f}")
-    assert ratio_100 <= 2.0 and ratio_1000 <= 2.0
+    calls = {n: evaluate_calls(sized_rules[n], sample) / len(sample) for n in (10, 100, 1000)}
+    print("Python calls per event: " + ", ".join(f"{n} rules {c:.1f}" for n, c in calls.items()))
+    assert calls[100] <= 2 * calls[10] and calls[1000] <= 2 * calls[10]
 
 
-def test_decode_beats_the_standard_library(raw_events):
-    """The cached typed msgspec decoder must stay well ahead of json.loads (measured 4.8x)."""
+def test_decode_stays_in_c(raw_events):
+    """The cached typed msgspec decoder does its work in C: well-formed events cost less than
+    one Python call each (measured 0.7; the per-batch bookkeeping). A per-event Python step
+    (the way to lose its measured 4.8x lead over json.loads) shows as one call or more."""
     decoder = EventDecoder()
     batch = [(raw, "g") for raw in raw_events[:5000]]
-    ours, stdlib = [], []
-    for _ in range(5):
-        t = time.perf_counter()
-        decoder.decode_batch(batch)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for raw, _ in batch:
-            json.loads(raw)
-        stdlib.append(time.perf_counter() - t)
-    assert statistics.median(ours) < statistics.median(stdlib)
+    result: list = []
+    calls = python_calls(lambda: result.append(decoder.decode_batch(batch)))
+    events, dead = result[0]
+    assert len(events) == len(batch) and not dead
+    print(f"decode: {calls / len(batch):.2f} Python calls per event")
+    assert calls / len(batch) < 1.0
 
 
 def test_state_of_the_spec_aggregates_fits_256_bytes(events):
