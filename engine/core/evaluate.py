@@ -44,10 +44,11 @@ _EMPTY: dict = {}       # shared, never mutated: the ctx of timers whose rule re
 class Counters:
     """Per-run counts the CLI and metrics report; plain ints, no per-event allocation."""
 
-    __slots__ = ("events", "duplicates", "late", "timers_fired", "timers_dropped")
+    __slots__ = ("events", "duplicates", "late", "late_causes", "timers_fired", "timers_dropped")
 
     def __init__(self) -> None:
         self.events = self.duplicates = self.late = self.timers_fired = self.timers_dropped = 0
+        self.late_causes = 0   # late events that would have replaced or restarted a newer wait: not armed
 
 
 def new_state() -> CustomerState:
@@ -253,10 +254,19 @@ class Evaluator:
         return {p: props[p] for p in rule.ctx_props if p in props}
 
     def arm(self, state: CustomerState, rule: CompiledRule, ev: Event, due: int, step: int, key: str, replace: bool) -> None:
-        """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key."""
+        """Add a deadline. `replace`: a new cause re-arms the rule's pending wait with the same key.
+
+        An older cause (a late event) never replaces a newer wait: in event-time order the newer
+        cause came second and replaced it. A late cause whose wait ended before the newer cause
+        came is armed on its own (in time order it would have fired before the newer one)."""
         timers = state.timers
         mine = [t for t in timers if t.rule == rule.id]
         same = [t for t in mine if t.key == key] if replace else []
+        if same and any(t.cause_ts > ev.ts for t in same):
+            if due >= min(t.cause_ts for t in same if t.cause_ts > ev.ts):
+                self.counters.late_causes += 1
+                return
+            same = []
         for t in same:
             timers.remove(t)
             if self.observer is not None:
@@ -302,6 +312,9 @@ class Evaluator:
         self._add_timer(state, rule, Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
 
     def start_series(self, state: CustomerState, rule: SeriesRule, ev: Event, moment: list[Candidate]) -> None:
+        if any(t.rule == rule.id and t.cause_ts > ev.ts for t in state.timers):
+            self.counters.late_causes += 1   # an older start (a late event) never restarts a newer series
+            return
         self._restart(state, rule, ev)   # a new start restarts the series
         first = rule.steps[0]
         if first.cond is None or first.cond(state, ev, ev.ts):

@@ -1,28 +1,43 @@
 """The one driver of the core: compiled rules, a mapping of customer states, a deadline index
-and the per-event isolation, moved forward by events (`apply`) and by the clock (`advance`).
+and the per-event isolation, moved forward by events (`apply`) and by the clock (`tick`,
+`advance`).
 
 The backtest (`engine.offline.backtest.Replay`), the live partition worker
 (`engine.operators.partition.PartitionWorker`) and `triggers explain` all drive a `Session`,
 so the order "deadlines due before an event, the event, the deadlines the clock made due"
 and the re-indexing of deadlines are written once and cannot drift between them.
 
-Two ways the clock moves, chosen at construction:
-- `ordered` (backtest, explain): event time is one clock for all customers. Before each event,
-  every customer's deadlines due strictly before it fire, one instant at a time in
-  (due, customer) order; `advance` fires the same way. Deterministic by construction.
-- not ordered (live): a batch is one tick. A customer's own overdue deadlines fire with its
-  event (the evaluator does that); `advance(now)` then fires every customer due by `now`.
+Event time under disorder (SPEC §6), one definition for all three:
+- The clock is the newest event time seen (live, also the wall clock when a partition is idle
+  and caught up: `tick`). The *frontier* is the clock minus the rules' `time: {lateness: D}`,
+  and never moves back.
+- An event is held until the frontier reaches it, then applied; held events are applied in
+  (time, arrival) order. Before each applied event, every customer's deadlines due strictly
+  before it fire, one instant at a time in (due, customer) order; deadlines due before the
+  frontier fire when it passes them (`fired_at` is still the deadline).
+- So if no event arrives more than D behind the newest one before it, the events are applied
+  in the time-sorted order and every deadline fires between the same events as in the sorted
+  stream: the triggers are the sorted stream's, whatever the batching (this works event by
+  event, not batch by batch) and whatever the partitioning (customers are independent).
+- An event that arrives behind the frontier is *late*: counted (`late`) and applied at once,
+  where it can still change aggregates and later decisions, but not a deadline that already
+  fired, nor a wait armed by a newer cause (`engine.rules.kinds`).
+With D = 0 nothing is held: events are applied as they arrive.
 
 The states mapping is the caller's (the backtest's in-memory store, the live worker's cache):
 the session reads and writes it, the caller loads into it (`loaded`) and evicts from it
-(`forget`). Loading from a store, commits and offsets stay with the caller. Dead letters of
-events and deadlines the core refused collect in `rejected` (the state is as before them,
-`engine.core.isolation`), for the caller to take with `take_rejected`.
+(`forget`). Loading from a store, commits and offsets stay with the caller; for exactly-once
+across restarts the caller stores `frontier`, `newest` and `replay_from` with its offsets and
+re-reads from `replay_from`, re-applying only events after the frontier (they were held).
+Dead letters of events and deadlines the core refused collect in `rejected` (the state is as
+before them, `engine.core.isolation`), for the caller to take with `take_rejected`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections import deque
+from collections.abc import Iterable, Sequence
 
 from engine.actions.trigger import Trigger
 from engine.core.evaluate import Evaluator
@@ -34,119 +49,230 @@ from engine.events.model import Event
 from engine.rules.compiler import CompiledRules
 from engine.state.customer import CustomerState
 
+BEGINNING = -(2**62)     # the frontier and clock before any event
+MAX_HELD = 1_000_000     # events held for ordering at most; past it the oldest are applied early
+
+_TS, _SEQ, _EVENT, _OFFSET, _DONE = range(5)   # a held entry: [ts, seq, event, offset, applied]
+
 
 class Session:
     """Not thread-safe: one per worker (a backtest, a live partition, an explanation)."""
 
-    __slots__ = ("evaluator", "isolated", "states", "deadlines", "ordered", "until", "stopped", "clock",
-                 "rejected", "observer")
+    __slots__ = ("evaluator", "isolated", "states", "deadlines", "until", "stopped", "newest", "frontier",
+                 "lateness", "held", "_arrivals", "_seq", "late", "early", "max_held", "fired", "rejected",
+                 "observer")
 
     def __init__(self, rules: CompiledRules, where: str, states: dict[str, CustomerState] | None = None, *,
-                 ordered: bool = True, until: int | None = None, observer: Observer | None = None) -> None:
-        """`where` names the input in dead letters; `until` (ordered only): an event after it stops
-        the session (`stopped`), as a backtest's end of period; `observer`: told what the
-        evaluator and the policy do (explain), None on the hot path."""
+                 until: int | None = None, observer: Observer | None = None, max_held: int = MAX_HELD) -> None:
+        """`where` names the input in dead letters; `until`: an event after it stops the session
+        (`stopped`), as a backtest's end of period; `observer`: told what the evaluator and the
+        policy do (explain), None on the hot path; `max_held`: the most events held for
+        ordering (past it the oldest are applied early, counted in `early`)."""
         self.observer = observer
         self.evaluator = Evaluator(rules, observer)
         self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.states: dict[str, CustomerState] = states if states is not None else {}
         self.deadlines = DeadlineIndex()
-        self.ordered = ordered
         self.until = until
         self.stopped = False            # an event passed `until`: nothing after it is applied
-        self.clock = 0                  # the latest event time applied, epoch ms
+        self.newest = BEGINNING         # the newest event time seen (or wall clock ticked), epoch ms
+        self.frontier = BEGINNING       # events at or before it are applied; deadlines before it fired
+        self.lateness = rules.lateness
+        self.held: list[list] = []      # heap of [ts, seq, event, offset, applied]
+        self._arrivals: deque[list] = deque()   # the same entries in arrival order (for `replay_from`)
+        self._seq = 0
+        self.late = 0                   # events that arrived behind the frontier
+        self.early = 0                  # held events applied early because `max_held` was reached
+        self.max_held = max_held
+        self.fired: list[str] = []      # customers whose deadlines fired (the live worker's dirty set)
         self.rejected: list[DeadLetter] = []
 
     @property
     def rules(self) -> CompiledRules:
         return self.evaluator.rules
 
+    @property
+    def clock(self) -> int:
+        """The newest event time seen (0 before any)."""
+        return self.newest if self.newest != BEGINNING else 0
+
     # -- events and the clock -----------------------------------------------------------------
 
-    def apply(self, events: Iterable[Event], out: list[Trigger]) -> int:
-        """Apply events in order; their triggers (and those of deadlines they passed) go to `out`.
+    def apply(self, events: Iterable[Event], out: list[Trigger], offsets: Sequence[int] | None = None) -> int:
+        """Take events in arrival order; the triggers of those applied (and of deadlines passed)
+        go to `out`. `offsets` (live): each event's source offset, for `replay_from`.
 
         Returns how many events the core refused (dead-lettered into `rejected`). Stops at the
-        first event after `until`, which sets `stopped`."""
-        states, deadlines, rejected = self.states, self.deadlines, self.rejected
-        evaluator = self.evaluator
-        on_event, next_due, update = self.isolated.on_event, evaluator.next_due, deadlines.update
-        until = self.until
-        ordered = self.ordered
-        clock = self.clock
-        refused = 0
-        for ev in events:
-            ts = ev.ts
-            if ordered:
-                if until is not None and ts > until:
-                    self.stopped = True
-                    break
-                due = deadlines.next_due()
-                if due is not None and due < ts:
-                    self.clock = clock
-                    self._fire_in_order(ts - 1, out, None)
-            if ts > clock:
-                clock = ts
-            cid = ev.customer_id
-            state, dead = on_event(states.get(cid), ev, out)
-            if dead is not None:
-                rejected.append(dead)
-                refused += 1
-                if state is None:   # a new customer's first event: nothing to index
-                    evaluator.earlier_deadline = False
-                    continue
-                evaluator.earlier_deadline = True   # the restored state's deadlines
-            states[cid] = state   # type: ignore[assignment]  # no dead letter, or one with the state restored: a state
-            if evaluator.earlier_deadline:
-                evaluator.earlier_deadline = False
-                update(cid, next_due(state))   # type: ignore[arg-type]
-        self.clock = clock
+        first event applied after `until`, which sets `stopped`."""
+        if self.lateness == 0 and not self.held:
+            refused = self._apply_in_arrival_order(events, out)
+        else:
+            refused = self._apply_held(events, out, offsets)
+        frontier = self.frontier
+        if not self.stopped:
+            due = self.deadlines.next_due()
+            if due is not None and due < frontier:
+                self._fire_in_order(frontier - 1, out, None)
         return refused
 
-    def advance(self, now: int | None, out: list[Trigger], recurring_until: int | None = None,
-                also: Iterable[str] = ()) -> tuple[list[str], list[str]]:
-        """Fire every deadline due at or before `now` (None: all of them, the end of a backtest).
+    def _apply_in_arrival_order(self, events: Iterable[Event], out: list[Trigger]) -> int:
+        """D = 0: every event is applied as it arrives (the frontier is the newest time)."""
+        deadlines = self.deadlines
+        until = self.until
+        newest = self.newest
+        refused = 0
+        one = self._apply_one
+        for ev in events:
+            ts = ev.ts
+            if ts < newest:
+                self.late += 1
+            else:
+                newest = ts
+            if until is not None and ts > until:
+                self.stopped = True
+                break
+            due = deadlines.next_due()
+            if due is not None and due < ts:
+                self.frontier = self.newest = newest
+                self._fire_in_order(ts - 1, out, None)
+            refused += one(ev, out)
+        self.frontier = self.newest = newest
+        return refused
 
-        `recurring_until` keeps recurring dates after it from firing (a backtest's end of
-        period); `also`: more customers to look at, due by a deadline index outside this session
-        (live: Redis's). Not ordered, returns the customers looked at and those of `also` that
-        have no state here (to unindex); ordered, ([], []) (they take no `also`)."""
-        if self.ordered:
-            self._fire_in_order(now, out, recurring_until)
-            return [], []
-        assert now is not None
-        due: list[str] = []
-        pop = self.deadlines.pop
-        while (entry := pop(now)) is not None:
-            due.append(entry[1])
-        due += also
-        missing: list[str] = []
-        fired: list[str] = []
-        states, on_time, update, next_due = self.states, self.isolated.on_time, self.deadlines.update, \
-            self.evaluator.next_due
-        for cid in dict.fromkeys(due):
-            state = states.get(cid)
-            if state is None:
-                missing.append(cid)
-                continue
-            fired.append(cid)
-            state, dead = on_time(state, cid, now, out, recurring_until)
-            if dead is not None:
-                states[cid] = state
-                self.rejected.append(dead)
-            update(cid, next_due(state, recurring_until))
-        return fired, missing
+    def _apply_held(self, events: Iterable[Event], out: list[Trigger], offsets: Sequence[int] | None) -> int:
+        held, arrivals, lateness = self.held, self._arrivals, self.lateness
+        refused = 0
+        for i, ev in enumerate(events):
+            if self.stopped:
+                break
+            ts = ev.ts
+            if ts < self.frontier:
+                self.late += 1   # behind what was applied already: at once (it sorts first anyway)
+            entry = [ts, self._seq, ev, offsets[i] if offsets is not None else -1, False]
+            self._seq += 1
+            heapq.heappush(held, entry)
+            arrivals.append(entry)
+            if ts > self.newest:
+                self.newest = ts
+                if ts - lateness > self.frontier:
+                    self.frontier = ts - lateness
+            if len(held) > self.max_held:
+                self._apply_early()
+            refused += self._release(out)
+        return refused
+
+    def _release(self, out: list[Trigger], everything: bool = False) -> int:
+        """Apply held events at or before the frontier (`everything`: all of them), in order."""
+        held, frontier, until = self.held, self.frontier, self.until
+        refused = 0
+        while held and (everything or held[0][_TS] <= frontier):
+            entry = heapq.heappop(held)
+            entry[_DONE] = True
+            ts = entry[_TS]
+            if until is not None and ts > until:
+                self.stopped = True
+                held.clear()
+                self._arrivals.clear()
+                break
+            if ts > self.newest - self.lateness and not everything:
+                self.early += 1   # the frontier was moved by `max_held`, not by the clock
+            due = self.deadlines.next_due()
+            if due is not None and due < ts:
+                self._fire_in_order(ts - 1, out, None)
+            refused += self._apply_one(entry[_EVENT], out)
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][_DONE]:
+            arrivals.popleft()
+        return refused
+
+    def _apply_early(self) -> None:
+        """Too many held: the frontier moves to the oldest held time, so those are applied next."""
+        oldest = self.held[0][_TS]
+        if oldest > self.frontier:
+            self.frontier = oldest
+
+    def _apply_one(self, ev: Event, out: list[Trigger]) -> int:
+        """One event through the isolated evaluator; 1 if the core refused it."""
+        evaluator = self.evaluator
+        cid = ev.customer_id
+        state, dead = self.isolated.on_event(self.states.get(cid), ev, out)
+        if dead is not None:
+            self.rejected.append(dead)
+            if state is None:   # a new customer's first event: nothing to index
+                evaluator.earlier_deadline = False
+                return 1
+            evaluator.earlier_deadline = True   # the restored state's deadlines
+        self.states[cid] = state   # type: ignore[assignment]  # no dead letter, or one with the state restored: a state
+        if evaluator.earlier_deadline:
+            evaluator.earlier_deadline = False
+            self.deadlines.update(cid, evaluator.next_due(state))   # type: ignore[arg-type]
+        return 1 if dead is not None else 0
+
+    def tick(self, now: int, out: list[Trigger]) -> None:
+        """The clock reached `now` without an event (live: the wall clock of an idle, caught-up
+        partition): held events and deadlines the new frontier passed are applied and fired."""
+        if now > self.newest:
+            self.newest = now
+        if now - self.lateness > self.frontier:
+            self.frontier = now - self.lateness
+        if self.held:
+            self._release(out)
+        due = self.deadlines.next_due()
+        if due is not None and due < self.frontier:
+            self._fire_in_order(self.frontier - 1, out, None)
+
+    def catch_up(self, out: list[Trigger]) -> None:
+        """Fire the deadlines before the frontier of customers loaded since (live: customers
+        found due in the store's deadline index)."""
+        due = self.deadlines.next_due()
+        if due is not None and due < self.frontier:
+            self._fire_in_order(self.frontier - 1, out, None)
+
+    def advance(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
+        """The end of the input: every held event is applied (there is nothing left to wait for),
+        then every deadline due at or before `now` fires (None: all of them, the end of a
+        backtest). `recurring_until` keeps recurring dates after it from firing (a backtest's
+        end of period)."""
+        if self.held and not self.stopped:
+            self._release(out, everything=True)
+        if now is not None and now > self.frontier:
+            self.frontier = now
+        self._fire_in_order(now, out, recurring_until)
+
+    @property
+    def replay_from(self) -> int | None:
+        """The smallest source offset of a held event (None: none held): where a restarted
+        worker must read from, since held events are in no committed state."""
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][_DONE]:
+            arrivals.popleft()
+        return arrivals[0][_OFFSET] if arrivals else None
+
+    def restore_clock(self, frontier: int, newest: int) -> None:
+        """A restarted live worker's clock, as committed: events at or before `frontier` were
+        applied; a re-read event after it was held and is taken again."""
+        self.frontier = max(self.frontier, frontier)
+        self.newest = max(self.newest, newest)
+
+    def take_fired(self) -> list[str]:
+        fired, self.fired = self.fired, []
+        return fired
 
     def _fire_in_order(self, now: int | None, out: list[Trigger], recurring_until: int | None) -> None:
         """Deadlines due by `now` (None: all), one instant at a time in (due, customer) order."""
         states, on_time, pop = self.states, self.isolated.on_time, self.deadlines.pop
         update, next_due = self.deadlines.update, self.evaluator.next_due
+        fired = self.fired
         while (entry := pop(now)) is not None:
             due, cid = entry
-            state, dead = on_time(states[cid], cid, due, out, recurring_until)
+            state = states.get(cid)
+            if state is None:   # evicted meanwhile (live): the store's index still has it
+                continue
+            state, dead = on_time(state, cid, due, out, recurring_until)
             if dead is not None:
                 states[cid] = state
                 self.rejected.append(dead)
+            fired.append(cid)
             update(cid, next_due(state, recurring_until))
 
     # -- the caller's store: loads, checkpoints, evictions, reloads -------------------------------
@@ -181,6 +307,9 @@ class Session:
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
         re-indexed."""
         self.evaluator = Evaluator(rules, self.observer)
+        self.lateness = rules.lateness
+        if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
+            self.frontier = self.newest - self.lateness
         replaced, dead = self.isolated.use(self.evaluator, self.states.get)
         self._replace(replaced)
         self.rejected += dead

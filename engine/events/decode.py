@@ -400,12 +400,14 @@ class EventDecoder:
         return event if event is not None else self._slow(raw, source)
 
     def decode_batch(self, items: Iterable[tuple[bytes | None, str]],
-                     keys: Sequence[bytes | None] | None = None) -> tuple[list[Event], list[DeadLetter]]:
+                     keys: Sequence[bytes | None] | None = None,
+                     positions: list[int] | None = None) -> tuple[list[Event], list[DeadLetter]]:
         """A batch of `(raw, source)` -> (events in input order, dead letters in input order).
 
         With `keys` (the Kafka message keys, aligned with `items`), an event whose key is not
         its customer_id is a dead letter (stage `key`): applied on this partition, it would
         update a copy of the customer's state that another partition also updates.
+        `positions`, when given, gets the index in `items` of each event returned.
         """
         events: list[Event] = []
         dead: list[DeadLetter] = []
@@ -447,6 +449,8 @@ class EventDecoder:
                     add_dead(DeadLetter(why, source, _raw_text(raw), Stage.KEY))
                     continue
             add_event(result)
+            if positions is not None:
+                positions.append(i)
         return events, dead
 
     def _too_large(self, raw: bytes, source: str) -> DeadLetter:

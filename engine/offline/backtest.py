@@ -57,7 +57,7 @@ class Replay:
                  store: InMemoryStore | None = None,
                  dead_letter: Callable[[list[DeadLetter]], None] | None = None, where: str = "backtest") -> None:
         self.store = store if store is not None else InMemoryStore()
-        self.session = Session(rules, where, self.store.states, ordered=True, until=until)
+        self.session = Session(rules, where, self.store.states, until=until)
         self.emit = emit
         self.dead_letter = dead_letter
         self.until = until
@@ -109,7 +109,7 @@ class Replay:
     def summary(self, dead_letters: int, elapsed_s: float) -> BacktestSummary:
         c = self.evaluator.counters
         return BacktestSummary(
-            events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=c.late,
+            events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=self.session.late,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes),
         )

@@ -23,6 +23,8 @@ from connectors.base import SinkStats
 log = logging.getLogger("engine.metrics")
 
 EVENTS = Counter("triggers_events", "Events decoded and applied to customer state", ["partition"])
+LATE_EVENTS = Counter("triggers_late_events", "Events that arrived more than the rules' time.lateness behind the "
+                      "newest event before them (applied at once, out of event-time order)", ["partition"])
 DEAD_LETTERS = Counter("triggers_dead_letters", "Messages sent to dead letters, by partition and by the stage that "
                        "refused them (decode, key, evaluate, store)", ["partition", "stage"])
 

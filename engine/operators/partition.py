@@ -23,7 +23,7 @@ from engine.operators.sinks import settle_sinks
 from engine.rules.reload import LiveRules
 from engine.state.customer import CustomerState, decode_state
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
-from engine.state.store import PartitionStore
+from engine.state.store import PartitionClock, PartitionStore
 
 log = logging.getLogger("engine.partition")
 
@@ -50,18 +50,22 @@ class Batch:
 
 
 class PartitionStats:
-    __slots__ = ("events", "dead_letters", "triggers", "commits", "redis_retries", "deadline_customers")
+    __slots__ = ("events", "dead_letters", "late", "triggers", "commits", "redis_retries", "deadline_customers")
 
     def __init__(self) -> None:
-        self.events = self.dead_letters = self.triggers = self.commits = 0
+        self.events = self.dead_letters = self.late = self.triggers = self.commits = 0
         self.redis_retries = self.deadline_customers = 0
 
 
 class PartitionWorker:
     def __init__(self, event_log: EventLog, store: PartitionStore, rules: LiveRules, start_offset: int,
-                 cache_size: int = 200_000, has_offset: bool | None = None) -> None:
+                 cache_size: int = 200_000, has_offset: bool | None = None,
+                 clock: PartitionClock | None = None) -> None:
         """`has_offset`: the store holds `start_offset` for this partition (default: when it is
-        not 0); a commit expects to find it there, or stops with `StateLost`."""
+        not 0); a commit expects to find it there, or stops with `StateLost`. `clock`: the
+        partition's committed clock; the event log then starts at its `replay_from` (at or
+        before `start_offset`), and records before `start_offset` are taken only if they were
+        held back for ordering (after the committed frontier), since the states have the rest."""
         if has_offset is None:
             has_offset = start_offset > 0
         self.event_log = event_log
@@ -69,12 +73,15 @@ class PartitionWorker:
         self.store = store
         self.live_rules = rules
         self.rules_version = rules.version
-        self.session = Session(rules.rules, event_log.where, ordered=False)
+        self.session = Session(rules.rules, event_log.where)
         self.cache: dict[str, CustomerState] = self.session.states   # the session's states are the cache
         self.decoder = EventDecoder()
         self.cache_size = cache_size
         self.dirty: set[str] = set()
-        self.clock = 0                          # event time of this partition (watermark), epoch ms
+        self.reread_below = start_offset if clock is not None and clock.replay_from < start_offset else 0
+        self.reread_after = clock.frontier if clock is not None else 0   # re-read events after it were held
+        if clock is not None:
+            self.session.restore_clock(clock.frontier, clock.newest)
         self.index_backlog = False              # the last index scan was cut at its limit
         self.orphans: set[str] = set()          # indexed customers without a state, to unindex
         self.next_offset = start_offset         # after the last record handed out
@@ -87,6 +94,7 @@ class PartitionWorker:
         self.last_commit_at: float | None = None
         self._m_events = metrics.EVENTS.labels(self.name)
         self._m_commits = metrics.COMMITS.labels(self.name)
+        self._m_late = metrics.LATE_EVENTS.labels(self.name)
 
     # -- evaluate step ----------------------------------------------------------------------
 
@@ -112,31 +120,29 @@ class PartitionWorker:
             self.session.use(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
         out: list = []
-        where = self.event_log.where
         if batch.records and self.first_record_at is None:
             self.first_record_at = time.time()
-        records = batch.records
-        keys = [r[2] for r in records] if self.event_log.keyed else None
-        events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys)
+        events, dead, offsets = self._decode(batch.records)
+        if self.reread_below:
+            events, dead, offsets = self._skip_applied(batch.records, events, dead, offsets)
         session = self.session
         dead += session.take_rejected()   # found by the last commit's storability check
         refused = 0   # events the core refused (dead-lettered too)
+        late = session.late
         if events:
             self._load({e.customer_id for e in events})
-            refused = session.apply(events, out)
+            refused = session.apply(events, out, offsets)
             dead += session.take_rejected()
-            cache = self.cache
-            self.dirty.update(e.customer_id for e in events if e.customer_id in cache)
-            if session.clock > self.clock:
-                self.clock = session.clock
-        if batch.caught_up and batch.now > self.clock:
-            self.clock = batch.now      # nothing unread: event time has caught up with the wall clock
-        self._fire_due(batch.scan_index, batch.caught_up, out, dead)
+        self._fire_due(batch, out, dead)
+        self.dirty.update(session.take_fired())
         stats = self.stats
         applied = len(events) - refused
         stats.events += applied
         stats.dead_letters += len(dead)
         stats.triggers += len(out)
+        if session.late != late:
+            stats.late += session.late - late
+            self._m_late.inc(session.late - late)
         if applied:
             self._m_events.inc(applied)
         if out:
@@ -148,27 +154,51 @@ class PartitionWorker:
         self._maybe_log_stats()
         return out
 
-    def _fire_due(self, scan_index: bool, caught_up: bool, out: list, dead: list[DeadLetter]) -> None:
-        # While a backlog is read, a deadline fires only once an event *after* it was seen, as in
-        # the backtest (an event exactly at a deadline still counts as in time); once caught up,
-        # the clock is the wall clock and everything at or before it is due.
-        clock = self.clock if caught_up else self.clock - 1
-        indexed: list[str] = []
-        if scan_index:   # customers not touched since start-up (or evicted) are only in Redis's index
-            indexed = self._redis(lambda: self.store.due_customers(self.name, clock, INDEX_SCAN_LIMIT),
+    def _decode(self, records: list[Record]) -> tuple[list, list[DeadLetter], list[int]]:
+        """Events (with their offsets) and dead letters of raw records."""
+        where = self.event_log.where
+        keys = [r[2] for r in records] if self.event_log.keyed else None
+        positions: list[int] = []
+        events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys,
+                                                 positions)
+        return events, dead, [records[i][1] for i in positions]
+
+    def _skip_applied(self, records: list[Record], events: list, dead: list[DeadLetter], offsets: list[int]
+                      ) -> tuple[list, list[DeadLetter], list[int]]:
+        """After a restart, records before the committed offset are re-read only for the events
+        held back for ordering (after the committed frontier): the committed states hold the
+        rest, and their dead letters were written already."""
+        below, after = self.reread_below, self.reread_after
+        if records and records[-1][1] >= below - 1:
+            self.reread_below = 0   # the re-read ends in this batch
+        keep = [i for i, (e, o) in enumerate(zip(events, offsets)) if o >= below or e.ts > after]
+        dead = [d for d in dead if int(d.source.rsplit("@", 1)[1]) >= below]
+        return [events[i] for i in keep], dead, [offsets[i] for i in keep]
+
+    def _fire_due(self, batch: Batch, out: list, dead: list[DeadLetter]) -> None:
+        """What the clock made due. The clock is the newest event time (the session moved it
+        with the events), or the wall clock once nothing is left unread (`caught_up`)."""
+        session = self.session
+        if batch.caught_up:
+            session.tick(batch.now, out)
+        if batch.scan_index:   # customers not touched since start-up (or evicted) are only in Redis's index
+            until = session.frontier - 1
+            indexed = self._redis(lambda: self.store.due_customers(self.name, until, INDEX_SCAN_LIMIT),
                                   "deadline index lookup")
             self.index_backlog = len(indexed) >= INDEX_SCAN_LIMIT   # more are due: scan again at once
             indexed = [cid for cid in indexed if cid not in self.cache]
             self._load(set(indexed))
-        fired, missing = self.session.advance(clock, out, also=indexed)
-        dead += self.session.take_rejected()
-        self.orphans.update(missing)   # indexed, but its state is gone (deleted, evicted by Redis): unindex it
-        self.dirty.update(fired)
-        self.stats.deadline_customers += len(fired) + len(missing)
+            missing = [cid for cid in indexed if cid not in self.cache]
+            self.orphans.update(missing)   # indexed, but its state is gone (deleted, evicted by Redis): unindex it
+            session.catch_up(out)
+            self.stats.deadline_customers += len(indexed)
+        dead += session.take_rejected()
 
     def nothing_due(self, now: int) -> bool:
         """No deadline due by `now`, neither among cached customers nor in Redis's index
         (for a bounded run's last check before it stops)."""
+        if self.session.held:
+            return False
         local = self.session.deadlines.next_due()
         if local is not None and local <= now:
             return False
@@ -189,18 +219,23 @@ class PartitionWorker:
 
     def commit(self, offset: int) -> bool:
         """Write dirty states, the offset and the deadline index at once; True if anything changed."""
+        session = self.session
+        self.dirty.update(session.isolated.journal)   # every customer an event or a deadline changed
+        held_from = session.replay_from
+        clock = PartitionClock(session.frontier, session.newest, offset if held_from is None else min(held_from, offset))
+        # The clock alone moving (an idle partition's wall clock) is not worth a commit: with no
+        # state changed, no event lies between the stored frontier and this one.
         if not self.dirty and offset == self.committed_offset and not self.orphans:
             return False
         started = time.perf_counter()
         settle_sinks()   # the triggers of these changes are delivered before the changes commit
-        session = self.session
         states = session.checkpoint(self.dirty)   # its dead letters go out with the next batch's outputs
         next_due = session.next_due
         due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
         self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
-                                              expected_offset=expected), "commit")
+                                              expected_offset=expected, clock=clock), "commit")
         self.has_committed = True
         self.event_log.record_committed(offset)   # the record outside Redis that state loss is checked against
         self.orphans.clear()
@@ -221,7 +256,8 @@ class PartitionWorker:
     def _evict(self) -> None:
         """Drop the oldest cached states (all are committed now); Redis has them."""
         excess = len(self.cache) - int(self.cache_size * 0.9)
-        for cid in list(self.cache)[:excess]:
+        waiting = {entry[2].customer_id for entry in self.session.held}   # their held events need them here
+        for cid in [cid for cid in self.cache if cid not in waiting][:excess]:
             self.session.forget(cid)   # Redis's index still has it; the scan finds it when due
 
     def _redis(self, fn, what: str):
@@ -246,15 +282,17 @@ class PartitionWorker:
         if now - self._stats_at >= STATS_EVERY_S:
             self._stats_at = now
             s = self.stats
-            log.info("%s: %d events, %d dead letters, %d triggers, %d commits, %d Redis retries, offset %d, "
-                     "%d cached customers", self.name, s.events, s.dead_letters, s.triggers, s.commits,
-                     s.redis_retries, self.committed_offset, len(self.cache))
+            log.info("%s: %d events (%d late), %d dead letters, %d triggers, %d commits, %d Redis retries, "
+                     "offset %d, %d cached customers, %d events held for ordering", self.name, s.events, s.late,
+                     s.dead_letters, s.triggers, s.commits, s.redis_retries, self.committed_offset, len(self.cache),
+                     len(self.session.held))
 
     def summary(self) -> str:
         """One line for the end of a bounded run; `bench.e2e` reads the timestamps in it."""
         s = self.stats
         span = (self.last_commit_at - self.first_record_at) if self.first_record_at and self.last_commit_at else 0.0
-        return (f"{self.name}: done: {s.events} events, {s.dead_letters} dead letters, {s.triggers} triggers, "
+        return (f"{self.name}: done: {s.events} events ({s.late} late), {s.dead_letters} dead letters, "
+                f"{s.triggers} triggers, "
                 f"{s.commits} commits, {s.redis_retries} Redis retries; first record at "
                 f"{self.first_record_at or 0:.3f}, last commit at {self.last_commit_at or 0:.3f} ({span:.2f} s)")
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.base import SinkError, retry_forever
-from engine.core.times import now_ms
+from engine.core.times import format_ts, now_ms
 from engine.operators import metrics
 from engine.operators.event_log import EventLog
 from engine.operators.partition import Batch, Fatal, PartitionWorker
@@ -54,10 +54,17 @@ class EngineSource(FixedPartitionedSource):
         # Redis owns the offsets; Bytewax's resume state (only with its recovery) is ignored.
         start = retry_forever(lambda: store.load_offset(for_part), f"partition {for_part}: Redis offset load",
                               REDIS_ERRORS, log, fatal=REDIS_FATAL)
-        event_log = self.open_log(for_part, start)
+        clock = retry_forever(lambda: store.load_clock(for_part), f"partition {for_part}: Redis clock load",
+                              REDIS_ERRORS, log, fatal=REDIS_FATAL) if start is not None else None
+        read_from = start
+        if clock is not None and start is not None and clock.replay_from < start:
+            read_from = clock.replay_from   # events held back for ordering are in no committed state yet
+            log.info("partition %s: re-reading offsets %d-%d for the events held back for ordering at the last "
+                     "commit (after %s)", for_part, read_from, start - 1, format_ts(clock.frontier))
+        event_log = self.open_log(for_part, read_from)
         log.info("partition %s: starting at offset %s", for_part, start if start is not None else "0 (beginning)")
         worker = PartitionWorker(event_log, store, self.rules, start or 0, self.cache_size,
-                                 has_offset=start is not None)
+                                 has_offset=start is not None, clock=clock)
         return EnginePartition(worker, self.batch_size, self.idle_poll_ms, self.index_poll_ms, self.exit_at_end)
 
 
@@ -90,7 +97,7 @@ class EnginePartition(StatefulSourcePartition):
         now = now_ms()
         records = worker.event_log.read(self.batch_size)
         if records:
-            worker.next_offset = records[-1][1] + 1
+            worker.next_offset = max(worker.next_offset, records[-1][1] + 1)   # a re-read after a restart starts below it
             self._awake = None
         else:
             self._awake = datetime.now(UTC) + timedelta(milliseconds=self.idle_poll_ms)

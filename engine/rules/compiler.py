@@ -68,6 +68,7 @@ class CompiledRules:
         self.rules = tuple(rules)
         self.by_id = {r.id: r for r in rules}
         self.profile_attrs = profile_attrs
+        self.lateness = ruleset.lateness   # ms an event may arrive behind the newest (SPEC §6)
         self.inactive = tuple(r for r in rules if isinstance(r, InactiveRule))
         self.recurring = tuple(r for r in rules if isinstance(r, RecurringRule))
         # channels some rule sends on: the only ones whose consent is worth keeping

@@ -19,7 +19,7 @@ from pathlib import Path
 from engine.rules import schema
 from engine.rules.errors import RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.limits import MAX_FILES, Tally, printable, read_text
-from engine.rules.model import Aggregate, Policy, Rule, RuleSet, Source
+from engine.rules.model import Aggregate, Policy, Rule, RuleSet, Source, TimeSettings
 from engine.rules.scope import Scope, TooManyErrors
 from engine.rules.values import alternatives, check_keys, describe
 from engine.rules.yaml_lines import Node, compose
@@ -45,6 +45,8 @@ class _Collected:
     aggregate_at: dict[str, Source] = field(default_factory=dict)
     rule_at: dict[str, Source] = field(default_factory=dict)
     policy_at: Source | None = None
+    time: TimeSettings | None = None
+    time_at: Source | None = None
     tally: Tally = field(default_factory=Tally)   # what counts against the directory's limits
 
     def add_aggregate(self, scope: Scope, name: str, line: int, aggregate: Aggregate | None) -> None:
@@ -76,7 +78,17 @@ class _Collected:
         self.policy = policy
 
 
-_SECTIONS = ("aggregates", "rules", "policy")
+    def add_time(self, scope: Scope, line: int, node: Node) -> None:
+        time = schema.time_settings(scope, line, node)
+        if self.time_at is not None:
+            scope.error(line, f"a second time section: there is one at {self.time_at} already; keep one per rules"
+                        " directory")
+            return
+        self.time_at = scope.source(line)
+        self.time = time
+
+
+_SECTIONS = ("aggregates", "rules", "policy", "time")
 
 
 def _read_file(path: Path, name: str, into: _Collected) -> None:
@@ -100,6 +112,8 @@ def _read_file(path: Path, name: str, into: _Collected) -> None:
         _read_rules(scope, sections["rules"], into)
     if "policy" in sections:
         into.add_policy(scope, root.key_lines["policy"], sections["policy"])
+    if "time" in sections:
+        into.add_time(scope, root.key_lines["time"], sections["time"])
 
 
 def _read_aggregates(scope: Scope, node: Node, into: _Collected) -> None:
@@ -175,5 +189,6 @@ def load_rules(path: str | Path) -> RuleSet:
         rules=tuple(collected.rules),
         policy=collected.policy,
         files=tuple(collected.files),
+        time=collected.time,
     )
 

@@ -139,6 +139,14 @@ class Policy(msgspec.Struct, frozen=True):
     attribution: Attribution = Attribution()
 
 
+class TimeSettings(msgspec.Struct, frozen=True):
+    """The `time:` section (SPEC §6): how far behind the newest event an event may arrive and
+    still be applied in event-time order (ms; 0: events are taken in arrival order)."""
+
+    source: Source
+    lateness: int = 0
+
+
 class RuleSet(msgspec.Struct, frozen=True):
     """Everything in one rules directory, merged across its files and validated."""
 
@@ -146,3 +154,8 @@ class RuleSet(msgspec.Struct, frozen=True):
     rules: tuple[Rule, ...]
     policy: Policy | None = None
     files: tuple[str, ...] = ()
+    time: TimeSettings | None = None
+
+    @property
+    def lateness(self) -> int:
+        return self.time.lateness if self.time is not None else 0

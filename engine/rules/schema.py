@@ -29,6 +29,7 @@ from engine.rules.model import (
     Rule,
     RuleType,
     Step,
+    TimeSettings,
     Unless,
 )
 from engine.rules.scope import Scope
@@ -473,3 +474,32 @@ def policy(scope: Scope, line: int, node: Node) -> Policy | None:
     check_keys(scope, node, _POLICY_TABLE)
     fields = read_fields(scope, node, _POLICY_TABLE)
     return None if scope.failed_since(mark) else Policy(source=scope.source(line), **fields)
+
+
+MAX_LATENESS_MS = 24 * 3_600_000   # events held back for ordering live in memory: a day is plenty
+
+
+def _lateness(scope: Scope, key: str, node: Node) -> int | None:
+    if node.value in (0, "0"):
+        return 0
+    value = duration(scope, key, node)
+    if value is not None and value > MAX_LATENESS_MS:
+        scope.error(node.line, f"'{key}' may be at most {format_duration(MAX_LATENESS_MS)}, not "
+                    f"{format_duration(value)}: every event is held back that long before it is applied")
+        return None
+    return value
+
+
+_TIME_TABLE: Table = {"lateness": ("lateness", _lateness)}
+
+
+def time_settings(scope: Scope, line: int, node: Node) -> TimeSettings | None:
+    """The `time:` section at `line` (SPEC §6); its errors read "time: …"."""
+    scope = scope.within("time: ")
+    if not node.is_map:
+        scope.error(node.line, f"must be a mapping like {{lateness: 2m}}, not {describe(node.value)}")
+        return None
+    mark = scope.mark()
+    check_keys(scope, node, _TIME_TABLE)
+    fields = read_fields(scope, node, _TIME_TABLE)
+    return None if scope.failed_since(mark) else TimeSettings(source=scope.source(line), **fields)

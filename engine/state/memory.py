@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterable, Mapping
 
 from engine.state.customer import CustomerState, decode_state, encode_state
-from engine.state.store import StateLost
+from engine.state.store import PartitionClock, StateLost
 
 
 class InMemoryStore:
@@ -33,13 +33,14 @@ class InMemoryStore:
       Kafka keys every customer to one partition. The `StateStore` calls are single-threaded.
     """
 
-    __slots__ = ("states", "_offsets", "_index")
+    __slots__ = ("states", "_offsets", "_index", "_clocks")
 
     def __init__(self) -> None:
         # Public so the backtest's per-event loop reads and writes it without a call per event.
         self.states: dict[str, CustomerState] = {}
         self._offsets: dict[str, int] = {}
         self._index: dict[str, dict[str, int]] = {}   # partition -> customer id -> earliest deadline (ms)
+        self._clocks: dict[str, PartitionClock] = {}
 
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
         """The stored states of these customers; customers without state are absent."""
@@ -62,6 +63,9 @@ class InMemoryStore:
         """The partition's committed next offset; None when nothing was committed for it."""
         return self._offsets.get(partition)
 
+    def load_clock(self, partition: str) -> PartitionClock | None:
+        return self._clocks.get(partition)
+
     def load_many_encoded(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
         """The states of these customers as `encode_state` bytes; customers without state are absent."""
         get = self.states.get
@@ -78,7 +82,7 @@ class InMemoryStore:
 
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
-               expected_offset: int | None = None) -> None:
+               expected_offset: int | None = None, clock: PartitionClock | None = None) -> None:
         """The Redis store's commit (`engine.state.store.PartitionStore.commit`), in memory."""
         stored = self._offsets.get(partition)
         if stored != expected_offset:
@@ -96,6 +100,8 @@ class InMemoryStore:
                 index[cid] = when
         if offset is not None:
             self._offsets[partition] = offset
+        if clock is not None:
+            self._clocks[partition] = clock
 
     # -- reading back --------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ Keys (the layout other tools and operators rely on):
   is a hash tag, so in Redis Cluster everything of one customer lives in one slot.
 - source offset of a partition: ``{prefix}:o:{partition}`` (e.g. ``te:o:orders-3``), the
   next offset to read, as a decimal string.
+- event-time clock of a partition: ``{prefix}:c:{partition}``, JSON ``[frontier, newest,
+  replay_from]`` (`engine.state.store.PartitionClock`), written with the offset.
 - deadline index of a partition: ``{prefix}:t:{partition}``, a sorted set of the customers
   with a pending deadline, scored by their earliest one (epoch ms): how a restarted worker
   finds due deadlines without loading every state.
@@ -32,7 +34,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from engine.state.customer import CustomerState, decode_state, encode_state
-from engine.state.store import StateLost
+from engine.state.store import PartitionClock, StateLost, decode_clock, encode_clock
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 """What a caller retries: Redis is unreachable, timing out or loading its data."""
@@ -41,8 +43,8 @@ REDIS_FATAL = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
-# KEYS: offset key, deadline index key. ARGV: expected stored offset ("" = none), new offset
-# ("" = leave it), n, n state key/value pairs, m, m index score/member pairs, members to unindex.
+# KEYS: offset key, deadline index key, clock key. ARGV: expected stored offset ("" = none), new
+# offset ("" = leave it), clock ("" = leave it), n, n state key/value pairs, m, m index score/member pairs, members to unindex.
 # Arguments go to MSET/ZADD/ZREM in chunks: Lua's unpack() has a stack limit of a few thousand.
 _COMMIT_LUA = """
 local stored = redis.call('GET', KEYS[1]) or ''
@@ -55,8 +57,8 @@ local function chunked(cmd, key, from, to, step)
     i = j + 1
   end
 end
-local n = tonumber(ARGV[3])
-local at = 4
+local n = tonumber(ARGV[4])
+local at = 5
 chunked('MSET', nil, at, at + 2 * n - 1, 1000)
 at = at + 2 * n
 local m = tonumber(ARGV[at])
@@ -65,6 +67,7 @@ chunked('ZADD', KEYS[2], at, at + 2 * m - 1, 1000)
 at = at + 2 * m
 chunked('ZREM', KEYS[2], at, #ARGV, 1000)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 return {1, ''}
 """
 
@@ -133,6 +136,13 @@ class RedisStore:
     def deadline_key(self, partition: str) -> str:
         return f"{self.prefix}:t:{partition}"
 
+    def clock_key(self, partition: str) -> str:
+        return f"{self.prefix}:c:{partition}"
+
+    def load_clock(self, partition: str) -> PartitionClock | None:
+        value = self.client.get(self.clock_key(partition))
+        return None if value is None else decode_clock(value)
+
     def load_offset(self, partition: str) -> int | None:
         value = self.client.get(self.offset_key(partition))
         return None if value is None else int(value)
@@ -144,8 +154,9 @@ class RedisStore:
 
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
-               expected_offset: int | None = None) -> None:
-        """A partition's batch: its encoded states, its next offset and its deadline index, at once.
+               expected_offset: int | None = None, clock: PartitionClock | None = None) -> None:
+        """A partition's batch: its encoded states, its next offset, its clock and its deadline
+        index, at once.
 
         `images` are the customers' states as `encode_state` bytes. `next_due` is each
         customer's earliest deadline (None: none pending), which decides its place in the
@@ -169,6 +180,8 @@ class RedisStore:
             if stored != expected_offset:
                 raise StateLost(partition, expected_offset, stored)
             self.save_many_encoded(images, {partition: offset} if offset is not None else None)
+            if clock is not None:
+                self.client.set(self.clock_key(partition), encode_clock(clock))
             if due:
                 self.client.zadd(key, due)
             if idle:
@@ -176,7 +189,8 @@ class RedisStore:
             return
         head = self._state_key_head
         args: list[Any] = ["" if expected_offset is None else str(expected_offset),
-                           "" if offset is None else str(offset), len(images)]
+                           "" if offset is None else str(offset),
+                           b"" if clock is None else encode_clock(clock), len(images)]
         for cid, image in images.items():
             args.append(f"{head}{cid}}}")
             args.append(image)
@@ -186,7 +200,7 @@ class RedisStore:
             args.append(cid)
         args.extend(idle)
         assert self._commit_script is not None   # registered in __init__ unless cluster
-        ok, stored = self._commit_script(keys=[offset_key, key], args=args)
+        ok, stored = self._commit_script(keys=[offset_key, key, self.clock_key(partition)], args=args)
         if not ok:
             raise StateLost(partition, expected_offset, int(stored) if stored else None)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+import msgspec
+
 from engine.errors import EngineError
 from engine.state.customer import CustomerState
 
@@ -41,6 +43,29 @@ class StateLost(EngineError):
         return (type(self), (self.partition, self.expected, self.found))
 
 
+class PartitionClock(msgspec.Struct, array_like=True, frozen=True):
+    """A partition's event-time clock, committed with its offset (`engine.core.session`): the
+    frontier (events at or before it are in the committed states), the newest event time seen,
+    and the offset to re-read from after a restart (the oldest event held back for ordering,
+    which no committed state holds yet; the committed offset when none is held)."""
+
+    frontier: int
+    newest: int
+    replay_from: int
+
+
+_clock_json = msgspec.json.Encoder()
+_clock_decoder = msgspec.json.Decoder(PartitionClock)
+
+
+def encode_clock(clock: PartitionClock) -> bytes:
+    return _clock_json.encode(clock)
+
+
+def decode_clock(raw: bytes | str) -> PartitionClock:
+    return _clock_decoder.decode(raw)
+
+
 class PartitionStore(Protocol):
     """Exactly what the live dataflow calls, per source partition (`engine.operators.{source,partition}`).
 
@@ -55,6 +80,10 @@ class PartitionStore(Protocol):
         """The partition's committed next offset; None when nothing was committed for it."""
         ...
 
+    def load_clock(self, partition: str) -> PartitionClock | None:
+        """The partition's clock as last committed; None when none was."""
+        ...
+
     def load_many_encoded(self, customer_ids: list[str]) -> dict[str, bytes]:
         """The encoded states of these (distinct) customers; customers without state are absent."""
         ...
@@ -66,11 +95,12 @@ class PartitionStore(Protocol):
 
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
-               expected_offset: int | None = None) -> None:
-        """Write the batch's encoded states, the partition's next `offset` (None: leave it) and
-        its deadline index at once: each customer of `images` is indexed at its `next_due`
-        (None: taken out), `unindex` are taken out. Conditional: when the partition's stored
-        offset is not `expected_offset` (None: no offset), raise `StateLost` and write nothing."""
+               expected_offset: int | None = None, clock: PartitionClock | None = None) -> None:
+        """Write the batch's encoded states, the partition's next `offset` (None: leave it), its
+        `clock` (None: leave it) and its deadline index at once: each customer of `images` is
+        indexed at its `next_due` (None: taken out), `unindex` are taken out. Conditional: when
+        the partition's stored offset is not `expected_offset` (None: no offset), raise
+        `StateLost` and write nothing."""
         ...
 
 

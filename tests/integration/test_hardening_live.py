@@ -33,7 +33,7 @@ from engine.state.customer import decode_state
 from engine.state.redis import RedisStore
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
-DONE = re.compile(r"partition \S+: done: (\d+) events, (\d+) dead letters, (\d+) triggers")
+DONE = re.compile(r"partition \S+: done: (\d+) events \(\d+ late\), (\d+) dead letters, (\d+) triggers")
 
 
 def produce_raw(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None, int | None]]) -> None:

@@ -392,7 +392,7 @@ policy:
 def test_yaml_structure_mistakes(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", "- just\n- a list\n")
     assert errors_of(tmp_path / "a.yaml") == [
-        f"{tmp_path}/a.yaml:1: a rules file is a mapping with aggregates, rules or policy, not a list"]
+        f"{tmp_path}/a.yaml:1: a rules file is a mapping with aggregates, rules, policy or time, not a list"]
     write(tmp_path, "a.yaml", "base: &b {count: x}\naggregates:\n  <<: *b\n")
     assert any("merge keys (<<) are not supported" in e for e in errors_of(tmp_path / "a.yaml"))
     write(tmp_path, "a.yaml", "rules: &r [*r]\n")

@@ -15,6 +15,7 @@ from engine.events.decode import EventDecoder, read_jsonl
 from engine.events.model import Event
 from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
+from engine.state.customer import encode_state
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = parse_ts("2026-03-02T10:00:00Z")
@@ -90,18 +91,29 @@ def test_the_session_reindexes_and_owns_the_flag(rules):
     assert session.deadlines.next_due() is None
 
 
-def test_live_and_ordered_sessions_give_the_same_triggers(rules):
+def test_the_wall_clock_and_the_event_clock_fire_the_same_triggers(rules):
+    """Live, an idle partition's clock is the wall clock (`tick`); a customer loaded from the
+    store with a deadline the frontier passed fires on `catch_up`: the same triggers as the
+    event clock of a backtest."""
     events = [ev(1, "add_to_cart", T0, "a"), ev(2, "add_to_cart", T0 + MIN, "b"),
               ev(3, "purchase", T0 + 10 * MIN, "b", amount=150), ev(4, "page_view", T0 + 2 * HOUR, "c")]
-    ordered, live = Session(rules, "t"), Session(rules, "t", ordered=False)
+    by_events, by_wall = Session(rules, "t"), Session(rules, "t")
     a: list = []
-    ordered.apply(events, a)
-    ordered.advance(T0 + 2 * HOUR, a)
+    by_events.apply(events, a)
     b: list = []
-    live.apply(events, b)
-    fired, missing = live.advance(T0 + 2 * HOUR, b, also=["nobody"])
+    by_wall.apply(events[:3], b)
+    by_wall.tick(T0 + 2 * HOUR, b)
     assert sorted(t.trigger_id for t in a) == sorted(t.trigger_id for t in b) and len(a) == 3
-    assert fired == ["a", "b"] and missing == ["nobody"]   # b: a stale entry of its cancelled wait, harmless
+    assert "a" in by_wall.take_fired()
+    pending = Session(rules, "t")
+    pending.apply(events[:1], [])   # a's cart, its deadline not passed yet
+    state = pending.states["a"]
+    loaded = Session(rules, "t")
+    loaded.tick(T0 + 2 * HOUR, [])
+    c: list = []
+    loaded.loaded("a", state, encode_state(state))
+    loaded.catch_up(c)
+    assert [t.trigger_id for t in c] == [t.trigger_id for t in a if t.customer_id == "a"]
 
 
 def test_until_stops_the_session(rules):

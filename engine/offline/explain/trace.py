@@ -48,7 +48,7 @@ class Trace(Observer):
     def __init__(self, rules: CompiledRules, customer_id: str, where: str = "explain") -> None:
         self.rules = rules
         self.customer_id = customer_id
-        self.session = Session(rules, where, ordered=True, observer=self)
+        self.session = Session(rules, where, observer=self)
         self.events = 0                            # events replayed
         self.triggers: list[Trigger] = []
         self.decisions: dict[str, Decision] = {}   # trigger id -> the policy decision it came from
