@@ -12,7 +12,8 @@ Event time under disorder (SPEC §6), one definition for all three:
   and caught up: `tick`). The *frontier* is the clock minus the rules' `time: {lateness: D}`,
   and never moves back.
 - An event is held until the frontier reaches it, then applied; held events are applied in
-  (time, arrival) order. Before each applied event, every customer's deadlines due strictly
+  (time, event id) order, so that even events of the same instant are applied in one order
+  whatever their arrival (a file sorted by time and id replays the same with D = 0). Before each applied event, every customer's deadlines due strictly
   before it fire, one instant at a time in (due, customer) order; deadlines due before the
   frontier fire when it passes them (`fired_at` is still the deadline).
 - So if no event arrives more than D behind the newest one before it, the events are applied
@@ -52,7 +53,7 @@ from engine.state.customer import CustomerState
 BEGINNING = -(2**62)     # the frontier and clock before any event
 MAX_HELD = 1_000_000     # events held for ordering at most; past it the oldest are applied early
 
-_TS, _SEQ, _EVENT, _OFFSET, _DONE = range(5)   # a held entry: [ts, seq, event, offset, applied]
+_TS, _ID, _SEQ, _EVENT, _OFFSET, _DONE = range(6)   # a held entry: [ts, event id, seq, event, offset, applied]
 
 
 class Session:
@@ -78,7 +79,7 @@ class Session:
         self.newest = BEGINNING         # the newest event time seen (or wall clock ticked), epoch ms
         self.frontier = BEGINNING       # events at or before it are applied; deadlines before it fired
         self.lateness = rules.lateness
-        self.held: list[list] = []      # heap of [ts, seq, event, offset, applied]
+        self.held: list[list] = []      # heap of [ts, event id, seq, event, offset, applied]
         self._arrivals: deque[list] = deque()   # the same entries in arrival order (for `replay_from`)
         self._seq = 0
         self.late = 0                   # events that arrived behind the frontier
@@ -148,7 +149,7 @@ class Session:
             ts = ev.ts
             if ts < self.frontier:
                 self.late += 1   # behind what was applied already: at once (it sorts first anyway)
-            entry = [ts, self._seq, ev, offsets[i] if offsets is not None else -1, False]
+            entry = [ts, ev.event_id, self._seq, ev, offsets[i] if offsets is not None else -1, False]
             self._seq += 1
             heapq.heappush(held, entry)
             arrivals.append(entry)
@@ -253,6 +254,10 @@ class Session:
         applied; a re-read event after it was held and is taken again."""
         self.frontier = max(self.frontier, frontier)
         self.newest = max(self.newest, newest)
+
+    def held_customers(self) -> set[str]:
+        """Customers with a held event (a cache must keep their states until it is applied)."""
+        return {entry[_EVENT].customer_id for entry in self.held}
 
     def take_fired(self) -> list[str]:
         fired, self.fired = self.fired, []

@@ -256,7 +256,7 @@ class PartitionWorker:
     def _evict(self) -> None:
         """Drop the oldest cached states (all are committed now); Redis has them."""
         excess = len(self.cache) - int(self.cache_size * 0.9)
-        waiting = {entry[2].customer_id for entry in self.session.held}   # their held events need them here
+        waiting = self.session.held_customers()   # their held events need them here
         for cid in [cid for cid in self.cache if cid not in waiting][:excess]:
             self.session.forget(cid)   # Redis's index still has it; the scan finds it when due
 
