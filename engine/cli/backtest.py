@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import msgspec
 
 from engine.cli.common import check_events_file, load_rules, parse_until
+from engine.core.times import format_duration
 from engine.offline.backtest import BacktestSummary, backtest_file
 from engine.offline.report_html import ReportCollector, write_report
 
@@ -94,6 +95,10 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
     print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {s.late:,} late), "
           f"{s.customers:,} customers, {s.triggers:,} triggers in {s.elapsed_s:.2f} s "
           f"({s.events_per_s:,.0f} events/s)", file=stream)
+    if s.late:
+        allowed = f"more than {format_duration(s.lateness)} behind" if s.lateness else "behind"
+        print(f"note: {s.late:,} events arrived {allowed} a newer one and were applied out of time order; "
+              "`time: {lateness: D}` in the rules applies events up to D late in time order", file=stream)
     if s.timers_dropped:
         print(f"warning: {s.timers_dropped:,} deadlines not armed: more than 8 pending per rule and customer",
               file=stream)

@@ -33,7 +33,8 @@ class BacktestSummary(msgspec.Struct):
     events: int = 0
     dead_letters: int = 0
     duplicates: int = 0
-    late: int = 0
+    late: int = 0                           # arrived more than the rules' lateness behind the newest event
+    lateness: int = 0                       # the rules' time.lateness, ms
     triggers: int = 0
     timers_dropped: int = 0
     customers: int = 0
@@ -110,6 +111,7 @@ class Replay:
         c = self.evaluator.counters
         return BacktestSummary(
             events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=self.session.late,
+            lateness=self.session.lateness,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes),
         )
