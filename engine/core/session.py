@@ -13,9 +13,10 @@ Event time under disorder (SPEC §6), one definition for all three:
   and never moves back.
 - An event is held until the frontier reaches it, then applied; held events are applied in
   (time, event id) order, so that even events of the same instant are applied in one order
-  whatever their arrival (a file sorted by time and id replays the same with D = 0). Before each applied event, every customer's deadlines due strictly
-  before it fire, one instant at a time in (due, customer) order; deadlines due before the
-  frontier fire when it passes them (`fired_at` is still the deadline).
+  whatever their arrival (a file sorted by time and id replays the same with D = 0). Before
+  each applied event, every customer's deadlines due strictly before it fire, one instant at a
+  time in (due, customer) order; deadlines due before the frontier fire when it passes them
+  (`fired_at` is still the deadline).
 - So if no event arrives more than D behind the newest one before it, the events are applied
   in the time-sorted order and every deadline fires between the same events as in the sorted
   stream: the triggers are the sorted stream's, whatever the batching (this works event by
