@@ -7,6 +7,7 @@ tree, on the same input, and the ratio of each round is reported with the median
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl              # backtest
     python -m bench.revisions --baseline c75ce00 --live --events-live 200000          # live, Redis state
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
+    python -m bench.revisions --baseline 11e591f --kafka-latency --rounds 3    # through Kafka, 20,000 events/s
 
 `--callgrind N` counts, instead of timing, what one backtest event costs at event N of the file:
 valgrind's callgrind (with its cache simulation) runs each revision on the first N and the first
@@ -94,6 +95,17 @@ def live(tree: Path, events: int, work: Path) -> float:
     return json.loads(out.read_text())["live"]["events_per_s"]
 
 
+def kafka_latency(tree: Path, events: int, rate: float, work: Path) -> dict:
+    """Event-to-trigger latency through Kafka at a fixed rate (`bench.e2e`'s kafka_latency):
+    the tree's `triggers run`, from the event's produce time to the trigger's in the sink topic."""
+    out = work / "results.json"
+    skip = "backtest,live,kafka,kafka2,naive,floor,latency"
+    subprocess.run([sys.executable, "-m", "bench.e2e", "--events", str(events), "--customers", str(events // 3),
+                    "--latency-events", str(events), "--rate", str(rate), "--skip", skip, "--out", str(out)],
+                   cwd=tree, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)})
+    return json.loads(out.read_text())["kafka_latency"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. c75ce00)")
@@ -101,6 +113,10 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="also the live run: in-process source, Redis state")
     parser.add_argument("--events-live", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kafka-latency", action="store_true", help="also event-to-trigger latency through Kafka "
+                        "at --rate events/s (p50 and p99 per round, ratio of p99)")
+    parser.add_argument("--rate", type=float, default=20_000)
+    parser.add_argument("--events-latency", type=int, default=100_000)
     parser.add_argument("--callgrind", type=int, metavar="N", help="count (valgrind) instead of timing: the cost "
                         "of one backtest event at event N of --events")
     args = parser.parse_args()
@@ -129,6 +145,17 @@ def main() -> None:
                       f"events/s, ratio {now / base:.3f}", flush=True)
             print(f"{name}: current / baseline = {statistics.median(ratios):.3f} (median of {args.rounds}; "
                   f"range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
+        if args.kafka_latency:
+            ratios = []
+            for i in range(args.rounds):
+                base = kafka_latency(trees["baseline"], args.events_latency, args.rate, work)
+                now = kafka_latency(trees["current"], args.events_latency, args.rate, work)
+                ratios.append(now["p99_ms"] / base["p99_ms"])
+                print(f"kafka latency round {i + 1} at {args.rate:,.0f} events/s: baseline {args.baseline} p50 "
+                      f"{base['p50_ms']} ms p99 {base['p99_ms']} ms (n={base['n']}), current p50 {now['p50_ms']} ms "
+                      f"p99 {now['p99_ms']} ms (n={now['n']}), p99 ratio {ratios[-1]:.2f}", flush=True)
+            print(f"kafka latency: p99 current / baseline = {statistics.median(ratios):.2f} (median of "
+                  f"{args.rounds}; range {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
 
 
 if __name__ == "__main__":
