@@ -29,6 +29,9 @@ log = logging.getLogger("engine.partition")
 
 STATS_EVERY_S = 10.0
 INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
+# An idle, caught-up partition's clock is the wall clock less this: an event produced a moment
+# ago may still be on its way (producer linger, broker, fetch), and is not late for that.
+IN_FLIGHT_MS = 1000
 
 
 class Fatal(EngineError):
@@ -180,7 +183,7 @@ class PartitionWorker:
         with the events), or the wall clock once nothing is left unread (`caught_up`)."""
         session = self.session
         if batch.caught_up:
-            session.tick(batch.now, out)
+            session.tick(batch.now - IN_FLIGHT_MS, out)
         if batch.scan_index:   # customers not touched since start-up (or evicted) are only in Redis's index
             until = session.frontier - 1
             indexed = self._redis(lambda: self.store.due_customers(self.name, until, INDEX_SCAN_LIMIT),
