@@ -96,13 +96,15 @@ def live(tree: Path, events: int, work: Path) -> float:
 
 
 def kafka_latency(tree: Path, events: int, rate: float, work: Path) -> dict:
-    """Event-to-trigger latency through Kafka at a fixed rate (`bench.e2e`'s kafka_latency):
-    the tree's `triggers run`, from the event's produce time to the trigger's in the sink topic."""
+    """Event-to-trigger latency through Kafka at a fixed rate (`bench.e2e`'s kafka_latency): the
+    tree's `triggers run`, measured by this tree's harness (the same producer, consumer and
+    matching for both), from the event's produce time to the trigger's in the sink topic."""
     out = work / "results.json"
     skip = "backtest,live,kafka,kafka2,naive,floor,latency"
     subprocess.run([sys.executable, "-m", "bench.e2e", "--events", str(events), "--customers", str(events // 3),
-                    "--latency-events", str(events), "--rate", str(rate), "--skip", skip, "--out", str(out)],
-                   cwd=tree, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)})
+                    "--latency-events", str(events), "--rate", str(rate), "--skip", skip, "--out", str(out),
+                    "--engine-tree", str(tree)], cwd=ROOT, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(out.read_text())["kafka_latency"]
 
 
