@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import msgspec
 
-from connectors.base import DEFAULT_STATUSES, Sink, Status
+from connectors.base import DEFAULT_STATUSES, Failure, Sink, Status
 
 __all__ = ["FileSinkConfig", "FileSink"]
 
@@ -92,6 +92,23 @@ class FileSink(Sink):
         else:
             self._fh.write(data)
         self.stats.delivered += len(items)
+
+    def deliver(self, items: Sequence[msgspec.Struct]) -> list[Failure]:
+        """Append and make durable (`settle`): delivered once on disk. An `OSError` (a full
+        disk, a lost mount) fails every item transiently: an operator can fix it, and the relay
+        tries again (a torn last line stays one bad line, as after a crash)."""
+        before = self.stats.delivered
+        try:
+            self.write_batch(items)
+            self.settle()
+        except OSError as e:
+            self.stats.delivered = before
+            why = f"cannot write {self.config.path}: {e.strerror or e}"
+            self.stats.failing(why)
+            return [Failure(i, why, permanent=False) for i in range(len(items))]
+        if self.stats.waiting_since is not None:
+            self.stats.recovered()
+        return []
 
     def flush(self) -> None:
         if not self._closed:

@@ -17,6 +17,12 @@ delivery at its own checkpoints (the live engine: before each commit) does not w
 - errors that no retry can fix (message too large, not authorized, a fatal producer error)
   raise at once rather than spin until the deadline.
 
+In the live engine the sink's relay calls `deliver` instead: every item produced once, the call
+returns when every delivery report is in (librdkafka retries within `message.timeout.ms`, a
+third of `delivery_timeout_s`), with a `Failure` per message not delivered: permanent for what
+no retry can fix (`_PERMANENT`, a fatal producer error), transient otherwise (the broker down,
+a timeout), which the relay produces again later.
+
 Record layout: key = the item's `customer_id` (utf-8) when it has one, so one customer's
 triggers land in one partition, in order; value = the item as JSON; header `trigger_id` when
 the item has one, so consumers can de-duplicate without parsing the value.
@@ -32,7 +38,7 @@ from typing import Any, NoReturn
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
+from connectors.base import DEFAULT_STATUSES, Backoff, Failure, Sink, SinkError, Status
 
 __all__ = ["KafkaSinkConfig", "KafkaSink"]
 
@@ -71,8 +77,9 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     `extra` holds librdkafka producer settings (`security.protocol`, `sasl.*`, `linger.ms`,
     `message.timeout.ms` …), applied last so they can override the defaults.
     `delivery_timeout_s` bounds how long one batch keeps retrying before it raises; 0 means
-    never give up: wait for the broker (logging every few seconds) — what a live engine wants
-    during a Kafka outage, rather than stopping and restarting in a loop.
+    never give up: wait for the broker (logging every few seconds). In a live run it bounds one
+    attempt of the relay's (librdkafka's own retries, a third of it): the relay then produces the
+    batch again, for as long as the broker is down, and a stop waits at most that long.
     """
 
     brokers: list[str]
@@ -83,6 +90,8 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     # before it relies on them being delivered (the live engine does, before each commit).
     wait_for_delivery: bool = True
     statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
+    # where a live run's relay writes what this topic refuses for good (None: kafka-dead-letters.jsonl)
+    dead_letter_path: str | None = None
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -159,12 +168,55 @@ class KafkaSink(Sink):
         else:
             self._producer.poll(0)   # serve reports that are in; never block
 
-    def send(self, items: Sequence[msgspec.Struct]) -> None:
-        """Hand the items to the producer; their delivery is checked by the next `settle`."""
-        if not items:
-            return
-        deadline = time.monotonic() + (self.config.delivery_timeout_s or float("inf"))
-        batch = _Round()
+    def deliver(self, items: Sequence[msgspec.Struct]) -> list[Failure]:
+        """Produce every item once and wait for all their delivery reports (see module docstring)."""
+        results: list[KafkaError | None] = [None] * len(items)
+        outstanding = [0]
+
+        def report(index: int) -> Callable[[KafkaError | None, Message], None]:
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                outstanding[0] -= 1
+                results[index] = err
+            return on_delivery
+
+        produce = self._producer.produce
+        topic = self.config.topic
+        rejected: dict[int, KafkaError] = {}
+        for i, (key, value, headers) in enumerate(self._records(items)):
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=report(i))
+                    outstanding[0] += 1
+                    break
+                except BufferError:   # librdkafka's queue is full: serve reports to make room
+                    self._producer.poll(0.1)
+                except KafkaException as exc:   # rejected before queueing, e.g. message too large
+                    rejected[i] = exc.args[0]
+                    break
+        waited = 0.0
+        while outstanding[0] > 0:
+            if not self._producer.flush(5.0):
+                self._producer.poll(0.01)   # queue empty: serve the last reports
+            elif outstanding[0] > 0:
+                waited += 5.0
+                self.stats.failing(f"{outstanding[0]} message(s) waiting for the broker"
+                                   + (f": {_describe(self._client_error)}" if self._client_error else ""))
+                log.warning("%s: %d message(s) waiting for the broker for %.0f s", self.name, outstanding[0], waited)
+        failures: list[Failure] = []
+        for i, err in enumerate(results):
+            err = rejected.get(i, err)
+            if err is None:
+                continue
+            permanent = err.fatal() or err.code() in _PERMANENT
+            failures.append(Failure(i, _describe(err), permanent))
+        self.stats.delivered += len(items) - len(failures)
+        if any(not f.permanent for f in failures):
+            self.stats.failing(failures[0].reason)
+        else:
+            self.stats.recovered()
+        return failures
+
+    def _records(self, items: Sequence[msgspec.Struct]) -> list[_Record]:
         encode = self._encoder.encode
         records: list[_Record] = []
         for item in items:
@@ -177,7 +229,15 @@ class KafkaSink(Sink):
                     [("trigger_id", tid.encode())] if isinstance(tid, str) else None,
                 )
             )
-        self._produce_all(records, batch, batch.report, deadline)
+        return records
+
+    def send(self, items: Sequence[msgspec.Struct]) -> None:
+        """Hand the items to the producer; their delivery is checked by the next `settle`."""
+        if not items:
+            return
+        deadline = time.monotonic() + (self.config.delivery_timeout_s or float("inf"))
+        batch = _Round()
+        self._produce_all(self._records(items), batch, batch.report, deadline)
         self._pending.append((batch, deadline))
 
     def settle(self) -> None:
