@@ -27,16 +27,20 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import msgspec
 
 from connectors.base import Backoff, Failure, Sink
 from connectors.file import FileSink, FileSinkConfig
+from engine.actions.trigger import Trigger
+from engine.operators.shutdown import SHUTDOWN
 from engine.state.outbox import ItemKind, OutboxEntry, decode_item
 from engine.state.redis import REDIS_ERRORS
 from engine.state.store import OutboxStore
 
-__all__ = ["Relay", "RelayGroup", "RelayState", "RelayStats", "SinkDeadLetter", "SinkSpec", "default_dead_letter_path"]
+__all__ = ["Relay", "RelayGroup", "RelayState", "RelayStats", "SinkDeadLetter", "SinkSpec", "default_dead_letter_path",
+           "read_dead_letters"]
 
 log = logging.getLogger("engine.relay")
 
@@ -84,6 +88,46 @@ class SinkDeadLetter(msgspec.Struct):
     seq: int
     kind: ItemKind
     item: msgspec.Raw
+
+
+class _WebhookDeadLetter(msgspec.Struct):
+    """A line of a webhook's dead-letter file from before the relays: one request's triggers."""
+
+    triggers: list[Trigger]
+
+
+def read_dead_letters(path: str | Path) -> tuple[list[Trigger], list[tuple[int, str]]]:
+    """The triggers of a sink's dead-letter file, in file order, and the lines that hold none
+    ((line number, why)): `triggers resend`'s input. Reads the relay's lines (`SinkDeadLetter`)
+    and the webhook sink's older ones (a request's `triggers`)."""
+    triggers: list[Trigger] = []
+    unreadable: list[tuple[int, str]] = []
+    decode_letter = msgspec.json.Decoder(SinkDeadLetter).decode
+    decode_trigger = msgspec.json.Decoder(Trigger).decode
+    decode_legacy = msgspec.json.Decoder(_WebhookDeadLetter).decode
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                letter = decode_letter(line)
+            except msgspec.ValidationError as e:
+                try:
+                    triggers += decode_legacy(line).triggers
+                except msgspec.DecodeError:
+                    unreadable.append((number, str(e)))
+                continue
+            except msgspec.DecodeError as e:
+                unreadable.append((number, str(e)))
+                continue
+            if letter.kind is not ItemKind.TRIGGER:
+                unreadable.append((number, f"holds an event's dead letter ({letter.kind}), not a trigger"))
+                continue
+            try:
+                triggers.append(decode_trigger(letter.item))
+            except msgspec.DecodeError as e:
+                unreadable.append((number, f"its item is not a trigger: {e}"))
+    return triggers, unreadable
 
 
 class RelayState(StrEnum):
@@ -207,10 +251,11 @@ class Relay:
                     self._wake.clear()
         except _Stopped:
             pass
-        except Exception:   # a bug: say so loudly; the engine runs on, the outbox keeps the items
-            log.exception("relay %s stopped by an unexpected error; its sink gets nothing until a restart",
-                          self.name)
-            self.stats.failing("stopped by an unexpected error (see the log)")
+        except Exception as e:   # a bug: the run stops (exit 2) rather than go on without this sink
+            log.exception("relay %s stopped by an unexpected error", self.name)
+            self.stats.failing(f"stopped by an unexpected error: {type(e).__name__}: {e}")
+            SHUTDOWN.request(f"relay {self.name} failed: {type(e).__name__}: {e} (its items stay in the outbox "
+                             "and go out after a restart)", fatal=True)
         finally:
             self._close()
 

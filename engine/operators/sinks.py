@@ -36,10 +36,10 @@ DEAD_LETTERS = "dead_letters"
 """The relay of the events' dead letters (`dead_letters` in the settings)."""
 
 
-def trigger_specs(settings: Settings) -> list[SinkSpec]:
+def trigger_specs(settings: Settings, quiet: bool = False) -> list[SinkSpec]:
     """The configured trigger sinks, each with the statuses it delivers (only `sent` unless its
     `statuses` says more) and its dead-letter file; with none configured, the Kafka topic
-    `triggers` on the event brokers."""
+    `triggers` on the event brokers. Each is logged unless `quiet`."""
     s = settings.sinks
     specs: list[SinkSpec] = []
     kafka = s.kafka
@@ -68,7 +68,7 @@ def trigger_specs(settings: Settings) -> list[SinkSpec]:
             return FileSink(FileSinkConfig(path=c.path, append=True))
 
         specs.append(SinkSpec("file", file_sink, ItemKind.TRIGGER, frozenset(s.file.statuses)))
-    for spec in specs:
+    for spec in specs if not quiet else ():
         log.info("sink %s delivers %s triggers; refused ones go to %s", spec.name,
                  ", ".join(sorted(spec.statuses or ())), spec.dead_letter_path or default_dead_letter_path(spec.name))
     return specs
