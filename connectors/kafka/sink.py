@@ -47,6 +47,8 @@ _CLIENT_LOG = "kafka"   # librdkafka's own lines, unless the caller passes a log
 
 _BACKOFF_BASE_S = 0.1
 _BACKOFF_CAP_S = 5.0
+_POLL_S = 0.1           # the longest a wait for delivery reports sleeps between two looks
+_STALL_REPORT_S = 5.0   # deliveries still waited for after this long are reported (health, log)
 _ATTEMPTS_PER_DEADLINE = 3
 """librdkafka's per-message timeout is a third of `delivery_timeout_s`, so a batch gets about
 three produce rounds (each with librdkafka's internal retries) before its deadline."""
@@ -142,7 +144,7 @@ class KafkaSink(Sink):
             "bootstrap.servers": ",".join(config.brokers),
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 5,
+            "linger.ms": 0,   # a batch is produced whole, then waited for: lingering only delays it
             # 0 = librdkafka never expires a message: it keeps retrying until the broker is back
             "message.timeout.ms": 0 if not config.delivery_timeout_s else max(
                 100, int(config.delivery_timeout_s * 1000 / _ATTEMPTS_PER_DEADLINE)
@@ -193,15 +195,18 @@ class KafkaSink(Sink):
                 except KafkaException as exc:   # rejected before queueing, e.g. message too large
                     rejected[i] = exc.args[0]
                     break
-        waited = 0.0
+        # poll() returns as soon as a report is served (flush() wakes up far later: 13 ms against
+        # 3 ms for a batch of 20 on one machine), so a small batch costs about one round trip.
+        started = reported = time.monotonic()
         while outstanding[0] > 0:
-            if not self._producer.flush(5.0):
-                self._producer.poll(0.01)   # queue empty: serve the last reports
-            elif outstanding[0] > 0:
-                waited += 5.0
+            self._producer.poll(_POLL_S)
+            now = time.monotonic()
+            if now - reported >= _STALL_REPORT_S:
+                reported = now
                 self.stats.failing(f"{outstanding[0]} message(s) waiting for the broker"
                                    + (f": {_describe(self._client_error)}" if self._client_error else ""))
-                log.warning("%s: %d message(s) waiting for the broker for %.0f s", self.name, outstanding[0], waited)
+                log.warning("%s: %d message(s) waiting for the broker for %.0f s", self.name, outstanding[0],
+                            now - started)
         failures: list[Failure] = []
         for i, err in enumerate(results):
             err = rejected.get(i, err)
