@@ -11,7 +11,7 @@ consumer lag (events produced but not committed), the webhook relay's largest la
 entries not delivered, from /metrics), what /healthz said during the hang, the triggers
 delivered after recovery, and lost / dead-lettered / re-sent against a backtest of the same
 events (lost must be 0). Needs the project's Kafka and Redis (`scripts/services.sh start`).
-`tests/integration/test_outbox.py` runs it with a 20 s hang.
+`tests/integration/test_outbox_live.py` runs it with a 20 s hang.
 """
 
 from __future__ import annotations
@@ -176,11 +176,11 @@ topic = "{topic}"
 url = "{redis_url}"
 prefix = "{prefix}"
 [relay]
-backoff_max_s = 1.0
 {f"outbox_max_entries = {outbox_max_entries}" if outbox_max_entries else ""}
 [sinks.webhook]
 url = "{receiver.url}"
 timeout_s = 1.0
+backoff_max_s = 1.0
 statuses = ["sent", "held_out", "suppressed"]
 dead_letter_path = "{dead_file}"
 [dead_letters]

@@ -144,10 +144,11 @@ class Sink(ABC):
 class SinkError(EngineError):
     """A sink could not deliver part of a batch, even after retrying.
 
-    Raised instead of dropping anything: the batch was not acknowledged, so the dataflow stops
-    and a restart replays it (delivery is at least once; receivers de-duplicate by
-    `trigger_id`). `sink` names the sink and its destination, `count` is how many items were
-    not delivered, `first_error` is the first failure, as the outside system reported it.
+    Raised by `write_batch` (standalone use) instead of dropping anything: the batch was not
+    acknowledged, so the caller can send it again (receivers de-duplicate by `trigger_id`). The
+    live engine's relays call `deliver`, which answers a `Failure` per item instead. `sink` names
+    the sink and its destination, `count` is how many items were not delivered, `first_error` is
+    the first failure, as the outside system reported it.
     """
 
     def __init__(self, sink: str, count: int, first_error: str) -> None:

@@ -115,8 +115,8 @@ class FileSink(Sink):
             self._fh.flush()
 
     def settle(self) -> None:
-        """Make what was written survive the process (the live engine calls it before it commits
-        the state behind these lines): flushed to the OS and, for a real file, fsync'ed."""
+        """Make what was written survive the process (a relay's `deliver` calls it before it
+        moves its cursor past these lines): flushed to the OS and, for a real file, fsync'ed."""
         if self._closed:
             return
         self._fh.flush()

@@ -55,8 +55,9 @@ class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     maxlen: Annotated[int, msgspec.Meta(ge=1)] | None = 1_000_000
     retry_for_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
-    # where a live run's relay writes what this stream refuses for good (None: redis_stream-dead-letters.jsonl)
-    dead_letter_path: str | None = None
+    dead_letter_path: Annotated[str | None, msgspec.Meta(
+        description="where a live run writes the triggers this stream refuses for good (an error Redis "
+                    "answers); unset: redis_stream-dead-letters.jsonl")] = None
 
 
 class RedisStreamSink(Sink):

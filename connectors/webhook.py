@@ -35,8 +35,9 @@ In the live engine the sink's relay calls `deliver`: one attempt per request, an
 per trigger not delivered: transient for connection errors, timeouts, 5xx, 408 and 429 (with
 the `Retry-After` seconds when given), permanent for other 4xx, 3xx and a certificate not
 accepted. The relay retries the transient ones for as long as it takes and dead-letters the
-permanent ones to `dead_letter_path`. `max_retries` below, and the sink writing that file itself,
-are this module's own policy for standalone use (`write_batch`, e.g. `bench.webhook_client`).
+permanent ones to `dead_letter_path`, pacing its retries with `backoff_base_s`/`backoff_max_s`.
+`max_retries` below, and the sink writing that file itself, are this module's own policy for
+standalone use (`write_batch`, e.g. `bench.webhook_client`).
 
 Standalone, at least once. A request is retried on connection errors, timeouts, 5xx, 408 and 429, up to
 `max_retries` times after the first attempt, with exponential backoff and full jitter capped

@@ -4,7 +4,7 @@ Bytewax's own `KafkaSink` ignores delivery reports, so a message that fails for 
 broker down past `message.timeout.ms`) is lost without a word (docs/bytewax.md §6). This sink
 waits for the delivery report of every message of a batch before `write_batch` returns — or,
 with `wait_for_delivery = false`, before `settle()` returns, so that a caller that only needs
-delivery at its own checkpoints (the live engine: before each commit) does not wait per batch:
+delivery at its own checkpoints does not wait per batch:
 
 - the producer is idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
   can neither duplicate nor reorder a partition's messages;
@@ -20,8 +20,9 @@ delivery at its own checkpoints (the live engine: before each commit) does not w
 In the live engine the sink's relay calls `deliver` instead: every item produced once, the call
 returns when every delivery report is in (librdkafka retries within `message.timeout.ms`, a
 third of `delivery_timeout_s`), with a `Failure` per message not delivered: permanent for what
-no retry can fix (`_PERMANENT`, a fatal producer error), transient otherwise (the broker down,
-a timeout), which the relay produces again later.
+the broker refuses of that message (`_REFUSED`: too large, invalid), transient otherwise (the
+broker down, a timeout, and also refused credentials or ACLs, which an operator fixes), which
+the relay produces again later.
 
 Record layout: key = the item's `customer_id` (utf-8) when it has one, so one customer's
 triggers land in one partition, in order; value = the item as JSON; header `trigger_id` when
@@ -33,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -67,6 +68,11 @@ _PERMANENT = frozenset(
     }
 )
 
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
+"""What the broker refuses of one message whatever happens: `deliver` reports these permanent.
+The other `_PERMANENT` errors are about the setup (credentials, ACLs, the topic): a relay keeps
+trying, with the error on /healthz, until an operator fixes it, rather than dead-letter everything."""
+
 # As confluent_kafka types them: what `produce` takes and a delivery report's message gives back
 # (this sink produces only lists of (str, bytes) and bytes values).
 _Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
@@ -89,11 +95,12 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     extra: dict[str, str] = {}
     delivery_timeout_s: float = 30.0
     # False: `write_batch` returns once the items are queued, and the caller calls `settle()`
-    # before it relies on them being delivered (the live engine does, before each commit).
+    # before it relies on them being delivered (standalone use; a live run's relay calls `deliver`).
     wait_for_delivery: bool = True
     statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
-    # where a live run's relay writes what this topic refuses for good (None: kafka-dead-letters.jsonl)
-    dead_letter_path: str | None = None
+    dead_letter_path: Annotated[str | None, msgspec.Meta(
+        description="where a live run writes the triggers this topic refuses for good (message too "
+                    "large, not authorized); unset: kafka-dead-letters.jsonl")] = None
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -212,8 +219,7 @@ class KafkaSink(Sink):
             err = rejected.get(i, err)
             if err is None:
                 continue
-            permanent = err.fatal() or err.code() in _PERMANENT
-            failures.append(Failure(i, _describe(err), permanent))
+            failures.append(Failure(i, _describe(err), err.code() in _REFUSED))
         self.stats.delivered += len(items) - len(failures)
         if any(not f.permanent for f in failures):
             self.stats.failing(failures[0].reason)

@@ -83,13 +83,18 @@ class _Relays(Collector):
                                       "failure", labels=["sink"])
         dead = CounterMetricFamily("triggers_relay_dead_letters", "Items a sink refused for good, written to its "
                                    "dead-letter file: alert on it", labels=["sink"])
-        for relay in self.relays():
-            stats = relay.stats
-            for partition, n in sorted(relay.lag().items()):
-                lag.add_metric([relay.name, partition], n)
-            delivered.add_metric([relay.name], stats.delivered)
-            retries.add_metric([relay.name], stats.retries)
-            dead.add_metric([relay.name], stats.dead_lettered)
+        lags: Tally = Tally()
+        counts: dict[str, Tally] = {"delivered": Tally(), "retries": Tally(), "dead_lettered": Tally()}
+        for relay in self.relays():   # a process that ran several dataflows (tests) had a relay per sink each
+            for partition, n in relay.lag().items():
+                lags[(relay.name, partition)] += n
+            for field, tally in counts.items():
+                tally[relay.name] += getattr(relay.stats, field)
+        for labels, n in sorted(lags.items()):
+            lag.add_metric(list(labels), n)
+        for family, field in ((delivered, "delivered"), (retries, "retries"), (dead, "dead_lettered")):
+            for name, n in sorted(counts[field].items()):
+                family.add_metric([name], n)
         yield from (lag, delivered, retries, dead)
 
 

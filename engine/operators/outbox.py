@@ -15,8 +15,10 @@ batch per relay, and the engine itself (whose triggers are in the outbox once co
 
 What a connector answers decides (`connectors.base.Failure`): a transient failure is tried again
 with capped backoff, for as long as it takes (a receiver down for hours gets every trigger when
-it is back, in order per partition); a permanent one is written, per item, to the sink's
-dead-letter file (`SinkDeadLetter`, JSONL; `triggers resend` delivers them again).
+it is back, in order per partition; the backoff starts again whenever part of a try went
+through, so a flaky receiver is not waited for as a dead one); a permanent one is written, per
+item, to the sink's dead-letter file (`SinkDeadLetter`, JSONL; `triggers resend` delivers them
+again).
 """
 
 from __future__ import annotations
@@ -63,13 +65,14 @@ def default_dead_letter_path(sink: str) -> str:
 class SinkSpec(msgspec.Struct, frozen=True):
     """One configured sink, as its relay needs it: how to open its connector (once, in the relay's
     thread), what it takes from the outbox (`kind`; for triggers the `statuses`, None: every
-    one), and its dead-letter file."""
+    one), its dead-letter file, and its own backoff (base, cap in seconds; None: `relay.*`)."""
 
     name: str
     open: Callable[[], Sink]
     kind: ItemKind = ItemKind.TRIGGER
     statuses: frozenset[str] | None = None
     dead_letter_path: str | None = None
+    backoff: tuple[float, float] | None = None
 
     def wants(self, entry: OutboxEntry) -> bool:
         return entry.kind is self.kind and (self.statuses is None or entry.status in self.statuses)
@@ -181,7 +184,7 @@ class Relay:
         self._open_store = store
         self._sinks = list(sinks)          # every configured sink: the outbox is trimmed below their lowest cursor
         self._batch_size = batch_size
-        self._backoff = (backoff_base_s, backoff_max_s)
+        self._backoff = spec.backoff or (backoff_base_s, backoff_max_s)
         self._idle_s = idle_s
         self._partitions: list[str] = []
         self._cursors: dict[str, int] = {}   # partition -> seq passed, once loaded
@@ -268,12 +271,22 @@ class Relay:
             if cursor is None:
                 return False
         size = self._batch_size
+        committed = self._tails.get(partition, 0)   # before the read: a commit after it is not in it
         read = self._redis(lambda: store.read_outbox(partition, cursor, size * SCAN_FACTOR))
         if read is None:
             return False
         entries, tail = read
         self._cursors.setdefault(partition, cursor)
-        if tail.last_seq > self._tails.get(partition, 0):
+        if tail.last_seq < max(cursor, committed):   # SPEC §6: state loss is never silent
+            has = f"outbox entries up to {tail.last_seq}" if tail.last_seq else "no outbox entry"
+            self.stats.failing(f"{partition}: the outbox lost entries")
+            SHUTDOWN.request(f"partition {partition}: the state store has {has} where this engine committed "
+                             f"{max(cursor, committed)} (seen by relay {self.name}): it lost data since (restart "
+                             "without persistence, flush, failover to a stale replica). Nothing more was written; "
+                             "the engine stops so that the loss is not hidden. Restore Redis from its persistence "
+                             "or a backup, then start again.", fatal=True)
+            raise _Stopped()
+        if tail.last_seq > committed:
             self._tails[partition] = tail.last_seq
         if not entries:
             return False
@@ -322,6 +335,8 @@ class Relay:
                         waits.append(f.retry_after_s)
             if not again:
                 break
+            if len(again) < len(pending):   # some went through: the sink is up, only flaky
+                backoff.reset()
             first = next(f for f in failures if not f.permanent)
             stats.retries += len(again)
             stats.failing(first.reason)

@@ -145,7 +145,8 @@ class Sinks(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     kafka: Annotated[KafkaSinkConfig | None, Doc(
-        "a Kafka topic; delivery_timeout_s = 0 waits for the broker as long as it takes")] = None
+        "a Kafka topic; delivery_timeout_s bounds one delivery attempt (the relay tries again for as long "
+        "as the broker is down); triggers refused for good go to dead_letter_path")] = None
     webhook: Annotated[WebhookSinkConfig | None, Doc(
         "HTTP POSTs, signed (HMAC-SHA256 header) with `secret`; triggers refused for good go to "
         "dead_letter_path (default webhook-dead-letters.jsonl)")] = None
@@ -172,7 +173,8 @@ class RelaySettings(msgspec.Struct, forbid_unknown_fields=True):
     backoff_base_s: Annotated[float, msgspec.Meta(gt=0), Doc(
         "first wait before a failed delivery is tried again (doubling, with jitter)")] = 0.1
     backoff_max_s: Annotated[float, msgspec.Meta(gt=0), Doc(
-        "longest wait between two tries of a failing delivery (it is retried for ever)")] = 10.0
+        "longest wait between two tries of a failing delivery (it is retried for ever); a webhook's own "
+        "backoff_base_s / backoff_max_s pace its relay instead")] = 10.0
     idle_check_ms: Annotated[int, msgspec.Meta(ge=1), Doc(
         "how often an idle relay looks at its outboxes unasked (commits wake it at once)")] = 1000
     outbox_max_entries: Annotated[int, msgspec.Meta(ge=1), Doc(

@@ -55,7 +55,7 @@ def trigger_specs(settings: Settings, quiet: bool = False) -> list[SinkSpec]:
             return WebhookSink(msgspec.structs.replace(c, dead_letter_path=None))   # the relay writes that file
 
         specs.append(SinkSpec("webhook", webhook_sink, ItemKind.TRIGGER, frozenset(s.webhook.statuses),
-                              s.webhook.dead_letter_path))
+                              s.webhook.dead_letter_path, (s.webhook.backoff_base_s, s.webhook.backoff_max_s)))
     if s.redis_stream is not None:
         def redis_stream_sink(c: RedisStreamSinkConfig = s.redis_stream) -> RedisStreamSink:
             return RedisStreamSink(c)

@@ -186,3 +186,18 @@ def test_the_group_starts_relays_with_the_first_partition_and_stops_them_with_th
     assert len(a) == len(b) == 4 and store.outbox_tail(P).length == 0
     group.detach(P)
     assert all(not r._thread.is_alive() for r in group.relays)
+
+
+def test_an_outbox_that_lost_entries_stops_the_run() -> None:
+    from engine.operators.shutdown import SHUTDOWN
+
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(4)])
+    r = relay(store, ListSink([]))
+    r._tails[P] = 9          # the commits said 9 entries: Redis was flushed or failed over since
+    try:
+        r.start()
+        r._thread.join(5)
+        assert not r._thread.is_alive() and SHUTDOWN.fatal and "lost data" in SHUTDOWN.reason
+    finally:
+        SHUTDOWN.reset()
