@@ -201,7 +201,7 @@ class PartitionWorker:
         started = time.perf_counter()
         entries = encode_items(self.outbox)
         session = self.session
-        states = session.checkpoint(self.dirty)   # its dead letters go out with the next batch's outputs
+        states = session.checkpoint(self.dirty)   # its dead letters go out with the next commit
         next_due = session.next_due
         due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)
