@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from harness import ROOT, create_topic, engine_cmd, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 from engine.events.decode import read_jsonl
@@ -27,11 +27,14 @@ assert RelaySettings().batch_size < MAX_RESENT_PER_KILL   # one relay's batch in
 
 
 def delivered(bootstrap: str, topic: str) -> int:
-    """Messages in the topic so far (the sum of its partitions' high watermarks)."""
+    """Messages in the topic so far (the sum of its partitions' high watermarks); 0 while the
+    broker cannot say yet (a new topic's leaders are still being elected)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("count")})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    except KafkaException:
+        return 0
     finally:
         consumer.close()
 
@@ -68,27 +71,36 @@ def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(ka
     resent: list[int] = []        # per kill: the duplicates that appeared after it
     before = 0
     kills = 0
-    for share in thresholds + [None]:
-        proc = subprocess.Popen(engine_cmd(cfg), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if share is not None:
-            while proc.poll() is None and delivered(kafka_bootstrap, sink) < share * len(expected):
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0, 0.15))
+    running: list[subprocess.Popen] = []
+    try:
+        for share in thresholds + [None]:
+            proc = subprocess.Popen(engine_cmd(cfg), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            running.append(proc)
+            if share is not None:
+                while proc.poll() is None and delivered(kafka_bootstrap, sink) < share * len(expected):
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0, 0.15))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    proc.stderr.close()
+                    if kills:
+                        resent.append(duplicates(kafka_bootstrap, sink) - before)
+                    before = duplicates(kafka_bootstrap, sink)
+                    kills += 1
+                    continue
+            err = proc.communicate(timeout=300)[1]
+            assert proc.returncode == 0, err[-3000:]
+            if kills:
+                resent.append(duplicates(kafka_bootstrap, sink) - before)
+            if share is not None:
+                break   # it finished before the kill point: done
+    finally:   # a failure above must not leave an engine running into the next test
+        for proc in running:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+                proc.kill()
                 proc.wait()
-                proc.stderr.close()
-                if kills:
-                    resent.append(duplicates(kafka_bootstrap, sink) - before)
-                before = duplicates(kafka_bootstrap, sink)
-                kills += 1
-                continue
-        err = proc.communicate(timeout=300)[1]
-        assert proc.returncode == 0, err[-3000:]
-        if kills:
-            resent.append(duplicates(kafka_bootstrap, sink) - before)
-        if share is not None:
-            break   # it finished before the kill point: done
+
     assert kills >= 3, f"only {kills} kills landed mid-run: the test tested nothing"
 
     got = read_topic(kafka_bootstrap, sink)
