@@ -37,7 +37,7 @@ from connectors.base import Backoff, Failure, Sink
 from connectors.file import FileSink, FileSinkConfig
 from engine.actions.trigger import Trigger
 from engine.operators.shutdown import SHUTDOWN
-from engine.state.outbox import ItemKind, OutboxEntry, decode_item
+from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail, decode_item
 from engine.state.redis import REDIS_ERRORS
 from engine.state.store import OutboxStore
 
@@ -47,8 +47,10 @@ __all__ = ["Relay", "RelayGroup", "RelayState", "RelayStats", "SinkDeadLetter", 
 log = logging.getLogger("engine.relay")
 
 SCAN_FACTOR = 8
-"""Entries read per round trip, per item a batch may hold: a sink that takes one status in
-eight still fills its batch in one read; what is read past the batch is read again next time."""
+"""At most this many entries are read per round trip per item a batch may hold: a sink that
+takes one status in eight still fills its batch in one read. A relay reads about what filled
+its last batch (from one batch's worth up to this), since what is read past the batch is read
+again next time: reading 8x for a sink that takes everything cut a relay's rate by two thirds."""
 
 STOP_WAIT_S = 30.0
 """How long a stopping process waits for a relay's batch in flight; past it the process exits
@@ -188,6 +190,10 @@ class Relay:
         self._idle_s = idle_s
         self._partitions: list[str] = []
         self._cursors: dict[str, int] = {}   # partition -> seq passed, once loaded
+        self._scan: dict[str, int] = {}      # partition -> entries to read next (see SCAN_FACTOR)
+        # partition -> what the last cursor save read after it (`OutboxStore.advance`), with the
+        # commits known before that read
+        self._read_ahead: dict[str, tuple[int, tuple[list[OutboxEntry], OutboxTail]]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -214,6 +220,7 @@ class Relay:
             if partition in self._partitions:
                 self._partitions.remove(partition)
             self._cursors.pop(partition, None)
+            self._read_ahead.pop(partition, None)
 
     def notify(self) -> None:
         """Something was committed to an attached partition's outbox."""
@@ -271,11 +278,16 @@ class Relay:
             if cursor is None:
                 return False
         size = self._batch_size
-        committed = self._tails.get(partition, 0)   # before the read: a commit after it is not in it
-        read = self._redis(lambda: store.read_outbox(partition, cursor, size * SCAN_FACTOR))
-        if read is None:
-            return False
-        entries, tail = read
+        scan = self._scan.get(partition, size)
+        ahead = self._read_ahead.pop(partition, None)
+        if ahead is not None:
+            committed, (entries, tail) = ahead
+        else:
+            committed = self._tails.get(partition, 0)   # before the read: a commit after it is not in it
+            read = self._redis(lambda: store.read_outbox(partition, cursor, scan))
+            if read is None:
+                return False
+            entries, tail = read
         self._cursors.setdefault(partition, cursor)
         if tail.last_seq < max(cursor, committed):   # SPEC §6: state loss is never silent
             has = f"outbox entries up to {tail.last_seq}" if tail.last_seq else "no outbox entry"
@@ -293,21 +305,26 @@ class Relay:
         batch: list[OutboxEntry] = []
         last = cursor
         wants = self.spec.wants
+        consumed = 0
         for entry in entries:
             if wants(entry):
                 if len(batch) == size:
                     break
                 batch.append(entry)
             last = entry.seq
+            consumed += 1
+        if len(batch) == size:       # about what it took, and a quarter more
+            self._scan[partition] = max(size, min(size * SCAN_FACTOR, consumed + consumed // 4))
+        elif len(entries) == scan:   # all read were passed and more are there: read more next time
+            self._scan[partition] = min(size * SCAN_FACTOR, scan * 2)
         if batch:
             self._deliver(partition, batch)
-        def save() -> bool:
-            store.save_cursor(partition, self.name, last, self._sinks)
-            return True
-
-        while self._redis(save) is None:
+        known = self._tails.get(partition, 0)
+        scan = self._scan.get(partition, size)
+        while (saved := self._redis(lambda: store.advance(partition, self.name, last, self._sinks, scan))) is None:
             self._pause()
         self._cursors[partition] = last
+        self._read_ahead[partition] = (known, saved)
         return True
 
     def _deliver(self, partition: str, batch: list[OutboxEntry]) -> None:

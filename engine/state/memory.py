@@ -143,6 +143,11 @@ class InMemoryStore:
         with self._lock:
             return dict(self._cursors.get(partition, {}))
 
+    def advance(self, partition: str, sink: str, seq: int, sinks: Sequence[str],
+                count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        self.save_cursor(partition, sink, seq, sinks)
+        return self.read_outbox(partition, seq, count)
+
     def save_cursor(self, partition: str, sink: str, seq: int, sinks: Sequence[str]) -> None:
         with self._lock:
             cursors = self._cursors.setdefault(partition, {})

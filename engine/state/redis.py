@@ -104,23 +104,35 @@ return {1, '', seq, length}
 """
 
 # KEYS: outbox key. ARGV: first seq wanted, count. Returns {last seq, length, entries}.
-_READ_OUTBOX_LUA = _LAST_SEQ_LUA + """
-local last = last_seq(KEYS[1])
-if last == 0 or tonumber(ARGV[1]) > last then return {last, redis.call('XLEN', KEYS[1]), {}} end
-return {last, redis.call('XLEN', KEYS[1]), redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])}
+_READ_LUA = """
+local function read(key, first, count)
+  local last = last_seq(key)
+  if last == 0 or tonumber(first) > last then return {last, redis.call('XLEN', key), {}} end
+  return {last, redis.call('XLEN', key), redis.call('XRANGE', key, first .. '-0', '+', 'COUNT', count)}
+end
 """
+_READ_OUTBOX_LUA = _LAST_SEQ_LUA + _READ_LUA + "return read(KEYS[1], ARGV[1], ARGV[2])"
 
 # KEYS: cursors hash, outbox key. ARGV: sink, seq, the configured sinks. The entries every
 # configured sink passed go (a sink without a cursor has passed none).
-_SAVE_CURSOR_LUA = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local low = nil
-for i = 3, #ARGV do
-  local c = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if low == nil or c < low then low = c end
+_SAVE_LUA = """
+local function save(cursors, outbox, sink, seq, first_sink)
+  redis.call('HSET', cursors, sink, seq)
+  local low = nil
+  for i = first_sink, #ARGV do
+    local c = tonumber(redis.call('HGET', cursors, ARGV[i]) or '0')
+    if low == nil or c < low then low = c end
+  end
+  if low and low > 0 then redis.call('XTRIM', outbox, 'MINID', (low + 1) .. '-0') end
+  return low or 0
 end
-if low and low > 0 then redis.call('XTRIM', KEYS[2], 'MINID', (low + 1) .. '-0') end
-return low or 0
+"""
+_SAVE_CURSOR_LUA = _SAVE_LUA + "return save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 3)"
+
+# KEYS: cursors hash, outbox key. ARGV: sink, seq, count, the configured sinks: save, then read.
+_ADVANCE_LUA = _LAST_SEQ_LUA + _READ_LUA + _SAVE_LUA + """
+save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 4)
+return read(KEYS[2], tonumber(ARGV[2]) + 1, ARGV[3])
 """
 
 # KEYS: offset, index (hash-tagged), legacy offset, legacy index. The offset, renaming the
@@ -175,6 +187,7 @@ class RedisStore:
         self._load_offset_script = None if cluster else self.client.register_script(_LOAD_OFFSET_LUA)
         self._read_outbox_script = self.client.register_script(_READ_OUTBOX_LUA)
         self._save_cursor_script = self.client.register_script(_SAVE_CURSOR_LUA)
+        self._advance_script = self.client.register_script(_ADVANCE_LUA)
         self._state_key_head = f"{prefix}:s:{{"
         self._offset_key_head = f"{prefix}:o:"
 
@@ -308,7 +321,16 @@ class RedisStore:
         return tail
 
     def read_outbox(self, partition: str, after: int, count: int) -> tuple[list[OutboxEntry], OutboxTail]:
-        last, length, raw = self._read_outbox_script(keys=[self.outbox_key(partition)], args=[after + 1, count])
+        return self._entries(self._read_outbox_script(keys=[self.outbox_key(partition)], args=[after + 1, count]))
+
+    def advance(self, partition: str, sink: str, seq: int, sinks: Sequence[str],
+                count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        return self._entries(self._advance_script(keys=[self.cursors_key(partition), self.outbox_key(partition)],
+                                                  args=[sink, seq, count, *sinks]))
+
+    @staticmethod
+    def _entries(reply: list) -> tuple[list[OutboxEntry], OutboxTail]:
+        last, length, raw = reply
         entries: list[OutboxEntry] = []
         kinds = _KINDS
         for entry_id, flat in raw:

@@ -101,6 +101,12 @@ class OutboxStore(Protocol):
         `sinks` (the configured ones; a sink without a cursor has passed none) has passed."""
         ...
 
+    def advance(self, partition: str, sink: str, seq: int, sinks: Sequence[str],
+                count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        """`save_cursor`, then `read_outbox(partition, seq, count)`, in one round trip (a relay
+        that shares its process with the engine waits for the interpreter after each one)."""
+        ...
+
 
 class StateStore(Protocol):
     """Customer states by id, decoded: for tools that read or seed states outside a live run
