@@ -233,6 +233,9 @@ def test_redis_store_outbox_commits_with_the_states_numbered_read_after_a_cursor
     store.save_cursor(p, "kafka", 5, ["kafka", "webhook"])
     assert store.outbox_tail(p) == OutboxTail(5, 0) and store.load_cursors(p) == {"kafka": 5, "webhook": 5}
     assert store.commit(p, {}, 8, {}, expected_offset=7, outbox=entries(1)) == OutboxTail(6, 1)   # numbering goes on
+    assert store.commit(p, {}, 9, {}, expected_offset=8, outbox=entries(3)) == OutboxTail(9, 4)
+    got, tail = store.advance(p, "kafka", 7, ["kafka"], 5)                   # save, trim, read on: one script
+    assert [e.seq for e in got] == [8, 9] and tail == OutboxTail(9, 2) and store.load_cursors(p)["kafka"] == 7
 
 
 def test_redis_store_renames_the_keys_of_an_engine_before_the_outbox(store: RedisStore,

@@ -77,6 +77,8 @@ def test_the_outbox_is_trimmed_below_the_lowest_cursor_of_the_configured_sinks()
     assert store.outbox_tail(P).length == 4 and store.load_cursors(P) == {"kafka": 6, "webhook": 10}
     fill(store, [trigger(10)])
     assert store.outbox_tail(P).last_seq == 11        # numbering goes on after a trim
+    entries, tail = store.advance(P, "kafka", 8, ["kafka"], 2)   # save, trim and read on, in one call
+    assert [e.seq for e in entries] == [9, 10] and tail == store.outbox_tail(P) and tail.length == 3
 
 
 def test_a_relay_delivers_what_its_sink_asks_for_and_its_cursor_passes_the_rest() -> None:
