@@ -1,12 +1,16 @@
-"""What every connector is: the `Sink` contract, its `SinkStats`, `SinkError`, a source's
-`Record`, and the one backoff.
+"""What every connector is: the `Sink` contract, its `SinkStats`, `SinkError`, a `Failure`, a
+source's `Record`, and the one backoff.
 
-A sink's unit of work is a batch (`write_batch`), because the hot path is batch-shaped and a
-per-item write would cost a syscall or round trip per trigger. Delivery is checked at the
-engine's commits: `settle()` returns once everything written so far is delivered (or durable),
-so the state behind those triggers may commit; a sink whose `write_batch` already blocks until
-delivery settles at once. Counters and health live in `stats`, one `SinkStats` per sink, read
-by /metrics and /healthz from other threads while a sink retries.
+A sink's unit of work is a batch, because a per-item write would cost a syscall or round trip
+per trigger. The live engine's relays (`engine.operators.outbox`) call `deliver`: one attempt at
+each item of a small batch, and an answer per item that was not delivered, a `Failure` that says
+whether the outside system refused it for good (`permanent`: the relay dead-letters it) or
+could not take it now (a timeout, a refused connection, a 5xx, a broker down: the relay tries
+it again, with backoff, for as long as it takes). The sink does not retry beyond what its client
+does by itself, and never decides to give up: that is the relay's policy, written once.
+`write_batch` / `settle` are the standalone use (the backtest's output file, tools): deliver or
+raise. Counters and health live in `stats`, one `SinkStats` per sink, read by /metrics and
+/healthz from other threads while a sink retries.
 
 Waiting out an outage is written once, here: `Backoff` (exponential, full jitter) and
 `retry_forever` on top of it; the sinks, the Kafka source and the engine's Redis calls use them.
@@ -25,10 +29,12 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
+import msgspec
+
 from engine.errors import EngineError
 
-__all__ = ["DEFAULT_STATUSES", "Backoff", "Record", "Sink", "SinkError", "SinkStats", "Status", "Waiting",
-           "retry_forever"]
+__all__ = ["DEFAULT_STATUSES", "Backoff", "Failure", "Record", "Sink", "SinkError", "SinkStats", "Status",
+           "Waiting", "retry_forever"]
 
 T = TypeVar("T")
 
@@ -79,9 +85,26 @@ class SinkStats:
                 f"dead_lettered={self.dead_lettered}, waiting_since={self.waiting_since})")
 
 
+class Failure(msgspec.Struct, frozen=True):
+    """One item of a `Sink.deliver` batch that was not delivered, and why.
+
+    `index` is its position in the batch; `reason` the outside system's answer in words (as
+    logged and dead-lettered); `permanent`: refused for good (a webhook's 4xx other than 408 and
+    429, a Kafka message too large), so sending it again cannot help; otherwise transient and
+    worth trying again. `retry_after_s`: how long the outside system asked to wait (a
+    `Retry-After`), None when it did not say.
+    """
+
+    index: int
+    reason: str
+    permanent: bool
+    retry_after_s: float | None = None
+
+
 class Sink(ABC):
-    """One connector instance per worker: `write_batch` a batch, `settle` before a commit, `close`
-    at the end; usable in `with`. Not shared between threads (its `stats` are readable from any).
+    """One connector instance: `deliver` batches (the relay's call) or `write_batch` + `settle`
+    (standalone), `close` at the end; usable in `with`. Not shared between threads (its
+    `stats` are readable from any).
 
     Subclasses call `super().__init__()`, which creates `stats`.
     """
@@ -92,13 +115,20 @@ class Sink(ABC):
         self.stats = SinkStats()
 
     @abstractmethod
+    def deliver(self, items: Sequence[Any]) -> list[Failure]:
+        """One attempt at each item (the client's own quick retries aside); return once each is
+        delivered (acknowledged, or written durably) or has failed, with one `Failure` per item
+        that was not delivered (none: all were). Never raises for what the outside system does;
+        `stats` counts `delivered`, and `failing`/`recovered` follow the attempts."""
+
+    @abstractmethod
     def write_batch(self, items: Sequence[Any]) -> None:
         """Write or send the batch; raise `SinkError` (or `OSError`) for what cannot be delivered."""
 
     @abstractmethod
     def settle(self) -> None:
         """Return once every item written so far is delivered (or durable); raise `SinkError`
-        otherwise. The engine commits the state behind those items only after this returns."""
+        otherwise."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -114,10 +144,11 @@ class Sink(ABC):
 class SinkError(EngineError):
     """A sink could not deliver part of a batch, even after retrying.
 
-    Raised instead of dropping anything: the batch was not acknowledged, so the dataflow stops
-    and a restart replays it (delivery is at least once; receivers de-duplicate by
-    `trigger_id`). `sink` names the sink and its destination, `count` is how many items were
-    not delivered, `first_error` is the first failure, as the outside system reported it.
+    Raised by `write_batch` (standalone use) instead of dropping anything: the batch was not
+    acknowledged, so the caller can send it again (receivers de-duplicate by `trigger_id`). The
+    live engine's relays call `deliver`, which answers a `Failure` per item instead. `sink` names
+    the sink and its destination, `count` is how many items were not delivered, `first_error` is
+    the first failure, as the outside system reported it.
     """
 
     def __init__(self, sink: str, count: int, first_error: str) -> None:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import msgspec
 
-from connectors.base import DEFAULT_STATUSES, Sink, Status
+from connectors.base import DEFAULT_STATUSES, Failure, Sink, Status
 
 __all__ = ["FileSinkConfig", "FileSink"]
 
@@ -93,13 +93,30 @@ class FileSink(Sink):
             self._fh.write(data)
         self.stats.delivered += len(items)
 
+    def deliver(self, items: Sequence[msgspec.Struct]) -> list[Failure]:
+        """Append and make durable (`settle`): delivered once on disk. An `OSError` (a full
+        disk, a lost mount) fails every item transiently: an operator can fix it, and the relay
+        tries again (a torn last line stays one bad line, as after a crash)."""
+        before = self.stats.delivered
+        try:
+            self.write_batch(items)
+            self.settle()
+        except OSError as e:
+            self.stats.delivered = before
+            why = f"cannot write {self.config.path}: {e.strerror or e}"
+            self.stats.failing(why)
+            return [Failure(i, why, permanent=False) for i in range(len(items))]
+        if self.stats.waiting_since is not None:
+            self.stats.recovered()
+        return []
+
     def flush(self) -> None:
         if not self._closed:
             self._fh.flush()
 
     def settle(self) -> None:
-        """Make what was written survive the process (the live engine calls it before it commits
-        the state behind these lines): flushed to the OS and, for a real file, fsync'ed."""
+        """Make what was written survive the process (a relay's `deliver` calls it before it
+        moves its cursor past these lines): flushed to the OS and, for a real file, fsync'ed."""
         if self._closed:
             return
         self._fh.flush()

@@ -29,7 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
+from connectors.base import DEFAULT_STATUSES, Backoff, Failure, Sink, SinkError, Status
 
 __all__ = ["RedisStreamSinkConfig", "RedisStreamSink"]
 
@@ -40,6 +40,9 @@ _BACKOFF_CAP_S = 5.0
 _SOCKET_TIMEOUT_S = 10.0
 _CONNECT_TIMEOUT_S = 5.0
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError is a ConnectionError
+# Answers of a server that will take the batch later: out of memory (until something is freed or
+# trimmed), busy with a script, a replica that is being promoted.
+_PASSING_ANSWERS = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN")
 
 
 class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,6 +55,9 @@ class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     maxlen: Annotated[int, msgspec.Meta(ge=1)] | None = 1_000_000
     retry_for_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
+    dead_letter_path: Annotated[str | None, msgspec.Meta(
+        description="where a live run writes the triggers this stream refuses for good (an error Redis "
+                    "answers); unset: redis_stream-dead-letters.jsonl")] = None
 
 
 class RedisStreamSink(Sink):
@@ -78,17 +84,44 @@ class RedisStreamSink(Sink):
         )
         self._encoder = msgspec.json.Encoder()
 
-    def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
-        """XADD every item in one MULTI/EXEC; retry the whole batch while Redis is
-        unreachable, then raise `SinkError`."""
+    def deliver(self, items: Sequence[msgspec.Struct]) -> list[Failure]:
+        """One MULTI/EXEC of XADDs: all delivered, or all failed alike. Unreachable, timing out,
+        or answering that it cannot take writes now (`_PASSING_ANSWERS`): transient; any other
+        error Redis answers (a key of another type, a command refused): permanent."""
         if not items:
-            return
+            return []
+        pipe = self._client.pipeline(transaction=True)
+        for fields in self._entries(items):
+            pipe.xadd(self.config.stream, fields, maxlen=self.config.maxlen, approximate=True)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            passing = isinstance(exc, _RETRYABLE) or str(exc).startswith(_PASSING_ANSWERS)
+            if passing:
+                self.stats.failing(why)
+            return [Failure(i, why, permanent=not passing) for i in range(len(items))]
+        finally:
+            pipe.reset()
+        self.stats.delivered += len(items)
+        self.stats.recovered()
+        return []
+
+    def _entries(self, items: Sequence[msgspec.Struct]) -> list[dict[str, bytes]]:
         encode = self._encoder.encode
         entries: list[dict[str, bytes]] = []
         for item in items:
             tid = getattr(item, "trigger_id", None)
             data = encode(item)
             entries.append({"trigger_id": tid.encode(), "data": data} if isinstance(tid, str) else {"data": data})
+        return entries
+
+    def write_batch(self, items: Sequence[msgspec.Struct]) -> None:
+        """XADD every item in one MULTI/EXEC; retry the whole batch while Redis is
+        unreachable, then raise `SinkError`."""
+        if not items:
+            return
+        entries = self._entries(items)
         stream, maxlen = self.config.stream, self.config.maxlen
         deadline = time.monotonic() + self.config.retry_for_s
         backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S)

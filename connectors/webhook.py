@@ -31,7 +31,15 @@ captured request cannot be replayed later::
 
 Delivery
 --------
-At least once. A request is retried on connection errors, timeouts, 5xx, 408 and 429, up to
+In the live engine the sink's relay calls `deliver`: one attempt per request, and a `Failure`
+per trigger not delivered: transient for connection errors, timeouts, 5xx, 408 and 429 (with
+the `Retry-After` seconds when given), permanent for other 4xx, 3xx and a certificate not
+accepted. The relay retries the transient ones for as long as it takes and dead-letters the
+permanent ones to `dead_letter_path`, pacing its retries with `backoff_base_s`/`backoff_max_s`.
+`max_retries` below, and the sink writing that file itself, are this module's own policy for
+standalone use (`write_batch`, e.g. `bench.webhook_client`).
+
+Standalone, at least once. A request is retried on connection errors, timeouts, 5xx, 408 and 429, up to
 `max_retries` times after the first attempt, with exponential backoff and full jitter capped
 at `backoff_max_s`; a numeric `Retry-After` is honoured (capped at `backoff_max_s` as well, so
 one receiver cannot stall the dataflow longer). Other 4xx (and 3xx: redirects are not
@@ -105,7 +113,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
+from connectors.base import DEFAULT_STATUSES, Backoff, Failure, Sink, SinkError, Status
 from connectors.file import FileSink, FileSinkConfig
 from engine.actions.trigger import Trigger
 
@@ -128,9 +136,11 @@ class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     `timeout_s` is the wall-clock deadline of one attempt: connecting, sending and reading the
     whole response (see "The deadline of an attempt" in the module docstring). `max_retries`
-    counts retries after the first attempt (6 means up to 7 attempts). `concurrency` is how
-    many requests are in flight at once, each on its own keep-alive connection.
-    `dead_letter_path` is a JSONL file, appended to, for requests that failed for good.
+    counts retries after the first attempt (6 means up to 7 attempts) when the sink is used
+    standalone (`write_batch`); a live run's relay retries transient failures for as long as they
+    last instead. `concurrency` is how many requests are in flight at once, each on its own
+    keep-alive connection. `dead_letter_path` is a JSONL file, appended to, for triggers refused
+    for good (a live run's relay writes it; None there: webhook-dead-letters.jsonl).
     `statuses`: which triggers a live run sends here (SPEC §4: only `sent` unless asked).
     """
 
@@ -185,7 +195,8 @@ def batch_idempotency_key(trigger_ids: Sequence[str]) -> str:
 
 class _Outcome(msgspec.Struct):
     """What became of one request, returned from the worker thread to the caller's thread,
-    which alone updates counters and writes dead letters (no locks needed)."""
+    which alone updates counters and writes dead letters (no locks needed). `start`: the
+    position of its first trigger in the batch; `permanent`: refused, not worth sending again."""
 
     triggers: Sequence[Trigger]
     key: str
@@ -194,6 +205,9 @@ class _Outcome(msgspec.Struct):
     ok: bool
     status: int | None = None
     reason: str = ""
+    start: int = 0
+    permanent: bool = False
+    retry_after_s: float | None = None
 
 
 class WebhookSink(Sink):
@@ -261,6 +275,27 @@ class WebhookSink(Sink):
         self._unsettled_dead_letters = False
         self._health_lock = threading.Lock()
 
+    def deliver(self, triggers: Sequence[Trigger]) -> list[Failure]:
+        """One attempt per request of `batch_size` triggers, `concurrency` at a time; a
+        `Failure` for each trigger of a request that failed (see "Delivery")."""
+        if self._closed:
+            raise ValueError(f"write to a closed {self.name}")
+        size = self.config.batch_size
+        starts = range(0, len(triggers), size)
+        if self._pool is None or len(starts) <= 1:
+            outcomes = [self._deliver(triggers[i : i + size], 0, i) for i in starts]
+        else:
+            outcomes = list(self._pool.map(lambda i: self._deliver(triggers[i : i + size], 0, i), starts))
+        failures: list[Failure] = []
+        stats = self.stats
+        for outcome in outcomes:
+            if outcome.ok:
+                stats.delivered += len(outcome.triggers)
+                continue
+            failures += [Failure(outcome.start + j, outcome.reason, outcome.permanent, outcome.retry_after_s)
+                         for j in range(len(outcome.triggers))]
+        return failures
+
     def write_batch(self, triggers: Sequence[Trigger]) -> None:
         """Send the triggers in requests of `batch_size`; return when each request was
         delivered or dead-lettered. A request that fails for good is dead-lettered at once,
@@ -273,11 +308,12 @@ class WebhookSink(Sink):
         size = self.config.batch_size
         chunks = [triggers[i : i + size] for i in range(0, len(triggers), size)]
         undelivered: list[_Outcome] = []  # only kept without a dead-letter file
+        retries = self.config.max_retries
         if self._pool is None or len(chunks) == 1:
             for chunk in chunks:
-                self._account(self._deliver(chunk), undelivered)
+                self._account(self._deliver(chunk, retries), undelivered)
         else:
-            futures: list[Future[_Outcome]] = [self._pool.submit(self._deliver, chunk) for chunk in chunks]
+            futures: list[Future[_Outcome]] = [self._pool.submit(self._deliver, chunk, retries) for chunk in chunks]
             try:
                 for future in as_completed(futures):
                     self._account(future.result(), undelivered)
@@ -319,9 +355,9 @@ class WebhookSink(Sink):
         self._unsettled_dead_letters = True
         stats.dead_lettered += n
 
-    def _deliver(self, chunk: Sequence[Trigger]) -> _Outcome:
-        """One request, with its retries. Runs in a pool thread; never raises for what the
-        network or the receiver does."""
+    def _deliver(self, chunk: Sequence[Trigger], max_retries: int, start: int = 0) -> _Outcome:
+        """One request, with up to `max_retries` retries. Runs in a pool thread; never raises
+        for what the network or the receiver does."""
         if self.config.batch_size == 1:
             trigger = chunk[0]
             body, key = self._encoder.encode(trigger), trigger.trigger_id
@@ -337,23 +373,25 @@ class WebhookSink(Sink):
                 status, reason, retry, retry_after = self._attempt(conn, body, key)
                 if status is not None and 200 <= status < 300:
                     self._answered()
-                    return _Outcome(chunk, key, attempt, attempt - 1, True, status)
+                    return _Outcome(chunk, key, attempt, attempt - 1, True, status, start=start)
                 if status is not None and not retry:
                     self._answered()  # refused: the receiver is up, and judged the request
                 else:
                     self._failed_attempt(reason)
-                if not retry or attempt > cfg.max_retries:
-                    log.error(
-                        "%s: giving up on idempotency key %s after %d attempt(s): %s",
-                        self.name, key, attempt, reason,
-                    )
-                    return _Outcome(chunk, key, attempt, attempt - 1, False, status, reason)
+                if not retry or attempt > max_retries:
+                    if max_retries or not retry:   # a single attempt that may be retried is the relay's to log
+                        log.error(
+                            "%s: giving up on idempotency key %s after %d attempt(s): %s",
+                            self.name, key, attempt, reason,
+                        )
+                    return _Outcome(chunk, key, attempt, attempt - 1, False, status, reason, start,
+                                    permanent=not retry, retry_after_s=retry_after)
                 delay = backoff.next_delay()
                 if retry_after is not None:
                     delay = min(retry_after, cfg.backoff_max_s)
                 log.warning(
                     "%s: %s; retry %d/%d of idempotency key %s in %.2f s",
-                    self.name, reason, attempt, cfg.max_retries, key, delay,
+                    self.name, reason, attempt, max_retries, key, delay,
                 )
                 time.sleep(delay)
         finally:

@@ -14,10 +14,10 @@ runs it, and gives the triggers a backtest of the same events gives.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from connectors.base import Record, Sink
+from connectors.base import Failure, Record, Sink
 from engine.state.memory import InMemoryStore
 
 __all__ = ["InMemoryStore", "ListSink", "MemoryLog"]
@@ -65,13 +65,37 @@ class MemoryLog:
 
 class ListSink(Sink):
     """Appends every batch to `into` (under a lock: the sinks of several workers may share one
-    list); delivered when `write_batch` returns, so `settle` has nothing to wait for."""
+    list); delivered when `write_batch` returns, so `settle` has nothing to wait for.
+
+    As a relay's connector it can play a receiver that refuses: `refuse(item)` returns a reason
+    to refuse that item for good (None: take it), and `fail_next` calls of `deliver` fail every
+    item transiently (a receiver that is down)."""
 
     _lock = threading.Lock()
 
-    def __init__(self, into: list[Any]) -> None:
+    def __init__(self, into: list[Any], refuse: Callable[[Any], str | None] | None = None,
+                 fail_next: int = 0) -> None:
         super().__init__()
         self.into = into
+        self.refuse = refuse
+        self.fail_next = fail_next
+
+    def deliver(self, items: Sequence[Any]) -> list[Failure]:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            self.stats.failing("down")
+            return [Failure(i, "down", permanent=False) for i in range(len(items))]
+        failures: list[Failure] = []
+        taken: list[Any] = []
+        for i, item in enumerate(items):
+            why = self.refuse(item) if self.refuse is not None else None
+            if why is None:
+                taken.append(item)
+            else:
+                failures.append(Failure(i, why, permanent=True))
+        self.write_batch(taken)
+        self.stats.recovered()
+        return failures
 
     def write_batch(self, items: Sequence[Any]) -> None:
         with self._lock:

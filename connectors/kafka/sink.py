@@ -4,7 +4,7 @@ Bytewax's own `KafkaSink` ignores delivery reports, so a message that fails for 
 broker down past `message.timeout.ms`) is lost without a word (docs/bytewax.md §6). This sink
 waits for the delivery report of every message of a batch before `write_batch` returns — or,
 with `wait_for_delivery = false`, before `settle()` returns, so that a caller that only needs
-delivery at its own checkpoints (the live engine: before each commit) does not wait per batch:
+delivery at its own checkpoints does not wait per batch:
 
 - the producer is idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
   can neither duplicate nor reorder a partition's messages;
@@ -17,6 +17,13 @@ delivery at its own checkpoints (the live engine: before each commit) does not w
 - errors that no retry can fix (message too large, not authorized, a fatal producer error)
   raise at once rather than spin until the deadline.
 
+In the live engine the sink's relay calls `deliver` instead: every item produced once, the call
+returns when every delivery report is in (librdkafka retries within `message.timeout.ms`, a
+third of `delivery_timeout_s`), with a `Failure` per message not delivered: permanent for what
+the broker refuses of that message (`_REFUSED`: too large, invalid), transient otherwise (the
+broker down, a timeout, and also refused credentials or ACLs, which an operator fixes), which
+the relay produces again later.
+
 Record layout: key = the item's `customer_id` (utf-8) when it has one, so one customer's
 triggers land in one partition, in order; value = the item as JSON; header `trigger_id` when
 the item has one, so consumers can de-duplicate without parsing the value.
@@ -27,12 +34,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors.base import DEFAULT_STATUSES, Backoff, Sink, SinkError, Status
+from connectors.base import DEFAULT_STATUSES, Backoff, Failure, Sink, SinkError, Status
 
 __all__ = ["KafkaSinkConfig", "KafkaSink"]
 
@@ -41,6 +48,8 @@ _CLIENT_LOG = "kafka"   # librdkafka's own lines, unless the caller passes a log
 
 _BACKOFF_BASE_S = 0.1
 _BACKOFF_CAP_S = 5.0
+_POLL_S = 0.1           # the longest a wait for delivery reports sleeps between two looks
+_STALL_REPORT_S = 5.0   # deliveries still waited for after this long are reported (health, log)
 _ATTEMPTS_PER_DEADLINE = 3
 """librdkafka's per-message timeout is a third of `delivery_timeout_s`, so a batch gets about
 three produce rounds (each with librdkafka's internal retries) before its deadline."""
@@ -59,6 +68,11 @@ _PERMANENT = frozenset(
     }
 )
 
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
+"""What the broker refuses of one message whatever happens: `deliver` reports these permanent.
+The other `_PERMANENT` errors are about the setup (credentials, ACLs, the topic): a relay keeps
+trying, with the error on /healthz, until an operator fixes it, rather than dead-letter everything."""
+
 # As confluent_kafka types them: what `produce` takes and a delivery report's message gives back
 # (this sink produces only lists of (str, bytes) and bytes values).
 _Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
@@ -71,8 +85,9 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     `extra` holds librdkafka producer settings (`security.protocol`, `sasl.*`, `linger.ms`,
     `message.timeout.ms` …), applied last so they can override the defaults.
     `delivery_timeout_s` bounds how long one batch keeps retrying before it raises; 0 means
-    never give up: wait for the broker (logging every few seconds) — what a live engine wants
-    during a Kafka outage, rather than stopping and restarting in a loop.
+    never give up: wait for the broker (logging every few seconds). In a live run it bounds one
+    attempt of the relay's (librdkafka's own retries, a third of it): the relay then produces the
+    batch again, for as long as the broker is down, and a stop waits at most that long.
     """
 
     brokers: list[str]
@@ -80,9 +95,12 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     extra: dict[str, str] = {}
     delivery_timeout_s: float = 30.0
     # False: `write_batch` returns once the items are queued, and the caller calls `settle()`
-    # before it relies on them being delivered (the live engine does, before each commit).
+    # before it relies on them being delivered (standalone use; a live run's relay calls `deliver`).
     wait_for_delivery: bool = True
     statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
+    dead_letter_path: Annotated[str | None, msgspec.Meta(
+        description="where a live run writes the triggers this topic refuses for good (message too "
+                    "large, not authorized); unset: kafka-dead-letters.jsonl")] = None
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -133,7 +151,7 @@ class KafkaSink(Sink):
             "bootstrap.servers": ",".join(config.brokers),
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 5,
+            "linger.ms": 0,   # a batch is produced whole, then waited for: lingering only delays it
             # 0 = librdkafka never expires a message: it keeps retrying until the broker is back
             "message.timeout.ms": 0 if not config.delivery_timeout_s else max(
                 100, int(config.delivery_timeout_s * 1000 / _ATTEMPTS_PER_DEADLINE)
@@ -159,12 +177,57 @@ class KafkaSink(Sink):
         else:
             self._producer.poll(0)   # serve reports that are in; never block
 
-    def send(self, items: Sequence[msgspec.Struct]) -> None:
-        """Hand the items to the producer; their delivery is checked by the next `settle`."""
-        if not items:
-            return
-        deadline = time.monotonic() + (self.config.delivery_timeout_s or float("inf"))
-        batch = _Round()
+    def deliver(self, items: Sequence[msgspec.Struct]) -> list[Failure]:
+        """Produce every item once and wait for all their delivery reports (see module docstring)."""
+        results: list[KafkaError | None] = [None] * len(items)
+        outstanding = [0]
+
+        def report(index: int) -> Callable[[KafkaError | None, Message], None]:
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                outstanding[0] -= 1
+                results[index] = err
+            return on_delivery
+
+        produce = self._producer.produce
+        topic = self.config.topic
+        rejected: dict[int, KafkaError] = {}
+        for i, (key, value, headers) in enumerate(self._records(items)):
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=report(i))
+                    outstanding[0] += 1
+                    break
+                except BufferError:   # librdkafka's queue is full: serve reports to make room
+                    self._producer.poll(0.1)
+                except KafkaException as exc:   # rejected before queueing, e.g. message too large
+                    rejected[i] = exc.args[0]
+                    break
+        # poll() returns as soon as a report is served (flush() wakes up far later: 13 ms against
+        # 3 ms for a batch of 20 on one machine), so a small batch costs about one round trip.
+        started = reported = time.monotonic()
+        while outstanding[0] > 0:
+            self._producer.poll(_POLL_S)
+            now = time.monotonic()
+            if now - reported >= _STALL_REPORT_S:
+                reported = now
+                self.stats.failing(f"{outstanding[0]} message(s) waiting for the broker"
+                                   + (f": {_describe(self._client_error)}" if self._client_error else ""))
+                log.warning("%s: %d message(s) waiting for the broker for %.0f s", self.name, outstanding[0],
+                            now - started)
+        failures: list[Failure] = []
+        for i, err in enumerate(results):
+            err = rejected.get(i, err)
+            if err is None:
+                continue
+            failures.append(Failure(i, _describe(err), err.code() in _REFUSED))
+        self.stats.delivered += len(items) - len(failures)
+        if any(not f.permanent for f in failures):
+            self.stats.failing(failures[0].reason)
+        else:
+            self.stats.recovered()
+        return failures
+
+    def _records(self, items: Sequence[msgspec.Struct]) -> list[_Record]:
         encode = self._encoder.encode
         records: list[_Record] = []
         for item in items:
@@ -177,7 +240,15 @@ class KafkaSink(Sink):
                     [("trigger_id", tid.encode())] if isinstance(tid, str) else None,
                 )
             )
-        self._produce_all(records, batch, batch.report, deadline)
+        return records
+
+    def send(self, items: Sequence[msgspec.Struct]) -> None:
+        """Hand the items to the producer; their delivery is checked by the next `settle`."""
+        if not items:
+            return
+        deadline = time.monotonic() + (self.config.delivery_timeout_s or float("inf"))
+        batch = _Round()
+        self._produce_all(self._records(items), batch, batch.report, deadline)
         self._pending.append((batch, deadline))
 
     def settle(self) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import backtest, diff, repartition, report, run, validate
+from engine.cli import backtest, diff, repartition, report, resend, run, validate
 from engine.cli import explain as explain_cmd
 from engine.cli.common import CommandError
 
@@ -23,6 +23,7 @@ EPILOG = """examples:
   triggers run --config triggers.toml
   triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl --summary s.json
   triggers report s.json
+  triggers resend webhook-dead-letters.jsonl --sink webhook --config triggers.toml
 """
 
 
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for command in (validate, backtest, run, repartition, report, diff):
+    for command in (validate, backtest, run, resend, repartition, report, diff):
         command.add_parser(sub)
     explain_cmd.add_parser(sub)
     return parser

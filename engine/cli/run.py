@@ -18,11 +18,15 @@ RUN_DESCRIPTION = """\
 Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id;
 other messages are dead letters), customer state, offsets and deadlines in Redis, triggers to
 the configured sinks (each gets `sent` triggers only, unless its `statuses` says more),
-undecodable events to the dead-letter output. State effects are exactly-once across crashes
-(state and offsets commit together); triggers are delivered at least once with stable ids.
+undecodable events to the dead-letter output. State effects are exactly-once across crashes:
+states, offsets and the triggers they produced (a transactional outbox in Redis) commit
+together, and one relay per sink delivers from the outbox, so a slow or dead receiver never
+holds up event processing, a crash re-sends at most one relay batch (relay.batch_size) per
+sink, transient failures are retried for as long as they last and what a sink refuses for good
+goes to its dead-letter file (`triggers resend` sends it again).
 A Redis that lost the engine's state is detected (at start and at each commit): the run stops
 with exit 2 instead of resuming over it; --accept-state-loss overrides that at start.
-SIGTERM / Ctrl-C: finish the epoch in hand, commit, close the sinks, exit 0.
+SIGTERM / Ctrl-C: finish the epoch in hand, commit, stop the relays after their batch, exit 0.
 """
 
 
@@ -57,8 +61,9 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster (process_id)")
     run.add_argument("--addresses", metavar="HOST:PORT;...", help="every process of the cluster (addresses)")
     run.add_argument("--exit-at-end", action="store_true", default=None,
-                     help="stop once the events present at start-up are processed and their deadlines "
-                          "due by then have fired (exit_at_end); default: run until stopped")
+                     help="stop once the events present at start-up are processed, their deadlines "
+                          "due by then have fired and the relays have delivered it all (exit_at_end); "
+                          "default: run until stopped")
     run.add_argument("--accept-state-loss", action="store_true",
                      help="when Redis has lost committed state (the start-up check refuses, exit 2), resume at "
                           "the offsets recorded in Kafka anyway: the lost customers' states start empty and "

@@ -1,40 +1,38 @@
-"""The live dataflow, built from the settings: source -> evaluate -> sinks.
+"""The live dataflow, built from the settings: source -> evaluate -> outbox -> relays -> sinks.
 
     events (EngineSource: a batch per poll of each partition, on its worker)
-      -> evaluate (flat_map_batch: decode, load, evaluate; no exchange between workers)
-      -> branch: triggers -> every configured sink; dead letters -> their output
+      -> evaluate (flat_map_batch: decode, load, evaluate; no exchange between workers): the
+         triggers and dead letters wait in the partition's outbox list
+      -> commit at each epoch's end (in the source): states, offset, deadlines, outbox entries
+      -> one relay per sink in this process (threads, engine.operators.outbox) -> connectors
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import bytewax.operators as op
-import msgspec
 from bytewax.dataflow import Dataflow
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from connectors.base import retry_forever
-from connectors.file import FileSink, FileSinkConfig
-from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
 from connectors.kafka.source import KafkaPartitionLog
-from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
-from connectors.webhook import WebhookSink, WebhookSinkConfig
-from engine.actions.trigger import Trigger
 from engine.errors import EngineError
-from engine.events.decode import DeadLetter
 from engine.operators import metrics
 from engine.operators.logs import kafka_logger
 from engine.operators.metrics import serve, track_rules
+from engine.operators.outbox import RelayGroup
 from engine.operators.partition import Batch
 from engine.operators.settings import Settings
-from engine.operators.sinks import ConnectorSink, SinkFactory
+from engine.operators.sinks import NoOutput, SinkFactory, dead_letter_spec, given_specs, trigger_specs
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
 from engine.rules.compiler import CompiledRules
 from engine.rules.reload import LiveRules
 from engine.state.redis import RedisStore
+from engine.state.store import OutboxStore
 
 log = logging.getLogger("engine")
 
@@ -102,98 +100,52 @@ def _kafka_log(settings: Settings) -> OpenLog:
     return open_log
 
 
-def _evaluate(batches: list[Batch]) -> list[Trigger | DeadLetter]:
-    if len(batches) == 1:
-        return batches[0].worker.process(batches[0])
-    return [item for b in batches for item in b.worker.process(b)]
-
-
-def trigger_sinks(settings: Settings) -> dict[str, tuple[SinkFactory, frozenset[str]]]:
-    """The configured sinks, each with the statuses it delivers (only `sent` unless its
-    `statuses` says more); with none configured, the Kafka topic `triggers` on the event brokers.
-
-    Live, every sink's deliveries are awaited before the state behind them commits
-    (`settle_sinks`), so a Kafka sink does not also wait per batch (`wait_for_delivery` off), and
-    a webhook sink without a dead-letter file gets `webhook-dead-letters.jsonl`: one trigger the
-    receiver refuses for good must not stop the engine and then stop it again after every restart.
-    """
-    s = settings.sinks
-    sinks: dict[str, tuple[SinkFactory, frozenset[str]]] = {}
-    kafka = s.kafka
-    if kafka is None and s.webhook is None and s.redis_stream is None and s.file is None:
-        kafka = KafkaSinkConfig(brokers=settings.kafka.brokers, topic="triggers", extra=settings.kafka.extra,
-                                delivery_timeout_s=0)   # during a Kafka outage: wait, do not stop
-    if kafka is not None:
-        def kafka_sink(_w: int, c: KafkaSinkConfig = kafka) -> KafkaSink:
-            return KafkaSink(msgspec.structs.replace(c, wait_for_delivery=False), logger=kafka_logger())
-
-        sinks["kafka"] = (kafka_sink, frozenset(kafka.statuses))
-    if s.webhook is not None:
-        webhook = s.webhook
-        if webhook.dead_letter_path is None:
-            webhook = msgspec.structs.replace(webhook, dead_letter_path="webhook-dead-letters.jsonl")
-            log.info("webhook triggers that fail for good go to %s", webhook.dead_letter_path)
-
-        def webhook_sink(_w: int, c: WebhookSinkConfig = webhook) -> WebhookSink:
-            return WebhookSink(c)
-
-        sinks["webhook"] = (webhook_sink, frozenset(webhook.statuses))
-    if s.redis_stream is not None:
-        def redis_stream_sink(_w: int, c: RedisStreamSinkConfig = s.redis_stream) -> RedisStreamSink:
-            return RedisStreamSink(c)
-
-        sinks["redis_stream"] = (redis_stream_sink, frozenset(s.redis_stream.statuses))
-    if s.file is not None:
-        # workers append to one file: each batch is one write() on an O_APPEND file
-        def file_sink(_w: int, c: FileSinkConfig = s.file) -> FileSink:
-            return FileSink(FileSinkConfig(path=c.path, append=True))
-
-        sinks["file"] = (file_sink, frozenset(s.file.statuses))
-    for name, (_, statuses) in sinks.items():
-        log.info("sink %s delivers %s triggers", name, ", ".join(sorted(statuses)))
-    return sinks
-
-
-def dead_letter_sink(settings: Settings) -> SinkFactory:
-    d = settings.dead_letters
-    file, topic = d.file, d.kafka_topic   # locals, so that the lambdas keep the narrowing below
-    if file:
-        return lambda _w: FileSink(FileSinkConfig(path=file, append=True))
-    if topic:
-        return lambda _w: KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=topic,
-                                                    extra=settings.kafka.extra, delivery_timeout_s=0,
-                                                    wait_for_delivery=False), logger=kafka_logger())
-    raise FlowError("no dead-letter output: set dead_letters.kafka_topic or dead_letters.file")
+def _evaluate(batches: list[Batch]) -> list:
+    """Every batch into its partition's outbox (committed with its states); nothing flows on."""
+    for b in batches:
+        b.worker.process(b)
+    return []
 
 
 def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] | None = None,
                open_log: OpenLog | None = None, store: StoreFactory | None = None,
                sinks: dict[str, SinkFactory] | None = None,
                dead_letters: SinkFactory | None = None) -> Dataflow:
-    """The dataflow for `triggers run`; the keyword arguments replace Kafka/Redis/sinks in benchmarks
+    """The dataflow for `triggers run`, with the relays of this process's sinks (started when
+    the first partition is built); the keyword arguments replace Kafka/Redis/sinks in benchmarks
     and tests (sinks given that way get every status)."""
     r = settings.redis
     live_rules = LiveRules(settings.rules, rules, interval_s=settings.reload_interval_ms / 1000,
                            watch=settings.reload_rules)
     track_rules(live_rules)
+    open_store = store or (lambda: RedisStore(r.client_url(), r.prefix, r.cluster, r.connection()))
+    if sinks is None:
+        dead = dead_letter_spec(settings)
+        if dead is None:
+            raise FlowError("no dead-letter output: set dead_letters.kafka_topic or dead_letters.file")
+        specs = [*trigger_specs(settings), dead]
+    else:
+        specs = given_specs(sinks, dead_letters)
+    relay = settings.relay
+    relays = RelayGroup(specs, cast(Callable[[], OutboxStore], open_store), relay.batch_size, relay.backoff_base_s,
+                        relay.backoff_max_s, relay.idle_check_ms / 1000)
+    relays.on_relay = metrics.watch_relay
     source = EngineSource(
         partitions if partitions is not None else kafka_partitions(settings),
         open_log or _kafka_log(settings),
-        store or (lambda: RedisStore(r.client_url(), r.prefix, r.cluster, r.connection())),
+        open_store,
         live_rules,
         batch_size=settings.kafka.batch_size,
         index_poll_ms=settings.timer_poll_ms,
         cache_size=settings.cache_size,
         exit_at_end=settings.exit_at_end,
+        relays=relays,
+        outbox_max_entries=relay.outbox_max_entries,
     )
     flow = Dataflow("trigger-engine")
     batches = op.input("events", flow, source)
-    outputs = op.flat_map_batch("evaluate", batches, _evaluate)
-    split = op.branch("split", outputs, lambda item: isinstance(item, Trigger))
-    configured = trigger_sinks(settings) if sinks is None else {name: (f, None) for name, f in sinks.items()}
-    for name, (factory, statuses) in configured.items():
-        op.output(f"sink_{name}", split.trues, ConnectorSink(name, factory, statuses))
-    op.output("dead_letters", split.falses, ConnectorSink("dead_letters", dead_letters or dead_letter_sink(settings)))
+    done = op.flat_map_batch("evaluate", batches, _evaluate)
+    op.output("outbox", done, NoOutput())
     return flow
 
 

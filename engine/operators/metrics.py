@@ -12,13 +12,14 @@ import threading
 import time
 from collections import Counter as Tally
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from connectors.base import SinkStats
+from engine.operators.outbox import Relay, RelayState
 
 log = logging.getLogger("engine.metrics")
 
@@ -38,8 +39,6 @@ REDIS_ERRORS = Counter("triggers_redis_errors", "Redis calls that failed and wer
 KAFKA_ERRORS = Counter("triggers_kafka_errors", "Kafka consumer errors (transient ones are retried by librdkafka)",
                        ["partition"])
 CONSUMER_LAG = Gauge("triggers_consumer_lag", "Messages in the partition not read yet", ["partition"])
-SINK_ITEMS = Counter("triggers_sink_items", "Items handed to a sink and delivered", ["sink"])
-SINK_RETRIES = Counter("triggers_sink_retries", "Retries a sink made (webhook requests, Kafka re-sends)", ["sink"])
 RULES_VERSION = Gauge("triggers_rules_version", "Rules reloads applied since start (0: the rules of the start)")
 RULES_REJECTED = Gauge("triggers_rules_rejected", "Rules changes rejected since start (invalid: old rules kept)")
 
@@ -61,33 +60,54 @@ def count_triggers(items: list) -> None:
         TRIGGERS.labels(*labels).inc(n)
 
 
-class _SinkDeadLetters(Collector):
-    """`triggers_sink_dead_letters_total{sink}`, read from the sinks' own `stats.dead_lettered`
-    counters when scraped: a sink dead-letters while its `write_batch` still runs (a dead
-    receiver can hold one for minutes), and the metric must move as the dead-letter file does."""
+class _Relays(Collector):
+    """`triggers_relay_*`, read from each relay's own counters when scraped: a relay updates
+    plain ints in its thread, and the lag moves with every commit, so nothing is pushed."""
 
     def __init__(self) -> None:
-        self._sinks: list[tuple[str, SinkStats]] = []
+        self._relays: list[Relay] = []
         self._lock = threading.Lock()
 
-    def watch(self, sink: str, stats: SinkStats) -> None:
+    def watch(self, relay: Relay) -> None:
         with self._lock:
-            self._sinks.append((sink, stats))
+            self._relays.append(relay)
+
+    def relays(self) -> list[Relay]:
+        with self._lock:
+            return list(self._relays)
 
     def collect(self):
-        family = CounterMetricFamily("triggers_sink_dead_letters", "Triggers a sink could not deliver after its "
-                                     "retries and wrote to its dead-letter output", labels=["sink"])
-        totals: Tally = Tally()
-        with self._lock:
-            for name, stats in self._sinks:
-                totals[name] += stats.dead_lettered
-        for name, n in sorted(totals.items()):
-            family.add_metric([name], n)
-        yield family
+        lag = GaugeMetricFamily("triggers_relay_lag", "Outbox entries committed but not yet passed by the sink's "
+                                "relay", labels=["sink", "partition"])
+        delivered = CounterMetricFamily("triggers_relay_delivered", "Items a relay delivered to its sink",
+                                        labels=["sink"])
+        retries = CounterMetricFamily("triggers_relay_retries", "Items a relay sent again after a transient "
+                                      "failure", labels=["sink"])
+        dead = CounterMetricFamily("triggers_relay_dead_letters", "Items a sink refused for good, written to its "
+                                   "dead-letter file: alert on it", labels=["sink"])
+        lags: Tally = Tally()
+        counts: dict[str, Tally] = {"delivered": Tally(), "retries": Tally(), "dead_lettered": Tally()}
+        for relay in self.relays():   # a process that ran several dataflows (tests) had a relay per sink each
+            for partition, n in relay.lag().items():
+                lags[(relay.name, partition)] += n
+            for field, tally in counts.items():
+                tally[relay.name] += getattr(relay.stats, field)
+        for labels, n in sorted(lags.items()):
+            lag.add_metric(list(labels), n)
+        for family, field in ((delivered, "delivered"), (retries, "retries"), (dead, "dead_lettered")):
+            for name, n in sorted(counts[field].items()):
+                family.add_metric([name], n)
+        yield from (lag, delivered, retries, dead)
 
 
-SINK_DEAD_LETTERS = _SinkDeadLetters()
-REGISTRY.register(SINK_DEAD_LETTERS)
+RELAYS = _Relays()
+REGISTRY.register(RELAYS)
+
+
+def watch_relay(relay: Relay) -> None:
+    """Metrics and /healthz follow this relay."""
+    RELAYS.watch(relay)
+    HEALTH.watch_relay(relay)
 
 
 def count_dead_letters(partition: str, items: list) -> None:
@@ -95,6 +115,11 @@ def count_dead_letters(partition: str, items: list) -> None:
     tally: Tally = Tally(d.stage.value for d in items)
     for stage, n in tally.items():
         DEAD_LETTERS.labels(partition, stage).inc(n)
+
+
+class _Waits(Protocol):
+    waiting_since: float | None
+    last_error: str | None
 
 
 class Health:
@@ -109,7 +134,8 @@ class Health:
         self.unhealthy_after_s = unhealthy_after_s
         self._partitions: dict[str, dict] = {}
         self._waits: dict[tuple[str, str], tuple[str, float]] = {}   # (component, waiter) -> (what, since)
-        self._sinks: list[tuple[str, SinkStats]] = []
+        self._sinks: list[tuple[str, _Waits]] = []
+        self._relays: list[Relay] = []
         self._lock = threading.Lock()
 
     def polled(self, partition: str) -> None:
@@ -125,10 +151,17 @@ class Health:
             elif (component, waiter) not in self._waits:
                 self._waits[(component, waiter)] = (what, time.time())
 
-    def watch(self, sink: str, stats: SinkStats) -> None:
-        """Report `sink:<name>` while the sink's `stats.waiting_since` (epoch s) is set."""
+    def watch(self, sink: str, stats: _Waits) -> None:
+        """Report `sink:<name>` while `stats.waiting_since` (epoch s) is set (a connector's
+        `SinkStats`, a relay's `RelayStats`)."""
         with self._lock:
             self._sinks.append((sink, stats))
+
+    def watch_relay(self, relay: Relay) -> None:
+        """Report the relay's state and lag under `relays`, and `sink:<name>` while it retries."""
+        self.watch(relay.name, relay.stats)
+        with self._lock:
+            self._relays.append(relay)
 
     def forget(self, partition: str) -> None:
         """A partition that ended (bounded run, shutdown) is no longer reported."""
@@ -143,6 +176,7 @@ class Health:
             parts = {name: dict(p) for name, p in self._partitions.items()}
             waits = dict(self._waits)
             sinks = list(self._sinks)
+            watched = list(self._relays)
         for name, stats in sinks:
             since = stats.waiting_since
             if since is not None:
@@ -161,7 +195,16 @@ class Health:
             p["ok"] = now - p.get("last_poll", 0) <= self.unhealthy_after_s
             ok = ok and p["ok"]
         status = "ok" if ok else ("starting" if not parts else "unhealthy")
-        return ok, {"status": status, "waiting_for": waiting, "partitions": parts}
+        relays: dict[str, dict[str, Any]] = {}
+        for relay in watched:
+            st = relay.stats
+            paused = [p for (c, p) in waits if c == "outbox" and p in relay.lag()]
+            relays[relay.name] = {"state": "outbox full" if paused and st.state is RelayState.OK else st.state.value,
+                                  "last_error": st.last_error, "lag": relay.lag(), "delivered": st.delivered,
+                                  "dead_lettered": st.dead_lettered}
+            if paused:
+                relays[relay.name]["outbox_full"] = sorted(paused)
+        return ok, {"status": status, "waiting_for": waiting, "partitions": parts, "relays": relays}
 
 
 HEALTH = Health()

@@ -1,5 +1,5 @@
 """One source partition's share of the engine: its customers' states, cached; its deadlines;
-the evaluation of its batches; and its commits to Redis.
+the evaluation of its batches; and its commits to Redis, with the outbox of what it produced.
 
 Everything here runs on the worker that reads the partition, so the cache needs no locks and
 no other worker ever writes these customers (Kafka keys events by customer).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 from connectors.base import Record, retry_forever
 from engine.actions.trigger import Trigger
@@ -19,9 +20,9 @@ from engine.events.decode import DeadLetter, EventDecoder
 from engine.operators import metrics
 from engine.operators.event_log import EventLog
 from engine.operators.shutdown import SHUTDOWN
-from engine.operators.sinks import settle_sinks
 from engine.rules.reload import LiveRules
 from engine.state.customer import CustomerState, decode_state
+from engine.state.outbox import OutboxTail, encode_items
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
 from engine.state.store import PartitionClock, PartitionStore
 
@@ -98,21 +99,26 @@ class PartitionWorker:
         self._m_events = metrics.EVENTS.labels(self.name)
         self._m_commits = metrics.COMMITS.labels(self.name)
         self._m_late = metrics.LATE_EVENTS.labels(self.name)
+        # The transactional outbox: what this partition produced since its last commit, written
+        # with that commit; where the partition's outbox stands; who relays it (told at commits).
+        self.outbox: list[Trigger | DeadLetter] = []
+        self.outbox_tail = OutboxTail(0, 0)
+        self.on_outbox: Callable[[str, int], None] | None = None
 
     # -- evaluate step ----------------------------------------------------------------------
 
-    def process(self, batch: Batch) -> list[Trigger | DeadLetter]:
+    def process(self, batch: Batch) -> None:
         """Decode, load the customers not cached, evaluate; then fire what the clock made due.
+        The triggers and dead letters wait in `outbox` for the next commit.
 
         A fatal error (Redis refusing the credentials) stops the run: this batch's work is
         dropped uncommitted, so a restart replays it."""
         if self.failed:
-            return []
+            return
         try:
-            return self._process(batch)
+            self.outbox += self._process(batch)
         except Fatal as e:
             SHUTDOWN.request(str(e), fatal=True)
-            return []
 
     def _process(self, batch: Batch) -> list[Trigger | DeadLetter]:
         started = time.perf_counter()
@@ -218,27 +224,34 @@ class PartitionWorker:
         for cid, image in loaded.items():
             known(cid, decode_state(image), image)
 
-    # -- commit (source, once the epoch's outputs are written) --------------------------------
+    # -- commit (source, once the epoch is processed) -----------------------------------------
 
     def commit(self, offset: int) -> bool:
-        """Write dirty states, the offset and the deadline index at once; True if anything changed."""
+        """Write dirty states, the offset, the clock, the deadline index and the outbox entries at
+        once; True if anything changed. Nothing waits for a sink: the relays deliver from the outbox."""
         session = self.session
         self.dirty.update(session.isolated.journal)   # every customer an event or a deadline changed
         held_from = session.replay_from
         clock = PartitionClock(session.frontier, session.newest, offset if held_from is None else min(held_from, offset))
         # The clock alone moving (an idle partition's wall clock) is not worth a commit: with no
         # state changed, no event lies between the stored frontier and this one.
-        if not self.dirty and offset == self.committed_offset and not self.orphans:
+        if not self.dirty and offset == self.committed_offset and not self.orphans and not self.outbox:
             return False
         started = time.perf_counter()
-        settle_sinks()   # the triggers of these changes are delivered before the changes commit
-        states = session.checkpoint(self.dirty)   # its dead letters go out with the next batch's outputs
+        entries = encode_items(self.outbox)
+        states = session.checkpoint(self.dirty)   # its dead letters go out with the next commit
         next_due = session.next_due
         due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
-        self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
-                                              expected_offset=expected, clock=clock), "commit")
+        tail = self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
+                                                     expected_offset=expected, outbox=entries, clock=clock),
+                           "commit")
+        self.outbox = []
+        if tail is not None:
+            self.outbox_tail = tail
+            if self.on_outbox is not None:
+                self.on_outbox(self.name, tail.last_seq)
         self.has_committed = True
         self.event_log.record_committed(offset)   # the record outside Redis that state loss is checked against
         self.orphans.clear()

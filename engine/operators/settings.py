@@ -145,9 +145,10 @@ class Sinks(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     kafka: Annotated[KafkaSinkConfig | None, Doc(
-        "a Kafka topic; delivery_timeout_s = 0 waits for the broker as long as it takes")] = None
+        "a Kafka topic; delivery_timeout_s bounds one delivery attempt (the relay tries again for as long "
+        "as the broker is down); triggers refused for good go to dead_letter_path")] = None
     webhook: Annotated[WebhookSinkConfig | None, Doc(
-        "HTTP POSTs, signed (HMAC-SHA256 header) with `secret`; requests failed for good go to "
+        "HTTP POSTs, signed (HMAC-SHA256 header) with `secret`; triggers refused for good go to "
         "dead_letter_path (default webhook-dead-letters.jsonl)")] = None
     redis_stream: Annotated[RedisStreamSinkConfig | None, Doc("a Redis stream")] = None
     file: Annotated[FileSinkConfig | None, Doc("a JSONL file, appended")] = None
@@ -158,6 +159,27 @@ class DeadLetters(msgspec.Struct, forbid_unknown_fields=True):
 
     kafka_topic: Annotated[str | None, Doc("a topic on kafka.brokers")] = "dead-letters"
     file: Annotated[str | None, Doc("a JSONL file, appended; when set, used instead of kafka_topic")] = None
+    dead_letter_path: Annotated[str | None, Doc(
+        "where dead letters that output refuses for good go (unset: dead_letters-dead-letters.jsonl)")] = None
+
+
+class RelaySettings(msgspec.Struct, forbid_unknown_fields=True):
+    """How each sink's relay delivers from the partitions' outboxes (SPEC §6): small batches, a
+    cursor saved after each; transient failures retried with capped backoff for as long as they
+    last, permanent refusals to the sink's dead-letter file (`triggers resend` sends them again)."""
+
+    batch_size: Annotated[int, msgspec.Meta(ge=1), Doc(
+        "items a relay has in flight at once: what a crash can send twice, per sink")] = 20
+    backoff_base_s: Annotated[float, msgspec.Meta(gt=0), Doc(
+        "first wait before a failed delivery is tried again (doubling, with jitter)")] = 0.1
+    backoff_max_s: Annotated[float, msgspec.Meta(gt=0), Doc(
+        "longest wait between two tries of a failing delivery (it is retried for ever); a webhook's own "
+        "backoff_base_s / backoff_max_s pace its relay instead")] = 10.0
+    idle_check_ms: Annotated[int, msgspec.Meta(ge=1), Doc(
+        "how often an idle relay looks at its outboxes unasked (commits wake it at once)")] = 1000
+    outbox_max_entries: Annotated[int, msgspec.Meta(ge=1), Doc(
+        "entries a partition's outbox may hold before the partition pauses (reads nothing) until its "
+        "relays bring it down to half; bounds Redis's memory while a sink is down")] = 100_000
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
@@ -173,6 +195,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
         "kafka.brokers, configuring any replaces that default")] = msgspec.field(default_factory=Sinks)
     dead_letters: Annotated[DeadLetters, Doc("where undecodable events go")] = msgspec.field(
         default_factory=DeadLetters)
+    relay: Annotated[RelaySettings, Doc(
+        "how triggers go from the outbox to each sink: batches, retries, the outbox's bound")] = msgspec.field(
+        default_factory=RelaySettings)
     workers: Annotated[int, Doc("worker threads in this process")] = 1
     process_id: Annotated[int | None, Doc("with `addresses`: this process's index in the cluster")] = None
     addresses: Annotated[list[str], Doc("host:port of every process of a multi-process cluster")] = []

@@ -1,106 +1,114 @@
-"""Connectors as Bytewax sinks: one connector (a `connectors.base.Sink`) per worker, written in batches.
+"""The configured sinks as their relays need them (`SinkSpec`s), and the dataflow's one output.
 
-Delivery before commit: a connector's `write_batch` either returns once its batch is
-delivered, or (Kafka with `wait_for_delivery` off) once it is queued; then the worker calls
-`settle_sinks()` before it commits the state that produced those triggers, which calls
-`settle()` on every connector this worker thread wrote to. Either way a crash can only
-re-send triggers, never lose them. Waiting once per commit instead of once per batch keeps
-the worker reading while the broker acknowledges (the latency of the Kafka path).
+Triggers no longer leave through Bytewax outputs: the evaluate step puts them in the partition's
+outbox, committed with the states (`engine.operators.partition`), and each sink's relay delivers
+from there (`engine.operators.outbox`). A Bytewax dataflow still needs an output step to run, so
+the evaluate step ends in `NoOutput`, which the evaluate step never gives anything.
 """
 
 from __future__ import annotations
 
-import threading
+import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import msgspec
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.base import Sink, SinkError
-from engine.operators import metrics
-from engine.operators.shutdown import SHUTDOWN
+from connectors.base import Sink
+from connectors.file import FileSink, FileSinkConfig
+from connectors.kafka.sink import KafkaSink, KafkaSinkConfig
+from connectors.redis_stream import RedisStreamSink, RedisStreamSinkConfig
+from connectors.webhook import WebhookSink, WebhookSinkConfig
+from engine.operators.logs import kafka_logger
+from engine.operators.outbox import SinkSpec, default_dead_letter_path
+from engine.operators.settings import Settings
+from engine.state.outbox import ItemKind
 
-SinkFactory = Callable[[int], Sink]   # worker index -> the worker's connector
+__all__ = ["DEAD_LETTERS", "NoOutput", "SinkFactory", "dead_letter_spec", "given_specs", "trigger_specs"]
 
+log = logging.getLogger("engine")
 
-class ConnectorSink(DynamicSink):
-    """A connector as a Bytewax sink. `statuses`: the trigger statuses it delivers (None: every
-    item, e.g. dead letters). A connector that fails for good (a `SinkError`, a full disk)
-    stops the run with exit 2 and one line, instead of a traceback: nothing after it commits,
-    so the restarted run sends those triggers again."""
+SinkFactory = Callable[[int], Sink]   # worker index -> a connector (the tests' and benchmarks' hook)
 
-    def __init__(self, name: str, factory: SinkFactory, statuses: frozenset[str] | None = None) -> None:
-        self.name = name
-        self.factory = factory   # worker index -> connector
-        self.statuses = statuses
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ConnectorPartition:
-        try:
-            connector = self.factory(worker_index)
-        except OSError as e:   # a file sink that cannot be opened: a full disk, a missing directory
-            SHUTDOWN.request(f"sink {self.name}: {_os_error(e, None)}", fatal=True)
-            return _ConnectorPartition(self.name, None, self.statuses)
-        return _ConnectorPartition(self.name, connector, self.statuses)
+DEAD_LETTERS = "dead_letters"
+"""The relay of the events' dead letters (`dead_letters` in the settings)."""
 
 
-def _os_error(e: OSError, connector: object) -> str:
-    path = e.filename or getattr(getattr(connector, "config", None), "path", None)
-    return f"cannot write{f' {path}' if path else ''}: {e.strerror or e}"
+def trigger_specs(settings: Settings, quiet: bool = False) -> list[SinkSpec]:
+    """The configured trigger sinks, each with the statuses it delivers (only `sent` unless its
+    `statuses` says more) and its dead-letter file; with none configured, the Kafka topic
+    `triggers` on the event brokers. Each is logged unless `quiet`."""
+    s = settings.sinks
+    specs: list[SinkSpec] = []
+    kafka = s.kafka
+    if kafka is None and s.webhook is None and s.redis_stream is None and s.file is None:
+        kafka = KafkaSinkConfig(brokers=settings.kafka.brokers, topic="triggers", extra=settings.kafka.extra)
+    if kafka is not None:
+        def kafka_sink(c: KafkaSinkConfig = kafka) -> KafkaSink:
+            return KafkaSink(c, logger=kafka_logger())
+
+        specs.append(SinkSpec("kafka", kafka_sink, ItemKind.TRIGGER, frozenset(kafka.statuses), kafka.dead_letter_path))
+    if s.webhook is not None:
+        def webhook_sink(c: WebhookSinkConfig = s.webhook) -> WebhookSink:
+            return WebhookSink(msgspec.structs.replace(c, dead_letter_path=None))   # the relay writes that file
+
+        specs.append(SinkSpec("webhook", webhook_sink, ItemKind.TRIGGER, frozenset(s.webhook.statuses),
+                              s.webhook.dead_letter_path, (s.webhook.backoff_base_s, s.webhook.backoff_max_s)))
+    if s.redis_stream is not None:
+        def redis_stream_sink(c: RedisStreamSinkConfig = s.redis_stream) -> RedisStreamSink:
+            return RedisStreamSink(c)
+
+        specs.append(SinkSpec("redis_stream", redis_stream_sink, ItemKind.TRIGGER, frozenset(s.redis_stream.statuses),
+                              s.redis_stream.dead_letter_path))
+    if s.file is not None:
+        # processes append to one file: each batch is one write() on an O_APPEND file
+        def file_sink(c: FileSinkConfig = s.file) -> FileSink:
+            return FileSink(FileSinkConfig(path=c.path, append=True))
+
+        specs.append(SinkSpec("file", file_sink, ItemKind.TRIGGER, frozenset(s.file.statuses)))
+    for spec in specs if not quiet else ():
+        log.info("sink %s delivers %s triggers; refused ones go to %s", spec.name,
+                 ", ".join(sorted(spec.statuses or ())), spec.dead_letter_path or default_dead_letter_path(spec.name))
+    return specs
 
 
-# Connectors written to by each worker thread: a worker's sink partitions and its source
-# partitions run on the same thread (no exchange in the flow), so this is what it must settle.
-_written: dict[int, list[Sink]] = {}
+def dead_letter_spec(settings: Settings) -> SinkSpec | None:
+    """The relay of the events' dead letters: a JSONL file, or a Kafka topic on the event
+    brokers; None when the settings name neither."""
+    d = settings.dead_letters
+    file, topic = d.file, d.kafka_topic   # locals, so that the closures keep the narrowing below
+    if file:
+        def open_file() -> FileSink:
+            return FileSink(FileSinkConfig(path=file, append=True))
+
+        return SinkSpec(DEAD_LETTERS, open_file, ItemKind.DEAD_LETTER, None, d.dead_letter_path)
+    if topic:
+        def open_topic() -> KafkaSink:
+            return KafkaSink(KafkaSinkConfig(brokers=settings.kafka.brokers, topic=topic, extra=settings.kafka.extra),
+                             logger=kafka_logger())
+
+        return SinkSpec(DEAD_LETTERS, open_topic, ItemKind.DEAD_LETTER, None, d.dead_letter_path)
+    return None
 
 
-def settle_sinks() -> None:
-    """Wait for the deliveries of every connector this thread wrote to (see module docstring)."""
-    for connector in _written.get(threading.get_ident(), ()):
-        connector.settle()
+def given_specs(sinks: dict[str, SinkFactory], dead_letters: SinkFactory | None) -> list[SinkSpec]:
+    """Sinks given to `build_flow` directly (tests, benchmarks): every trigger status each."""
+    specs = [SinkSpec(name, partial(factory, 0), ItemKind.TRIGGER, None) for name, factory in sinks.items()]
+    if dead_letters is not None:
+        specs.append(SinkSpec(DEAD_LETTERS, partial(dead_letters, 0), ItemKind.DEAD_LETTER, None))
+    return specs
 
 
-class _ConnectorPartition(StatelessSinkPartition):
-    def __init__(self, name: str, connector: Sink | None, statuses: frozenset[str] | None) -> None:
-        self.name = name
-        self.connector = connector
-        self.statuses = statuses
-        self._items = metrics.SINK_ITEMS.labels(name)
-        self._retries = metrics.SINK_RETRIES.labels(name)
-        self._seen_retries = connector.stats.retries if connector is not None else 0
-        self._registered = False
-        if connector is not None:
-            metrics.HEALTH.watch(name, connector.stats)
-            metrics.SINK_DEAD_LETTERS.watch(name, connector.stats)
+class NoOutput(DynamicSink):
+    """The dataflow's output step, which nothing reaches (see the module docstring)."""
 
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Nothing:
+        return _Nothing()
+
+
+class _Nothing(StatelessSinkPartition):
     def write_batch(self, items: list[Any]) -> None:
-        connector = self.connector
-        if connector is None or SHUTDOWN.fatal:
-            return   # the run stops without committing: these are sent again after the restart
-        if not self._registered:
-            _written.setdefault(threading.get_ident(), []).append(connector)
-            self._registered = True
-        statuses = self.statuses
-        if statuses is not None:
-            items = [t for t in items if t.status in statuses]
-            if not items:
-                return
-        try:
-            connector.write_batch(items)
-        except SinkError as e:
-            SHUTDOWN.request(f"sink {self.name}: {e}", fatal=True)
-            return
-        except OSError as e:
-            SHUTDOWN.request(f"sink {self.name}: {_os_error(e, connector)}", fatal=True)
-            return
-        self._items.inc(len(items))
-        retries = connector.stats.retries
-        if retries != self._seen_retries:
-            self._retries.inc(retries - self._seen_retries)
-            self._seen_retries = retries
-
-    def close(self) -> None:
-        if self.connector is not None:
-            try:
-                self.connector.close()
-            except OSError as e:
-                SHUTDOWN.request(f"sink {self.name}: {_os_error(e, self.connector)}", fatal=True)
+        if items:   # the evaluate step emits nothing: an item here is a bug in the wiring
+            raise AssertionError(f"{len(items)} item(s) reached the dataflow's output; they belong in the outbox")

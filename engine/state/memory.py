@@ -9,9 +9,14 @@ survives the process; exactly-once across crashes is the Redis store's job.
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterable, Mapping
+import threading
+from collections import deque
+from collections.abc import ItemsView, Iterable, Mapping, Sequence
+
+import msgspec
 
 from engine.state.customer import CustomerState, decode_state, encode_state
+from engine.state.outbox import OutboxEntry, OutboxTail
 from engine.state.store import PartitionClock, StateLost
 
 
@@ -31,9 +36,11 @@ class InMemoryStore:
     - One store may serve several workers of one process (Bytewax workers are threads): each
       `PartitionStore` call touches only its own partition's entries and its customers, and
       Kafka keys every customer to one partition. The `StateStore` calls are single-threaded.
+    - It is an `OutboxStore` too: the outbox and the cursors are shared with the relays' threads,
+      under one lock (a commit's entries appear to a relay all at once, as Redis's script makes them).
     """
 
-    __slots__ = ("states", "_offsets", "_index", "_clocks")
+    __slots__ = ("states", "_offsets", "_index", "_clocks", "_outbox", "_last_seq", "_cursors", "_lock")
 
     def __init__(self) -> None:
         # Public so the backtest's per-event loop reads and writes it without a call per event.
@@ -41,6 +48,10 @@ class InMemoryStore:
         self._offsets: dict[str, int] = {}
         self._index: dict[str, dict[str, int]] = {}   # partition -> customer id -> earliest deadline (ms)
         self._clocks: dict[str, PartitionClock] = {}
+        self._outbox: dict[str, deque[OutboxEntry]] = {}
+        self._last_seq: dict[str, int] = {}
+        self._cursors: dict[str, dict[str, int]] = {}   # partition -> sink -> seq passed
+        self._lock = threading.Lock()
 
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
         """The stored states of these customers; customers without state are absent."""
@@ -82,8 +93,16 @@ class InMemoryStore:
 
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
-               expected_offset: int | None = None, clock: PartitionClock | None = None) -> None:
+               expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
+               clock: PartitionClock | None = None) -> OutboxTail | None:
         """The Redis store's commit (`engine.state.store.PartitionStore.commit`), in memory."""
+        with self._lock:
+            return self._commit(partition, images, offset, next_due, unindex, expected_offset, outbox, clock)
+
+    def _commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
+                next_due: Mapping[str, int | None], unindex: list[str] | None,
+                expected_offset: int | None, outbox: Sequence[OutboxEntry],
+                clock: PartitionClock | None) -> OutboxTail | None:
         stored = self._offsets.get(partition)
         if stored != expected_offset:
             raise StateLost(partition, expected_offset, stored)
@@ -102,6 +121,49 @@ class InMemoryStore:
             self._offsets[partition] = offset
         if clock is not None:
             self._clocks[partition] = clock
+        if not outbox:
+            return None
+        log = self._outbox.setdefault(partition, deque())
+        seq = self._last_seq.get(partition, 0)
+        replace = msgspec.structs.replace
+        for entry in outbox:
+            seq += 1
+            log.append(replace(entry, seq=seq))
+        self._last_seq[partition] = seq
+        return OutboxTail(seq, len(log))
+
+    def outbox_tail(self, partition: str) -> OutboxTail:
+        with self._lock:
+            return OutboxTail(self._last_seq.get(partition, 0), len(self._outbox.get(partition, ())))
+
+    # -- OutboxStore -----------------------------------------------------------------------------
+
+    def read_outbox(self, partition: str, after: int, count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        with self._lock:
+            log = self._outbox.get(partition, deque())
+            tail = OutboxTail(self._last_seq.get(partition, 0), len(log))
+            if not log or after >= tail.last_seq:
+                return [], tail
+            skip = max(0, after - log[0].seq + 1)   # seqs are consecutive within the log
+            return [log[i] for i in range(skip, min(len(log), skip + count))], tail
+
+    def load_cursors(self, partition: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._cursors.get(partition, {}))
+
+    def advance(self, partition: str, sink: str, seq: int, sinks: Sequence[str],
+                count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        self.save_cursor(partition, sink, seq, sinks)
+        return self.read_outbox(partition, seq, count)
+
+    def save_cursor(self, partition: str, sink: str, seq: int, sinks: Sequence[str]) -> None:
+        with self._lock:
+            cursors = self._cursors.setdefault(partition, {})
+            cursors[sink] = seq
+            low = min((cursors.get(s, 0) for s in sinks), default=0)
+            log = self._outbox.get(partition)
+            while log and log[0].seq <= low:
+                log.popleft()
 
     # -- reading back --------------------------------------------------------------------------
 

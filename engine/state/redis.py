@@ -4,17 +4,24 @@ Keys (the layout other tools and operators rely on):
 - state of a customer: ``{prefix}:s:{{{customer_id}}}`` (e.g. ``te:s:{c17850}``), a
   msgpack-encoded `CustomerState` (`engine.state.customer.encode_state`). The customer id
   is a hash tag, so in Redis Cluster everything of one customer lives in one slot.
-- source offset of a partition: ``{prefix}:o:{partition}`` (e.g. ``te:o:orders-3``), the
-  next offset to read, as a decimal string.
-- event-time clock of a partition: ``{prefix}:c:{partition}``, JSON ``[frontier, newest,
-  replay_from]`` (`engine.state.store.PartitionClock`), written with the offset.
-- deadline index of a partition: ``{prefix}:t:{partition}``, a sorted set of the customers
-  with a pending deadline, scored by their earliest one (epoch ms): how a restarted worker
-  finds due deadlines without loading every state.
+- the keys of a source partition, all with the partition's name as their hash tag, so that in
+  Redis Cluster they share one slot (a script can write them together):
+  - source offset: ``{prefix}:o:{{{partition}}}`` (e.g. ``te:o:{orders-3}``), the next offset to
+    read, as a decimal string;
+  - deadline index: ``{prefix}:t:{{{partition}}}``, a sorted set of the customers with a pending
+    deadline, scored by their earliest one (epoch ms): how a restarted worker finds due
+    deadlines without loading every state;
+  - outbox: ``{prefix}:x:{{{partition}}}``, a stream whose entry ids are ``<seq>-0``
+    (`engine.state.outbox`), fields ``kind``, ``status`` and ``data`` (the item as JSON);
+  - relay cursors: ``{prefix}:r:{{{partition}}}``, a hash: sink name -> the seq it passed;
+  - event-time clock: ``{prefix}:c:{{{partition}}}``, JSON ``[frontier, newest, replay_from]``
+    (`engine.state.store.PartitionClock`), written with the offset.
+  Engines before the outbox kept the offset and the index under ``{prefix}:o:{partition}`` and
+  ``{prefix}:t:{partition}`` (no braces); `load_offset` renames them the first time it finds them.
 
 Single node: a batch is read with one MGET and written with one Lua script that first checks
 the partition's stored offset is the one this engine committed last, then writes the encoded
-states, the deadline index and the new offset. A script runs atomically, so the offsets
+states, the deadline index, the outbox entries and the new offset. A script runs atomically, so the offsets
 commit together with the states they produced (after a crash the source resumes from offsets
 that match the states exactly, SPEC §6), and a store that lost data (restarted without
 persistence, flushed, failed over to a stale replica) is detected at the next commit instead
@@ -27,13 +34,14 @@ round trip once and lets redis-py's exceptions through (`REDIS_ERRORS` are worth
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from engine.state.customer import CustomerState, decode_state, encode_state
+from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail
 from engine.state.store import PartitionClock, StateLost, decode_clock, encode_clock
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -43,10 +51,25 @@ REDIS_FATAL = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
-# KEYS: offset key, deadline index key, clock key. ARGV: expected stored offset ("" = none), new
-# offset ("" = leave it), clock ("" = leave it), n, n state key/value pairs, m, m index score/member pairs, members to unindex.
+# The seq of an outbox's last entry ever written: its last-generated-id, which a stream keeps when
+# it is trimmed empty (XINFO STREAM's reply is a flat list of names and values).
+_LAST_SEQ_LUA = """
+local function last_seq(key)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return tonumber(string.match(info[i + 1], '^(%d+)')) end
+  end
+  return 0
+end
+"""
+
+# KEYS: offset key, deadline index key, outbox key, clock key. ARGV: expected stored offset ("" =
+# none), new offset ("" = leave it), clock ("" = leave it), n, n state key/value pairs, m, m index score/member pairs, k, k
+# outbox kind/status/data triples, members to unindex. Returns {1, "", last seq, outbox length}
+# ({..., -1, -1} without entries), or {0, stored offset} when the offset is not the expected one.
 # Arguments go to MSET/ZADD/ZREM in chunks: Lua's unpack() has a stack limit of a few thousand.
-_COMMIT_LUA = """
+_COMMIT_LUA = _LAST_SEQ_LUA + """
 local stored = redis.call('GET', KEYS[1]) or ''
 if stored ~= ARGV[1] then return {0, stored} end
 local function chunked(cmd, key, from, to, step)
@@ -65,11 +88,69 @@ local m = tonumber(ARGV[at])
 at = at + 1
 chunked('ZADD', KEYS[2], at, at + 2 * m - 1, 1000)
 at = at + 2 * m
+local k = tonumber(ARGV[at])
+at = at + 1
+local seq, length = -1, -1
+if k > 0 then
+  seq = last_seq(KEYS[3])
+  for _ = 1, k do
+    seq = seq + 1
+    redis.call('XADD', KEYS[3], seq .. '-0', 'kind', ARGV[at], 'status', ARGV[at + 1], 'data', ARGV[at + 2])
+    at = at + 3
+  end
+  length = redis.call('XLEN', KEYS[3])
+end
 chunked('ZREM', KEYS[2], at, #ARGV, 1000)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
-return {1, ''}
+if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
+return {1, '', seq, length}
 """
+
+# KEYS: outbox key. ARGV: first seq wanted, count. Returns {last seq, length, entries}.
+_READ_LUA = """
+local function read(key, first, count)
+  local last = last_seq(key)
+  if last == 0 or tonumber(first) > last then return {last, redis.call('XLEN', key), {}} end
+  return {last, redis.call('XLEN', key), redis.call('XRANGE', key, first .. '-0', '+', 'COUNT', count)}
+end
+"""
+_READ_OUTBOX_LUA = _LAST_SEQ_LUA + _READ_LUA + "return read(KEYS[1], ARGV[1], ARGV[2])"
+
+# KEYS: cursors hash, outbox key. ARGV: sink, seq, the configured sinks. The entries every
+# configured sink passed go (a sink without a cursor has passed none).
+_SAVE_LUA = """
+local function save(cursors, outbox, sink, seq, first_sink)
+  redis.call('HSET', cursors, sink, seq)
+  local low = nil
+  for i = first_sink, #ARGV do
+    local c = tonumber(redis.call('HGET', cursors, ARGV[i]) or '0')
+    if low == nil or c < low then low = c end
+  end
+  if low and low > 0 then redis.call('XTRIM', outbox, 'MINID', (low + 1) .. '-0') end
+  return low or 0
+end
+"""
+_SAVE_CURSOR_LUA = _SAVE_LUA + "return save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 3)"
+
+# KEYS: cursors hash, outbox key. ARGV: sink, seq, count, the configured sinks: save, then read.
+_ADVANCE_LUA = _LAST_SEQ_LUA + _READ_LUA + _SAVE_LUA + """
+save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 4)
+return read(KEYS[2], tonumber(ARGV[2]) + 1, ARGV[3])
+"""
+
+# KEYS: offset, index (hash-tagged), legacy offset, legacy index. The offset, renaming the
+# legacy keys of an engine before the outbox on the way (once: then the new key exists).
+_LOAD_OFFSET_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+v = redis.call('GET', KEYS[3])
+if not v then return false end
+redis.call('RENAME', KEYS[3], KEYS[1])
+if redis.call('EXISTS', KEYS[4]) == 1 and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('RENAME', KEYS[4], KEYS[2]) end
+return v
+"""
+
+_KINDS = {kind.value.encode(): kind for kind in ItemKind}
 
 
 class RedisStore:
@@ -80,9 +161,11 @@ class RedisStore:
 
     Cluster mode: keys are grouped by hash slot and each slot gets its own MGET or MSET
     (redis-py's ``mget_nonatomic``/``mset_nonatomic``, pipelined per node). One customer's
-    state is always written whole, but **a batch across customers is not atomic**, and the
-    offset keys sit in slots of their own: a crash between the per-slot writes can leave some
-    states of a batch written and its offsets not. Exactly-once state effects in cluster mode
+    state is always written whole, but **a batch across customers is not atomic**, and neither
+    are the partition's keys (offset, index, outbox) with the states nor, today, with each other:
+    a crash between the writes can leave some states of a batch written and its offsets not, or
+    outbox entries written twice (triggers re-sent). The partition's keys share one slot (their
+    hash tag), so a later cluster commit can write them in one script; the states cannot join it. Exactly-once state effects in cluster mode
     then rely on per-customer fencing (each state remembering the last source position
     applied to it, so a replayed event is recognized and skipped); this store does not build
     that fencing.
@@ -104,6 +187,10 @@ class RedisStore:
             RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
         )
         self._commit_script = None if cluster else self.client.register_script(_COMMIT_LUA)
+        self._load_offset_script = None if cluster else self.client.register_script(_LOAD_OFFSET_LUA)
+        self._read_outbox_script = self.client.register_script(_READ_OUTBOX_LUA)
+        self._save_cursor_script = self.client.register_script(_SAVE_CURSOR_LUA)
+        self._advance_script = self.client.register_script(_ADVANCE_LUA)
         self._state_key_head = f"{prefix}:s:{{"
         self._offset_key_head = f"{prefix}:o:"
 
@@ -113,7 +200,15 @@ class RedisStore:
 
     def offset_key(self, partition: str) -> str:
         """The key holding a source partition's next offset."""
-        return f"{self._offset_key_head}{partition}"
+        return f"{self._offset_key_head}{{{partition}}}"
+
+    def outbox_key(self, partition: str) -> str:
+        """The stream holding a partition's outbox."""
+        return f"{self.prefix}:x:{{{partition}}}"
+
+    def cursors_key(self, partition: str) -> str:
+        """The hash of the relays' cursors in a partition's outbox (sink name -> seq)."""
+        return f"{self.prefix}:r:{{{partition}}}"
 
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
         """The stored states of these customers; customers without state are absent.
@@ -134,17 +229,28 @@ class RedisStore:
         return {cid: value for cid, value in zip(ids, values) if value is not None}
 
     def deadline_key(self, partition: str) -> str:
-        return f"{self.prefix}:t:{partition}"
+        return f"{self.prefix}:t:{{{partition}}}"
 
     def clock_key(self, partition: str) -> str:
-        return f"{self.prefix}:c:{partition}"
+        return f"{self.prefix}:c:{{{partition}}}"
 
     def load_clock(self, partition: str) -> PartitionClock | None:
         value = self.client.get(self.clock_key(partition))
         return None if value is None else decode_clock(value)
 
     def load_offset(self, partition: str) -> int | None:
-        value = self.client.get(self.offset_key(partition))
+        """The partition's next offset; an engine's older keys (no hash tag) are renamed first."""
+        keys = [self.offset_key(partition), self.deadline_key(partition),
+                f"{self._offset_key_head}{partition}", f"{self.prefix}:t:{partition}"]
+        if self._load_offset_script is not None:
+            value = self._load_offset_script(keys=keys)
+        else:   # cluster: the legacy keys sit in other slots; copied, then deleted
+            value = self.client.get(keys[0])
+            if value is None and (value := self.client.get(keys[2])) is not None:
+                self.client.set(keys[0], value, nx=True)
+                for cid, when in self.client.zrange(keys[3], 0, -1, withscores=True):
+                    self.client.zadd(keys[1], {cid: when}, nx=True)
+                self.client.delete(keys[2], keys[3])
         return None if value is None else int(value)
 
     def due_customers(self, partition: str, until_ms: int, limit: int = 1000) -> list[str]:
@@ -154,9 +260,10 @@ class RedisStore:
 
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
-               expected_offset: int | None = None, clock: PartitionClock | None = None) -> None:
-        """A partition's batch: its encoded states, its next offset, its clock and its deadline
-        index, at once.
+               expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
+               clock: PartitionClock | None = None) -> OutboxTail | None:
+        """A partition's batch: its encoded states, its next offset, its clock, its deadline index
+        and its outbox entries, at once; the outbox's tail after it when entries were written.
 
         `images` are the customers' states as `encode_state` bytes. `next_due` is each
         customer's earliest deadline (None: none pending), which decides its place in the
@@ -179,6 +286,7 @@ class RedisStore:
             stored = self.load_offset(partition)
             if stored != expected_offset:
                 raise StateLost(partition, expected_offset, stored)
+            tail = self._append_nonatomic(partition, outbox)
             self.save_many_encoded(images, {partition: offset} if offset is not None else None)
             if clock is not None:
                 self.client.set(self.clock_key(partition), encode_clock(clock))
@@ -186,7 +294,7 @@ class RedisStore:
                 self.client.zadd(key, due)
             if idle:
                 self.client.zrem(key, *idle)
-            return
+            return tail
         head = self._state_key_head
         args: list[Any] = ["" if expected_offset is None else str(expected_offset),
                            "" if offset is None else str(offset),
@@ -198,11 +306,60 @@ class RedisStore:
         for cid, when in due.items():
             args.append(when)
             args.append(cid)
+        args.append(len(outbox))
+        for entry in outbox:
+            args += (entry.kind.value, entry.status, entry.data)
         args.extend(idle)
         assert self._commit_script is not None   # registered in __init__ unless cluster
-        ok, stored = self._commit_script(keys=[offset_key, key, self.clock_key(partition)], args=args)
+        ok, stored, *tail = self._commit_script(
+            keys=[offset_key, key, self.outbox_key(partition), self.clock_key(partition)], args=args)
         if not ok:
             raise StateLost(partition, expected_offset, int(stored) if stored else None)
+        return OutboxTail(tail[0], tail[1]) if outbox else None
+
+    def _append_nonatomic(self, partition: str, outbox: Sequence[OutboxEntry]) -> OutboxTail | None:
+        """Cluster: the entries after the outbox's last, one XADD each (see the class docstring)."""
+        if not outbox:
+            return None
+        key = self.outbox_key(partition)
+        seq = self.outbox_tail(partition).last_seq
+        for entry in outbox:
+            seq += 1
+            self.client.xadd(key, {"kind": entry.kind.value, "status": entry.status, "data": entry.data},
+                             id=f"{seq}-0")
+        return OutboxTail(seq, self.client.xlen(key))
+
+    # -- the outbox ----------------------------------------------------------------------------
+
+    def outbox_tail(self, partition: str) -> OutboxTail:
+        _, tail = self.read_outbox(partition, 2**62, 0)
+        return tail
+
+    def read_outbox(self, partition: str, after: int, count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        return self._entries(self._read_outbox_script(keys=[self.outbox_key(partition)], args=[after + 1, count]))
+
+    def advance(self, partition: str, sink: str, seq: int, sinks: Sequence[str],
+                count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        return self._entries(self._advance_script(keys=[self.cursors_key(partition), self.outbox_key(partition)],
+                                                  args=[sink, seq, count, *sinks]))
+
+    @staticmethod
+    def _entries(reply: list) -> tuple[list[OutboxEntry], OutboxTail]:
+        last, length, raw = reply
+        entries: list[OutboxEntry] = []
+        kinds = _KINDS
+        for entry_id, flat in raw:
+            fields = dict(zip(flat[::2], flat[1::2]))
+            entries.append(OutboxEntry(kinds[fields[b"kind"]], fields[b"status"].decode(), fields[b"data"],
+                                       int(entry_id.split(b"-", 1)[0])))
+        return entries, OutboxTail(int(last), int(length))
+
+    def load_cursors(self, partition: str) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.client.hgetall(self.cursors_key(partition)).items()}
+
+    def save_cursor(self, partition: str, sink: str, seq: int, sinks: Sequence[str]) -> None:
+        self._save_cursor_script(keys=[self.cursors_key(partition), self.outbox_key(partition)],
+                                 args=[sink, seq, *sinks])
 
     def _mapping(self, images: Mapping[str, bytes], offsets: Mapping[str, int] | None) -> dict[str, bytes | int]:
         head = self._state_key_head
@@ -210,7 +367,7 @@ class RedisStore:
         if offsets:
             offset_head = self._offset_key_head
             for partition, offset in offsets.items():
-                mapping[f"{offset_head}{partition}"] = int(offset)
+                mapping[f"{offset_head}{{{partition}}}"] = int(offset)
         return mapping
 
     def save_many(self, states: Mapping[str, CustomerState], offsets: Mapping[str, int] | None = None) -> None:
@@ -244,10 +401,15 @@ class RedisStore:
         values = self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
         skip = len(self._offset_key_head)
         offsets: dict[str, int] = {}
+        legacy: dict[str, int] = {}
         for key, value in zip(keys, values):
             if value is not None:  # deleted between SCAN and MGET
-                offsets[key.decode()[skip:]] = int(value)
-        return offsets
+                name = key.decode()[skip:]
+                if name.startswith("{") and name.endswith("}"):
+                    offsets[name[1:-1]] = int(value)
+                else:   # an engine's before the outbox, not renamed yet (see `load_offset`)
+                    legacy[name] = int(value)
+        return {**legacy, **offsets}
 
     def close(self) -> None:
         """Close the client's connections."""

@@ -1,5 +1,6 @@
-"""The state store protocols: what the live worker calls (`PartitionStore`), and customer
-states by id for tools (`StateStore`); `StateLost`, what a commit raises on a store that lost data.
+"""The state store protocols: what the live worker calls (`PartitionStore`), what the relays call
+(`OutboxStore`), and customer states by id for tools (`StateStore`); `StateLost`, what a commit
+raises on a store that lost data.
 
 A store is the only place customer state lives between batches. Saving the states of a
 batch together with the source offsets that produced them is what makes state effects
@@ -12,13 +13,14 @@ implement both protocols, so the live path (source, partition worker, commits) r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 
 from engine.errors import EngineError
 from engine.state.customer import CustomerState
+from engine.state.outbox import OutboxEntry, OutboxTail
 
 
 class StateLost(EngineError):
@@ -95,12 +97,44 @@ class PartitionStore(Protocol):
 
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
-               expected_offset: int | None = None, clock: PartitionClock | None = None) -> None:
+               expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
+               clock: PartitionClock | None = None) -> OutboxTail | None:
         """Write the batch's encoded states, the partition's next `offset` (None: leave it), its
-        `clock` (None: leave it) and its deadline index at once: each customer of `images` is
-        indexed at its `next_due` (None: taken out), `unindex` are taken out. Conditional: when
-        the partition's stored offset is not `expected_offset` (None: no offset), raise
-        `StateLost` and write nothing."""
+        `clock` (None: leave it), its deadline index and its `outbox` entries at once: each customer of `images` is indexed at
+        its `next_due` (None: taken out), `unindex` are taken out, the entries are appended in
+        order and numbered after the outbox's last. Conditional: when the partition's stored
+        offset is not `expected_offset` (None: no offset), raise `StateLost` and write nothing.
+        Returns the outbox's tail after the commit when it wrote entries, else None."""
+        ...
+
+    def outbox_tail(self, partition: str) -> OutboxTail:
+        """Where the partition's outbox stands (its last `seq`, its length)."""
+        ...
+
+
+class OutboxStore(Protocol):
+    """What a sink's relay calls (`engine.operators.outbox`): a partition's outbox entries after
+    its cursor, and its cursor saved. One round trip per call, the store's transient errors let
+    through, as `PartitionStore`'s. Safe to call from a relay's thread while the partition's
+    worker commits (the Redis store: a connection per call; the in-memory store: a lock)."""
+
+    def read_outbox(self, partition: str, after: int, count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        """Up to `count` entries with `seq` > `after`, in order, and the outbox's tail."""
+        ...
+
+    def load_cursors(self, partition: str) -> dict[str, int]:
+        """Sink name -> the `seq` of the last entry that sink passed (absent: none yet)."""
+        ...
+
+    def save_cursor(self, partition: str, sink: str, seq: int, sinks: Sequence[str]) -> None:
+        """Record that `sink` passed every entry up to `seq`, then trim the entries every sink of
+        `sinks` (the configured ones; a sink without a cursor has passed none) has passed."""
+        ...
+
+    def advance(self, partition: str, sink: str, seq: int, sinks: Sequence[str],
+                count: int) -> tuple[list[OutboxEntry], OutboxTail]:
+        """`save_cursor`, then `read_outbox(partition, seq, count)`, in one round trip (a relay
+        that shares its process with the engine waits for the interpreter after each one)."""
         ...
 
 

@@ -123,14 +123,23 @@ def run_engine(config: Path, *args: str, timeout: float = 240) -> subprocess.Com
 
 
 class Receiver:
-    """A webhook receiver on 127.0.0.1: records every request; can fail every other one, or
-    every one (`fail_all`: a receiver that is down behind its load balancer, answering 503)."""
+    """A webhook receiver on 127.0.0.1: records every request it accepts; can fail every other
+    one, or every one (`fail_all`: a receiver that is down behind its load balancer, answering
+    503), refuse some triggers for good (`refuse`: trigger ids answered 400), or hang (`hang()`
+    until `answer()`: it takes the connection and the request and never answers, as a receiver
+    stuck on its database does)."""
 
-    def __init__(self, fail_every_other: bool = False, fail_all: bool = False) -> None:
+    def __init__(self, fail_every_other: bool = False, fail_all: bool = False,
+                 refuse: set[str] | None = None) -> None:
         self.fail_every_other = fail_every_other
         self.fail_all = fail_all
+        self.refuse = refuse if refuse is not None else set()
         self.requests: list[tuple[str, dict]] = []     # successful: (Idempotency-Key, body)
         self.failed = 0
+        self.refused = 0
+        self.hung = 0                                  # requests held without an answer
+        self._answering = threading.Event()
+        self._answering.set()
         self._count = 0
         self._lock = threading.Lock()
         receiver = self
@@ -138,14 +147,25 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not receiver._answering.is_set():
+                    with receiver._lock:
+                        receiver.hung += 1
+                    receiver._answering.wait()
+                    self.close_connection = True   # the client gave up on this one long ago
+                    return
+                decoded = json.loads(body)
                 with receiver._lock:
                     receiver._count += 1
                     fail = receiver.fail_all or (receiver.fail_every_other and receiver._count % 2 == 0)
+                    refused = not fail and isinstance(decoded, dict) and decoded.get("trigger_id") in receiver.refuse
                     if fail:
                         receiver.failed += 1
+                    elif refused:
+                        receiver.refused += 1
                     else:
-                        receiver.requests.append((self.headers["Idempotency-Key"], json.loads(body)))
-                self.send_response((503 if receiver.fail_all else 500) if fail else 200)
+                        receiver.requests.append((self.headers["Idempotency-Key"], decoded))
+                status = (503 if receiver.fail_all else 500) if fail else 400 if refused else 200
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -153,11 +173,19 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/triggers"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def hang(self) -> None:
+        self._answering.clear()
+
+    def answer(self) -> None:
+        self._answering.set()
+
     def close(self) -> None:
+        self._answering.set()
         self.server.shutdown()
         self.server.server_close()
 

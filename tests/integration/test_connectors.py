@@ -1,6 +1,6 @@
 """Outbound connectors against the real Kafka broker and redis-server: what a sink writes is
 read back whole, and an unreachable system makes the sink raise, in bounded time, instead of
-dropping triggers."""
+dropping triggers; `deliver` (the relays' call) tells a refusal for good from an outage."""
 
 from __future__ import annotations
 
@@ -214,3 +214,40 @@ def test_redis_stream_sink_does_not_retry_an_error_redis_answers(redis_url: str,
             sink.write_batch(_triggers(2))
         assert time.monotonic() - started < 1.0
         assert sink.stats.retries == 0
+
+
+# ---------------------------------------------------------------- deliver: the relays' call
+
+
+def test_kafka_deliver_refuses_a_message_too_large_and_delivers_the_rest(kafka_bootstrap: str,
+                                                                         kafka_topic: str) -> None:
+    triggers = _triggers(4)
+    triggers[2].payload["blob"] = "x" * 200_000    # past message.max.bytes below
+    with KafkaSink(KafkaSinkConfig(brokers=[kafka_bootstrap], topic=kafka_topic,
+                                   extra={"message.max.bytes": "100000"})) as sink:
+        failures = sink.deliver(triggers)
+    assert [(f.index, f.permanent) for f in failures] == [(2, True)] and "MSG_SIZE_TOO_LARGE" in failures[0].reason
+    assert sink.stats.delivered == 3
+    got = {msgspec.json.decode(m.value(), type=Trigger).trigger_id   # type: ignore[attr-defined]
+           for m in _consume(kafka_bootstrap, kafka_topic, 3)}
+    assert got == {t.trigger_id for i, t in enumerate(triggers) if i != 2}
+
+
+def test_kafka_deliver_to_an_unreachable_broker_fails_every_message_transiently() -> None:
+    with KafkaSink(KafkaSinkConfig(brokers=["127.0.0.1:1"], topic="te-never", delivery_timeout_s=1.5)) as sink:
+        started = time.monotonic()
+        failures = sink.deliver(_triggers(3))
+        assert time.monotonic() - started < 3.0      # one attempt: librdkafka's message timeout, 0.5 s
+    assert [(f.index, f.permanent) for f in failures] == [(0, False), (1, False), (2, False)]
+    assert "_MSG_TIMED_OUT" in failures[0].reason and sink.stats.waiting_since is not None
+
+
+def test_redis_stream_deliver_tells_an_outage_from_a_refusal(redis_url: str, redis_client: redis.Redis) -> None:
+    with RedisStreamSink(RedisStreamSinkConfig(url=f"redis://127.0.0.1:{free_port()}/0")) as down:
+        assert {(f.index, f.permanent) for f in down.deliver(_triggers(2))} == {(0, False), (1, False)}
+    redis_client.set("te:not-a-stream", "x")
+    with RedisStreamSink(RedisStreamSinkConfig(url=redis_url, stream="te:not-a-stream")) as wrong:
+        failures = wrong.deliver(_triggers(2))
+    assert all(f.permanent and "WRONGTYPE" in f.reason for f in failures) and len(failures) == 2
+    with RedisStreamSink(RedisStreamSinkConfig(url=redis_url, stream="te:ok")) as ok:
+        assert ok.deliver(_triggers(2)) == [] and redis_client.xlen("te:ok") == 2

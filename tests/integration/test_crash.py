@@ -1,6 +1,8 @@
 """Crash safety (SPEC §6): `triggers run` killed with SIGKILL at random points while it
-consumes 100,000 events, restarted until done, ends with the same Redis state and the same
-set of trigger ids as an uninterrupted run; duplicates only as re-sends of the same trigger."""
+consumes the shared real data (27,189 events, about 31,000 triggers) and relays its triggers,
+restarted until done, ends with the same Redis state and the same set of trigger ids as an
+uninterrupted run; the engine re-sends nothing, a relay at most its batch in flight, so each
+kill re-sends at most `MAX_RESENT_PER_KILL` triggers at the Kafka sink."""
 
 from __future__ import annotations
 
@@ -8,71 +10,110 @@ import random
 import signal
 import subprocess
 import time
+from collections import Counter
 
 import orjson
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from harness import ROOT, create_topic, engine_cmd, produce, read_topic, run_engine, trigger_key, unique, write_config
 
-from bench.workload import generate
+from engine.events.decode import read_jsonl
+from engine.operators.settings import RelaySettings
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
 
-EVENTS = 100_000
+DATA = ("online-retail-orders.jsonl", "rees46-clickstream-sample.jsonl")   # in time order, one after the other
+MAX_RESENT_PER_KILL = 25
+assert RelaySettings().batch_size < MAX_RESENT_PER_KILL   # one relay's batch in flight, and some slack
 
 
-def committed(store: RedisStore, partitions: list[str]) -> int:
-    return sum(store.load_offset(p) or 0 for p in partitions)
+def delivered(bootstrap: str, topic: str) -> int:
+    """Messages in the topic so far (the sum of its partitions' high watermarks); 0 while the
+    broker cannot say yet (a new topic's leaders are still being elected)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("count")})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    except KafkaException:
+        return 0
+    finally:
+        consumer.close()
 
 
-def test_kill_9_at_random_points_changes_nothing(kafka_bootstrap, redis_url, redis_client, tmp_path):
-    lines = [orjson.dumps(e) for e in generate(events=EVENTS, customers=10_000, days=30, seed=3, start="2026-01-01")]
+def duplicates(bootstrap: str, topic: str) -> int:
+    counts = Counter(t["trigger_id"] for t in read_topic(bootstrap, topic))
+    return sum(n - 1 for n in counts.values())
+
+
+def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(kafka_bootstrap, redis_url,
+                                                                              redis_client, shared_data, tmp_path):
+    lines = [raw for name in DATA for raw, _ in read_jsonl(shared_data / name)]
     topic = create_topic(kafka_bootstrap, unique("crash-events"))
     produce(kafka_bootstrap, topic, lines)
-    customers = sorted({orjson.loads(l)["customer_id"] for l in lines})
+    customers = sorted({orjson.loads(line)["customer_id"] for line in lines})
 
     ref_sink, ref_prefix = unique("ref-triggers"), unique("ref")
     ref = write_config(tmp_path / "ref.toml", topic=topic, redis_url=redis_url, prefix=ref_prefix,
                        sink_topic=ref_sink, dead_topic=unique("d"))
+    started = time.monotonic()
     run_engine(ref)
+    ref_seconds = time.monotonic() - started
+    expected = read_topic(kafka_bootstrap, ref_sink)
+    assert len(expected) == len({t["trigger_id"] for t in expected}) > 10_000
 
-    sink, prefix = unique("crash-triggers"), unique("crash")
+    sink, prefix = create_topic(kafka_bootstrap, unique("crash-triggers")), unique("crash")
     cfg = write_config(tmp_path / "crash.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
                        dead_topic=unique("d"))
-    store = RedisStore(redis_url, prefix)
-    partitions = [f"{topic}-{p}" for p in range(4)]
-    rng = random.Random(20261126)
-    # Kill points: once the committed progress passes each of these shares of the input, after
-    # a further random 0-150 ms, so the kill lands anywhere in the read/evaluate/send/commit cycle.
+    rng = random.Random(20261201)
+    # Kill points: once the triggers delivered at the sink pass each of these shares, after a further
+    # random 0-150 ms, so the kill lands anywhere in the read/evaluate/commit/relay cycle (the engine
+    # consumes while its relay delivers).
     thresholds = sorted(rng.uniform(0.05, 0.9) for _ in range(5))
-    kills_mid_run = 0
-    for share in thresholds + [None]:
-        proc = subprocess.Popen(engine_cmd(cfg), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if share is not None:
-            while proc.poll() is None and committed(store, partitions) < share * EVENTS:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0, 0.15))
+    resent: list[int] = []        # per kill: the duplicates that appeared after it
+    before = 0
+    kills = 0
+    running: list[subprocess.Popen] = []
+    try:
+        for share in thresholds + [None]:
+            proc = subprocess.Popen(engine_cmd(cfg), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            running.append(proc)
+            if share is not None:
+                while proc.poll() is None and delivered(kafka_bootstrap, sink) < share * len(expected):
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0, 0.15))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    proc.stderr.close()
+                    if kills:
+                        resent.append(duplicates(kafka_bootstrap, sink) - before)
+                    before = duplicates(kafka_bootstrap, sink)
+                    kills += 1
+                    continue
+            err = proc.communicate(timeout=300)[1]
+            assert proc.returncode == 0, err[-3000:]
+            if kills:
+                resent.append(duplicates(kafka_bootstrap, sink) - before)
+            if share is not None:
+                break   # it finished before the kill point: done
+    finally:   # a failure above must not leave an engine running into the next test
+        for proc in running:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+                proc.kill()
                 proc.wait()
-                proc.stderr.close()
-                kills_mid_run += committed(store, partitions) < EVENTS
-                continue
-        err = proc.communicate(timeout=300)[1]
-        assert proc.returncode == 0, err[-3000:]
-        if share is not None:
-            break   # it finished before the kill point: done
-    assert kills_mid_run >= 3, f"only {kills_mid_run} kills landed mid-consumption: the test tested nothing"
 
-    expected = read_topic(kafka_bootstrap, ref_sink)
+    assert kills >= 3, f"only {kills} kills landed mid-run: the test tested nothing"
+
     got = read_topic(kafka_bootstrap, sink)
     assert {t["trigger_id"] for t in got} == {t["trigger_id"] for t in expected}       # none missing, none extra
     by_id: dict[str, bytes] = {}
     for t in got:                                       # a duplicate is a re-send of the same trigger
         assert by_id.setdefault(t["trigger_id"], trigger_key(t)) == trigger_key(t)
-    assert len(expected) == len({t["trigger_id"] for t in expected})
+    assert len(resent) == kills and all(n <= MAX_RESENT_PER_KILL for n in resent), resent
+    assert len(got) - len(expected) == sum(resent)
 
     ref_states = RedisStore(redis_url, ref_prefix).load_many(customers)
     crash_states = RedisStore(redis_url, prefix).load_many(customers)
     assert len(ref_states) == len(customers)
     assert {c: encode_state(s) for c, s in crash_states.items()} == {c: encode_state(s) for c, s in ref_states.items()}
-    print(f"{kills_mid_run} kills mid-consumption, {len(got) - len(expected)} re-sent triggers, "
-          f"{len(expected)} distinct")
+    print(f"{len(lines)} events, {len(expected)} triggers (uninterrupted run {ref_seconds:.1f} s); {kills} kills, "
+          f"re-sent per kill {resent}")

@@ -44,6 +44,10 @@ class ListSink(Sink):
         now = time.monotonic()
         self.into.extend((now, item) for item in items)
 
+    def deliver(self, items) -> list:
+        self.write_batch(items)
+        return []
+
     def settle(self) -> None:
         pass
 
@@ -111,7 +115,9 @@ def test_metrics_count_what_the_run_did(redis_url, redis_client, tmp_path):
     fired = {tuple(dict(labels)[k] for k in ("rule", "status", "reason")): v
              for labels, v in delta(after, before, "triggers_fired_total").items() if v}
     assert fired == produced and sum(produced.values()) > 100
-    assert sum(delta(after, before, "triggers_sink_items_total").values()) == len(out) + len(dead)
+    relayed = delta(after, before, "triggers_relay_delivered_total")
+    assert {k: v for k, v in relayed.items() if v} == {(("sink", "list"),): len(out), (("sink", "dead_letters"),): len(dead)}
+    assert all(v == 0 for v in delta(after, before, "triggers_relay_lag").values())
     assert sum(delta(after, before, "triggers_commits_total").values()) > 0
     assert delta(after, before, "triggers_batch_seconds_count")
 

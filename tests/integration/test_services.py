@@ -16,7 +16,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from engine.state.customer import CustomerState, Timer, decode_state
+from engine.state.customer import CustomerState, Timer, decode_state, encode_state
 from engine.state.redis import RedisStore
 
 N_EVENTS = 2_000
@@ -197,9 +197,57 @@ def test_redis_store_round_trips_states_and_offsets(
     finally:
         fresh.close()
 
-    # The key layout is a contract: hash-tagged state keys, plain offset keys.
+    # The key layout is a contract: state keys hash-tagged by customer, a partition's by partition.
     assert decode_state(redis_client.get(f"{store.prefix}:s:{{c7}}")) == states["c7"]
-    assert redis_client.get(f"{store.prefix}:o:orders-2") == b"98765432100"
+    assert redis_client.get(f"{store.prefix}:o:{{orders-2}}") == b"98765432100"
+
+
+def test_redis_store_outbox_commits_with_the_states_numbered_read_after_a_cursor_and_trimmed(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    """The outbox contract of `engine.state.store`, as the in-memory store keeps it (tests/unit/test_outbox.py)."""
+    from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail
+    from engine.state.store import StateLost
+
+    def entries(n: int, first: int = 0) -> list[OutboxEntry]:
+        return [OutboxEntry(ItemKind.TRIGGER, "sent", b'{"trigger_id": "t%d"}' % i) for i in range(first, first + n)]
+
+    p = "orders-0"
+    image = encode_state(_customer_state(1))
+    assert store.outbox_tail(p) == OutboxTail(0, 0) and store.read_outbox(p, 0, 10) == ([], OutboxTail(0, 0))
+    assert store.commit(p, {"c1": image}, 5, {"c1": None}, outbox=entries(3)) == OutboxTail(3, 3)
+    assert store.commit(p, {}, 6, {}, expected_offset=5) is None
+    with pytest.raises(StateLost):
+        store.commit(p, {"c1": image}, 9, {}, expected_offset=1, outbox=entries(2, 3))
+    assert store.outbox_tail(p) == OutboxTail(3, 3)                         # nothing written by the refused one
+    assert store.commit(p, {}, 7, {}, expected_offset=6, outbox=entries(2, 3)) == OutboxTail(5, 5)
+    got, tail = store.read_outbox(p, 1, 3)
+    assert [e.seq for e in got] == [2, 3, 4] and tail == OutboxTail(5, 5) and got[0].data == b'{"trigger_id": "t1"}'
+    assert redis_client.xrange(store.outbox_key(p))[0][0] == b"1-0"       # stream ids are <seq>-0
+
+    store.save_cursor(p, "kafka", 4, ["kafka", "webhook"])
+    assert store.outbox_tail(p).length == 5                                  # the webhook has passed nothing
+    store.save_cursor(p, "webhook", 2, ["kafka", "webhook"])
+    assert store.outbox_tail(p) == OutboxTail(5, 3) and store.read_outbox(p, 0, 9)[0][0].seq == 3
+    store.save_cursor(p, "webhook", 5, ["kafka", "webhook"])
+    store.save_cursor(p, "kafka", 5, ["kafka", "webhook"])
+    assert store.outbox_tail(p) == OutboxTail(5, 0) and store.load_cursors(p) == {"kafka": 5, "webhook": 5}
+    assert store.commit(p, {}, 8, {}, expected_offset=7, outbox=entries(1)) == OutboxTail(6, 1)   # numbering goes on
+    assert store.commit(p, {}, 9, {}, expected_offset=8, outbox=entries(3)) == OutboxTail(9, 4)
+    got, tail = store.advance(p, "kafka", 7, ["kafka"], 5)                   # save, trim, read on: one script
+    assert [e.seq for e in got] == [8, 9] and tail == OutboxTail(9, 2) and store.load_cursors(p)["kafka"] == 7
+
+
+def test_redis_store_renames_the_keys_of_an_engine_before_the_outbox(store: RedisStore,
+                                                                     redis_client: redis.Redis) -> None:
+    redis_client.set(f"{store.prefix}:o:orders-1", 41)
+    redis_client.zadd(f"{store.prefix}:t:orders-1", {"c9": 1_000})
+    assert store.load_offsets() == {"orders-1": 41}                          # seen before the rename too
+    assert store.load_offset("orders-1") == 41
+    assert redis_client.exists(f"{store.prefix}:o:orders-1", f"{store.prefix}:t:orders-1") == 0
+    assert store.due_customers("orders-1", 2_000) == ["c9"]
+    store.commit("orders-1", {}, 42, {}, expected_offset=41)                 # the state-loss check holds
+    assert store.load_offset("orders-1") == 42 and store.load_offsets() == {"orders-1": 42}
 
 
 def test_redis_store_unknown_customers_and_empty_batches(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,8 +27,10 @@ from harness import (
     unique,
     write_config,
 )
+from test_run import backtest
 
 from bench.workload import generate
+from engine.core.times import now_ms
 from engine.events.decode import read_jsonl
 from engine.state.redis import RedisStore
 
@@ -173,17 +175,46 @@ def test_invalid_settings_are_one_line_and_exit_2(tmp_path, setting, message):
     assert "hunter22" not in res.stderr
 
 
-def test_a_full_disk_is_one_line_and_exit_2(kafka_bootstrap, redis_url, redis_client, tmp_path):
+def test_a_full_disk_under_a_file_sink_delays_only_its_relay(kafka_bootstrap, redis_url, redis_client, tmp_path):
+    """The disk is full (/dev/full): the file sink's relay retries, says why on /healthz and in the
+    log, and holds its entries in the outbox, while events are processed and committed; a stop
+    is clean (exit 0), and the next start, with room on the disk, writes every trigger."""
+    lines = [raw for raw, _ in read_jsonl(SAMPLE)][:500]
     topic = create_topic(kafka_bootstrap, unique("full-events"))
-    produce(kafka_bootstrap, topic, [raw for raw, _ in read_jsonl(SAMPLE)][:500])
+    produce(kafka_bootstrap, topic, lines)
+    port, prefix, out = free_port(), unique("full"), tmp_path / "triggers.jsonl"
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'rules = "{ROOT / "rules"}"\nexit_at_end = true\nmetrics_port = 0\n[kafka]\ntopic = "{topic}"\n'
-                   f'[redis]\nurl = "{redis_url}"\nprefix = "{unique("full")}"\n'
-                   '[sinks.file]\npath = "/dev/full"\nstatuses = ["sent", "held_out", "suppressed"]\n'
-                   '[dead_letters]\nfile = "/dev/full"\n')
-    for _ in range(2):   # the run that meets the full disk, and the start after it
-        res = subprocess.run(engine_cmd(cfg), cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2, res.stderr[-3000:]
-        assert_clean(res.stderr)
-        last = res.stderr.strip().splitlines()[-1]
-        assert last == "triggers run: sink file: cannot write /dev/full: No space left on device", last
+    settings = (f'rules = "{ROOT / "rules"}"\nmetrics_port = {port}\n{{bounded}}\n[kafka]\ntopic = "{topic}"\n'
+                f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n[relay]\nbackoff_max_s = 0.5\n'
+                '[sinks.file]\npath = "{path}"\nstatuses = ["sent", "held_out", "suppressed"]\n'
+                '[dead_letters]\nfile = "{dead}"\n')
+    cfg.write_text(settings.format(path="/dev/full", dead=tmp_path / "dead.jsonl", bounded=""))
+    store = RedisStore(redis_url, prefix)
+    proc = start(cfg)
+    try:
+        deadline = time.monotonic() + 60
+        health: dict = {}
+        while time.monotonic() < deadline and not (
+                sum(store.load_offsets().values()) == len(lines)
+                and (health := healthz(port)).get("relays", {}).get("file", {}).get("state") == "retrying"):
+            time.sleep(0.1)
+        assert proc.poll() is None
+        assert sum(store.load_offsets().values()) == len(lines)              # every event processed, committed
+        file_relay = health["relays"]["file"]
+        assert "No space left on device" in file_relay["last_error"] and sum(file_relay["lag"].values()) > 0
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert_clean(err)
+    assert "relay file: " in err and "No space left on device" in err
+    held = sum(store.client.xlen(store.outbox_key(f"{topic}-{p}")) for p in range(4))
+    assert held > 0                                                           # kept in the outbox, not lost
+
+    cfg.write_text(settings.format(path=out, dead=tmp_path / "dead.jsonl", bounded="exit_at_end = true"))
+    run_engine(cfg)
+    written = [json.loads(line)["trigger_id"] for line in out.read_text().splitlines()]
+    expected = {t["trigger_id"] for t in backtest(lines, until=now_ms())[0]}
+    assert len(written) == len(set(written)) and set(written) == expected    # every one, once

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 
-from connectors.base import Backoff, Sink, SinkStats
-from engine.operators import sinks as live_sinks
+from connectors.base import Backoff, Failure, Sink, SinkStats
 from engine.testing import ListSink
 
 
@@ -24,8 +22,21 @@ def test_backoff_is_full_jitter_below_a_doubling_capped_bound() -> None:
     assert backoff.attempt == 0 and backoff.next_delay() < 0.1
 
 
-def test_a_sink_must_say_how_it_settles() -> None:
+def test_a_sink_must_say_how_it_delivers_and_settles() -> None:
+    class NoDeliver(Sink):
+        def write_batch(self, items) -> None: ...
+
+        def settle(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    with pytest.raises(TypeError, match="deliver"):
+        NoDeliver()   # type: ignore[abstract]
+
     class NoSettle(Sink):
+        def deliver(self, items) -> list[Failure]:
+            return []
+
         def write_batch(self, items) -> None: ...
 
         def close(self) -> None: ...
@@ -46,24 +57,13 @@ def test_stats_say_since_when_deliveries_fail() -> None:
     assert (stats.waiting_since, stats.last_error) == (None, None)
 
 
-def test_settle_sinks_settles_what_this_thread_wrote_to() -> None:
-    settled: list[str] = []
-
-    class Recording(ListSink):
-        def settle(self) -> None:
-            settled.append(threading.current_thread().name)
-
+def test_the_test_double_answers_per_item_as_every_connector_does() -> None:
     out: list = []
-    partition = live_sinks.ConnectorSink("rec", lambda _w: Recording(out)).build("s", 0, 1)
-    partition.write_batch([1, 2])
-    live_sinks.settle_sinks()
-    assert out == [1, 2] and settled == [threading.current_thread().name]
-    assert partition.connector is not None and partition.connector.stats.delivered == 2
-    worker = threading.Thread(target=live_sinks.settle_sinks, name="other")
-    worker.start()
-    worker.join()
-    assert settled == [threading.current_thread().name]   # another thread wrote to nothing
-    live_sinks._written.pop(threading.get_ident(), None)   # leave no sink for later tests to settle
+    sink = ListSink(out, refuse=lambda n: "odd" if n % 2 else None, fail_next=1)
+    assert sink.deliver([1, 2]) == [Failure(0, "down", False), Failure(1, "down", False)]
+    assert out == [] and sink.stats.last_error == "down"
+    assert sink.deliver([1, 2, 3]) == [Failure(0, "odd", True), Failure(2, "odd", True)]
+    assert out == [2] and sink.stats.delivered == 1 and sink.stats.waiting_since is None
 
 
 def test_connectors_import_from_the_engine_only_the_trigger_record() -> None:

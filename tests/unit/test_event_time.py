@@ -30,6 +30,7 @@ from engine.operators.source import EngineSource
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.rules.reload import LiveRules
+from engine.state.outbox import decode_item
 from engine.testing import InMemoryStore, MemoryLog
 
 MIN = 60_000
@@ -121,7 +122,8 @@ def live(path: Path, rules: CompiledRules, lines: list[bytes], partitions: int =
     """The live source partitions on the in-memory log and store, stepped as Bytewax steps them
     (poll -> evaluate -> epoch end -> the next poll commits). `crashes`: after these polls a
     partition's worker is dropped with what it did since its last commit and rebuilt from the
-    store, as after a kill -9. Returns the distinct triggers (by id, first seen) and the states."""
+    store, as after a kill -9. Returns the triggers of the partitions' outboxes (what the relays
+    deliver: committed, so a crash loses and repeats none) and the states."""
     store = InMemoryStore()
     decoder = EventDecoder()
     parts: dict[str, list[bytes]] = {f"p-{i}": [] for i in range(partitions)}
@@ -130,7 +132,6 @@ def live(path: Path, rules: CompiledRules, lines: list[bytes], partitions: int =
         parts[f"p-{zlib.crc32(cid.encode()) % partitions}"].append(raw)
     source = EngineSource(sorted(parts), lambda name, start: MemoryLog(name, parts[name], start), lambda: store,
                           LiveRules(path, rules, watch=False), exit_at_end=True)
-    seen: dict[str, Trigger] = {}
     polls = 0
     for name in sorted(parts):
         part = source.build_part("events", name, None)
@@ -142,14 +143,14 @@ def live(path: Path, rules: CompiledRules, lines: list[bytes], partitions: int =
             except StopIteration:
                 break
             for b in batches:
-                for item in b.worker.process(b):
-                    if isinstance(item, Trigger):
-                        seen.setdefault(item.trigger_id, item)
+                b.worker.process(b)
             part.snapshot()
             polls += 1
             if polls in crashes:
                 part = source.build_part("events", name, None)   # the epoch in flight is lost
-    return list(seen.values()), dict(store.items())
+    triggers = [item for name in parts for entry in store.read_outbox(name, 0, 10**9)[0]
+                if isinstance(item := decode_item(entry), Trigger)]
+    return triggers, dict(store.items())
 
 
 def same_triggers(a: list[Trigger], b: list[Trigger]) -> bool:

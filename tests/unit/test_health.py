@@ -12,7 +12,8 @@ def test_nothing_to_wait_for_is_ok() -> None:
     health = Health()
     health.polled("p-0")
     ok, report = health.report()
-    assert ok and report == {"status": "ok", "waiting_for": {}, "partitions": {"p-0": report["partitions"]["p-0"]}}
+    assert ok and report == {"status": "ok", "waiting_for": {}, "partitions": {"p-0": report["partitions"]["p-0"]},
+                          "relays": {}}
 
 
 def test_waits_are_reported_per_component_and_turn_unhealthy_after_a_while() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ("bytewax", "confluent_kafka", "redis")
 CORE_PACKAGES = ("events", "rules", "core", "policy", "actions", "offline")
-CORE_MODULES = ("engine.errors", "engine.state.customer", "engine.state.store", "engine.state.memory")
+CORE_MODULES = ("engine.errors", "engine.state.customer", "engine.state.outbox", "engine.state.store", "engine.state.memory")
 
 
 def core_modules() -> list[str]:

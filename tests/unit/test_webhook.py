@@ -646,3 +646,45 @@ def test_waiting_since_and_last_error_follow_the_receiver(receiver: Receiver, tm
         sink.write_batch([_trigger(5)])
         assert (sink.stats.waiting_since, sink.stats.last_error) == (None, None)
         assert sink.stats.dead_lettered == 3
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_deliver_makes_one_attempt_and_classifies_each_trigger(receiver: Receiver, tmp_path: Path,
+                                                              batch_size: int) -> None:
+    """The relay's call: no retry, no dead-letter file; a Failure per trigger not delivered."""
+    answers = {"e-1": Reply(400, body=b"unknown action"), "e-2": Reply(503, headers={"Retry-After": "7"}),
+               "e-4": Reply(429)}
+
+    def respond(n: int, req: Request) -> Reply:   # a request answers for the first of its triggers that has an answer
+        body = msgspec.json.decode(req.body)
+        events = [t["cause_event_id"] for t in (body if isinstance(body, list) else [body])]
+        return next((answers[e] for e in events if e in answers), Reply())
+
+    receiver.respond = respond
+    triggers = [_trigger(n) for n in range(6)] if batch_size == 1 else [_trigger(n) for n in (0, 1, 3, 2, 5)]
+    dead = tmp_path / "dead.jsonl"
+    with WebhookSink(_config(receiver.url, batch_size=batch_size, dead_letter_path=str(dead))) as sink:
+        failures = sink.deliver(triggers)
+    by_event = {triggers[f.index].cause_event_id: f for f in failures}
+    if batch_size == 1:
+        assert sorted(by_event) == ["e-1", "e-2", "e-4"] and len(receiver.requests) == 6   # one attempt each
+        assert by_event["e-1"].permanent and "HTTP 400" in by_event["e-1"].reason
+        assert not by_event["e-2"].permanent and by_event["e-2"].retry_after_s == 7.0
+        assert not by_event["e-4"].permanent and by_event["e-4"].retry_after_s is None
+        assert sink.stats.delivered == 3
+    else:   # requests [0, 1] refused and [3, 2] retryable: each trigger of a request shares its answer
+        assert sorted(by_event) == ["e-0", "e-1", "e-2", "e-3"] and len(receiver.requests) == 3
+        assert by_event["e-0"].permanent and not by_event["e-3"].permanent
+        assert sink.stats.delivered == 1
+    assert not dead.exists() or dead.read_bytes() == b""     # dead-lettering is the relay's
+
+
+def test_deliver_to_a_receiver_that_never_answers_is_a_transient_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:   # accepts (backlog), never reads or answers
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+        with WebhookSink(_config(url, timeout_s=0.3)) as sink:
+            started = time.monotonic()
+            (failure,) = sink.deliver([_trigger(1)])
+            assert time.monotonic() - started < 1.0
+    assert not failure.permanent and "timed out" in failure.reason
+    assert sink.stats.waiting_since is not None and "timed out" in (sink.stats.last_error or "")

@@ -1,0 +1,205 @@
+"""The outbox and its relays on the test doubles (InMemoryStore, ListSink): entries numbered in
+commit order and written with the states or not at all; a relay takes only what its sink asks
+for, at most a batch at a time, retries transient failures, dead-letters refusals per item, and
+after a crash resumes from its cursor, re-sending at most the batch it had in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.actions.trigger import Status, Trigger
+from engine.events.decode import DeadLetter
+from engine.operators.outbox import Relay, RelayGroup, RelayState, SinkDeadLetter, SinkSpec
+from engine.state.customer import CustomerState, encode_state
+from engine.state.outbox import ItemKind, decode_item, encode_items
+from engine.state.store import StateLost
+from engine.testing import InMemoryStore, ListSink
+
+P = "events-0"
+
+
+def trigger(n: int, status: Status = Status.SENT) -> Trigger:
+    return Trigger(f"t{n}", "r", f"c{n}", "a", "email", status, None if status is Status.SENT else "x",
+                   "2026-01-01T00:00:00.000Z", f"e{n}")
+
+
+def fill(store: InMemoryStore, items: list, per_commit: int = 7) -> None:
+    offset = store.load_offset(P)
+    for i in range(0, len(items), per_commit):
+        store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=encode_items(items[i:i + per_commit]))
+        offset = (offset or 0) + 1
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def relay(store: InMemoryStore, sink: ListSink, *, statuses: frozenset[str] | None = None, batch_size: int = 5,
+          sinks: tuple[str, ...] = ("list",), dead_letter_path: Path | None = None) -> Relay:
+    spec = SinkSpec("list", lambda: sink, ItemKind.TRIGGER, statuses, str(dead_letter_path) if dead_letter_path else None)
+    r = Relay(spec, lambda: store, sinks, batch_size, backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.01)
+    r.attach(P)
+    return r
+
+
+def test_commit_numbers_entries_in_order_and_writes_them_with_the_states_or_not_at_all() -> None:
+    store = InMemoryStore()
+    items = [trigger(1), DeadLetter("not JSON", "x@1", "{"), trigger(2, Status.HELD_OUT)]
+    tail = store.commit(P, {"c1": encode_state(CustomerState(last_ts=1))}, 3, {}, outbox=encode_items(items))
+    assert tail is not None and (tail.last_seq, tail.length) == (3, 3)
+    assert store.commit(P, {}, 4, {}, expected_offset=3) is None    # no entries: nothing to say
+    entries, tail = store.read_outbox(P, 0, 10)
+    assert [e.seq for e in entries] == [1, 2, 3] and [decode_item(e) for e in entries] == items
+    assert [(e.kind, e.status) for e in entries] == [(ItemKind.TRIGGER, "sent"), (ItemKind.DEAD_LETTER, ""),
+                                                      (ItemKind.TRIGGER, "held_out")]
+    assert store.read_outbox(P, 2, 10)[0] == entries[2:] and store.read_outbox(P, 0, 1)[0] == entries[:1]
+    with pytest.raises(StateLost):
+        store.commit(P, {}, 9, {}, expected_offset=1, outbox=encode_items([trigger(3)]))
+    assert store.outbox_tail(P) == tail   # the refused commit wrote no entry
+
+
+def test_the_outbox_is_trimmed_below_the_lowest_cursor_of_the_configured_sinks() -> None:
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(10)])
+    store.save_cursor(P, "kafka", 6, ["kafka", "webhook"])
+    assert store.outbox_tail(P).length == 10          # the webhook has passed nothing
+    store.save_cursor(P, "webhook", 4, ["kafka", "webhook"])
+    assert store.outbox_tail(P).length == 6 and store.read_outbox(P, 0, 1)[0][0].seq == 5
+    store.save_cursor(P, "webhook", 10, ["kafka"])    # webhook no longer configured: only kafka counts
+    assert store.outbox_tail(P).length == 4 and store.load_cursors(P) == {"kafka": 6, "webhook": 10}
+    fill(store, [trigger(10)])
+    assert store.outbox_tail(P).last_seq == 11        # numbering goes on after a trim
+    entries, tail = store.advance(P, "kafka", 8, ["kafka"], 2)   # save, trim and read on, in one call
+    assert [e.seq for e in entries] == [9, 10] and tail == store.outbox_tail(P) and tail.length == 3
+
+
+def test_a_relay_delivers_what_its_sink_asks_for_and_its_cursor_passes_the_rest() -> None:
+    store = InMemoryStore()
+    items = [trigger(n, Status.SUPPRESSED if n % 3 else Status.SENT) for n in range(30)]
+    items.insert(5, DeadLetter("bad", "x@5", "{"))
+    fill(store, items)
+    out: list = []
+    sizes: list[int] = []
+
+    class Counting(ListSink):
+        def deliver(self, batch):
+            sizes.append(len(batch))
+            return super().deliver(batch)
+
+    r = relay(store, Counting(out), statuses=frozenset({"sent"}), batch_size=4)
+    r.start()
+    wait_for(lambda: r.passed(P) == 31)
+    r.stop()
+    assert [t.trigger_id for t in out] == [f"t{n}" for n in range(0, 30, 3)]   # in order, sent only
+    assert max(sizes) == 4 and sum(sizes) == 10
+    assert store.load_cursors(P) == {"list": 31} and store.outbox_tail(P).length == 0
+    assert r.stats.delivered == 10 and r.lag() == {P: 0} and r.stats.state is RelayState.STOPPED
+
+
+def test_transient_failures_are_retried_until_delivered_and_refusals_dead_lettered(tmp_path: Path) -> None:
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(12)])
+    out: list = []
+    sink = ListSink(out, refuse=lambda t: "HTTP 400 Bad Request" if t.trigger_id in ("t3", "t8") else None,
+                    fail_next=5)
+    dead = tmp_path / "list-dead-letters.jsonl"
+    r = relay(store, sink, dead_letter_path=dead)
+    r.start()
+    wait_for(lambda: r.passed(P) == 12)
+    r.stop()
+    assert [t.trigger_id for t in out] == [f"t{n}" for n in range(12) if n not in (3, 8)]   # none lost, once each
+    letters = [msgspec.json.decode(line, type=SinkDeadLetter) for line in dead.read_bytes().splitlines()]
+    assert [msgspec.json.decode(d.item, type=Trigger).trigger_id for d in letters] == ["t3", "t8"]
+    assert {(d.sink, d.reason, d.partition, d.kind) for d in letters} == {("list", "HTTP 400 Bad Request", P,
+                                                                           ItemKind.TRIGGER)}
+    assert letters[0].attempts == 6 and letters[1].attempts == 1    # after 5 transient failures, then refused
+    assert (r.stats.retries, r.stats.dead_lettered, r.stats.delivered) == (25, 2, 10)
+    assert r.stats.waiting_since is None and r.stats.last_error is None
+
+
+class Crash(BaseException):
+    """Ends the relay's thread at once, as kill -9 ends a process: nothing after it runs."""
+
+
+def test_a_relay_that_crashed_resumes_from_its_cursor_and_re_sends_at_most_its_batch() -> None:
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(40)])
+    out: list = []
+    calls = [0]
+
+    class CrashesOnThirdBatch(ListSink):
+        def deliver(self, batch):
+            failures = super().deliver(batch)
+            calls[0] += 1
+            if calls[0] == 3:
+                raise Crash()     # delivered, cursor not saved
+            return failures
+
+    first = relay(store, CrashesOnThirdBatch(out), batch_size=6)
+    threading.excepthook, hook = (lambda args: None), threading.excepthook   # the crash is the point
+    try:
+        first.start()
+        first._thread.join(5)
+    finally:
+        threading.excepthook = hook
+    assert not first._thread.is_alive() and len(out) == 18 and store.load_cursors(P) == {"list": 12}
+
+    second = relay(store, ListSink(out), batch_size=6)
+    second.start()
+    wait_for(lambda: second.passed(P) == 40)
+    second.stop()
+    ids = [t.trigger_id for t in out]
+    assert set(ids) == {f"t{n}" for n in range(40)}
+    assert len(ids) - len(set(ids)) == 6       # exactly the batch in flight, sent again
+    assert ids[18:24] == ids[12:18]
+
+
+def test_a_stop_leaves_a_failing_batch_to_the_next_start() -> None:
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(3)])
+    sink = ListSink([], fail_next=10**9)
+    r = relay(store, sink)
+    r.start()
+    wait_for(lambda: r.stats.retries >= 3)
+    assert r.stats.state is RelayState.RETRYING and r.stats.last_error == "down" and r.lag() == {P: 3}
+    r.stop()
+    assert not r._thread.is_alive() and store.load_cursors(P) == {}
+
+
+def test_the_group_starts_relays_with_the_first_partition_and_stops_them_with_the_last() -> None:
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(3)])
+    a, b = [], []
+    group = RelayGroup([SinkSpec("a", lambda: ListSink(a)), SinkSpec("b", lambda: ListSink(b))], lambda: store,
+                       batch_size=2, backoff_base_s=0.001, backoff_max_s=0.005, idle_s=5.0)
+    group.attach(P)
+    wait_for(lambda: group.passed(P) == 3)
+    fill(store, [trigger(3)])
+    group.notify(P, 4)             # a commit wakes the relays at once (idle_s is 5 s)
+    wait_for(lambda: group.passed(P) == 4, timeout_s=1.0)
+    assert len(a) == len(b) == 4 and store.outbox_tail(P).length == 0
+    group.detach(P)
+    assert all(not r._thread.is_alive() for r in group.relays)
+
+
+def test_an_outbox_that_lost_entries_stops_the_run() -> None:
+    from engine.operators.shutdown import SHUTDOWN
+
+    store = InMemoryStore()
+    fill(store, [trigger(n) for n in range(4)])
+    r = relay(store, ListSink([]))
+    r._tails[P] = 9          # the commits said 9 entries: Redis was flushed or failed over since
+    try:
+        r.start()
+        r._thread.join(5)
+        assert not r._thread.is_alive() and SHUTDOWN.fatal and "lost data" in SHUTDOWN.reason
+    finally:
+        SHUTDOWN.reset()
