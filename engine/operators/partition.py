@@ -24,7 +24,7 @@ from engine.rules.reload import LiveRules
 from engine.state.customer import CustomerState, decode_state
 from engine.state.outbox import OutboxTail, encode_items
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
-from engine.state.store import PartitionClock, PartitionStore
+from engine.state.store import PartitionClock, PartitionStore, StateLost
 
 log = logging.getLogger("engine.partition")
 
@@ -33,6 +33,10 @@ INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
 # An idle, caught-up partition's clock is the wall clock less this: an event produced a moment
 # ago may still be on its way (producer linger, broker, fetch), and is not late for that.
 IN_FLIGHT_MS = 1000
+# With triggers waiting in the outbox, a batch commits itself this long after the last commit at
+# the latest, instead of waiting for its epoch's end (`commit_interval_ms`): a trigger reaches its
+# relay only once committed, so this is most of the event-to-trigger latency.
+EAGER_COMMIT_S = 0.01
 
 
 class Fatal(EngineError):
@@ -96,6 +100,7 @@ class PartitionWorker:
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
+        self._committed_at = 0.0   # monotonic, for the eager commits of `process`
         self._m_events = metrics.EVENTS.labels(self.name)
         self._m_commits = metrics.COMMITS.labels(self.name)
         self._m_late = metrics.LATE_EVENTS.labels(self.name)
@@ -117,8 +122,17 @@ class PartitionWorker:
             return
         try:
             self.outbox += self._process(batch)
+            if self.outbox and time.monotonic() - self._committed_at >= EAGER_COMMIT_S:
+                # Everything before this batch's end is evaluated (batches come in order on this
+                # worker): its states and the offset after it commit together, as at an epoch's end.
+                self.commit(batch.records[-1][1] + 1 if batch.records else self.committed_offset)
         except Fatal as e:
             SHUTDOWN.request(str(e), fatal=True)
+        except StateLost as e:
+            self.failed = True
+            SHUTDOWN.request(f"{e}. Nothing more was written; the engine stops so that the loss is not hidden. "
+                             "Restore Redis from its persistence or a backup, then start again (the start-up "
+                             "check says what it finds and offers --accept-state-loss).", fatal=True)
 
     def _process(self, batch: Batch) -> list[Trigger | DeadLetter]:
         started = time.perf_counter()
@@ -229,6 +243,7 @@ class PartitionWorker:
     def commit(self, offset: int) -> bool:
         """Write dirty states, the offset, the clock, the deadline index and the outbox entries at
         once; True if anything changed. Nothing waits for a sink: the relays deliver from the outbox."""
+        offset = max(offset, self.committed_offset)   # an epoch's snapshot may trail a batch's own commit
         session = self.session
         self.dirty.update(session.isolated.journal)   # every customer an event or a deadline changed
         held_from = session.replay_from
@@ -261,6 +276,7 @@ class PartitionWorker:
         self.committed_offset = offset
         self.stats.commits += 1
         self.last_commit_at = time.time()
+        self._committed_at = time.monotonic()
         if len(self.cache) > self.cache_size:
             self._evict()
         # The cache holds millions of small containers without reference cycles; left to the
