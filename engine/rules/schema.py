@@ -464,16 +464,21 @@ _POLICY_TABLE: Table = {
 }
 
 
-def policy(scope: Scope, line: int, node: Node) -> Policy | None:
-    """The `policy:` section at `line`; its errors read "policy: …"."""
-    scope = scope.within("policy: ")
+def _section(scope: Scope, line: int, node: Node, table: Table, not_a_map: str, make: Any) -> Any:
+    """A top-level section read through its table: `make(source=…, **fields)`, or None."""
     if not node.is_map:
-        scope.error(node.line, f"must be a mapping with {alternatives(_POLICY_TABLE)}")
+        scope.error(node.line, not_a_map)
         return None
     mark = scope.mark()
-    check_keys(scope, node, _POLICY_TABLE)
-    fields = read_fields(scope, node, _POLICY_TABLE)
-    return None if scope.failed_since(mark) else Policy(source=scope.source(line), **fields)
+    check_keys(scope, node, table)
+    fields = read_fields(scope, node, table)
+    return None if scope.failed_since(mark) else make(source=scope.source(line), **fields)
+
+
+def policy(scope: Scope, line: int, node: Node) -> Policy | None:
+    """The `policy:` section at `line`; its errors read "policy: …"."""
+    return _section(scope.within("policy: "), line, node, _POLICY_TABLE,
+                    f"must be a mapping with {alternatives(_POLICY_TABLE)}", Policy)
 
 
 MAX_LATENESS_MS = 24 * 3_600_000   # events held back for ordering live in memory: a day is plenty
@@ -495,11 +500,5 @@ _TIME_TABLE: Table = {"lateness": ("lateness", _lateness)}
 
 def time_settings(scope: Scope, line: int, node: Node) -> TimeSettings | None:
     """The `time:` section at `line` (SPEC §6); its errors read "time: …"."""
-    scope = scope.within("time: ")
-    if not node.is_map:
-        scope.error(node.line, f"must be a mapping like {{lateness: 2m}}, not {describe(node.value)}")
-        return None
-    mark = scope.mark()
-    check_keys(scope, node, _TIME_TABLE)
-    fields = read_fields(scope, node, _TIME_TABLE)
-    return None if scope.failed_since(mark) else TimeSettings(source=scope.source(line), **fields)
+    return _section(scope.within("time: "), line, node, _TIME_TABLE,
+                    f"must be a mapping like {{lateness: 2m}}, not {describe(node.value)}", TimeSettings)
