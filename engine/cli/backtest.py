@@ -99,6 +99,12 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
         allowed = f"more than {format_duration(s.lateness)} behind" if s.lateness else "behind"
         print(f"note: {s.late:,} events arrived {allowed} a newer one and were applied out of time order; "
               "`time: {lateness: D}` in the rules applies events up to D late in time order", file=stream)
+        if s.late_causes:
+            print(f"note: {s.late_causes:,} late events did not start a wait or series: a newer cause's was pending",
+                  file=stream)
+    if s.applied_early:
+        print(f"warning: {s.applied_early:,} events applied before the lateness had passed: too many held at once",
+              file=stream)
     if s.timers_dropped:
         print(f"warning: {s.timers_dropped:,} deadlines not armed: more than 8 pending per rule and customer",
               file=stream)

@@ -44,10 +44,10 @@ _EMPTY: dict = {}       # shared, never mutated: the ctx of timers whose rule re
 class Counters:
     """Per-run counts the CLI and metrics report; plain ints, no per-event allocation."""
 
-    __slots__ = ("events", "duplicates", "late", "late_causes", "timers_fired", "timers_dropped")
+    __slots__ = ("events", "duplicates", "late_causes", "timers_fired", "timers_dropped")
 
     def __init__(self) -> None:
-        self.events = self.duplicates = self.late = self.timers_fired = self.timers_dropped = 0
+        self.events = self.duplicates = self.timers_fired = self.timers_dropped = 0
         self.late_causes = 0   # late events that would have replaced or restarted a newer wait: not armed
 
 
@@ -141,9 +141,8 @@ class Evaluator:
                     break
         if due_before:
             self.on_time(state, ev.customer_id, ts - 1, out)
-        if ts < last_ts:
-            counters.late += 1
-        elif ts > last_ts:
+        # An older event (a late one, counted by the Session) leaves the customer's last time.
+        if ts > last_ts:
             state.last_ts = ts
             if state.idle_fired:   # a new event starts a new stretch of inactivity: a new deadline
                 state.idle_fired = []

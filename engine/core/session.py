@@ -219,9 +219,7 @@ class Session:
             self.frontier = now - self.lateness
         if self.held:
             self._release(out)
-        due = self.deadlines.next_due()
-        if due is not None and due < self.frontier:
-            self._fire_in_order(self.frontier - 1, out, None)
+        self.catch_up(out)
 
     def catch_up(self, out: list[Trigger]) -> None:
         """Fire the deadlines before the frontier of customers loaded since (live: customers

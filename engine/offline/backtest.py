@@ -35,6 +35,8 @@ class BacktestSummary(msgspec.Struct):
     duplicates: int = 0
     late: int = 0                           # arrived more than the rules' lateness behind the newest event
     lateness: int = 0                       # the rules' time.lateness, ms
+    late_causes: int = 0                    # late events not armed: a newer cause's wait was pending
+    applied_early: int = 0                  # held events applied before the frontier reached them (too many held)
     triggers: int = 0
     timers_dropped: int = 0
     customers: int = 0
@@ -111,7 +113,7 @@ class Replay:
         c = self.evaluator.counters
         return BacktestSummary(
             events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=self.session.late,
-            lateness=self.session.lateness,
+            lateness=self.session.lateness, late_causes=c.late_causes, applied_early=self.session.early,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes),
         )
