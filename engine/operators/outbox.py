@@ -172,7 +172,11 @@ class _Stopped(Exception):
 class Relay:
     """One sink's relay in this process: a thread that delivers the outbox entries of the
     attached partitions, one batch of at most `batch_size` items at a time, partition after
-    partition, and waits (for a commit's `notify`, or `idle_s`) when none has anything new."""
+    partition, and waits (for a commit's `notify`, or `idle_s`) when none has anything new.
+
+    It reads only the partitions a commit named or whose last batch moved its cursor, and all of
+    them every `idle_s`: a commit to one partition costs one outbox read, not one per partition
+    (each read takes the interpreter from the dataflow's thread for a moment)."""
 
     def __init__(self, spec: SinkSpec, store: Callable[[], OutboxStore], sinks: Sequence[str], batch_size: int,
                  backoff_base_s: float, backoff_max_s: float, idle_s: float,
@@ -195,6 +199,7 @@ class Relay:
         # commits known before that read
         self._read_ahead: dict[str, tuple[int, tuple[list[OutboxEntry], OutboxTail]]] = {}
         self._lock = threading.Lock()
+        self._notified: set[str] = set()     # partitions committed to since the relay last looked
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connector: Sink | None = None
@@ -213,6 +218,7 @@ class Relay:
         with self._lock:
             if partition not in self._partitions:
                 self._partitions.append(partition)
+            self._notified.add(partition)
         self._wake.set()
 
     def detach(self, partition: str) -> None:
@@ -222,8 +228,10 @@ class Relay:
             self._cursors.pop(partition, None)
             self._read_ahead.pop(partition, None)
 
-    def notify(self) -> None:
-        """Something was committed to an attached partition's outbox."""
+    def notify(self, partition: str) -> None:
+        """Something was committed to the partition's outbox."""
+        with self._lock:
+            self._notified.add(partition)
         self._wake.set()
 
     def lag(self) -> dict[str, int]:
@@ -248,16 +256,22 @@ class Relay:
 
     def _run(self) -> None:
         try:
+            everything = True        # at the start, and after `idle_s` without a commit
+            moved: set[str] = set()
             while not self._stop.is_set():
                 with self._lock:
-                    partitions = list(self._partitions)
-                moved = False
-                for partition in partitions:
+                    todo = [p for p in self._partitions if everything or p in moved or p in self._notified]
+                    self._notified.clear()
+                moved = set()
+                for partition in todo:
                     if self._stop.is_set():
                         break
-                    moved = self._step(partition) or moved
+                    if self._step(partition):
+                        moved.add(partition)
+                everything = False
                 if not moved:
-                    self._wake.wait(self._idle_s)
+                    # a notify after the snapshot above has set the event again, or sets it now
+                    everything = not self._wake.wait(self._idle_s)
                     self._wake.clear()
         except _Stopped:
             pass
@@ -491,7 +505,7 @@ class RelayGroup:
         if last_seq > self.tails.get(partition, 0):
             self.tails[partition] = last_seq
         for relay in self.relays:
-            relay.notify()
+            relay.notify(partition)
 
     def passed(self, partition: str) -> int:
         """The seq every relay has passed in the partition (0 when one has not read it yet)."""

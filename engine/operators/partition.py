@@ -33,9 +33,10 @@ INDEX_SCAN_LIMIT = 1000   # customers taken from Redis's deadline index per scan
 # An idle, caught-up partition's clock is the wall clock less this: an event produced a moment
 # ago may still be on its way (producer linger, broker, fetch), and is not late for that.
 IN_FLIGHT_MS = 1000
-# With triggers waiting in the outbox, a batch commits itself this long after the last commit at
-# the latest, instead of waiting for its epoch's end (`commit_interval_ms`): a trigger reaches its
-# relay only once committed, so this is most of the event-to-trigger latency.
+# With triggers waiting in the outbox, a batch commits itself instead of waiting for its epoch's
+# end (`commit_interval_ms`): a trigger reaches its relay only once committed. A batch that took
+# everything there was to read commits at once (the next one is not there to share the commit),
+# one of a backlog (a full batch) this long after the last commit at the latest.
 EAGER_COMMIT_S = 0.01
 
 
@@ -46,15 +47,16 @@ class Fatal(EngineError):
 class Batch:
     """What the source hands the evaluate step: raw records and the clock they were read at."""
 
-    __slots__ = ("worker", "records", "caught_up", "now", "scan_index")
+    __slots__ = ("worker", "records", "caught_up", "now", "scan_index", "backlog")
 
     def __init__(self, worker: PartitionWorker, records: list[Record], caught_up: bool,
-                 now: int, scan_index: bool) -> None:
+                 now: int, scan_index: bool, backlog: bool = False) -> None:
         self.worker = worker
         self.records = records          # (value, offset, key)
         self.caught_up = caught_up      # the log had nothing more: the clock may move to `now`
         self.now = now                  # wall clock, epoch ms
         self.scan_index = scan_index    # also look for due customers in Redis's deadline index
+        self.backlog = backlog          # the read was cut at the batch size: more records are waiting
 
 
 class PartitionStats:
@@ -122,7 +124,7 @@ class PartitionWorker:
             return
         try:
             self.outbox += self._process(batch)
-            if self.outbox and time.monotonic() - self._committed_at >= EAGER_COMMIT_S:
+            if self.outbox and (not batch.backlog or time.monotonic() - self._committed_at >= EAGER_COMMIT_S):
                 # Everything before this batch's end is evaluated (batches come in order on this
                 # worker): its states and the offset after it commit together, as at an epoch's end.
                 self.commit(batch.records[-1][1] + 1 if batch.records else self.committed_offset)
