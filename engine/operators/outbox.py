@@ -256,9 +256,14 @@ class Relay:
 
     def _run(self) -> None:
         try:
-            everything = True        # at the start, and after `idle_s` without a commit
+            looked_at = -self._idle_s   # monotonic time of the last look at every partition
             moved: set[str] = set()
             while not self._stop.is_set():
+                # every partition at least every `idle_s`, however busy the others keep the relay:
+                # one whose read failed (Redis down for a moment) is not left until its next commit
+                everything = time.monotonic() - looked_at >= self._idle_s
+                if everything:
+                    looked_at = time.monotonic()
                 with self._lock:
                     todo = [p for p in self._partitions if everything or p in moved or p in self._notified]
                     self._notified.clear()
@@ -268,10 +273,9 @@ class Relay:
                         break
                     if self._step(partition):
                         moved.add(partition)
-                everything = False
                 if not moved:
                     # a notify after the snapshot above has set the event again, or sets it now
-                    everything = not self._wake.wait(self._idle_s)
+                    self._wake.wait(max(0.0, looked_at + self._idle_s - time.monotonic()))
                     self._wake.clear()
         except _Stopped:
             pass

@@ -62,7 +62,7 @@ def test_an_unstorable_state_is_caught_at_the_commit_and_its_event_dead_lettered
     records = worker.event_log.read(10)
     worker.process(Batch(worker, records, False, 10_000, False))
     worker.commit(3)                                             # the check: p1 made the state unstorable
-    worker.process(Batch(worker, [], False, 10_000, False))
+    worker.process(Batch(worker, [], False, 10_000, False, backlog=True))   # backlog: no commit of its own
     dead = [item for item in worker.outbox if isinstance(item, DeadLetter)]   # for the next commit
     assert [d.stage for d in dead] == [Stage.STORE] and '"event_id":"p1"' in dead[0].raw
     state = store.load_many(["c1"])["c1"]

@@ -203,3 +203,107 @@ def test_an_outbox_that_lost_entries_stops_the_run() -> None:
         assert not r._thread.is_alive() and SHUTDOWN.fatal and "lost data" in SHUTDOWN.reason
     finally:
         SHUTDOWN.reset()
+
+
+def test_a_commit_to_one_partition_makes_the_relay_read_that_partition_only() -> None:
+    """One outbox read per commit, not one per attached partition: each read takes the
+    interpreter from the dataflow's thread (latency through Kafka, issue 11)."""
+    reads: list[str] = []
+
+    class Counting(InMemoryStore):
+        def read_outbox(self, partition: str, after: int, count: int):
+            reads.append(partition)
+            return super().read_outbox(partition, after, count)
+
+    store = Counting()
+    out: list = []
+    r = Relay(SinkSpec("list", lambda: ListSink(out)), lambda: store, ("list",), 5, backoff_base_s=0.001,
+              backoff_max_s=0.005, idle_s=5.0)
+    partitions = [f"events-{i}" for i in range(4)]
+    for p in partitions:
+        r.attach(p)
+    r.start()
+    wait_for(lambda: all(r.passed(p) == 0 for p in partitions))   # the first look reads every partition
+    reads.clear()
+    store.commit("events-2", {}, 1, {}, outbox=encode_items([trigger(1)]))
+    r.notify("events-2")
+    wait_for(lambda: len(out) == 1, timeout_s=1.0)
+    time.sleep(0.05)
+    r.stop()
+    assert set(reads) == {"events-2"}
+
+
+def test_a_batch_that_read_everything_commits_at_once_and_a_backlog_waits_for_the_interval(tmp_path: Path) -> None:
+    """Issue 11, latency: a trigger leaves only once committed. A batch that drained the log
+    commits its triggers at once; a full batch (more records waiting) shares a commit per
+    EAGER_COMMIT_S with the next ones."""
+    from engine.operators.partition import Batch, PartitionWorker
+    from engine.rules.compiler import load_and_compile
+    from engine.rules.reload import LiveRules
+    from engine.testing import MemoryLog
+
+    (tmp_path / "rules.yaml").write_text("""aggregates:
+  purchases: {count: purchase}
+rules:
+  - id: first-purchase
+    type: threshold
+    on: purchase
+    if: purchases == 1
+    then: {action: thanks, channel: email}
+""")
+    rules = load_and_compile(tmp_path)
+    lines = [b'{"event_id": "p%d", "type": "purchase", "customer_id": "c%d", "ts": %d, "properties": {}}'
+             % (i, i, 1_000 + i) for i in range(4)]
+    store = InMemoryStore()
+    worker = PartitionWorker(MemoryLog("p-0", lines), store, LiveRules(tmp_path, rules, watch=False), 0)
+    worker.process(Batch(worker, worker.event_log.read(1), False, 10_000, False))
+    assert worker.stats.commits == 1 and not worker.outbox            # the first commit: nothing before it
+    worker.process(Batch(worker, worker.event_log.read(1), False, 10_000, False, backlog=True))
+    assert worker.stats.commits == 1 and len(worker.outbox) == 1      # a backlog's batch within the interval waits
+    worker.process(Batch(worker, worker.event_log.read(1), False, 10_000, False))
+    assert worker.stats.commits == 2 and not worker.outbox            # it read everything: committed at once
+    assert store.outbox_tail("p-0").last_seq == 3
+
+
+def test_a_partition_whose_read_failed_is_read_again_while_others_keep_the_relay_busy() -> None:
+    """The relay looks at every partition at least every `idle_s`: a read that failed (Redis
+    gone for a moment) is not left until that partition's next commit, even when commits to
+    the other partitions never let the relay sit idle."""
+    import redis
+
+    failed: list[str] = []
+
+    class Flaky(InMemoryStore):
+        def read_outbox(self, partition: str, after: int, count: int):
+            if partition == "events-1" and not failed:
+                failed.append(partition)
+                raise redis.ConnectionError("gone for a moment")
+            return super().read_outbox(partition, after, count)
+
+    store = Flaky()
+    store.commit("events-1", {}, 1, {}, outbox=encode_items([trigger(1)]))
+    out: list = []
+    r = Relay(SinkSpec("list", lambda: ListSink(out)), lambda: store, ("list",), 5, backoff_base_s=0.001,
+              backoff_max_s=0.004, idle_s=0.2)
+    r.attach("events-0")
+    r.attach("events-1")
+    r.start()
+    busy = threading.Event()
+
+    def commits_to_the_other_partition() -> None:
+        n, offset = 10, None
+        while not busy.is_set():
+            store.commit("events-0", {}, n, {}, expected_offset=offset, outbox=encode_items([trigger(n)]))
+            offset, n = n, n + 1
+            r.notify("events-0")
+            time.sleep(0.005)
+
+    t = threading.Thread(target=commits_to_the_other_partition)
+    t.start()
+    try:
+        wait_for(lambda: any(x.trigger_id == "t1" for x in out), timeout_s=2.0)
+    finally:
+        busy.set()
+        t.join()
+        r.stop()
+    assert failed == ["events-1"]
