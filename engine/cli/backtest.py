@@ -44,7 +44,7 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report: fires over time "
                    "per rule by status, suppression reasons, top payload values, the summary and lift")
     b.add_argument("--summary", metavar="FILE", help="write the run's summary as JSON (per-rule decisions, "
-                   "responses and conversions), the input of `triggers report`")
+                   "responses and conversions, deadlines pending at the end of data), the input of `triggers report`")
     b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     b.add_argument("--quiet", action="store_true", help="no summary table")
     b.set_defaults(handler=run_backtest)

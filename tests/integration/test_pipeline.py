@@ -88,7 +88,7 @@ def test_kafka_to_redis_state_matches_backtest(kafka_bootstrap, redis_url, redis
             store.save_many(states, offsets)
     consumer.close()
 
-    # End of input: the same clock jump as the backtest.
+    # End of input: the same clock jump as the drained backtest.
     customers = {e.customer_id for e in events}
     states = store.load_many(customers)
     for cid, state in states.items():
