@@ -11,16 +11,17 @@ from typing import Any, TextIO
 import msgspec
 
 from engine.cli.common import check_events_file, load_rules, parse_until
-from engine.core.times import format_duration
+from engine.core.times import format_duration, format_ts
 from engine.offline.backtest import BacktestSummary, backtest_file
 from engine.offline.report_html import ReportCollector, write_report
 
 DESCRIPTION = (
     "Replay a JSONL event file in event time with an in-memory state store. Triggers go to "
-    "--out as JSONL (stdout by default); a per-rule summary goes to stderr. At the end of "
-    "the file the clock jumps past pending one-shot deadlines (absence, delay, inactivity, "
-    "series steps) so they fire; recurring dates fire only inside the replayed period, or up "
-    "to --until. Deterministic: the same events and rules give the same triggers and ids."
+    "--out as JSONL (stdout by default); a per-rule summary goes to stderr. The clock stops at "
+    "the last event (or at --until): deadlines due later (absence, delay, inactivity, series "
+    "steps, deferred sends) are pending, not fired, and the summary counts them per rule; "
+    "--drain fires them at the end, as a live engine would later. Recurring dates never fire "
+    "after the end. Deterministic: the same events and rules give the same triggers and ids."
 )
 
 
@@ -34,13 +35,16 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--events", required=True, metavar="FILE", help="JSONL events, native or Segment form ('-' = stdin)")
     b.add_argument("--out", metavar="FILE", default="-", help="where triggers go as JSONL (default: stdout)")
     b.add_argument("--until", metavar="TIME", help="end of the replayed period (RFC 3339): events after it are "
-                   "not replayed, recurring dates up to it fire")
+                   "not replayed, deadlines up to it fire, later ones are pending")
+    b.add_argument("--drain", action="store_true", help="fire every pending one-shot deadline at the end "
+                   "(absence, delay, inactivity, series steps), as a live engine would later; recurring dates "
+                   "never fire after the end")
     b.add_argument("--dead-letters", metavar="FILE", default=None,
                    help="where undecodable events go as JSONL with their reason (default: stderr)")
     b.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report: fires over time "
                    "per rule by status, suppression reasons, top payload values, the summary and lift")
     b.add_argument("--summary", metavar="FILE", help="write the run's summary as JSON (per-rule decisions, "
-                   "responses and conversions), the input of `triggers report`")
+                   "responses and conversions, deadlines pending at the end of data), the input of `triggers report`")
     b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     b.add_argument("--quiet", action="store_true", help="no summary table")
     b.set_defaults(handler=run_backtest)
@@ -62,7 +66,7 @@ def run_backtest(args: argparse.Namespace) -> int:
                 collector.add(batch)
 
         summary = backtest_file(rules, args.events, emit, dead.write_batch, until=until,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, drain=args.drain)
     if collector is not None:
         write_report(args.report, collector, summary, title=f"Backtest of {args.rules}", rules_dir=args.rules,
                      events_file=args.events)
@@ -83,18 +87,28 @@ def _dead_letter_sink(path: str | None):
 
 
 def print_summary(s: BacktestSummary, stream: TextIO) -> None:
-    """The per-rule table: decisions by status with suppression reasons, then responses."""
+    """The per-rule table: decisions by status with suppression reasons, then responses, then
+    the deadlines pending at the end of data."""
     width = max([len("rule")] + [len(r) for r in s.per_rule])
     print(f"{'rule':<{width}}  {'sent':>8}  {'held_out':>8}  {'suppressed':>10}  {'responded':>9}  "
-          f"{'converted':>9}  reasons", file=stream)
+          f"{'converted':>9}  {'drained' if s.drained else 'pending':>8}  reasons", file=stream)
     for rule_id, o in s.per_rule.items():
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(o.suppressed.items()))
         print(f"{rule_id:<{width}}  {o.sent:>8,}  {o.held_out:>8,}  {sum(o.suppressed.values()):>10,}  "
-              f"{o.responded + o.held_out_responded:>9,}  {o.converted + o.held_out_converted:>9,}  {reasons}",
-              file=stream)
+              f"{o.responded + o.held_out_responded:>9,}  {o.converted + o.held_out_converted:>9,}  "
+              f"{s.pending.get(rule_id, 0):>8,}  {reasons}", file=stream)
     print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {s.late:,} late), "
           f"{s.customers:,} customers, {s.triggers:,} triggers in {s.elapsed_s:.2f} s "
-          f"({s.events_per_s:,.0f} events/s)", file=stream)
+          f"({s.events_per_s:,.0f} events/s)" + (f"; end of data {format_ts(s.ended_at)}" if s.ended_at else ""),
+          file=stream)
+    if s.pending_total:
+        deadlines = "deadline" if s.pending_total == 1 else "deadlines"
+        if s.drained:
+            print(f"note: {s.pending_total:,} {deadlines} pending at the end of data ({format_ts(s.ended_at)}) "
+                  "were fired after it (--drain)", file=stream)
+        else:
+            print(f"note: {s.pending_total:,} {deadlines} pending at the end of data ({format_ts(s.ended_at)}) "
+                  "were not fired; --drain fires them", file=stream)
     if s.late:
         allowed = f"more than {format_duration(s.lateness)} behind" if s.lateness else "behind"
         print(f"note: {s.late:,} events arrived {allowed} a newer one and were applied out of time order; "

@@ -18,7 +18,9 @@ with the in-memory store) and report, per rule, which triggers the change remove
 OLD), adds (only in NEW) and changes (same trigger_id, a different status, reason, payload,
 fired_at, action or channel), with the customers affected and examples. Triggers are matched
 by trigger_id, a stable hash of rule, customer and cause. Rules present in only one set are
-called out, as are rules whose definition changed and a changed contact policy.
+called out, as are rules whose definition changed and a changed contact policy. As in
+`triggers backtest`, both clocks stop at the last event (or --until): deadlines due later are
+pending in both runs, counted, not fired and not compared; --drain fires them.
 """
 
 EPILOG = """\
@@ -42,6 +44,8 @@ def add_parser(subparsers: Any) -> None:
                    help="give it twice: the OLD rules directory, then the NEW one")
     p.add_argument("--events", required=True, metavar="FILE", help="JSONL events, native or Segment form ('-' = stdin)")
     p.add_argument("--until", metavar="TIME", help="end of the replayed period (RFC 3339), as in `triggers backtest`")
+    p.add_argument("--drain", action="store_true", help="fire every pending one-shot deadline at the end "
+                   "in both runs, as in `triggers backtest --drain`")
     p.add_argument("--json", action="store_true", help="print the per-rule result as JSON instead of a table")
     p.add_argument("--out", metavar="FILE", help="write every removed, added and changed trigger as JSONL "
                    "(one object per line: change, trigger_id, rule_id, customer_id, old, new, fields)")
@@ -60,7 +64,7 @@ def run_diff(args: argparse.Namespace) -> int:
         if rules is None:
             return 1
         compiled.append(rules)
-    result = diff_backtests(compiled[0], compiled[1], args.events, until)
+    result = diff_backtests(compiled[0], compiled[1], args.events, until, drain=args.drain)
     result.summary.old_rules, result.summary.new_rules = args.rules
     report = sys.stderr if args.out == "-" else sys.stdout   # stdout carries the JSONL then
     if args.json:

@@ -99,6 +99,17 @@ class Evaluator:
                         best = due
         return best
 
+    def pending(self, state: CustomerState) -> list[str]:
+        """The rule of each one-shot deadline the state still has (stored, deferred or implicit
+        inactivity), one entry per deadline: what a backtest's end leaves pending and a drain
+        would fire. Recurring dates are not counted: they recur for ever and never drain."""
+        by_id = self.rules.by_id
+        rules = [t.rule for t in state.timers if t.rule in by_id and not by_id[t.rule].dated]
+        rules += [d.rule for d in state.deferred if d.rule in by_id]
+        if state.last_ts:
+            rules += [r.id for r in self.rules.inactive if r.id not in state.idle_fired]
+        return rules
+
     def _idle_due(self, state: CustomerState, now: int) -> list[Timer]:
         """Inactivity deadlines due by `now`, as transient timers (never stored)."""
         if not state.last_ts:

@@ -230,7 +230,7 @@ class Session:
 
     def advance(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
         """The end of the input: every held event is applied (there is nothing left to wait for),
-        then every deadline due at or before `now` fires (None: all of them, the end of a
+        then every deadline due at or before `now` fires (None: all of them, a drained
         backtest). `recurring_until` keeps recurring dates after it from firing (a backtest's
         end of period)."""
         if self.held and not self.stopped:
@@ -238,6 +238,16 @@ class Session:
         if now is not None and now > self.frontier:
             self.frontier = now
         self._fire_in_order(now, out, recurring_until)
+
+    def pending(self) -> dict[str, int]:
+        """One-shot deadlines still pending, per rule in the rules' order (after `advance(end)`:
+        those due after the end, which a backtest counts instead of firing)."""
+        counts = {rule.id: 0 for rule in self.rules.rules}
+        pending = self.evaluator.pending
+        for state in self.states.values():
+            for rule_id in pending(state):
+                counts[rule_id] += 1
+        return {rule_id: n for rule_id, n in counts.items() if n}
 
     @property
     def replay_from(self) -> int | None:

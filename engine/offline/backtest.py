@@ -2,9 +2,14 @@
 
 Deterministic by construction: the clock is the events' own time, deadlines fire in
 (due, customer) order, and nothing reads the wall clock, so the same file and rules always
-give the same triggers with the same ids. At the end of the file the clock jumps past every
-pending one-shot deadline (absence, delay, inactivity, series steps), so they fire;
-recurring dates fire only up to the end of the replayed period, or `until` when given.
+give the same triggers with the same ids.
+
+The clock stops at the end of data: the last event's time, or `until` when given (SPEC §5).
+Deadlines due at or before it fire; those due later are *pending* and counted per rule, not
+fired: a backtest shows what happened in the replayed period, and a win-back fired after it
+could never have been answered inside it. `drain` fires every pending one-shot deadline
+(absence, delay, inactivity, series steps, deferred sends) at the end, as a live engine would
+later; recurring dates never fire after the end.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class BacktestSummary(msgspec.Struct):
     customers: int = 0
     elapsed_s: float = 0.0
     per_rule: dict[str, RuleOutcome] = {}   # rule id -> decisions and responses
+    ended_at: int = 0                       # the end of data: the last event's time or `until`, epoch ms
+    pending: dict[str, int] = {}            # rule id -> one-shot deadlines due after `ended_at`
+    pending_total: int = 0
+    drained: bool = False                   # the pending deadlines were fired at the end (--drain)
 
     @property
     def events_per_s(self) -> float:
@@ -58,12 +67,18 @@ class Replay:
 
     def __init__(self, rules: CompiledRules, emit: Callable[[list[Trigger]], None], until: int | None = None,
                  store: InMemoryStore | None = None,
-                 dead_letter: Callable[[list[DeadLetter]], None] | None = None, where: str = "backtest") -> None:
+                 dead_letter: Callable[[list[DeadLetter]], None] | None = None, where: str = "backtest",
+                 drain: bool = False) -> None:
+        """`until`: the end of the replayed period (events after it are not replayed); `drain`:
+        fire the deadlines pending at the end instead of only counting them."""
         self.store = store if store is not None else InMemoryStore()
         self.session = Session(rules, where, self.store.states, until=until)
         self.emit = emit
         self.dead_letter = dead_letter
         self.until = until
+        self.drain = drain
+        self.ended_at = 0                      # set by `finish`
+        self.pending: dict[str, int] = {}      # set by `finish`: rule id -> deadlines due after the end
         self.triggers = 0
         self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
         self._checkpointed_at = 0              # the event count at the last checkpoint of the journal
@@ -91,10 +106,15 @@ class Replay:
         self.session.checkpoint_changed()
 
     def finish(self) -> None:
-        """End of file: jump the clock past pending one-shot deadlines; recurring up to the period's end."""
-        horizon = self.until if self.until is not None else self.session.clock
+        """End of data: held events are applied and the deadlines due by the end fire; those
+        due later are counted in `pending` (and fired too with `drain`)."""
+        end = self.until if self.until is not None else self.session.clock
+        self.ended_at = end
         out: list[Trigger] = []
-        self.session.advance(None, out, recurring_until=horizon)
+        self.session.advance(end, out, recurring_until=end)
+        self.pending = self.session.pending()
+        if self.drain:   # the same order as one advance(None): everything after `end`, in (due, customer) order
+            self.session.advance(None, out, recurring_until=end)
         self._checkpoint()
         self._write(out)
 
@@ -115,7 +135,8 @@ class Replay:
             events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=self.session.late,
             lateness=self.session.lateness, late_causes=c.late_causes, applied_early=self.session.early,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
-            elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes),
+            elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes), ended_at=self.ended_at,
+            pending=dict(self.pending), pending_total=sum(self.pending.values()), drained=self.drain,
         )
 
 
@@ -126,10 +147,12 @@ def backtest_file(
     dead_letter: Callable[[list[DeadLetter]], None],
     until: int | None = None,
     progress: bool = True,
+    drain: bool = False,
 ) -> BacktestSummary:
-    """Replay a JSONL event file; triggers go to `emit`, undecodable lines to `dead_letter`."""
+    """Replay a JSONL event file; triggers go to `emit`, undecodable lines to `dead_letter`.
+    `until` and `drain` as in `Replay`."""
     start = time.perf_counter()
-    replay = Replay(rules, emit, until, dead_letter=dead_letter, where=str(events_path))
+    replay = Replay(rules, emit, until, dead_letter=dead_letter, where=str(events_path), drain=drain)
     path = Path(events_path)
     bar = Progress(path.stat().st_size if progress and str(path) != "-" else 0, "backtest") if progress else None
     dead = 0

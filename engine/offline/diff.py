@@ -100,6 +100,10 @@ class DiffSummary(msgspec.Struct, omit_defaults=False):
     rules_changed: list[str]    # rule ids in both with a different definition
     policy_changed: bool
     rules: list[RuleDiff]
+    ended_at: str | None = None     # the end of data (the last event or until), where both clocks stopped
+    old_pending: int = 0            # one-shot deadlines due after it, not fired (fired when `drained`)
+    new_pending: int = 0
+    drained: bool = False
 
 
 class DiffResult(msgspec.Struct, omit_defaults=False):
@@ -201,17 +205,19 @@ def _show(value: Any) -> str:
 
 
 def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRules | str | Path,
-                   events: Iterable[Event] | str | Path, until: int | str | None = None) -> DiffResult:
+                   events: Iterable[Event] | str | Path, until: int | str | None = None,
+                   drain: bool = False) -> DiffResult:
     """Backtest OLD and NEW over the same events and match their triggers by `trigger_id`.
 
     `old_rules`/`new_rules`: compiled rules or rules directories (RulesInvalid when invalid).
     `events`: decoded events in file order, or a JSONL file (decoded once; undecodable lines
     are counted as dead letters and skipped, as in a backtest). `until`: epoch ms or RFC 3339;
-    events after it are not replayed and recurring dates fire up to it, as in `triggers backtest`.
+    events after it are not replayed. As in `triggers backtest`, both clocks stop at the last
+    event (or `until`): deadlines due later are pending in both, not compared; `drain` fires them.
     """
     old_c, new_c = _as_rules(old_rules), _as_rules(new_rules)
     until_ms = parse_ts(until) if isinstance(until, str) else until
-    run = _replay_both(old_c, new_c, events, until_ms)
+    run = _replay_both(old_c, new_c, events, until_ms, drain)
     match = _Match(run.old, run.new)
     rows = _rule_rows(old_c, new_c, match)
     old_policy = _definition(msgspec.to_builtins(old_c.ruleset.policy))
@@ -229,6 +235,8 @@ def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRul
         rules_changed=[r.rule_id for r in rows if r.rule == "changed"],
         policy_changed=old_policy != new_policy,
         rules=rows,
+        ended_at=format_ts(run.ended_at) if run.events or until_ms is not None else None,
+        old_pending=run.old_pending, new_pending=run.new_pending, drained=drain,
     )
     return DiffResult(summary, match.changes)
 
@@ -238,14 +246,17 @@ class _Runs(msgspec.Struct):
     new: _Collect
     events: int
     dead_letters: int
+    ended_at: int
+    old_pending: int
+    new_pending: int
 
 
 def _replay_both(old_c: CompiledRules, new_c: CompiledRules, events: Iterable[Event] | str | Path,
-                 until_ms: int | None) -> _Runs:
+                 until_ms: int | None, drain: bool) -> _Runs:
     """Both replays side by side, batch by batch: the events are decoded once."""
     old_out, new_out = _Collect(), _Collect()
-    old_replay = Replay(old_c, old_out, until_ms)
-    new_replay = Replay(new_c, new_out, until_ms)
+    old_replay = Replay(old_c, old_out, until_ms, drain=drain)
+    new_replay = Replay(new_c, new_out, until_ms, drain=drain)
     dead = [0]
     for batch in _event_batches(events, dead):
         old_replay.feed(batch)
@@ -254,7 +265,8 @@ def _replay_both(old_c: CompiledRules, new_c: CompiledRules, events: Iterable[Ev
             break
     old_replay.finish()
     new_replay.finish()
-    return _Runs(old_out, new_out, old_replay.evaluator.counters.events, dead[0])
+    return _Runs(old_out, new_out, old_replay.evaluator.counters.events, dead[0], old_replay.ended_at,
+                 sum(old_replay.pending.values()), sum(new_replay.pending.values()))
 
 
 class _Match:
@@ -361,6 +373,10 @@ def print_diff(result: DiffResult, stream: TextIO) -> None:
             print(f"{label}: {', '.join(ids)}", file=stream)
     if s.policy_changed:
         print("contact policy changed: every rule's statuses may move", file=stream)
+    if s.old_pending or s.new_pending:
+        what = "were fired after it (--drain)" if s.drained else "were not fired; --drain fires them"
+        print(f"note: {s.old_pending:,} deadlines before, {s.new_pending:,} after pending at the end of data "
+              f"({s.ended_at}) {what}", file=stream)
     if result.empty:
         print("no trigger differs", file=stream)
     print(file=stream)

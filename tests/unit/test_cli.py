@@ -83,7 +83,7 @@ def test_backtest_bad_lines_go_to_dead_letters(tmp_path, capsys):
     )
     out, dead = tmp_path / "t.jsonl", tmp_path / "dead.jsonl"
     assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(events), "--out", str(out),
-                 "--dead-letters", str(dead)]) == 0
+                 "--dead-letters", str(dead), "--drain"]) == 0   # the cart's wait ends after the last event
     letters = [json.loads(l) for l in dead.read_text().splitlines()]
     assert [l["source"] for l in letters] == [f"{events}:2", f"{events}:3"]
     assert "not JSON" in letters[0]["reason"] and "customer_id" in letters[1]["reason"]

@@ -136,6 +136,29 @@ def test_until_limits_both_replays(tmp_path):
     assert result.summary.until == format_ts(T0 + HOUR)
 
 
+def test_deadlines_after_the_end_are_pending_in_both_runs_unless_drained(tmp_path, capsys):
+    """A 4-hour wait: c1's second cart (T0 + 2 h) replaces the first's wait, and its reminder
+    is due after the last event (T0 + 5 h): pending, not fired. --drain fires it: then it is a
+    changed fired_at instead of a removal."""
+    old = rules_dir(tmp_path, "old", BASE_RULES)
+    new = rules_dir(tmp_path, "new", BASE_RULES.replace("within: 30m", "within: 4h"))
+    result = diff_backtests(old, new, events(), None)
+    s = result.summary
+    assert (s.old_pending, s.new_pending, s.drained, s.ended_at) == (0, 1, False, format_ts(T0 + 5 * HOUR))
+    assert result.rules["cart"].removed == 2
+    drained = diff_backtests(old, new, events(), None, drain=True)
+    cart = drained.rules["cart"]
+    assert (cart.removed, cart.added, cart.changed) == (1, 0, 1) and drained.summary.drained
+    assert [(c.old.cause_event_id, c.fields) for c in drained.changed] == [("e6", ["fired_at"])]
+    assert drained.changed[0].new.fired_at == format_ts(T0 + 6 * HOUR)
+    path = write_events(tmp_path / "events.jsonl", events())
+    assert cli(["diff", "--rules", str(old), "--rules", str(new), "--events", str(path)]) == 0
+    assert (f"note: 0 deadlines before, 1 after pending at the end of data ({format_ts(T0 + 5 * HOUR)}) "
+            "were not fired; --drain fires them") in capsys.readouterr().out
+    assert cli(["diff", "--rules", str(old), "--rules", str(new), "--events", str(path), "--drain", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["drained"] is True
+
+
 def test_events_file_is_decoded_once_and_counts_dead_letters(tmp_path):
     old = rules_dir(tmp_path, "old", BASE_RULES)
     new = rules_dir(tmp_path, "new", BASE_RULES.replace(">= 100", ">= 130"))

@@ -36,8 +36,9 @@ def ev(eid: str, typ: str, at: str | int, cid: str = "c1", **props) -> Event:
 
 
 def replay(compiled, events, until=None):
+    """Drained: deadlines after the last event fire (these tests are about what they do)."""
     out: list = []
-    r = Replay(compiled, out.extend, until=until)
+    r = Replay(compiled, out.extend, until=until, drain=True)
     r.feed(events)
     r.finish()
     return out, r

@@ -212,6 +212,7 @@ def test_pending_timer_is_shown_as_waiting(rules):
     assert cart.summary == f"waiting: due {due}" and not cart.triggers
     text = text_of(e)
     assert f"waiting: due {due}" in text and "pending timers" in text
+    assert "a `triggers backtest` ending here leaves these pending, not fired" in text
     # explained later (--at), the deadline has fired
     later = explain_customer(rules, "c1", events=s.events, at=format_ts(T0 + HOUR))
     assert not later.timers and rule(later, "cart-abandoned").triggers[0].status == "sent"

@@ -26,8 +26,9 @@ def compile_yaml(tmp_path: Path, text: str):
 
 
 def replay(rules, events: list[Event], until: int | None = None) -> list[Trigger]:
+    """Drained: deadlines and deferred sends after the last event fire (what the policy does to them)."""
     out: list[Trigger] = []
-    r = Replay(rules, out.extend, until=until)
+    r = Replay(rules, out.extend, until=until, drain=True)
     r.feed(sorted(events, key=lambda e: e.ts))
     r.finish()
     return out

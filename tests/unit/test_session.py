@@ -168,7 +168,7 @@ def test_an_observer_changes_nothing(tmp_path):
     rules = load_and_compile(ROOT / "rules")
     events, _ = EventDecoder().decode_batch(list(read_jsonl(ROOT / "examples" / "sample-events.jsonl")))
     plain: list = []
-    replay = Replay(rules, plain.extend)
+    replay = Replay(rules, plain.extend, drain=True)   # every deadline fires: the observer sees them all
     replay.feed(events)
     replay.finish()
     observed: list = []

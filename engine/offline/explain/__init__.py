@@ -5,8 +5,8 @@ Two sources of a customer's state:
   backtest and the live engine, with an observer the evaluator tells what it does: each
   evaluation of a rule's `if:`, waits cancelled or re-armed, sends deferred by quiet hours,
   each policy decision with the fact that decided it. The explain time is the customer's last
-  event (or `until` / `at`); deadlines due by then fire, later ones are shown as waiting (a
-  backtest fires one-shot deadlines at the end of the file);
+  event (or `until` / `at`); deadlines due by then fire, later ones are shown as waiting (as
+  a backtest leaves them pending at its end of data, unless drained; `at` moves the clock on);
 - live: the state the engine keeps in Redis, read once and never written; the explain time
   is now (or `at`). There is no trigger history then, only what the state remembers (last
   contact per rule, open triggers, armed thresholds, pending deadlines).

@@ -96,7 +96,8 @@ def _print_timers(timers: list[TimerView], backtest: bool, p: Print) -> None:
         cause = "" if t.what.startswith("occurrence") else f", cause {t.cause} at {t.cause_at}"
         p(f"  {t.rule_id:<{rw}}  step {t.step}  due {t.due}  {t.what}{cause}{over}")
     if backtest:
-        p("  (a `triggers backtest` ending here fires the pending one-shot deadlines at the end of the file)")
+        p("  (a `triggers backtest` ending here leaves these pending, not fired; --drain fires the one-shot ones, "
+          "--at a later time shows them fired)")
 
 
 def _print_rule(r: RuleExplanation, source: str, p: Print) -> None:
