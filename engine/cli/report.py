@@ -1,8 +1,9 @@
-"""`triggers report`: per-rule lift (contacted vs control group) from a backtest summary."""
+"""`triggers report`: per-rule lift (contacted vs control customers) from a backtest summary."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -11,23 +12,45 @@ import msgspec
 
 from engine.cli.common import CommandError
 from engine.offline.backtest import BacktestSummary
-from engine.policy.lift import Lift, lift
+from engine.policy.customers import CustomerOutcome
+from engine.policy.lift import CustomerLift, Program, customer_lift, program_lift
+
+
+class Report(msgspec.Struct):
+    """What `triggers report --json` prints."""
+
+    rules: list[CustomerLift]
+    program: Program | None                 # None: no global control group
 
 
 def add_parser(subparsers: Any) -> None:
     r = subparsers.add_parser(
-        "report", help="per-rule lift: contacted vs control group conversion, with 95%% intervals",
-        description="Per rule: the conversion rate of contacted (sent) and control-group (held-out) triggers, "
-                    "the absolute and relative lift, and their 95% confidence intervals. Every trigger is in "
-                    "the denominator, non-responders included. Reads the JSON written by "
-                    "`triggers backtest --summary FILE`.",
+        "report", help="per-rule lift: contacted vs control customers, conversion and revenue, 95%% intervals",
+        description="Per rule, with the customer as the unit (a customer triggered ten times counts once): the "
+                    "share of contacted (sent) and control-group (held-out) customers who converted within the "
+                    "attribution window after one of the rule's triggers, their revenue per customer (each "
+                    "purchase counted once per customer and rule), the differences with 95% intervals "
+                    "(Newcombe for conversion, Welch for revenue), the incremental revenue and a verdict: lift, "
+                    "negative, no measurable effect, inconclusive (with the customers per group needed to see a "
+                    "5-point effect) or no control group. Triggers whose window runs past the end of the data "
+                    "are left out and counted. With a global control group, the \"all rules\" row compares it "
+                    "with every contacted customer, each conversion once, beside the sum of the rules' "
+                    "incremental revenues. Reads the JSON written by `triggers backtest --summary FILE`.",
         epilog="example:\n  triggers backtest --rules rules/ --events events.jsonl --out t.jsonl --summary s.json\n"
                "  triggers report s.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("summary", metavar="SUMMARY.json", help="a backtest summary (triggers backtest --summary)")
-    r.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    r.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table "
+                   "(README: `triggers report --json`)")
     r.set_defaults(handler=run_report)
+
+
+def build_report(summary: BacktestSummary) -> Report:
+    rules = [customer_lift(rule_id, summary.by_customer.get(rule_id) or CustomerOutcome())
+             for rule_id in summary.per_rule]
+    program = None if summary.program is None else program_lift(summary.program, rules, summary.program_rules)
+    return Report(rules, program)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -35,11 +58,14 @@ def run_report(args: argparse.Namespace) -> int:
         summary = msgspec.json.decode(Path(args.summary).read_bytes(), type=BacktestSummary)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
         raise CommandError(f"cannot read {args.summary}: {e}") from None
-    lifts = [lift(rule_id, o) for rule_id, o in summary.per_rule.items()]
+    if summary.triggers and not summary.by_customer and any(o.sent + o.held_out for o in summary.per_rule.values()):
+        raise CommandError(f"{args.summary} has no per-customer outcomes (written by an older engine): "
+                           "run the backtest again")
+    report = build_report(summary)
     if args.json:
-        print(msgspec.json.format(msgspec.json.encode(lifts)).decode())
+        print(msgspec.json.format(msgspec.json.encode(report)).decode())
     else:
-        print_lift(lifts, sys.stdout)
+        print_report(report, sys.stdout)
     return 0
 
 
@@ -47,18 +73,65 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+def _points(x: float | None, ci: tuple[float, float] | None) -> str:
+    if x is None or ci is None:
+        return "-"
+    return f"{100 * x:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
 
 
-def print_lift(lifts: list[Lift], stream: TextIO) -> None:
-    """One row per rule; `-` where a group is empty (no control group configured, say)."""
-    width = max([len("rule")] + [len(l.rule_id) for l in lifts])
-    print(f"{'rule':<{width}}  {'contacted':>15}  {'control':>15}  {'abs lift (95% CI, points)':>30}  "
-          f"{'rel lift (95% CI, %)':>28}", file=stream)
-    for l in lifts:
-        contacted = f"{l.contacted_converted:,}/{l.contacted:,} {_pct(l.contacted_rate)}"
-        control = f"{l.control_converted:,}/{l.control:,} {_pct(l.control_rate)}"
-        absolute = "-" if l.absolute is None else f"{100 * l.absolute:+.1f} {_ci(l.absolute_ci)}"
-        relative = "-" if l.relative is None else f"{100 * l.relative:+.0f}% {_ci(l.relative_ci)}"
-        print(f"{l.rule_id:<{width}}  {contacted:>15}  {control:>15}  {absolute:>30}  {relative:>28}", file=stream)
+def _money(x: float | None, ci: tuple[float, float] | None = None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+,.2f}" if ci is None else f"{x:+,.2f} [{ci[0]:+,.2f}, {ci[1]:+,.2f}]"
+
+
+def _relative(l: CustomerLift) -> str:
+    c = l.conversion
+    if c.relative is None or c.relative_ci is None:
+        return "-"
+    low, high = c.relative_ci
+    high_text = "+inf" if high is None or not math.isfinite(high) else f"{100 * high:+.0f}"
+    return f"{100 * c.relative:+.0f}% [{100 * low:+.0f}, {high_text}]"
+
+
+COLUMNS = (("contacted conv.", ">20"), ("control conv.", ">16"), ("conv. lift (95% CI, points)", ">27"),
+           ("rel. lift (95% CI, %)", ">21"), ("rev/customer", ">12"), ("control", ">9"),
+           ("rev/customer lift (95% CI)", ">32"), ("incremental revenue (95% CI)", ">40"), ("verdict", ""))
+
+
+def _row(label: str, width: int, l: CustomerLift) -> str:
+    a, b = l.contacted, l.control
+    cells = (f"{a.converted:,}/{a.customers:,} {_pct(a.rate)}", f"{b.converted:,}/{b.customers:,} {_pct(b.rate)}",
+             _points(l.conversion.lift, l.conversion.ci), _relative(l),
+             "-" if a.revenue_per_customer is None else f"{a.revenue_per_customer:,.2f}",
+             "-" if b.revenue_per_customer is None else f"{b.revenue_per_customer:,.2f}",
+             _money(l.revenue.lift, l.revenue.ci), _money(l.revenue.incremental, l.revenue.incremental_ci), l.verdict)
+    return f"{label:<{width}}  " + "  ".join(f"{c:{fmt}}" for c, (_, fmt) in zip(cells, COLUMNS))
+
+
+def print_report(report: Report, stream: TextIO) -> None:
+    """One row per rule (customers as the unit), then the program's "all rules" row."""
+    width = max([len("all rules")] + [len(l.rule_id) for l in report.rules])
+    print(f"{'rule':<{width}}  " + "  ".join(f"{name:{fmt}}" for name, fmt in COLUMNS), file=stream)
+    for l in report.rules:
+        print(_row(l.rule_id, width, l), file=stream)
+    p = report.program
+    if p is not None:
+        print(_row("all rules", width, p.lift), file=stream)
+    print(file=stream)
+    print("Customers as the unit: converted/customers per group within the attribution window; revenue per "
+          "customer includes non-buyers.", file=stream)
+    unobserved = sum(l.unobserved for l in report.rules)
+    if unobserved:
+        print(f"{unobserved:,} triggers left out: their attribution window runs past the end of the data.",
+              file=stream)
+    if p is None:
+        print("No global control group: no \"all rules\" lift (per-rule control groups are not comparable "
+              "across rules).", file=stream)
+    else:
+        print(f"All rules: the global control group ({p.lift.control.customers:,} customers) against every "
+              f"contacted customer ({p.lift.contacted.customers:,}) of the {len(p.rules)} rules using it, each "
+              f"conversion counted once: incremental revenue {_money(p.lift.revenue.incremental, p.lift.revenue.incremental_ci)}"
+              f"; the rules' own incremental revenues sum to {_money(p.rules_incremental_revenue)}"
+              + (" (more: campaigns claim the same purchases)." if p.lift.revenue.incremental is not None
+                 and p.rules_incremental_revenue > p.lift.revenue.incremental else "."), file=stream)

@@ -28,6 +28,7 @@ from engine.events.decode import JSONL_BATCH, DeadLetter, decode_jsonl
 from engine.events.model import Event
 from engine.offline.progress import Progress
 from engine.policy.attribution import RuleOutcome
+from engine.policy.customers import CustomerCollector, CustomerOutcome
 from engine.rules.compiler import CompiledRules
 from engine.state.memory import InMemoryStore
 
@@ -46,11 +47,14 @@ class BacktestSummary(msgspec.Struct):
     timers_dropped: int = 0
     customers: int = 0
     elapsed_s: float = 0.0
-    per_rule: dict[str, RuleOutcome] = {}   # rule id -> decisions and responses
+    per_rule: dict[str, RuleOutcome] = {}   # rule id -> decisions and responses (per trigger)
     ended_at: int = 0                       # the end of data: the last event's time or `until`, epoch ms
     pending: dict[str, int] = {}            # rule id -> one-shot deadlines due after `ended_at`
     pending_total: int = 0
     drained: bool = False                   # the pending deadlines were fired at the end (--drain)
+    by_customer: dict[str, CustomerOutcome] = {}   # rule id -> customers by group (the unit of lift)
+    program: CustomerOutcome | None = None  # global control vs contacted over its rules; None: no global control
+    program_rules: list[str] = []           # the rules that use the global control group
 
     @property
     def events_per_s(self) -> float:
@@ -79,6 +83,7 @@ class Replay:
         self.drain = drain
         self.ended_at = 0                      # set by `finish`
         self.pending: dict[str, int] = {}      # set by `finish`: rule id -> deadlines due after the end
+        self.customers = CustomerCollector(rules)   # per-customer outcomes for lift (engine.policy.customers)
         self.triggers = 0
         self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
         self._checkpointed_at = 0              # the event count at the last checkpoint of the journal
@@ -93,6 +98,8 @@ class Replay:
         return self.session.stopped
 
     def feed(self, events: Iterable[Event]) -> None:
+        events = events if isinstance(events, list) else list(events)
+        self.customers.events(events)
         out: list[Trigger] = []
         self.session.apply(events, out)
         if self.evaluator.counters.events - self._checkpointed_at >= JOURNAL_LIMIT:
@@ -127,16 +134,20 @@ class Replay:
         if not out:
             return
         self.triggers += len(out)
+        self.customers.triggers(out)
         self.emit(out)
 
     def summary(self, dead_letters: int, elapsed_s: float) -> BacktestSummary:
         c = self.evaluator.counters
+        # the end of data, not a drained clock: a window that runs past the last event is not observed
+        by_customer, program = self.customers.outcomes(self.ended_at)
         return BacktestSummary(
             events=c.events, dead_letters=dead_letters + self.dead_letters, duplicates=c.duplicates, late=self.session.late,
             lateness=self.session.lateness, late_causes=c.late_causes, applied_early=self.session.early,
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes), ended_at=self.ended_at,
             pending=dict(self.pending), pending_total=sum(self.pending.values()), drained=self.drain,
+            by_customer=by_customer, program=program, program_rules=sorted(self.customers.global_rules),
         )
 
 

@@ -24,7 +24,8 @@ import msgspec
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger
 from engine.offline.backtest import BacktestSummary
 from engine.policy.attribution import RuleOutcome
-from engine.policy.lift import Lift, lift
+from engine.policy.customers import CustomerOutcome
+from engine.policy.lift import CustomerLift, Verdict, customer_lift, program_lift
 
 TOP_VALUES = 10          # payload values shown per key and rule
 MAX_TRACKED = 1000       # distinct values counted per key and rule before the rarest are dropped
@@ -340,31 +341,39 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def _lift_cells(l: Lift) -> str:
-    if not l.control:
-        dash = '<td class="dash" title="no control group (no held-out triggers)">–</td>'
-        return (f'<td class="lift">{_n(l.contacted_converted)}/{_n(l.contacted)} {_pct(l.contacted_rate)}</td>'
-                + dash * 3)
-    contacted = f"{_n(l.contacted_converted)}/{_n(l.contacted)} {_pct(l.contacted_rate)}"
-    control = f"{_n(l.control_converted)}/{_n(l.control)} {_pct(l.control_rate)}"
-    if l.absolute is None:
-        absolute = '<span class="dash">–</span>'
-    else:
-        absolute = f"{100 * l.absolute:+.1f}"
-        if l.absolute_ci is not None:
-            lo, hi = l.absolute_ci
-            if lo > 0:
-                absolute += '<span class="sig" title="the 95% interval is above 0">up</span>'
-            elif hi < 0:
-                absolute += '<span class="sig neg" title="the 95% interval is below 0">down</span>'
-            absolute += f'<br><small class="ci">[{100 * lo:+.1f}, {100 * hi:+.1f}]</small>'
-    if l.relative is None:
-        relative = '<span class="dash">–</span>'
-    else:
-        relative = f"{100 * l.relative:+.0f}%"
-        if l.relative_ci is not None:
-            relative += f'<br><small class="ci">[{100 * l.relative_ci[0]:+.1f}, {100 * l.relative_ci[1]:+.1f}]</small>'
-    return f'<td class="lift">{contacted}</td><td>{control}</td><td>{absolute}</td><td>{relative}</td>'
+def _lift_cells(l: CustomerLift | None) -> str:
+    """Customers as the unit (engine.policy.lift.customer_lift): conversion, revenue per customer, verdict."""
+    if l is None or not l.control.customers or not l.contacted.customers:
+        title = "no global control group" if l is None else "no control group (no held-out customers)"
+        contacted = "" if l is None else f"{_n(l.contacted.converted)}/{_n(l.contacted.customers)} {_pct(l.contacted.rate)}"
+        dash = f'<td class="dash" title="{title}">–</td>'
+        return f'<td class="lift">{contacted or "–"}</td>' + dash * 4 + f'<td class="dash">{escape(title)}</td>'
+    a, b, c, r = l.contacted, l.control, l.conversion, l.revenue
+    contacted = f"{_n(a.converted)}/{_n(a.customers)} {_pct(a.rate)}"
+    control = f"{_n(b.converted)}/{_n(b.customers)} {_pct(b.rate)}"
+    absolute = '<span class="dash">–</span>'
+    if c.lift is not None and c.ci is not None:
+        lo, hi = c.ci
+        absolute = f"{100 * c.lift:+.1f}"
+        if lo > 0:
+            absolute += '<span class="sig" title="the 95% interval is above 0">up</span>'
+        elif hi < 0:
+            absolute += '<span class="sig neg" title="the 95% interval is below 0">down</span>'
+        absolute += f'<br><small class="ci">[{100 * lo:+.1f}, {100 * hi:+.1f}]</small>'
+    relative = '<span class="dash" title="undefined: no control customer converted">–</span>'
+    if c.relative is not None and c.relative_ci is not None:
+        high = "+∞" if c.relative_ci[1] is None else f"{100 * c.relative_ci[1]:+.1f}"
+        relative = f'{100 * c.relative:+.0f}%<br><small class="ci">[{100 * c.relative_ci[0]:+.1f}, {high}]</small>'
+    revenue = '<span class="dash">–</span>'
+    if r.lift is not None and r.ci is not None and r.incremental_ci is not None:
+        revenue = (f"{r.lift:+,.2f}<br><small class=\"ci\">[{r.ci[0]:+,.2f}, {r.ci[1]:+,.2f}]</small>"
+                   f"<br><small>incremental {r.incremental:+,.0f} [{r.incremental_ci[0]:+,.0f}, "
+                   f"{r.incremental_ci[1]:+,.0f}]</small>")
+    verdict = escape(l.verdict)
+    if l.verdict_kind is Verdict.INCONCLUSIVE:
+        verdict = f'<span class="dash">{verdict}</span>'
+    return (f'<td class="lift">{contacted}</td><td>{control}</td><td>{absolute}</td><td>{relative}</td>'
+            f"<td>{revenue}</td><td>{verdict}</td>")
 
 
 def _split_bar(sent: int, held: int, supp: int) -> str:
@@ -381,26 +390,32 @@ def _split_bar(sent: int, held: int, supp: int) -> str:
 def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str]) -> str:
     rows = []
     total = RuleOutcome(suppressed={})
+    lifts = []
     for rule_id in rule_ids:
         o = s.per_rule.get(rule_id) or RuleOutcome(suppressed={})
         total.add(o)
-        rows.append(_summary_row(f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>', o, lift(rule_id, o)))
-    rows.append(_summary_row("all rules", total, lift("all rules", total), css="total"))
+        lifts.append(customer_lift(rule_id, s.by_customer.get(rule_id) or CustomerOutcome()))
+        rows.append(_summary_row(f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>', o, lifts[-1]))
+    program = None if s.program is None else program_lift(s.program, lifts, s.program_rules).lift
+    rows.append(_summary_row("all rules", total, program, css="total"))
     return (
         '<section id="summary">\n<h2>Per rule</h2>\n'
         '<p class="note">Decisions of the contact policy, and what customers did within the attribution window. '
-        "Responded and converted count sent and held-out triggers, as the CLI's summary does. Lift compares the "
-        "conversion of contacted (sent) triggers with the control group (held out); every trigger is in the "
-        "denominator. Intervals are 95% (absolute: Newcombe, in points; relative: log risk ratio).</p>\n"
+        "Responded and converted count sent and held-out triggers, as the CLI's summary does. Lift compares "
+        "customers, each counted once per rule: contacted (got a sent trigger) against the control group (held "
+        "out), conversion as the share of customers converted, revenue per customer (non-buyers included). "
+        "Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: Welch). The all-rules "
+        "row is the global control group against every contacted customer, each conversion once.</p>\n"
         '<div class="tablewrap"><table class="summary">\n<thead><tr><th class="rule">rule</th><th>sent</th><th>held out</th>'
         "<th>suppressed</th><th>split</th><th>responded</th><th>converted</th>"
         '<th class="reasons">suppression reasons</th><th class="lift">contacted conv.</th><th>control conv.</th>'
-        "<th>abs lift (95% CI, points)</th><th>rel lift (95% CI, %)</th></tr></thead>\n<tbody>\n"
+        "<th>abs lift (95% CI, points)</th><th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th>"
+        "<th>verdict</th></tr></thead>\n<tbody>\n"
         + "\n".join(rows) + "\n</tbody>\n</table></div>\n</section>"
     )
 
 
-def _summary_row(label: str, o: RuleOutcome, l: Lift, css: str = "") -> str:
+def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, css: str = "") -> str:
     supp = sum(o.suppressed.values())
     reasons = "<br>".join(f"{escape(r)} {n:,}" for r, n in sorted(o.suppressed.items()))
     cls = f' class="{css}"' if css else ""

@@ -4,7 +4,9 @@ be compared with the control group (lift).
 
 Each sent or held-out trigger stays open in the customer's state for the window
 (`CustomerState.open_triggers`); a response or conversion event marks every open trigger
-it follows (strictly later in time) once. Revenue sums every conversion in the window.
+it follows (strictly later in time) once. Revenue sums every conversion in the window, each
+conversion once per rule however many of the rule's triggers are open (per customer and rule,
+as lift counts it: engine.policy.customers).
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ class Attributor:
         is_response = ev.type in self.responses
         is_conversion = ev.type in self.conversions
         revenue = 0.0
+        credited: set[str] | None = None   # rules this conversion's revenue already went to
         if is_conversion:
             revenue = float(amount(ev.properties.get(self.revenue_field)))
+            credited = set()
         for e in entries:
             rule_id, at, held = e.rule, e.at, e.held_out
             if ts <= at:
@@ -78,13 +82,16 @@ class Attributor:
                     o.held_out_responded += 1
                 else:
                     o.responded += 1
-            if is_conversion:
+            if credited is not None:
                 if not e.converted:
                     e.converted = True
                     if held:
                         o.held_out_converted += 1
                     else:
                         o.converted += 1
+                if rule_id in credited:
+                    continue
+                credited.add(rule_id)
                 if held:
                     o.held_out_revenue += revenue
                 else:

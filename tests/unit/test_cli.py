@@ -119,11 +119,31 @@ def test_backtest_summary_and_report(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(summary)]) == 0
     table = capsys.readouterr().out
-    assert "cart-abandoned" in table and "abs lift" in table
+    assert "cart-abandoned" in table and "conv. lift" in table and "rev/customer lift" in table
+    assert "inconclusive: control has" in table and "all rules" in table
     assert main(["report", str(summary), "--json"]) == 0
-    lifts = json.loads(capsys.readouterr().out)
-    cart = next(l for l in lifts if l["rule_id"] == "cart-abandoned")
-    assert cart["contacted"] == data["per_rule"]["cart-abandoned"]["sent"]
+    report = json.loads(capsys.readouterr().out)
+    cart = next(l for l in report["rules"] if l["rule_id"] == "cart-abandoned")
+    customers = data["by_customer"]["cart-abandoned"]
+    assert cart["contacted"]["customers"] == customers["contacted"]["customers"] > 0
+    assert cart["control"]["customers"] == customers["control"]["customers"] > 0
+    for kind in ("conversion", "revenue"):
+        assert cart[kind]["unit"] == "customer" and len(cart[kind]["ci"]) == 2
+        low, high = cart[kind]["ci"]
+        assert low <= cart[kind]["lift"] <= high
+        assert cart["verdict"].startswith(cart["verdict_kind"])
+    program = report["program"]
+    assert program["lift"]["rule_id"] == "all rules" and len(program["rules"]) == len(data["per_rule"])
+    # each conversion once per customer: never more converted customers than any rule's sum
+    assert program["lift"]["contacted"]["converted"] <= sum(
+        c["contacted"]["converted"] for c in data["by_customer"].values())
+
+
+def test_report_of_an_old_summary_says_to_run_again(tmp_path, capsys):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"triggers": 3, "per_rule": {"r": {"sent": 2, "held_out": 1}}}))
+    assert main(["report", str(old)]) == 2
+    assert "run the backtest again" in capsys.readouterr().err
 
 
 def test_report_unreadable_file(tmp_path, capsys):

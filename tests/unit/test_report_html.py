@@ -9,6 +9,7 @@ from engine.actions.trigger import Trigger
 from engine.offline.backtest import BacktestSummary
 from engine.offline.report_html import ReportCollector, ValueCounts, render_report, write_report
 from engine.policy.attribution import RuleOutcome
+from engine.policy.customers import CustomerOutcome, GroupTotals
 
 EVIL = "<script>alert(1)</script>"
 
@@ -20,8 +21,20 @@ def trig(rule: str, fired_at: str, status: str = "sent", reason: str | None = No
                    payload=dict(payload))
 
 
-def summary_of(per_rule: dict[str, RuleOutcome], triggers: int) -> BacktestSummary:
-    return BacktestSummary(events=100, customers=10, triggers=triggers, elapsed_s=0.5, per_rule=per_rule)
+def summary_of(per_rule: dict[str, RuleOutcome], triggers: int,
+               by_customer: dict[str, CustomerOutcome] | None = None) -> BacktestSummary:
+    return BacktestSummary(events=100, customers=10, triggers=triggers, elapsed_s=0.5, per_rule=per_rule,
+                           by_customer=by_customer or {})
+
+
+def customers(a: tuple[int, int, float], b: tuple[int, int, float]) -> CustomerOutcome:
+    """(customers, converted, revenue of each converted one) for contacted and control."""
+    def group(n: int, x: int, revenue: float) -> GroupTotals:
+        g = GroupTotals()
+        for i in range(n):
+            g.add(i < x, revenue if i < x else 0.0, 0.0)
+        return g
+    return CustomerOutcome(group(*a), group(*b))
 
 
 def collected(triggers: list[Trigger], batch: int = 3) -> ReportCollector:
@@ -88,10 +101,11 @@ def test_value_counts_prune_keeps_the_most_common():
     assert len(vc.counts) <= 4 and vc.top(2) == [("a", 3), ("b", 2)]
 
 
-def _report(triggers: list[Trigger], per_rule: dict[str, RuleOutcome], **kw: str) -> str:
+def _report(triggers: list[Trigger], per_rule: dict[str, RuleOutcome],
+            by_customer: dict[str, CustomerOutcome] | None = None, **kw: str) -> str:
     c = collected(triggers)
-    return render_report(c, summary_of(per_rule, len(triggers)), kw.get("title", "Run"), kw.get("rules_dir", "rules/"),
-                         kw.get("events_file", "events.jsonl"))
+    return render_report(c, summary_of(per_rule, len(triggers), by_customer), kw.get("title", "Run"),
+                         kw.get("rules_dir", "rules/"), kw.get("events_file", "events.jsonl"))
 
 
 def test_report_has_every_rule_and_one_chart_per_rule():
@@ -118,14 +132,16 @@ def test_summary_table_shows_the_cli_figures_and_lift_with_interval():
                                               responded=10, held_out_responded=5,
                                               suppressed={"cooldown": 4, "no_consent": 2}),
                 "birthday": RuleOutcome(sent=5, suppressed={})}
-    html = _report([], per_rule)
+    by_customer = {"cart-abandoned": customers((703, 403, 20.0), (318, 115, 20.0))}
+    html = _report([], per_rule, by_customer)
     row = re.search(r"<tr><td class=\"rule\"><a [^>]*>cart-abandoned</a>.*?</tr>", html, re.S).group(0)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
     assert cells[1:4] == ["703", "318", "6"]
     assert cells[5:7] == ["15", "518"]   # responded and converted: sent plus held out, as the CLI prints
     assert "cooldown 4" in row and "no_consent 2" in row
-    # the README's example: +21.2 points [+14.6, +27.4], +59% [+35.2, +85.9]
-    assert "+21.2" in row and "[+14.6, +27.4]" in row and "+59%" in row and "[+35.2, +85.9]" in row
+    # the same counts, customers as the unit: +21.2 points [+14.6, +27.4] (Newcombe), +59% relative
+    assert "+21.2" in row and "[+14.6, +27.4]" in row and "+59%" in row
+    assert f"{20 * (403 / 703 - 115 / 318):+,.2f}" in row and "lift" in row   # revenue per customer, verdict
     birthday = re.search(r"<tr><td class=\"rule\"><a [^>]*>birthday</a>.*?</tr>", html, re.S).group(0)
     assert "no control group" in birthday
 
