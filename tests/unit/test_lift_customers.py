@@ -179,6 +179,26 @@ def test_a_window_past_the_end_of_the_data_is_unobserved(rules):
     assert (o.control.customers, o.control.converted, o.control.revenue) == (1, 0, 0.0)
 
 
+def test_drained_deadlines_do_not_move_the_end_of_data(tmp_path):
+    """With --drain the clock runs on past the data to fire what was pending; a trigger whose
+    window ends after the last event is still unobserved (the end of data is `ended_at`)."""
+    (tmp_path / "rules.yaml").write_text(textwrap.dedent(RULES.replace("  - id: browse", """  - id: winback
+    type: threshold
+    inactive: 30d
+    then: {action: winback, channel: email}
+  - id: browse""")))
+    rules = load_and_compile(tmp_path)
+    cid = next(f"c{i}" for i in range(100) if in_control_group(f"c{i}", "", SALT, 0.5))
+    events = [Event("a1", "add_to_cart", cid, T0, {}), Event("end", "page_view", "nobody", T0 + DAY, {})]
+    r = Replay(rules, lambda out: None, drain=True)
+    r.feed(events)
+    r.finish()
+    s = r.summary(0, 0.0)
+    assert s.ended_at == T0 + DAY and s.drained and s.pending_total == 2   # both customers' win-backs
+    assert s.by_customer["browse"].unobserved == 1 and s.by_customer["browse"].control.customers == 0
+    assert s.by_customer["winback"].unobserved == 2   # both fired after the end: never observable
+
+
 def test_conversion_strictly_after_the_trigger(rules):
     cid = next(f"c{i}" for i in range(100) if in_control_group(f"c{i}", "", SALT, 0.5))
     events = [Event("p0", "purchase", cid, T0 - DAY, {"amount": 7.0}), Event("a", "add_to_cart", cid, T0, {}),
