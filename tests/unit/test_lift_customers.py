@@ -122,17 +122,20 @@ EFFECT = 0.10
 
 
 def test_planted_effect_is_covered(rules):
-    conv = rev = incremental = 0
+    conv = rev = incremental = detected = 0
     for seed in range(1000, 1000 + DATASETS):
         s = run(rules, generate(seed, EFFECT))
         result = customer_lift("browse", s.by_customer["browse"])
+        detected += _excludes(result.conversion.ci, 0.0)
         conv += not _excludes(result.conversion.ci, EFFECT)
         rev += not _excludes(result.revenue.ci, EFFECT * MEAN_SPEND)
         n = result.contacted.customers
         incremental += not _excludes(result.revenue.incremental_ci, EFFECT * MEAN_SPEND * n)
     print(f"\nplanted +{100 * EFFECT:.0f} points, +{EFFECT * MEAN_SPEND:.2f} revenue per customer, {DATASETS} datasets: "
-          f"covered — conversion {conv}/{DATASETS}, revenue {rev}/{DATASETS}, incremental revenue {incremental}/{DATASETS}")
+          f"covered — conversion {conv}/{DATASETS}, revenue {rev}/{DATASETS}, incremental revenue {incremental}/{DATASETS}; "
+          f"conversion interval above 0 in {detected}/{DATASETS}")
     assert conv >= 0.9 * DATASETS and rev >= 0.9 * DATASETS
+    assert detected >= 0.5 * DATASETS   # covering the effect is not enough: the intervals must also be narrow enough to see it
 
 
 def test_program_counts_each_conversion_once(rules, tmp_path):
