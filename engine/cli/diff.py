@@ -28,6 +28,7 @@ examples:
   triggers diff --rules rules/ --rules rules-new/ --events examples/sample-events.jsonl
   triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --until 2026-02-01T00:00:00Z --json
   triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --out changes.jsonl
+  triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --report diff.html
 
 exit status: 0 when the diff ran (whatever it found), 1 when a rules directory is invalid,
 2 on bad usage (not exactly two --rules, a missing events file, a bad --until).
@@ -49,6 +50,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the per-rule result as JSON instead of a table")
     p.add_argument("--out", metavar="FILE", help="write every removed, added and changed trigger as JSONL "
                    "(one object per line: change, trigger_id, rule_id, customer_id, old, new, fields)")
+    p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML page: per rule, the old "
+                   "and the new rules side by side with each side's volume per channel and lift")
     p.set_defaults(handler=run_diff)
 
 
@@ -73,4 +76,10 @@ def run_diff(args: argparse.Namespace) -> int:
         print_diff(result, report)
     if args.out:
         write_changes(result, args.out)
+    if args.report:
+        from engine.offline.diff_report import count_volumes, write_diff_report
+
+        assert result.old_backtest is not None and result.new_backtest is not None
+        write_diff_report(args.report, result, result.old_backtest, result.new_backtest,
+                          count_volumes(result.old_triggers), count_volumes(result.new_triggers))
     return 0

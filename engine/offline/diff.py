@@ -26,7 +26,7 @@ from engine.actions.trigger import Trigger
 from engine.core.times import format_ts, parse_ts
 from engine.events.decode import decode_jsonl
 from engine.events.model import Event
-from engine.offline.backtest import BATCH, Replay
+from engine.offline.backtest import BATCH, BacktestSummary, Replay
 from engine.rules.compiler import CompiledRules, load_and_compile
 
 __all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "diff_backtests", "print_diff",
@@ -109,6 +109,10 @@ class DiffSummary(msgspec.Struct, omit_defaults=False):
 class DiffResult(msgspec.Struct, omit_defaults=False):
     summary: DiffSummary
     changes: list[TriggerChange]   # every difference, by rule, customer and fired_at
+    old_backtest: BacktestSummary | None = None   # each side's own summary (lift): `--report`
+    new_backtest: BacktestSummary | None = None
+    old_triggers: dict[str, list[Trigger]] = {}   # each side's triggers by id (volumes): `--report`
+    new_triggers: dict[str, list[Trigger]] = {}
 
     @property
     def rules(self) -> dict[str, RuleDiff]:
@@ -238,7 +242,7 @@ def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRul
         ended_at=format_ts(run.ended_at) if run.events or until_ms is not None else None,
         old_pending=run.old_pending, new_pending=run.new_pending, drained=drain,
     )
-    return DiffResult(summary, match.changes)
+    return DiffResult(summary, match.changes, run.old_summary, run.new_summary, run.old.by_id, run.new.by_id)
 
 
 class _Runs(msgspec.Struct):
@@ -249,6 +253,8 @@ class _Runs(msgspec.Struct):
     ended_at: int
     old_pending: int
     new_pending: int
+    old_summary: BacktestSummary
+    new_summary: BacktestSummary
 
 
 def _replay_both(old_c: CompiledRules, new_c: CompiledRules, events: Iterable[Event] | str | Path,
@@ -266,7 +272,8 @@ def _replay_both(old_c: CompiledRules, new_c: CompiledRules, events: Iterable[Ev
     old_replay.finish()
     new_replay.finish()
     return _Runs(old_out, new_out, old_replay.evaluator.counters.events, dead[0], old_replay.ended_at,
-                 sum(old_replay.pending.values()), sum(new_replay.pending.values()))
+                 sum(old_replay.pending.values()), sum(new_replay.pending.values()),
+                 old_replay.summary(dead[0], 0.0), new_replay.summary(dead[0], 0.0))
 
 
 class _Match:

@@ -221,3 +221,54 @@ def test_help_has_examples(capsys):
 
 def test_diff_result_is_a_struct():
     assert issubclass(DiffResult, msgspec.Struct)
+
+
+def test_report_shows_both_sides_volume_per_channel_and_lift(tmp_path, monkeypatch):
+    """`--report FILE.html` (issue 12): the bundled rules against a copy that sends cart reminders
+    by sms instead of email, on the bundled sample: each side's volume per channel and status,
+    each side's lift verdict, the change counts, and no absolute path of this machine."""
+    import re
+    import shutil
+    from html.parser import HTMLParser
+
+    root = Path(__file__).resolve().parents[2]
+    new = tmp_path / "rules-sms"
+    shutil.copytree(root / "rules", new)
+    text = (new / "transactional.yaml").read_text()
+    assert "action: cart-reminder, channel: email" in text
+    (new / "transactional.yaml").write_text(text.replace("action: cart-reminder, channel: email",
+                                                         "action: cart-reminder, channel: sms"))
+    report = tmp_path / "diff.html"
+    monkeypatch.chdir(root)
+    assert cli(["diff", "--rules", "rules", "--rules", str(new), "--events", "examples/sample-events.jsonl",
+                "--report", str(report)]) == 0
+    page = report.read_text()
+
+    result = diff_backtests(root / "rules", new, root / "examples" / "sample-events.jsonl")
+    row = page[page.index("<b>cart-abandoned</b>"):].split("</tr>")[0]
+    before, after = row.split('<td class="side">')[1:3]
+    old_cart = sum(1 for ts in result.old_triggers.values() for t in ts if t.rule_id == "cart-abandoned")
+    assert f"<b>email</b> {old_cart:,}:" in before and "sms" not in before
+    assert f"<b>sms</b> {old_cart:,}:" in after and "email" not in after
+    assert "inconclusive: control has" in before          # the old side's verdict (customers as the unit)
+    r = result.rules["cart-abandoned"]
+    assert r.changed == old_cart and f'<td class="num">{r.customers:,}</td>' in row
+    assert str(tmp_path) not in page and "rules-sms" in page   # no absolute path: the directory's name
+
+    class Tags(HTMLParser):   # well-formed: every opened element closed, in order
+        VOID = {"meta", "link", "br", "img", "input", "hr"}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in self.VOID:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack.pop() == tag, tag
+
+    parser = Tags()
+    parser.feed(page)
+    assert parser.stack == [] and not re.search(r"<script", page)
