@@ -38,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as e:
         print(f"triggers {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # the reader went away (`triggers diff ... | head`): stop quietly, as Unix tools do; the
+        # output still buffered would raise again at exit, so it goes to /dev/null
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -159,3 +159,15 @@ def test_backtest_html_report(tmp_path):
                  "--report", str(report), "--quiet", "--no-progress"]) == 0
     html = report.read_text()
     assert "cart-abandoned" in html and html.count("<svg") > 9
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
+    """`triggers backtest ... | head -1`: the pipe closes early; no traceback, the SIGPIPE status."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "backtest", "--rules", "rules", "--events",
+                             "examples/sample-events.jsonl", "--no-progress", "--quiet"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()          # as `head -1` does after its line
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and proc.returncode == 141, err.decode()[-2000:]
