@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import msgspec
 
 from engine.cli.common import CommandError
+from engine.core.times import format_ts
 from engine.offline.backtest import BacktestSummary
 from engine.policy.customers import CustomerOutcome
 from engine.policy.lift import CustomerLift, Program, customer_lift, program_lift
@@ -21,6 +22,8 @@ class Report(msgspec.Struct):
 
     rules: list[CustomerLift]
     program: Program | None                 # None: no global control group
+    ended_at: int = 0                       # the end of data (epoch ms)
+    pending: dict[str, int] = {}            # rule id -> deadlines pending at the end, not fired (none if drained)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,7 +53,7 @@ def build_report(summary: BacktestSummary) -> Report:
     rules = [customer_lift(rule_id, summary.by_customer.get(rule_id) or CustomerOutcome())
              for rule_id in summary.per_rule]
     program = None if summary.program is None else program_lift(summary.program, rules, summary.program_rules)
-    return Report(rules, program)
+    return Report(rules, program, summary.ended_at, {} if summary.drained else dict(summary.pending))
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -67,6 +70,9 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         print_report(report, sys.stdout)
     return 0
+
+
+CUPED_SHOWN = 0.05   # a CUPED line only where the pre-period revenue cut the variance by this share at least
 
 
 def _pct(x: float | None) -> str:
@@ -125,6 +131,17 @@ def print_report(report: Report, stream: TextIO) -> None:
     if unobserved:
         print(f"{unobserved:,} triggers left out: their attribution window runs past the end of the data.",
               file=stream)
+    pending = sum(report.pending.values())
+    if pending:
+        print(f"{pending:,} deadlines were pending at the end of data ({format_ts(report.ended_at)}): not fired, "
+              "so not in these figures (`triggers backtest --drain` fires them; they could not convert inside "
+              "the data).", file=stream)
+    cuped = [l for l in report.rules if l.revenue.cuped is not None and l.revenue.cuped.variance_reduction >= CUPED_SHOWN]
+    for l in cuped:
+        c = l.revenue.cuped
+        assert c is not None
+        print(f"CUPED, {l.rule_id}: revenue per customer lift adjusted by the customers' revenue before their first "
+              f"trigger {_money(c.lift, c.ci)} (variance {100 * c.variance_reduction:.0f}% lower)", file=stream)
     if p is None:
         print("No global control group: no \"all rules\" lift (per-rule control groups are not comparable "
               "across rules).", file=stream)
@@ -134,4 +151,4 @@ def print_report(report: Report, stream: TextIO) -> None:
               f"conversion counted once: incremental revenue {_money(p.lift.revenue.incremental, p.lift.revenue.incremental_ci)}"
               f"; the rules' own incremental revenues sum to {_money(p.rules_incremental_revenue)}"
               + (" (more: campaigns claim the same purchases)." if p.lift.revenue.incremental is not None
-                 and p.rules_incremental_revenue > p.lift.revenue.incremental else "."), file=stream)
+                 and p.rules_incremental_revenue > max(p.lift.revenue.incremental, 0.0) else "."), file=stream)

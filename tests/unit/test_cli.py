@@ -139,6 +139,25 @@ def test_backtest_summary_and_report(tmp_path, capsys):
         c["contacted"]["converted"] for c in data["by_customer"].values())
 
 
+def test_report_says_what_was_pending_at_the_end_and_the_cuped_adjustment(tmp_path, capsys):
+    """The report's figures leave out the deadlines pending at the end of data: it says how many
+    (and nothing when drained); CUPED is shown where the pre-period revenue cut the variance."""
+    for drain in (False, True):
+        summary = tmp_path / f"s{drain}.json"
+        assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE), "--out",
+                     str(tmp_path / "t.jsonl"), "--summary", str(summary), "--quiet"] + ["--drain"] * drain) == 0
+        pending = json.loads(summary.read_text())["pending_total"]
+        capsys.readouterr()
+        assert main(["report", str(summary)]) == 0
+        table = capsys.readouterr().out
+        assert pending > 0 and (f"{pending:,} deadlines were pending at the end of data" in table) is not drain
+        assert main(["report", str(summary), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        shown = [l["rule_id"] for l in report["rules"]
+                 if l["revenue"]["cuped"] and l["revenue"]["cuped"]["variance_reduction"] >= 0.05]
+        assert shown and all(f"CUPED, {rule}:" in table for rule in shown)
+
+
 def test_report_of_an_old_summary_says_to_run_again(tmp_path, capsys):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"triggers": 3, "per_rule": {"r": {"sent": 2, "held_out": 1}}}))
