@@ -376,6 +376,25 @@ def _lift_cells(l: CustomerLift | None) -> str:
             f"<td>{revenue}</td><td>{verdict}</td>")
 
 
+def _utc(ms: int) -> str:
+    """An epoch-ms instant as the page writes times: UTC, to the minute."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _pending_note(s: BacktestSummary) -> str:
+    """Why the pending column matters: deadlines due after the end of data are not fired unless drained."""
+    if not s.pending_total:
+        return ""
+    n = s.pending_total
+    what = f"{_n(n)} deadline{'s' if n != 1 else ''} pending at the end of data ({_utc(s.ended_at)})"
+    verb = "was" if n == 1 else "were"
+    if s.drained:
+        text = f"{what} {verb} drained: fired at the end (--drain), after the replayed period."
+    else:
+        text = f"{what} {verb} not fired; --drain fires them."
+    return f'<p class="note pending">{escape(text)}</p>\n'
+
+
 def _split_bar(sent: int, held: int, supp: int) -> str:
     total = sent + held + supp
     if not total:
@@ -395,9 +414,10 @@ def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str,
         o = s.per_rule.get(rule_id) or RuleOutcome(suppressed={})
         total.add(o)
         lifts.append(customer_lift(rule_id, s.by_customer.get(rule_id) or CustomerOutcome()))
-        rows.append(_summary_row(f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>', o, lifts[-1]))
+        rows.append(_summary_row(f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>', o, lifts[-1],
+                                 s.pending.get(rule_id, 0)))
     program = None if s.program is None else program_lift(s.program, lifts, s.program_rules).lift
-    rows.append(_summary_row("all rules", total, program, css="total"))
+    rows.append(_summary_row("all rules", total, program, s.pending_total, css="total"))
     return (
         '<section id="summary">\n<h2>Per rule</h2>\n'
         '<p class="note">Decisions of the contact policy, and what customers did within the attribution window. '
@@ -406,8 +426,9 @@ def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str,
         "out), conversion as the share of customers converted, revenue per customer (non-buyers included). "
         "Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: Welch). The all-rules "
         "row is the global control group against every contacted customer, each conversion once.</p>\n"
+        + _pending_note(s) +
         '<div class="tablewrap"><table class="summary">\n<thead><tr><th class="rule">rule</th><th>sent</th><th>held out</th>'
-        "<th>suppressed</th><th>split</th><th>responded</th><th>converted</th>"
+        "<th>suppressed</th><th>split</th><th>responded</th><th>converted</th><th>pending at end</th>"
         '<th class="reasons">suppression reasons</th><th class="lift">contacted conv.</th><th>control conv.</th>'
         "<th>abs lift (95% CI, points)</th><th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th>"
         "<th>verdict</th></tr></thead>\n<tbody>\n"
@@ -415,7 +436,7 @@ def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str,
     )
 
 
-def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, css: str = "") -> str:
+def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, pending: int, css: str = "") -> str:
     supp = sum(o.suppressed.values())
     reasons = "<br>".join(f"{escape(r)} {n:,}" for r, n in sorted(o.suppressed.items()))
     cls = f' class="{css}"' if css else ""
@@ -423,6 +444,7 @@ def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, css: str = 
         f'<tr{cls}><td class="rule">{label}</td><td>{_n(o.sent)}</td><td>{_n(o.held_out)}</td><td>{_n(supp)}</td>'
         f"<td>{_split_bar(o.sent, o.held_out, supp)}</td>"
         f"<td>{_n(o.responded + o.held_out_responded)}</td><td>{_n(o.converted + o.held_out_converted)}</td>"
+        f"<td>{_n(pending)}</td>"
         f'<td class="reasons">{reasons}</td>{_lift_cells(l)}</tr>'
     )
 

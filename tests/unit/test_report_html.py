@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import msgspec
+
 from engine.actions.trigger import Trigger
 from engine.offline.backtest import BacktestSummary
 from engine.offline.report_html import ReportCollector, ValueCounts, render_report, write_report
@@ -183,3 +185,31 @@ def test_empty_run_renders(tmp_path):
     write_report(path, ReportCollector(), summary_of({"r": RuleOutcome(suppressed={})}, 0), "Empty", "rules", "e.jsonl")
     html = path.read_text(encoding="utf-8")
     assert "No trigger was suppressed" in html and html.count('<svg class="chart fires"') == 2
+
+
+def _rule_row(html: str, rule_id: str) -> list[str]:
+    row = re.search(rf"<tr><td class=\"rule\"><a [^>]*>{re.escape(rule_id)}</a>.*?</tr>", html, re.S).group(0)
+    return re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+
+
+def test_pending_deadlines_per_rule_and_the_note_says_they_were_not_fired():
+    per_rule = {"win-back": RuleOutcome(sent=2, suppressed={}), "cart": RuleOutcome(sent=1, suppressed={})}
+    ended_at = 1_767_225_600_000 + 90 * 60_000   # 2026-01-01 01:30 UTC
+    summary = BacktestSummary(per_rule=per_rule, triggers=3, ended_at=ended_at, pending={"win-back": 7},
+                              pending_total=7)
+    html = render_report(ReportCollector(), summary, "Run", "rules", "e.jsonl")
+    header = re.search(r"<thead>(.*?)</thead>", html, re.S).group(1)
+    column = re.findall(r"<th[^>]*>(.*?)</th>", header).index("pending at end")
+    assert _rule_row(html, "win-back")[column] == "7" and _rule_row(html, "cart")[column] == "0"
+    total = re.search(r'<tr class="total">(.*?)</tr>', html, re.S).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", total)[column] == "7"
+    assert "7 deadlines pending at the end of data (2026-01-01 01:30 UTC) were not fired; --drain fires them" in html
+
+    drained = render_report(ReportCollector(), msgspec.structs.replace(summary, drained=True), "Run", "rules", "e")
+    assert "7 deadlines pending at the end of data (2026-01-01 01:30 UTC) were drained" in drained
+    assert "were not fired" not in drained
+
+
+def test_no_pending_note_when_nothing_is_pending():
+    html = _report([], {"r": RuleOutcome(suppressed={})})
+    assert "pending at the end of data" not in html
