@@ -195,13 +195,13 @@ def render_report(collector: ReportCollector, summary: BacktestSummary, title: s
     fires over time per rule (small multiples), suppression reasons, top payload values."""
     rule_ids = list(summary.per_rule) + [r for r in collector.rules if r not in summary.per_rule]
     anchors = {rule_id: f"rule-{i}" for i, rule_id in enumerate(rule_ids)}
-    bins, granularity = _bins(collector)
+    bins, granularity = _bins(collector, summary.ended_at)
     parts = [
         _HEAD.format(title=escape(title), css=_CSS),
         _header(collector, summary, title, rules_dir, events_file),
         "<main>",
         _summary_section(summary, rule_ids, anchors),
-        _fires_section(collector, rule_ids, anchors, bins, granularity),
+        _fires_section(collector, rule_ids, anchors, bins, granularity, summary.ended_at),
         _reasons_section(collector, rule_ids),
         _payload_section(collector, rule_ids, anchors),
         "</main>",
@@ -455,7 +455,7 @@ def _legend(items: Sequence[tuple[str, str]]) -> str:
 
 
 def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, str],
-                   bins: list[dt.date], granularity: str) -> str:
+                   bins: list[dt.date], granularity: str, ended_at: int) -> str:
     every = {"day": "day", "week": "week (Monday to Sunday)", "month": "month"}[granularity]
     all_days: dict[str, list[int]] = {}
     for r in c.rules.values():
@@ -466,7 +466,7 @@ def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, s
     cards = [
         '<div class="card wide"><h3>all rules</h3>'
         f'<div class="meta"><b>{_n(c.triggers)}</b> triggers</div>'
-        f"{_fires_chart(all_days, bins, granularity, 'all rules', height=170, width=1280)}</div>"
+        f"{_fires_chart(all_days, bins, granularity, 'all rules', ended_at, height=170, width=1280)}</div>"
     ]
     for rule_id in rule_ids:
         r = c.rules.get(rule_id) or RuleFires()
@@ -477,22 +477,30 @@ def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, s
                 + (f" &middot; {actions} via {channels}" if actions else ""))
         cards.append(
             f'<div class="card" id="{anchors[rule_id]}"><h3>{escape(rule_id)}</h3><div class="meta">{meta}</div>'
-            f"{_fires_chart(r.days, bins, granularity, rule_id)}</div>"
+            f"{_fires_chart(r.days, bins, granularity, rule_id, ended_at)}</div>"
         )
     return (
         '<section id="fires">\n<h2>Fires over time</h2>\n'
         f'<p class="note">Triggers per UTC {every}, stacked by status. Every chart shares the time axis; '
-        "each has its own count axis. Hover a bar for its figures.</p>\n"
+        "each has its own count axis. Hover a bar for its figures. The dashed line is the end of data "
+        "(the last event replayed, or --until): deadlines due after it are pending, not fired (unless drained).</p>\n"
         + _legend(STATUS_COLOURS) + '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n</section>"
     )
 
 
-def _bins(c: ReportCollector) -> tuple[list[dt.date], str]:
-    """The shared time axis: the first day of every bar from the first fire to the last."""
-    if not c.first_fired or not c.last_fired:
+def _day_of(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+
+
+def _bins(c: ReportCollector, ended_at: int = 0) -> tuple[list[dt.date], str]:
+    """The shared time axis: the first day of every bar from the first fire to the last, and to
+    the end of data (`ended_at`, epoch ms; 0: unknown) so its marker is on the axis."""
+    days = [dt.date.fromisoformat(t[:10]) for t in (c.first_fired, c.last_fired) if t]
+    if ended_at:
+        days.append(_day_of(ended_at))
+    if not days:
         return [], "day"
-    first = dt.date.fromisoformat(c.first_fired[:10])
-    last = dt.date.fromisoformat(c.last_fired[:10])
+    first, last = min(days), max(days)
     span = (last - first).days + 1
     if span <= MAX_BINS:
         return [first + dt.timedelta(days=i) for i in range(span)], "day"
@@ -512,6 +520,43 @@ def _bin_of(day: dt.date, granularity: str) -> dt.date:
     if granularity == "month":
         return day.replace(day=1)
     return day
+
+
+def _next_bin(start: dt.date, granularity: str) -> dt.date:
+    if granularity == "week":
+        return start + dt.timedelta(weeks=1)
+    if granularity == "month":
+        return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return start + dt.timedelta(days=1)
+
+
+def _bin_position(ms: int, bins: list[dt.date], granularity: str) -> float | None:
+    """Where an instant falls on the time axis, in bars from its left edge (None: off the axis)."""
+    if not bins:
+        return None
+    start = _bin_of(_day_of(ms), granularity)
+    try:
+        i = bins.index(start)
+    except ValueError:
+        return None
+    begin = dt.datetime.combine(start, dt.time(), dt.UTC).timestamp() * 1000
+    end = dt.datetime.combine(_next_bin(start, granularity), dt.time(), dt.UTC).timestamp() * 1000
+    return i + (ms - begin) / (end - begin)
+
+
+def _end_marker(ended_at: int, bins: list[dt.date], granularity: str, left: float, slot: float, top: float,
+                plot_h: float, width: int) -> str:
+    """The end of data as a labelled dashed vertical line: nothing after it was replayed."""
+    pos = _bin_position(ended_at, bins, granularity) if ended_at else None
+    if pos is None:
+        return ""
+    x = left + pos * slot
+    anchor, text_x = ("end", x - 4) if x > width - 90 else ("start", x + 4)
+    return (f'<g class="end-of-data"><title>end of data: {_utc(ended_at)}</title>'
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#1d2433" '
+            'stroke-width="1.2" stroke-dasharray="4 3"/>'
+            f'<text x="{text_x:.1f}" y="{top + 10}" font-size="11" text-anchor="{anchor}" class="label">'
+            "end of data</text></g>")
 
 
 def _nice_ticks(top: int, want: int = 4) -> list[int]:
@@ -554,7 +599,7 @@ def _date_ticks(bins: list[dt.date], granularity: str, max_ticks: int) -> list[t
     return labels
 
 
-def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: str, name: str,
+def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: str, name: str, ended_at: int,
                  width: int = 640, height: int = 190) -> str:
     """Stacked bars per bin (sent at the bottom, then held out, suppressed), with axes."""
     left, right, top, bottom = 46, 10, 10, 26
@@ -602,6 +647,7 @@ def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: s
             out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#8a93a3"/>'
                        f'<text x="{text_x:.1f}" y="{top + plot_h + 17}" font-size="11" text-anchor="middle">'
                        f"{escape(label)}</text>")
+        out.append(_end_marker(ended_at, bins, granularity, left, slot, top, plot_h, width))
     if not peak:
         out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" font-size="13" '
                    'text-anchor="middle" font-style="italic">no triggers</text>')

@@ -95,8 +95,11 @@ class SvgCharts(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "svg":
-            self._open = {"class": a.get("class") or "", "label": a.get("aria-label") or "", "rects": [], "texts": 0}
+            self._open = {"class": a.get("class") or "", "label": a.get("aria-label") or "", "rects": [], "texts": 0,
+                          "groups": []}
             self.charts.append(self._open)
+        elif self._open is not None and tag == "g":
+            self._open["groups"].append(a.get("class") or "")
         elif self._open is not None and tag == "rect":
             self._open["rects"].append((float(a.get("width") or 0), float(a.get("height") or 0)))
         elif self._open is not None and tag == "text":
@@ -125,6 +128,7 @@ def test_dom_has_a_drawn_chart_per_rule_and_no_console_errors(chromium, report, 
         fired = outcome.sent + outcome.held_out + sum(outcome.suppressed.values())
         assert (len(drawn) > 0) == (fired > 0), (rule_id, fired, chart["rects"][:5])
         assert chart["texts"] >= 4   # count and date axis labels
+    assert all(c["groups"].count("end-of-data") == 1 for c in fires), [c["label"] for c in fires]
     all_rules = fires[0]
     assert len([r for r in all_rules["rects"] if r[0] > 0 and r[1] > 0]) >= 50   # 60 days of fires (the data's; none after its end)
     reasons = [c for c in parser.charts if c["class"] == "chart reasons"]

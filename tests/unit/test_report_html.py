@@ -213,3 +213,25 @@ def test_pending_deadlines_per_rule_and_the_note_says_they_were_not_fired():
 def test_no_pending_note_when_nothing_is_pending():
     html = _report([], {"r": RuleOutcome(suppressed={})})
     assert "pending at the end of data" not in html
+
+
+def test_every_time_chart_marks_the_end_of_data_where_it_is():
+    triggers = [trig("a", "2026-01-01T08:00:00.000Z"), trig("b", "2026-01-03T08:00:00.000Z")]
+    ended_at = 1_767_225_600_000 + int(3.5 * 86_400_000)   # 2026-01-04 12:00 UTC: the axis runs to that day
+    summary = msgspec.structs.replace(summary_of({"a": RuleOutcome(sent=1, suppressed={}),
+                                                  "b": RuleOutcome(sent=1, suppressed={})}, 2), ended_at=ended_at)
+    html = render_report(collected(triggers), summary, "Run", "rules", "e.jsonl")
+    charts = re.findall(r'<svg class="chart fires".*?</svg>', html, re.S)
+    assert len(charts) == 3
+    for chart in charts:
+        markers = re.findall(r'<g class="end-of-data"><title>end of data: 2026-01-04 12:00 UTC</title>'
+                             r'<line x1="([\d.]+)"', chart)
+        assert len(markers) == 1 and "end of data</text>" in chart
+        left, right = map(float, re.findall(r'<line x1="([\d.]+)" x2="([\d.]+)" y1="[\d.]+" y2="[\d.]+" '
+                                            r'stroke="#8a93a3"/></svg>', chart)[0])
+        assert abs((float(markers[0]) - left) / (right - left) - 3.5 / 4) < 0.01
+
+
+def test_no_end_marker_without_an_end_of_data():
+    html = _report([trig("a", "2026-01-01T08:00:00.000Z")], {"a": RuleOutcome(sent=1, suppressed={})})
+    assert "end-of-data" not in html
