@@ -201,7 +201,7 @@ def render_report(collector: ReportCollector, summary: BacktestSummary, title: s
         _header(collector, summary, title, rules_dir, events_file),
         "<main>",
         _summary_section(summary, rule_ids, anchors),
-        _fires_section(collector, rule_ids, anchors, bins, granularity, summary.ended_at),
+        _fires_section(collector, summary, rule_ids, anchors, bins, granularity),
         _reasons_section(collector, rule_ids),
         _payload_section(collector, rule_ids, anchors),
         "</main>",
@@ -274,6 +274,8 @@ table { border-collapse: collapse; background: var(--card); font-variant-numeric
 .card .meta { color: var(--muted); font-size: 12px; margin: 2px 0 6px; }
 .card .meta b { color: var(--ink); font-weight: 600; }
 .wide { grid-column: 1 / -1; }
+.never-fired { margin-top: 14px; } .never-fired ul { margin: 6px 0 4px; padding-left: 20px; }
+.never-fired li { margin: 2px 0; } .never-fired code { font-weight: 600; }
 svg { display: block; width: 100%; height: auto; }
 svg text { font-family: -apple-system, "Segoe UI", Roboto, Arial, "DejaVu Sans", sans-serif; fill: #5b6475; }
 svg text.label { fill: #1d2433; }
@@ -454,8 +456,11 @@ def _legend(items: Sequence[tuple[str, str]]) -> str:
         f'<span><i style="background:{col}"></i>{escape(label)}</span>' for label, col in items) + "</div>"
 
 
-def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, str],
-                   bins: list[dt.date], granularity: str, ended_at: int) -> str:
+def _fires_section(c: ReportCollector, s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str],
+                   bins: list[dt.date], granularity: str) -> str:
+    """One chart for all rules, one per rule that fired; the rules that never fired in one list."""
+    ended_at = s.ended_at
+    silent = [rule_id for rule_id in rule_ids if not _fired(c, s, rule_id)]
     every = {"day": "day", "week": "week (Monday to Sunday)", "month": "month"}[granularity]
     all_days: dict[str, list[int]] = {}
     for r in c.rules.values():
@@ -469,6 +474,8 @@ def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, s
         f"{_fires_chart(all_days, bins, granularity, 'all rules', ended_at, height=170, width=1280)}</div>"
     ]
     for rule_id in rule_ids:
+        if rule_id in silent:
+            continue
         r = c.rules.get(rule_id) or RuleFires()
         sent, held, supp = r.by_status
         channels = ", ".join(escape(ch) for ch, _ in sorted(r.channels.items(), key=lambda kv: -kv[1]))
@@ -484,8 +491,38 @@ def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, s
         f'<p class="note">Triggers per UTC {every}, stacked by status. Every chart shares the time axis; '
         "each has its own count axis. Hover a bar for its figures. The dashed line is the end of data "
         "(the last event replayed, or --until): deadlines due after it are pending, not fired (unless drained).</p>\n"
-        + _legend(STATUS_COLOURS) + '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n</section>"
+        + _legend(STATUS_COLOURS) + '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n"
+        + _never_fired(s, silent, anchors) + "</section>"
     )
+
+
+def _fired(c: ReportCollector, s: BacktestSummary, rule_id: str) -> bool:
+    r = c.rules.get(rule_id)
+    o = s.per_rule.get(rule_id)
+    return bool(r and r.total) or bool(o and o.sent + o.held_out + sum(o.suppressed.values()))
+
+
+def silence_reason(s: BacktestSummary, rule_id: str) -> str:
+    """Why a rule fired nothing: its events were missing from the input, its deadlines are all
+    still pending at the end of data, or its condition never held on the events it saw."""
+    pending = s.pending.get(rule_id, 0)
+    if pending and not s.drained:
+        return f"{pending:,} pending at the end of data"
+    on = s.rule_events.get(rule_id, [])
+    if on and "*" not in on and not any(s.event_types.get(t) for t in on):
+        return "no " + " or ".join(f"'{t}'" for t in on) + " events in the input"
+    if on and "*" in on and not s.events:
+        return "no events in the input"
+    return "its condition never held"
+
+
+def _never_fired(s: BacktestSummary, silent: list[str], anchors: dict[str, str]) -> str:
+    if not silent:
+        return ""
+    items = "".join(f'<li id="{anchors[rule_id]}"><code>{escape(rule_id)}</code>: '
+                    f"{escape(silence_reason(s, rule_id))}</li>" for rule_id in silent)
+    return (f'<div class="card never-fired"><h3>{len(silent):,} rule{"s" if len(silent) != 1 else ""} '
+            f'never fired</h3><ul>{items}</ul></div>\n')
 
 
 def _day_of(ms: int) -> dt.date:

@@ -110,7 +110,7 @@ def _report(triggers: list[Trigger], per_rule: dict[str, RuleOutcome],
                          kw.get("rules_dir", "rules/"), kw.get("events_file", "events.jsonl"))
 
 
-def test_report_has_every_rule_and_one_chart_per_rule():
+def test_report_has_every_rule_and_one_chart_per_rule_that_fired():
     ts = "2026-02-01T08:00:00.000Z"
     triggers = [trig("cart-abandoned", ts, sku="A-1"), trig("vip-5000", ts, "suppressed", "cooldown")]
     per_rule = {"cart-abandoned": RuleOutcome(sent=1, suppressed={}),
@@ -119,13 +119,13 @@ def test_report_has_every_rule_and_one_chart_per_rule():
     html = _report(triggers, per_rule)
     for rule_id in per_rule:
         assert rule_id in html
-    # one chart per rule (a rule that never fired shows an empty chart) and one for all rules together
-    assert html.count('<svg class="chart fires"') == len(per_rule) + 1
-    for i in range(len(per_rule)):
+    # one chart per rule that fired and one for all rules together; never-fired is in the list instead
+    assert html.count('<svg class="chart fires"') == len(per_rule) - 1 + 1
+    for i in range(len(per_rule) - 1):
         card = re.search(rf'<div class="card" id="rule-{i}">(.*?)</div>\s*(?=<div class="card|</div>)', html, re.S)
         assert card is not None and card.group(1).count("<svg") == 1
+    assert '<li id="rule-2"><code>never-fired</code>: its condition never held</li>' in html
     assert html.count('<svg class="chart reasons"') == 1
-    assert "no triggers" in html   # never-fired's empty chart says so
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
 
 
@@ -184,7 +184,8 @@ def test_empty_run_renders(tmp_path):
     path = tmp_path / "report.html"
     write_report(path, ReportCollector(), summary_of({"r": RuleOutcome(suppressed={})}, 0), "Empty", "rules", "e.jsonl")
     html = path.read_text(encoding="utf-8")
-    assert "No trigger was suppressed" in html and html.count('<svg class="chart fires"') == 2
+    assert "No trigger was suppressed" in html and html.count('<svg class="chart fires"') == 1
+    assert "no triggers" in html and "1 rule never fired" in html
 
 
 def _rule_row(html: str, rule_id: str) -> list[str]:
@@ -235,3 +236,22 @@ def test_every_time_chart_marks_the_end_of_data_where_it_is():
 def test_no_end_marker_without_an_end_of_data():
     html = _report([trig("a", "2026-01-01T08:00:00.000Z")], {"a": RuleOutcome(sent=1, suppressed={})})
     assert "end-of-data" not in html
+
+
+def test_rules_that_never_fired_are_listed_once_with_the_reason():
+    per_rule = {"fired": RuleOutcome(sent=1, suppressed={}), "coupon": RuleOutcome(suppressed={}),
+                "two": RuleOutcome(suppressed={}), "strict": RuleOutcome(suppressed={}),
+                "win-back": RuleOutcome(suppressed={}), "birthday": RuleOutcome(suppressed={})}
+    summary = msgspec.structs.replace(
+        summary_of(per_rule, 1), event_types={"view": 90, "purchase": 10},
+        rule_events={"fired": ["view"], "coupon": ["coupon_issued"], "two": ["a", "b"], "strict": ["purchase"],
+                     "win-back": [], "birthday": []},
+        pending={"win-back": 12}, pending_total=12)
+    html = render_report(collected([trig("fired", "2026-02-01T08:00:00.000Z")]), summary, "Run", "rules", "e")
+    items = dict(re.findall(r"<li id=\"rule-\d+\"><code>(.*?)</code>: (.*?)</li>", html))
+    assert items == {"coupon": "no &#x27;coupon_issued&#x27; events in the input",
+                     "two": "no &#x27;a&#x27; or &#x27;b&#x27; events in the input",
+                     "strict": "its condition never held", "win-back": "12 pending at the end of data",
+                     "birthday": "its condition never held"}
+    assert "5 rules never fired" in html
+    assert html.count('<svg class="chart fires"') == 2   # all rules and "fired"
