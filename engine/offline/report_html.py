@@ -299,6 +299,18 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
+def shown_path(path: str) -> str:
+    """A path as the page shows it: as given when relative, relative to the current directory
+    when inside it, else its name only. A report is shared: it must not reveal the machine's layout."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name or path
+
+
 def _header(c: ReportCollector, s: BacktestSummary, title: str, rules_dir: str, events_file: str) -> str:
     period = "no triggers"
     if c.first_fired and c.last_fired:
@@ -332,7 +344,8 @@ def _header(c: ReportCollector, s: BacktestSummary, title: str, rules_dir: str, 
     return (
         '<header>\n<div class="kind">Backtest report</div>\n'
         f"<h1>{escape(title)}</h1>\n"
-        f"<dl><dt>Rules</dt><dd>{escape(rules_dir)}</dd><dt>Events</dt><dd>{escape(events_file)}</dd>"
+        f"<dl><dt>Rules</dt><dd>{escape(shown_path(rules_dir))}</dd>"
+        f"<dt>Events</dt><dd>{escape(shown_path(events_file))}</dd>"
         f"<dt>Triggers fired</dt><dd>{escape(period)}</dd>"
         f"<dt>Throughput</dt><dd>{s.events_per_s:,.0f} events/s</dd></dl>\n"
         f'<div class="tiles">{tile_html}</div>{warn_html}\n</header>'

@@ -159,3 +159,12 @@ def test_backtest_html_report(tmp_path):
                  "--report", str(report), "--quiet", "--no-progress"]) == 0
     html = report.read_text()
     assert "cart-abandoned" in html and html.count("<svg") > 9
+
+
+def test_backtest_html_report_names_its_inputs_without_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    report = tmp_path / "r.html"
+    assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE.resolve()),
+                 "--out", str(tmp_path / "t.jsonl"), "--report", str(report), "--quiet", "--no-progress"]) == 0
+    html = report.read_text()
+    assert str(ROOT) not in html and "<h1>Backtest of rules</h1>" in html

@@ -255,3 +255,15 @@ def test_rules_that_never_fired_are_listed_once_with_the_reason():
                      "birthday": "its condition never held"}
     assert "5 rules never fired" in html
     assert html.count('<svg class="chart fires"') == 2   # all rules and "fired"
+
+
+def test_the_header_shows_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / "rules" / "prod"
+    outside = tmp_path.parent / "elsewhere" / "events-2026.jsonl"
+    html = _report([], {"r": RuleOutcome(suppressed={})}, rules_dir=str(inside), events_file=str(outside))
+    header = re.search(r"<header>.*?</header>", html, re.S).group(0)
+    assert "<dd>rules/prod</dd>" in header and "<dd>events-2026.jsonl</dd>" in header
+    assert str(tmp_path) not in html
+    relative = _report([], {"r": RuleOutcome(suppressed={})}, rules_dir="rules/", events_file="../e.jsonl")
+    assert "<dd>rules/</dd>" in relative and "<dd>../e.jsonl</dd>" in relative
