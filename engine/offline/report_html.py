@@ -31,6 +31,9 @@ TOP_VALUES = 10          # payload values shown per key and rule
 MAX_TRACKED = 1000       # distinct values counted per key and rule before the rarest are dropped
 MAX_KEYS = 50            # payload keys tracked per rule (keys come from the rules, so few)
 MAX_VALUE_CHARS = 120    # longer payload values are counted by their first characters
+MAX_SAMPLE = 4096        # numbers kept per key and rule for the histogram of a high-cardinality key
+HIST_BINS = 12           # bars of that histogram
+SPREAD_SHARE = 0.25      # the top values cover less than this share of a key: it is high-cardinality
 
 _STATUS_INDEX = {SENT: 0, HELD_OUT: 1, SUPPRESSED: 2}
 
@@ -54,9 +57,13 @@ class ValueCounts:
     """Counts of one payload key's values, bounded: beyond `cap` distinct values the rarer half
     is dropped (their occurrences go to `dropped`). Values seen often survive every pruning, so
     the top values are right; once pruned, a count is a lower bound (a value dropped earlier
-    restarts from 1 when it comes back)."""
+    restarts from 1 when it comes back).
 
-    __slots__ = ("counts", "total", "dropped", "pruned", "cap")
+    While every value is a number (payload templates render numbers as text), the numbers are
+    also kept: exact count, min and max, and an every-`stride`-th sample of at most `MAX_SAMPLE`
+    (the stride doubles when it fills), for the histogram of a high-cardinality key."""
+
+    __slots__ = ("counts", "total", "dropped", "pruned", "cap", "numeric", "lo", "hi", "sample", "stride")
 
     def __init__(self, cap: int = MAX_TRACKED) -> None:
         self.counts: dict[str, int] = {}
@@ -64,13 +71,37 @@ class ValueCounts:
         self.dropped = 0      # occurrences whose value is no longer tracked
         self.pruned = False   # some value was dropped: counts are lower bounds
         self.cap = cap
+        self.numeric = True   # every value so far was a finite number
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.sample: list[float] = []
+        self.stride = 1
 
     def add(self, label: str) -> None:
         counts = self.counts
         counts[label] = counts.get(label, 0) + 1
         self.total += 1
+        if self.numeric:
+            self._add_number(label)
         if len(counts) > self.cap:
             self._prune()
+
+    def _add_number(self, label: str) -> None:
+        try:
+            x = float(label)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x):
+            self.numeric = False
+            self.sample = []
+            return
+        self.lo = min(self.lo, x)
+        self.hi = max(self.hi, x)
+        if (self.total - 1) % self.stride == 0:
+            self.sample.append(x)
+            if len(self.sample) >= MAX_SAMPLE:
+                self.sample = self.sample[::2]
+                self.stride *= 2
 
     def _prune(self) -> None:
         ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])   # stable: first seen wins ties
@@ -81,6 +112,15 @@ class ValueCounts:
 
     def top(self, n: int = TOP_VALUES) -> list[tuple[str, int]]:
         return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    @property
+    def high_cardinality(self) -> bool:
+        """More distinct values than a top list shows, and the top ones say little: each was seen
+        once, or together they cover under `SPREAD_SHARE` of the key (ids, amounts, coupon codes)."""
+        if len(self.counts) <= TOP_VALUES or not self.total:
+            return False
+        top = self.top(TOP_VALUES)
+        return top[0][1] == 1 or sum(n for _, n in top) < SPREAD_SHARE * self.total
 
 
 class RuleFires:
@@ -287,6 +327,7 @@ svg text.label { fill: #1d2433; }
 .kv td.v { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; max-width: 220px;
            overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .kv td.n { text-align: right; width: 60px; }
+.kv table.spread td.n { width: auto; white-space: nowrap; } .kv td.spread { color: var(--muted); }
 .kv td.bar { width: 110px; }
 .kv td.bar div { height: 8px; background: var(--sent); opacity: .55; border-radius: 1px; }
 .empty { color: var(--muted); font-style: italic; }
@@ -775,20 +816,8 @@ def _payload_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str,
         r = c.rules.get(rule_id)
         if r is None or not r.payload:
             continue
-        tables = []
-        for key, vc in r.payload.items():
-            top = vc.top(TOP_VALUES)
-            peak = top[0][1] if top else 1
-            distinct = (f"over {len(vc.counts):,} distinct" if vc.pruned else f"{len(vc.counts):,} distinct")
-            rows = "".join(
-                f'<tr><td class="v" title="{escape(value)}">{escape(value)}</td>'
-                f'<td class="n">{"≥ " if vc.pruned else ""}{n:,}</td>'
-                f'<td class="n">{100 * n / vc.total:.1f}%</td>'
-                f'<td class="bar"><div style="width:{100 * n / peak:.1f}%"></div></td></tr>'
-                for value, n in top
-            )
-            tables.append(f"<table><caption>{escape(key)} <small>{vc.total:,} triggers, {distinct}"
-                          f"</small></caption>{rows}</table>")
+        tables = [_spread_table(key, vc) if vc.high_cardinality else _top_table(key, vc)
+                  for key, vc in r.payload.items()]
         extra = (f'<p class="note">{r.keys_dropped:,} value(s) of further payload keys not tracked.</p>'
                  if r.keys_dropped else "")
         span = ' span2' if len(r.payload) > 1 else ""
@@ -797,7 +826,76 @@ def _payload_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str,
     head = ('<section id="payload">\n<h2>Top payload values</h2>\n'
             f'<p class="note">The {TOP_VALUES} most common values of each payload key, per rule, over every '
             f"trigger (sent, held out and suppressed). Beyond {c.max_tracked:,} distinct values per key the rarest "
-            "are dropped; counts marked ≥ are then lower bounds.</p>\n")
+            "are dropped; counts marked ≥ are then lower bounds. A key with many distinct values, none common "
+            "(ids, amounts, codes), is summarised instead: its distinct values and, for numbers, their "
+            "histogram.</p>\n")
     if not blocks:
         return head + '<p class="empty">No rule fired a trigger with a payload.</p>\n</section>'
     return head + '<div class="grid payload">\n' + "\n".join(blocks) + "\n</div>\n</section>"
+
+
+def _distinct(vc: ValueCounts) -> str:
+    return f"over {len(vc.counts):,} distinct" if vc.pruned else f"{len(vc.counts):,} distinct"
+
+
+def _top_table(key: str, vc: ValueCounts) -> str:
+    top = vc.top(TOP_VALUES)
+    peak = top[0][1] if top else 1
+    rows = "".join(
+        f'<tr><td class="v" title="{escape(value)}">{escape(value)}</td>'
+        f'<td class="n">{"≥ " if vc.pruned else ""}{n:,}</td>'
+        f'<td class="n">{100 * n / vc.total:.1f}%</td>'
+        f'<td class="bar"><div style="width:{100 * n / peak:.1f}%"></div></td></tr>'
+        for value, n in top
+    )
+    return (f"<table><caption>{escape(key)} <small>{vc.total:,} triggers, {_distinct(vc)}"
+            f"</small></caption>{rows}</table>")
+
+
+def _spread_table(key: str, vc: ValueCounts) -> str:
+    """A high-cardinality key: how many distinct values, the most common one's count, and for
+    numbers their range and histogram (a top list would be a list of ones)."""
+    top = vc.top(3)
+    common = f"the most common seen {top[0][1]:,} time{'s' if top[0][1] != 1 else ''}"
+    rows = [f'<tr><td>distinct values</td><td class="n">{_distinct(vc).removesuffix(" distinct")}</td></tr>',
+            f'<tr><td colspan="2" class="spread">{common}</td></tr>']
+    if vc.numeric and vc.sample:
+        ordered = sorted(vc.sample)
+        median = ordered[len(ordered) // 2]
+        rows.append(f'<tr><td>min / median / max</td><td class="n">{_num(vc.lo)} / {_num(median)} / '
+                    f"{_num(vc.hi)}</td></tr>")
+        rows.append(f'<tr><td colspan="2">{_histogram(key, vc)}</td></tr>')
+    else:
+        examples = ", ".join(f"<code>{escape(v)}</code>" for v, _ in top)
+        rows.append(f'<tr><td colspan="2" class="spread">e.g. {examples}</td></tr>')
+    return (f'<table class="spread"><caption>{escape(key)} <small>{vc.total:,} triggers, high cardinality'
+            f"</small></caption>{''.join(rows)}</table>")
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x == int(x) and abs(x) < 1e15 else f"{x:,.2f}"
+
+
+def _histogram(key: str, vc: ValueCounts, width: int = 300, height: int = 64) -> str:
+    """Equal-width bins from the exact min to max, counted over the sample (its share of each bin)."""
+    lo, hi, sample = vc.lo, vc.hi, vc.sample
+    span = hi - lo
+    counts = [0] * HIST_BINS
+    for x in sample:
+        counts[min(HIST_BINS - 1, int((x - lo) / span * HIST_BINS)) if span else 0] += 1
+    peak = max(counts)
+    slot = width / HIST_BINS
+    scale = vc.total / len(sample)   # the sample is every stride-th value: counts scaled back
+    bars = []
+    for i, n in enumerate(counts):
+        if not n:
+            continue
+        h = (height - 14) * n / peak
+        a, b = lo + span * i / HIST_BINS, lo + span * (i + 1) / HIST_BINS
+        bars.append(f'<rect x="{i * slot + 0.5:.1f}" y="{height - 14 - h:.1f}" width="{slot - 1:.1f}" '
+                    f'height="{h:.1f}" fill="#0072B2" opacity=".6"><title>{_num(a)} to {_num(b)}: '
+                    f"about {round(n * scale):,}</title></rect>")
+    return (f'<svg class="chart hist" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{escape(key)}: histogram of its values">{"".join(bars)}'
+            f'<text x="0" y="{height - 2}" font-size="10">{_num(lo)}</text>'
+            f'<text x="{width}" y="{height - 2}" font-size="10" text-anchor="end">{_num(hi)}</text></svg>')

@@ -137,6 +137,8 @@ def test_dom_has_a_drawn_chart_per_rule_and_no_console_errors(chromium, report, 
     reasons = [c for c in parser.charts if c["class"] == "chart reasons"]
     assert len(reasons) == 1 and any(w > 0 and h > 0 for w, h in reasons[0]["rects"])
     assert "Top payload values" in dom and "cart-abandoned" in dom
+    hists = [c for c in parser.charts if c["class"] == "chart hist"]   # cart values: many, none common
+    assert hists and all(any(w > 0 and h > 0 for w, h in c["rects"]) for c in hists)
 
 
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:

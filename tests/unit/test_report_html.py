@@ -9,7 +9,7 @@ import msgspec
 
 from engine.actions.trigger import Trigger
 from engine.offline.backtest import BacktestSummary
-from engine.offline.report_html import ReportCollector, ValueCounts, render_report, write_report
+from engine.offline.report_html import HIST_BINS, MAX_SAMPLE, ReportCollector, ValueCounts, render_report, write_report
 from engine.policy.attribution import RuleOutcome
 from engine.policy.customers import CustomerOutcome, GroupTotals
 
@@ -267,3 +267,40 @@ def test_the_header_shows_no_absolute_path(tmp_path, monkeypatch):
     assert str(tmp_path) not in html
     relative = _report([], {"r": RuleOutcome(suppressed={})}, rules_dir="rules/", events_file="../e.jsonl")
     assert "<dd>rules/</dd>" in relative and "<dd>../e.jsonl</dd>" in relative
+
+
+def test_a_key_of_unique_values_is_summarised_not_listed():
+    ts = "2026-02-01T08:00:00.000Z"
+    triggers = [trig("after-sale", ts, n=i, order=f"o-{i:05d}", tier="gold" if i % 2 else "silver")
+                for i in range(50)]
+    html = _report(triggers, {"after-sale": RuleOutcome(sent=50, suppressed={})})
+    order = re.search(r'<table class="spread"><caption>order .*?</table>', html, re.S).group(0)
+    assert "high cardinality" in order and '<td class="n">50</td>' in order and "seen 1 time<" in order
+    assert "<code>o-00000</code>" in order and "chart hist" not in order   # not numbers: examples, no histogram
+    assert html.count('title="o-0') == 0   # no top list of ones
+    tier = re.search(r"<table><caption>tier .*?</table>", html, re.S).group(0)   # two common values: listed
+    assert 'title="gold"' in tier and 'title="silver"' in tier
+
+
+def test_a_numeric_key_of_many_values_gets_a_histogram():
+    ts = "2026-02-01T08:00:00.000Z"
+    values = [i * 1.5 for i in range(1, 201)]
+    triggers = [trig("cart", ts, n=i, value=f"{v}") for i, v in enumerate(values)]
+    html = _report(triggers, {"cart": RuleOutcome(sent=len(values), suppressed={})})
+    value = re.search(r'<table class="spread"><caption>value .*?</table>', html, re.S).group(0)
+    median = sorted(values)[len(values) // 2]
+    assert f"{min(values):,.2f} / {median:,.2f} / {max(values):,.0f}" in value
+    hist = re.search(r'<svg class="chart hist".*?</svg>', value, re.S).group(0)
+    heights = [float(h) for h in re.findall(r'<rect [^>]*height="([\d.]+)"', hist)]
+    assert len(heights) == HIST_BINS and min(heights) > 0.9 * max(heights)   # uniform values: even bars
+
+
+def test_the_number_sample_is_bounded_and_min_max_exact():
+    vc = ValueCounts(cap=10)
+    n = 5 * MAX_SAMPLE + 7
+    for i in range(n):
+        vc.add(str(i))
+    assert vc.numeric and len(vc.sample) < MAX_SAMPLE and (vc.lo, vc.hi) == (0, n - 1) and vc.total == n
+    assert vc.sample == [float(i) for i in range(0, n, vc.stride)][:len(vc.sample)]   # every stride-th
+    vc.add("not a number")
+    assert not vc.numeric and vc.sample == []
