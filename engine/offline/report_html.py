@@ -293,6 +293,7 @@ table { border-collapse: collapse; background: var(--card); font-variant-numeric
               vertical-align: bottom; line-height: 1.25; }
 .summary th.lift, .summary td.lift { border-left: 1px solid var(--line); }
 .summary td.rule, .summary th.rule { text-align: left; }
+.summary td.verdict, .summary th:last-child { text-align: left; white-space: normal; min-width: 240px; }
 .summary td.reasons, .summary th.reasons { text-align: left; color: var(--muted); font-size: 12px; line-height: 1.3; }
 .summary tr.total td { font-weight: 600; background: #f7f8fb; border-bottom: 0; }
 .summary a { color: var(--accent); text-decoration: none; font-weight: 600; }
@@ -403,7 +404,7 @@ def _lift_cells(l: CustomerLift | None) -> str:
         title = "no global control group" if l is None else "no control group (no held-out customers)"
         contacted = "" if l is None else f"{_n(l.contacted.converted)}/{_n(l.contacted.customers)} {_pct(l.contacted.rate)}"
         dash = f'<td class="dash" title="{title}">–</td>'
-        return f'<td class="lift">{contacted or "–"}</td>' + dash * 4 + f'<td class="dash">{escape(title)}</td>'
+        return f'<td class="lift">{contacted or "–"}</td>' + dash * 4 + f'<td class="dash verdict">{escape(title)}</td>'
     a, b, c, r = l.contacted, l.control, l.conversion, l.revenue
     contacted = f"{_n(a.converted)}/{_n(a.customers)} {_pct(a.rate)}"
     control = f"{_n(b.converted)}/{_n(b.customers)} {_pct(b.rate)}"
@@ -429,7 +430,7 @@ def _lift_cells(l: CustomerLift | None) -> str:
     if l.verdict_kind is Verdict.INCONCLUSIVE:
         verdict = f'<span class="dash">{verdict}</span>'
     return (f'<td class="lift">{contacted}</td><td>{control}</td><td>{absolute}</td><td>{relative}</td>'
-            f"<td>{revenue}</td><td>{verdict}</td>")
+            f'<td>{revenue}</td><td class="verdict">{verdict}</td>')
 
 
 def _utc(ms: int) -> str:
@@ -463,36 +464,43 @@ def _split_bar(sent: int, held: int, supp: int) -> str:
 
 
 def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str]) -> str:
-    rows = []
+    """Two tables, so each fits a laptop's width: the decisions and responses per rule, then lift."""
+    rows, lift_rows = [], []
     total = RuleOutcome(suppressed={})
     lifts = []
     for rule_id in rule_ids:
         o = s.per_rule.get(rule_id) or RuleOutcome(suppressed={})
         total.add(o)
         lifts.append(customer_lift(rule_id, s.by_customer.get(rule_id) or CustomerOutcome()))
-        rows.append(_summary_row(f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>', o, lifts[-1],
-                                 s.pending.get(rule_id, 0)))
+        link = f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>'
+        rows.append(_summary_row(link, o, s.pending.get(rule_id, 0)))
+        lift_rows.append(_lift_row(link, lifts[-1]))
     program = None if s.program is None else program_lift(s.program, lifts, s.program_rules).lift
-    rows.append(_summary_row("all rules", total, program, s.pending_total, css="total"))
+    rows.append(_summary_row("all rules", total, s.pending_total, css="total"))
+    lift_rows.append(_lift_row("all rules", program, css="total"))
     return (
         '<section id="summary">\n<h2>Per rule</h2>\n'
         '<p class="note">Decisions of the contact policy, and what customers did within the attribution window. '
-        "Responded and converted count sent and held-out triggers, as the CLI's summary does. Lift compares "
-        "customers, each counted once per rule: contacted (got a sent trigger) against the control group (held "
-        "out), conversion as the share of customers converted, revenue per customer (non-buyers included). "
-        "Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: Welch). The all-rules "
-        "row is the global control group against every contacted customer, each conversion once.</p>\n"
+        "Responded and converted count sent and held-out triggers, as the CLI's summary does.</p>\n"
         + _pending_note(s) +
-        '<div class="tablewrap"><table class="summary">\n<thead><tr><th class="rule">rule</th><th>sent</th><th>held out</th>'
-        "<th>suppressed</th><th>split</th><th>responded</th><th>converted</th><th>pending at end</th>"
-        '<th class="reasons">suppression reasons</th><th class="lift">contacted conv.</th><th>control conv.</th>'
-        "<th>abs lift (95% CI, points)</th><th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th>"
-        "<th>verdict</th></tr></thead>\n<tbody>\n"
-        + "\n".join(rows) + "\n</tbody>\n</table></div>\n</section>"
+        '<div class="tablewrap"><table class="summary">\n<thead><tr><th class="rule">rule</th><th>sent</th>'
+        "<th>held out</th><th>suppressed</th><th>split</th><th>responded</th><th>converted</th>"
+        '<th>pending at end</th><th class="reasons">suppression reasons</th></tr></thead>\n<tbody>\n'
+        + "\n".join(rows) + "\n</tbody>\n</table></div>\n</section>\n"
+        '<section id="lift">\n<h2>Lift</h2>\n'
+        '<p class="note">Customers, each counted once per rule: contacted (got a sent trigger) against the '
+        "control group (held out), conversion as the share of customers converted, revenue per customer "
+        "(non-buyers included). Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: "
+        "Welch). The all-rules row is the global control group against every contacted customer, each "
+        "conversion once.</p>\n"
+        '<div class="tablewrap"><table class="summary lift">\n<thead><tr><th class="rule">rule</th>'
+        "<th>contacted conv.</th><th>control conv.</th><th>abs lift (95% CI, points)</th>"
+        "<th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th><th>verdict</th></tr></thead>\n<tbody>\n"
+        + "\n".join(lift_rows) + "\n</tbody>\n</table></div>\n</section>"
     )
 
 
-def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, pending: int, css: str = "") -> str:
+def _summary_row(label: str, o: RuleOutcome, pending: int, css: str = "") -> str:
     supp = sum(o.suppressed.values())
     reasons = "<br>".join(f"{escape(r)} {n:,}" for r, n in sorted(o.suppressed.items()))
     cls = f' class="{css}"' if css else ""
@@ -500,9 +508,13 @@ def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, pending: in
         f'<tr{cls}><td class="rule">{label}</td><td>{_n(o.sent)}</td><td>{_n(o.held_out)}</td><td>{_n(supp)}</td>'
         f"<td>{_split_bar(o.sent, o.held_out, supp)}</td>"
         f"<td>{_n(o.responded + o.held_out_responded)}</td><td>{_n(o.converted + o.held_out_converted)}</td>"
-        f"<td>{_n(pending)}</td>"
-        f'<td class="reasons">{reasons}</td>{_lift_cells(l)}</tr>'
+        f'<td>{_n(pending)}</td><td class="reasons">{reasons}</td></tr>'
     )
+
+
+def _lift_row(label: str, l: CustomerLift | None, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f'<tr{cls}><td class="rule">{label}</td>{_lift_cells(l)}</tr>'
 
 
 def _legend(items: Sequence[tuple[str, str]]) -> str:

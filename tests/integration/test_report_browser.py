@@ -210,3 +210,25 @@ def test_screenshot_shows_the_page_with_its_chart_colours(chromium, report, tmp_
     assert colours.most_common(1)[0][1] < 0.9 * sampled, colours.most_common(3)
     for name, colour in STATUS_COLOURS:   # the stacked bars are drawn in the status colours
         assert colours[bytes.fromhex(colour[1:])] >= 100, f"{name} ({colour}) hardly on screen"
+
+
+MEASURE = """<script>
+const overflow = [...document.querySelectorAll('.tablewrap, .card, section')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => (e.id || e.className) + ':' + e.scrollWidth + '>' + e.clientWidth);
+document.body.setAttribute('data-page-width', document.documentElement.scrollWidth);
+document.body.setAttribute('data-overflow', overflow.join(' '));
+</script>"""
+
+
+def test_nothing_overflows_horizontally_at_1400_px(chromium, report, tmp_path):
+    """The tables fit a 1,400 px window: the page does not scroll sideways, nor does any table
+    or card inside it. The report has no script; a copy gets one that writes the widths into the DOM."""
+    path, _, _ = report
+    measured = tmp_path / "measured.html"
+    measured.write_text(path.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    result = run_chromium(chromium, tmp_path, f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars",
+                          "--dump-dom", measured.as_uri())
+    body = re.search(r'<body data-page-width="(\d+)" data-overflow="([^"]*)"', result.stdout)
+    assert body is not None, result.stdout[:2000]
+    assert int(body.group(1)) <= WIDTH and body.group(2) == "", body.groups()

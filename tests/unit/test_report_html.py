@@ -141,10 +141,12 @@ def test_summary_table_shows_the_cli_figures_and_lift_with_interval():
     assert cells[1:4] == ["703", "318", "6"]
     assert cells[5:7] == ["15", "518"]   # responded and converted: sent plus held out, as the CLI prints
     assert "cooldown 4" in row and "no_consent 2" in row
+    lift = re.search(r'<section id="lift">.*?</section>', html, re.S).group(0)   # its own table: fits 1,400 px
+    row = re.search(r"<tr><td class=\"rule\"><a [^>]*>cart-abandoned</a>.*?</tr>", lift, re.S).group(0)
     # the same counts, customers as the unit: +21.2 points [+14.6, +27.4] (Newcombe), +59% relative
     assert "+21.2" in row and "[+14.6, +27.4]" in row and "+59%" in row
     assert f"{20 * (403 / 703 - 115 / 318):+,.2f}" in row and "lift" in row   # revenue per customer, verdict
-    birthday = re.search(r"<tr><td class=\"rule\"><a [^>]*>birthday</a>.*?</tr>", html, re.S).group(0)
+    birthday = re.search(r"<tr><td class=\"rule\"><a [^>]*>birthday</a>.*?</tr>", lift, re.S).group(0)
     assert "no control group" in birthday
 
 
