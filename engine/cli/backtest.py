@@ -13,7 +13,7 @@ import msgspec
 from engine.cli.common import check_events_file, load_rules, parse_until
 from engine.core.times import format_duration, format_ts
 from engine.offline.backtest import BacktestSummary, backtest_file
-from engine.offline.report_html import ReportCollector, write_report
+from engine.offline.report_html import ReportCollector, shown_path, write_report
 
 DESCRIPTION = (
     "Replay a JSONL event file in event time with an in-memory state store. Triggers go to "
@@ -68,7 +68,7 @@ def run_backtest(args: argparse.Namespace) -> int:
         summary = backtest_file(rules, args.events, emit, dead.write_batch, until=until,
                                 progress=not args.no_progress, drain=args.drain)
     if collector is not None:
-        write_report(args.report, collector, summary, title=f"Backtest of {args.rules}", rules_dir=args.rules,
+        write_report(args.report, collector, summary, title=f"Backtest of {shown_path(args.rules)}", rules_dir=args.rules,
                      events_file=args.events)
     if args.summary:
         Path(args.summary).write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")

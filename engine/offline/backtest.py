@@ -15,7 +15,9 @@ later; recurring dates never fire after the end.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from itertools import takewhile
 from pathlib import Path
 
 import msgspec
@@ -55,6 +57,8 @@ class BacktestSummary(msgspec.Struct):
     by_customer: dict[str, CustomerOutcome] = {}   # rule id -> customers by group (the unit of lift)
     program: CustomerOutcome | None = None  # global control vs contacted over its rules; None: no global control
     program_rules: list[str] = []           # the rules that use the global control group
+    event_types: dict[str, int] = {}        # events replayed per type: why a rule never fired
+    rule_events: dict[str, list[str]] = {}  # rule id -> the event types that run it ([]: run by the clock)
 
     @property
     def events_per_s(self) -> float:
@@ -84,6 +88,7 @@ class Replay:
         self.ended_at = 0                      # set by `finish`
         self.pending: dict[str, int] = {}      # set by `finish`: rule id -> deadlines due after the end
         self.customers = CustomerCollector(rules)   # per-customer outcomes for lift (engine.policy.customers)
+        self.event_types: Counter[str] = Counter()   # per type, the events replayed
         self.triggers = 0
         self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
         self._checkpointed_at = 0              # the event count at the last checkpoint of the journal
@@ -100,11 +105,20 @@ class Replay:
     def feed(self, events: Iterable[Event]) -> None:
         events = events if isinstance(events, list) else list(events)
         self.customers.events(events)
+        self._count_types(events)
         out: list[Trigger] = []
         self.session.apply(events, out)
         if self.evaluator.counters.events - self._checkpointed_at >= JOURNAL_LIMIT:
             self._checkpoint()
         self._write(out)
+
+    def _count_types(self, events: list[Event]) -> None:
+        """Per type, the events replayed: up to the first after `until`, which stops the session."""
+        until = self.until
+        if until is None:
+            self.event_types.update(e.type for e in events)
+        else:
+            self.event_types.update(e.type for e in takewhile(lambda e: e.ts <= until, events))
 
     def _checkpoint(self) -> None:
         """Every state journaled since the last checkpoint is encoded: the storability check a
@@ -148,6 +162,8 @@ class Replay:
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes), ended_at=self.ended_at,
             pending=dict(self.pending), pending_total=sum(self.pending.values()), drained=self.drain,
             by_customer=by_customer, program=program, program_rules=sorted(self.customers.global_rules),
+            event_types=dict(sorted(self.event_types.items())),
+            rule_events={r.id: list(r.rule.on) if r.on_events else [] for r in self.session.rules.rules},
         )
 
 

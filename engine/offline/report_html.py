@@ -31,6 +31,9 @@ TOP_VALUES = 10          # payload values shown per key and rule
 MAX_TRACKED = 1000       # distinct values counted per key and rule before the rarest are dropped
 MAX_KEYS = 50            # payload keys tracked per rule (keys come from the rules, so few)
 MAX_VALUE_CHARS = 120    # longer payload values are counted by their first characters
+MAX_SAMPLE = 4096        # numbers kept per key and rule for the histogram of a high-cardinality key
+HIST_BINS = 12           # bars of that histogram
+SPREAD_SHARE = 0.25      # the top values cover less than this share of a key: it is high-cardinality
 
 _STATUS_INDEX = {SENT: 0, HELD_OUT: 1, SUPPRESSED: 2}
 
@@ -54,9 +57,13 @@ class ValueCounts:
     """Counts of one payload key's values, bounded: beyond `cap` distinct values the rarer half
     is dropped (their occurrences go to `dropped`). Values seen often survive every pruning, so
     the top values are right; once pruned, a count is a lower bound (a value dropped earlier
-    restarts from 1 when it comes back)."""
+    restarts from 1 when it comes back).
 
-    __slots__ = ("counts", "total", "dropped", "pruned", "cap")
+    While every value is a number (payload templates render numbers as text), the numbers are
+    also kept: exact count, min and max, and an every-`stride`-th sample of at most `MAX_SAMPLE`
+    (the stride doubles when it fills), for the histogram of a high-cardinality key."""
+
+    __slots__ = ("counts", "total", "dropped", "pruned", "cap", "numeric", "lo", "hi", "sample", "stride")
 
     def __init__(self, cap: int = MAX_TRACKED) -> None:
         self.counts: dict[str, int] = {}
@@ -64,13 +71,37 @@ class ValueCounts:
         self.dropped = 0      # occurrences whose value is no longer tracked
         self.pruned = False   # some value was dropped: counts are lower bounds
         self.cap = cap
+        self.numeric = True   # every value so far was a finite number
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.sample: list[float] = []
+        self.stride = 1
 
     def add(self, label: str) -> None:
         counts = self.counts
         counts[label] = counts.get(label, 0) + 1
         self.total += 1
+        if self.numeric:
+            self._add_number(label)
         if len(counts) > self.cap:
             self._prune()
+
+    def _add_number(self, label: str) -> None:
+        try:
+            x = float(label)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x):
+            self.numeric = False
+            self.sample = []
+            return
+        self.lo = min(self.lo, x)
+        self.hi = max(self.hi, x)
+        if (self.total - 1) % self.stride == 0:
+            self.sample.append(x)
+            if len(self.sample) >= MAX_SAMPLE:
+                self.sample = self.sample[::2]
+                self.stride *= 2
 
     def _prune(self) -> None:
         ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])   # stable: first seen wins ties
@@ -81,6 +112,15 @@ class ValueCounts:
 
     def top(self, n: int = TOP_VALUES) -> list[tuple[str, int]]:
         return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    @property
+    def high_cardinality(self) -> bool:
+        """More distinct values than a top list shows, and the top ones say little: each was seen
+        once, or together they cover under `SPREAD_SHARE` of the key (ids, amounts, coupon codes)."""
+        if len(self.counts) <= TOP_VALUES or not self.total:
+            return False
+        top = self.top(TOP_VALUES)
+        return top[0][1] == 1 or sum(n for _, n in top) < SPREAD_SHARE * self.total
 
 
 class RuleFires:
@@ -195,13 +235,13 @@ def render_report(collector: ReportCollector, summary: BacktestSummary, title: s
     fires over time per rule (small multiples), suppression reasons, top payload values."""
     rule_ids = list(summary.per_rule) + [r for r in collector.rules if r not in summary.per_rule]
     anchors = {rule_id: f"rule-{i}" for i, rule_id in enumerate(rule_ids)}
-    bins, granularity = _bins(collector)
+    bins, granularity = _bins(collector, summary.ended_at)
     parts = [
         _HEAD.format(title=escape(title), css=_CSS),
         _header(collector, summary, title, rules_dir, events_file),
         "<main>",
         _summary_section(summary, rule_ids, anchors),
-        _fires_section(collector, rule_ids, anchors, bins, granularity),
+        _fires_section(collector, summary, rule_ids, anchors, bins, granularity),
         _reasons_section(collector, rule_ids),
         _payload_section(collector, rule_ids, anchors),
         "</main>",
@@ -253,6 +293,7 @@ table { border-collapse: collapse; background: var(--card); font-variant-numeric
               vertical-align: bottom; line-height: 1.25; }
 .summary th.lift, .summary td.lift { border-left: 1px solid var(--line); }
 .summary td.rule, .summary th.rule { text-align: left; }
+.summary td.verdict, .summary th:last-child { text-align: left; white-space: normal; min-width: 240px; }
 .summary td.reasons, .summary th.reasons { text-align: left; color: var(--muted); font-size: 12px; line-height: 1.3; }
 .summary tr.total td { font-weight: 600; background: #f7f8fb; border-bottom: 0; }
 .summary a { color: var(--accent); text-decoration: none; font-weight: 600; }
@@ -274,6 +315,8 @@ table { border-collapse: collapse; background: var(--card); font-variant-numeric
 .card .meta { color: var(--muted); font-size: 12px; margin: 2px 0 6px; }
 .card .meta b { color: var(--ink); font-weight: 600; }
 .wide { grid-column: 1 / -1; }
+.never-fired { margin-top: 14px; } .never-fired ul { margin: 6px 0 4px; padding-left: 20px; }
+.never-fired li { margin: 2px 0; } .never-fired code { font-weight: 600; }
 svg { display: block; width: 100%; height: auto; }
 svg text { font-family: -apple-system, "Segoe UI", Roboto, Arial, "DejaVu Sans", sans-serif; fill: #5b6475; }
 svg text.label { fill: #1d2433; }
@@ -285,6 +328,7 @@ svg text.label { fill: #1d2433; }
 .kv td.v { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; max-width: 220px;
            overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .kv td.n { text-align: right; width: 60px; }
+.kv table.spread td.n { width: auto; white-space: nowrap; } .kv td.spread { color: var(--muted); }
 .kv td.bar { width: 110px; }
 .kv td.bar div { height: 8px; background: var(--sent); opacity: .55; border-radius: 1px; }
 .empty { color: var(--muted); font-style: italic; }
@@ -295,6 +339,18 @@ footer { max-width: 1360px; margin: 10px auto 30px; padding: 0 32px; color: var(
 
 def _n(x: int) -> str:
     return f"{x:,}"
+
+
+def shown_path(path: str) -> str:
+    """A path as the page shows it: as given when relative, relative to the current directory
+    when inside it, else its name only. A report is shared: it must not reveal the machine's layout."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name or path
 
 
 def _header(c: ReportCollector, s: BacktestSummary, title: str, rules_dir: str, events_file: str) -> str:
@@ -330,7 +386,8 @@ def _header(c: ReportCollector, s: BacktestSummary, title: str, rules_dir: str, 
     return (
         '<header>\n<div class="kind">Backtest report</div>\n'
         f"<h1>{escape(title)}</h1>\n"
-        f"<dl><dt>Rules</dt><dd>{escape(rules_dir)}</dd><dt>Events</dt><dd>{escape(events_file)}</dd>"
+        f"<dl><dt>Rules</dt><dd>{escape(shown_path(rules_dir))}</dd>"
+        f"<dt>Events</dt><dd>{escape(shown_path(events_file))}</dd>"
         f"<dt>Triggers fired</dt><dd>{escape(period)}</dd>"
         f"<dt>Throughput</dt><dd>{s.events_per_s:,.0f} events/s</dd></dl>\n"
         f'<div class="tiles">{tile_html}</div>{warn_html}\n</header>'
@@ -347,7 +404,7 @@ def _lift_cells(l: CustomerLift | None) -> str:
         title = "no global control group" if l is None else "no control group (no held-out customers)"
         contacted = "" if l is None else f"{_n(l.contacted.converted)}/{_n(l.contacted.customers)} {_pct(l.contacted.rate)}"
         dash = f'<td class="dash" title="{title}">–</td>'
-        return f'<td class="lift">{contacted or "–"}</td>' + dash * 4 + f'<td class="dash">{escape(title)}</td>'
+        return f'<td class="lift">{contacted or "–"}</td>' + dash * 4 + f'<td class="dash verdict">{escape(title)}</td>'
     a, b, c, r = l.contacted, l.control, l.conversion, l.revenue
     contacted = f"{_n(a.converted)}/{_n(a.customers)} {_pct(a.rate)}"
     control = f"{_n(b.converted)}/{_n(b.customers)} {_pct(b.rate)}"
@@ -373,7 +430,26 @@ def _lift_cells(l: CustomerLift | None) -> str:
     if l.verdict_kind is Verdict.INCONCLUSIVE:
         verdict = f'<span class="dash">{verdict}</span>'
     return (f'<td class="lift">{contacted}</td><td>{control}</td><td>{absolute}</td><td>{relative}</td>'
-            f"<td>{revenue}</td><td>{verdict}</td>")
+            f'<td>{revenue}</td><td class="verdict">{verdict}</td>')
+
+
+def _utc(ms: int) -> str:
+    """An epoch-ms instant as the page writes times: UTC, to the minute."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _pending_note(s: BacktestSummary) -> str:
+    """Why the pending column matters: deadlines due after the end of data are not fired unless drained."""
+    if not s.pending_total:
+        return ""
+    n = s.pending_total
+    what = f"{_n(n)} deadline{'s' if n != 1 else ''} pending at the end of data ({_utc(s.ended_at)})"
+    verb = "was" if n == 1 else "were"
+    if s.drained:
+        text = f"{what} {verb} drained: fired at the end (--drain), after the replayed period."
+    else:
+        text = f"{what} {verb} not fired; --drain fires them."
+    return f'<p class="note pending">{escape(text)}</p>\n'
 
 
 def _split_bar(sent: int, held: int, supp: int) -> str:
@@ -388,34 +464,43 @@ def _split_bar(sent: int, held: int, supp: int) -> str:
 
 
 def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str]) -> str:
-    rows = []
+    """Two tables, so each fits a laptop's width: the decisions and responses per rule, then lift."""
+    rows, lift_rows = [], []
     total = RuleOutcome(suppressed={})
     lifts = []
     for rule_id in rule_ids:
         o = s.per_rule.get(rule_id) or RuleOutcome(suppressed={})
         total.add(o)
         lifts.append(customer_lift(rule_id, s.by_customer.get(rule_id) or CustomerOutcome()))
-        rows.append(_summary_row(f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>', o, lifts[-1]))
+        link = f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>'
+        rows.append(_summary_row(link, o, s.pending.get(rule_id, 0)))
+        lift_rows.append(_lift_row(link, lifts[-1]))
     program = None if s.program is None else program_lift(s.program, lifts, s.program_rules).lift
-    rows.append(_summary_row("all rules", total, program, css="total"))
+    rows.append(_summary_row("all rules", total, s.pending_total, css="total"))
+    lift_rows.append(_lift_row("all rules", program, css="total"))
     return (
         '<section id="summary">\n<h2>Per rule</h2>\n'
         '<p class="note">Decisions of the contact policy, and what customers did within the attribution window. '
-        "Responded and converted count sent and held-out triggers, as the CLI's summary does. Lift compares "
-        "customers, each counted once per rule: contacted (got a sent trigger) against the control group (held "
-        "out), conversion as the share of customers converted, revenue per customer (non-buyers included). "
-        "Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: Welch). The all-rules "
-        "row is the global control group against every contacted customer, each conversion once.</p>\n"
-        '<div class="tablewrap"><table class="summary">\n<thead><tr><th class="rule">rule</th><th>sent</th><th>held out</th>'
-        "<th>suppressed</th><th>split</th><th>responded</th><th>converted</th>"
-        '<th class="reasons">suppression reasons</th><th class="lift">contacted conv.</th><th>control conv.</th>'
-        "<th>abs lift (95% CI, points)</th><th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th>"
-        "<th>verdict</th></tr></thead>\n<tbody>\n"
-        + "\n".join(rows) + "\n</tbody>\n</table></div>\n</section>"
+        "Responded and converted count sent and held-out triggers, as the CLI's summary does.</p>\n"
+        + _pending_note(s) +
+        '<div class="tablewrap"><table class="summary">\n<thead><tr><th class="rule">rule</th><th>sent</th>'
+        "<th>held out</th><th>suppressed</th><th>split</th><th>responded</th><th>converted</th>"
+        '<th>pending at end</th><th class="reasons">suppression reasons</th></tr></thead>\n<tbody>\n'
+        + "\n".join(rows) + "\n</tbody>\n</table></div>\n</section>\n"
+        '<section id="lift">\n<h2>Lift</h2>\n'
+        '<p class="note">Customers, each counted once per rule: contacted (got a sent trigger) against the '
+        "control group (held out), conversion as the share of customers converted, revenue per customer "
+        "(non-buyers included). Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: "
+        "Welch). The all-rules row is the global control group against every contacted customer, each "
+        "conversion once.</p>\n"
+        '<div class="tablewrap"><table class="summary lift">\n<thead><tr><th class="rule">rule</th>'
+        "<th>contacted conv.</th><th>control conv.</th><th>abs lift (95% CI, points)</th>"
+        "<th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th><th>verdict</th></tr></thead>\n<tbody>\n"
+        + "\n".join(lift_rows) + "\n</tbody>\n</table></div>\n</section>"
     )
 
 
-def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, css: str = "") -> str:
+def _summary_row(label: str, o: RuleOutcome, pending: int, css: str = "") -> str:
     supp = sum(o.suppressed.values())
     reasons = "<br>".join(f"{escape(r)} {n:,}" for r, n in sorted(o.suppressed.items()))
     cls = f' class="{css}"' if css else ""
@@ -423,8 +508,13 @@ def _summary_row(label: str, o: RuleOutcome, l: CustomerLift | None, css: str = 
         f'<tr{cls}><td class="rule">{label}</td><td>{_n(o.sent)}</td><td>{_n(o.held_out)}</td><td>{_n(supp)}</td>'
         f"<td>{_split_bar(o.sent, o.held_out, supp)}</td>"
         f"<td>{_n(o.responded + o.held_out_responded)}</td><td>{_n(o.converted + o.held_out_converted)}</td>"
-        f'<td class="reasons">{reasons}</td>{_lift_cells(l)}</tr>'
+        f'<td>{_n(pending)}</td><td class="reasons">{reasons}</td></tr>'
     )
+
+
+def _lift_row(label: str, l: CustomerLift | None, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f'<tr{cls}><td class="rule">{label}</td>{_lift_cells(l)}</tr>'
 
 
 def _legend(items: Sequence[tuple[str, str]]) -> str:
@@ -432,8 +522,11 @@ def _legend(items: Sequence[tuple[str, str]]) -> str:
         f'<span><i style="background:{col}"></i>{escape(label)}</span>' for label, col in items) + "</div>"
 
 
-def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, str],
+def _fires_section(c: ReportCollector, s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str],
                    bins: list[dt.date], granularity: str) -> str:
+    """One chart for all rules, one per rule that fired; the rules that never fired in one list."""
+    ended_at = s.ended_at
+    silent = [rule_id for rule_id in rule_ids if not _fired(c, s, rule_id)]
     every = {"day": "day", "week": "week (Monday to Sunday)", "month": "month"}[granularity]
     all_days: dict[str, list[int]] = {}
     for r in c.rules.values():
@@ -444,9 +537,11 @@ def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, s
     cards = [
         '<div class="card wide"><h3>all rules</h3>'
         f'<div class="meta"><b>{_n(c.triggers)}</b> triggers</div>'
-        f"{_fires_chart(all_days, bins, granularity, 'all rules', height=170, width=1280)}</div>"
+        f"{_fires_chart(all_days, bins, granularity, 'all rules', ended_at, height=170, width=1280)}</div>"
     ]
     for rule_id in rule_ids:
+        if rule_id in silent:
+            continue
         r = c.rules.get(rule_id) or RuleFires()
         sent, held, supp = r.by_status
         channels = ", ".join(escape(ch) for ch, _ in sorted(r.channels.items(), key=lambda kv: -kv[1]))
@@ -455,22 +550,60 @@ def _fires_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str, s
                 + (f" &middot; {actions} via {channels}" if actions else ""))
         cards.append(
             f'<div class="card" id="{anchors[rule_id]}"><h3>{escape(rule_id)}</h3><div class="meta">{meta}</div>'
-            f"{_fires_chart(r.days, bins, granularity, rule_id)}</div>"
+            f"{_fires_chart(r.days, bins, granularity, rule_id, ended_at)}</div>"
         )
     return (
         '<section id="fires">\n<h2>Fires over time</h2>\n'
         f'<p class="note">Triggers per UTC {every}, stacked by status. Every chart shares the time axis; '
-        "each has its own count axis. Hover a bar for its figures.</p>\n"
-        + _legend(STATUS_COLOURS) + '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n</section>"
+        "each has its own count axis. Hover a bar for its figures. The dashed line is the end of data "
+        "(the last event replayed, or --until): deadlines due after it are pending, not fired (unless drained).</p>\n"
+        + _legend(STATUS_COLOURS) + '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n"
+        + _never_fired(s, silent, anchors) + "</section>"
     )
 
 
-def _bins(c: ReportCollector) -> tuple[list[dt.date], str]:
-    """The shared time axis: the first day of every bar from the first fire to the last."""
-    if not c.first_fired or not c.last_fired:
+def _fired(c: ReportCollector, s: BacktestSummary, rule_id: str) -> bool:
+    r = c.rules.get(rule_id)
+    o = s.per_rule.get(rule_id)
+    return bool(r and r.total) or bool(o and o.sent + o.held_out + sum(o.suppressed.values()))
+
+
+def silence_reason(s: BacktestSummary, rule_id: str) -> str:
+    """Why a rule fired nothing: its events were missing from the input, its deadlines are all
+    still pending at the end of data, or its condition never held on the events it saw."""
+    pending = s.pending.get(rule_id, 0)
+    if pending and not s.drained:
+        return f"{pending:,} pending at the end of data"
+    on = s.rule_events.get(rule_id, [])
+    if on and "*" not in on and not any(s.event_types.get(t) for t in on):
+        return "no " + " or ".join(f"'{t}'" for t in on) + " events in the input"
+    if on and "*" in on and not s.events:
+        return "no events in the input"
+    return "its condition never held"
+
+
+def _never_fired(s: BacktestSummary, silent: list[str], anchors: dict[str, str]) -> str:
+    if not silent:
+        return ""
+    items = "".join(f'<li id="{anchors[rule_id]}"><code>{escape(rule_id)}</code>: '
+                    f"{escape(silence_reason(s, rule_id))}</li>" for rule_id in silent)
+    return (f'<div class="card never-fired"><h3>{len(silent):,} rule{"s" if len(silent) != 1 else ""} '
+            f'never fired</h3><ul>{items}</ul></div>\n')
+
+
+def _day_of(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+
+
+def _bins(c: ReportCollector, ended_at: int = 0) -> tuple[list[dt.date], str]:
+    """The shared time axis: the first day of every bar from the first fire to the last, and to
+    the end of data (`ended_at`, epoch ms; 0: unknown) so its marker is on the axis."""
+    days = [dt.date.fromisoformat(t[:10]) for t in (c.first_fired, c.last_fired) if t]
+    if ended_at:
+        days.append(_day_of(ended_at))
+    if not days:
         return [], "day"
-    first = dt.date.fromisoformat(c.first_fired[:10])
-    last = dt.date.fromisoformat(c.last_fired[:10])
+    first, last = min(days), max(days)
     span = (last - first).days + 1
     if span <= MAX_BINS:
         return [first + dt.timedelta(days=i) for i in range(span)], "day"
@@ -490,6 +623,43 @@ def _bin_of(day: dt.date, granularity: str) -> dt.date:
     if granularity == "month":
         return day.replace(day=1)
     return day
+
+
+def _next_bin(start: dt.date, granularity: str) -> dt.date:
+    if granularity == "week":
+        return start + dt.timedelta(weeks=1)
+    if granularity == "month":
+        return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return start + dt.timedelta(days=1)
+
+
+def _bin_position(ms: int, bins: list[dt.date], granularity: str) -> float | None:
+    """Where an instant falls on the time axis, in bars from its left edge (None: off the axis)."""
+    if not bins:
+        return None
+    start = _bin_of(_day_of(ms), granularity)
+    try:
+        i = bins.index(start)
+    except ValueError:
+        return None
+    begin = dt.datetime.combine(start, dt.time(), dt.UTC).timestamp() * 1000
+    end = dt.datetime.combine(_next_bin(start, granularity), dt.time(), dt.UTC).timestamp() * 1000
+    return i + (ms - begin) / (end - begin)
+
+
+def _end_marker(ended_at: int, bins: list[dt.date], granularity: str, left: float, slot: float, top: float,
+                plot_h: float, width: int) -> str:
+    """The end of data as a labelled dashed vertical line: nothing after it was replayed."""
+    pos = _bin_position(ended_at, bins, granularity) if ended_at else None
+    if pos is None:
+        return ""
+    x = left + pos * slot
+    anchor, text_x = ("end", x - 4) if x > width - 90 else ("start", x + 4)
+    return (f'<g class="end-of-data"><title>end of data: {_utc(ended_at)}</title>'
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#1d2433" '
+            'stroke-width="1.2" stroke-dasharray="4 3"/>'
+            f'<text x="{text_x:.1f}" y="{top + 10}" font-size="11" text-anchor="{anchor}" class="label">'
+            "end of data</text></g>")
 
 
 def _nice_ticks(top: int, want: int = 4) -> list[int]:
@@ -532,7 +702,7 @@ def _date_ticks(bins: list[dt.date], granularity: str, max_ticks: int) -> list[t
     return labels
 
 
-def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: str, name: str,
+def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: str, name: str, ended_at: int,
                  width: int = 640, height: int = 190) -> str:
     """Stacked bars per bin (sent at the bottom, then held out, suppressed), with axes."""
     left, right, top, bottom = 46, 10, 10, 26
@@ -580,6 +750,7 @@ def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: s
             out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#8a93a3"/>'
                        f'<text x="{text_x:.1f}" y="{top + plot_h + 17}" font-size="11" text-anchor="middle">'
                        f"{escape(label)}</text>")
+        out.append(_end_marker(ended_at, bins, granularity, left, slot, top, plot_h, width))
     if not peak:
         out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" font-size="13" '
                    'text-anchor="middle" font-style="italic">no triggers</text>')
@@ -657,20 +828,8 @@ def _payload_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str,
         r = c.rules.get(rule_id)
         if r is None or not r.payload:
             continue
-        tables = []
-        for key, vc in r.payload.items():
-            top = vc.top(TOP_VALUES)
-            peak = top[0][1] if top else 1
-            distinct = (f"over {len(vc.counts):,} distinct" if vc.pruned else f"{len(vc.counts):,} distinct")
-            rows = "".join(
-                f'<tr><td class="v" title="{escape(value)}">{escape(value)}</td>'
-                f'<td class="n">{"≥ " if vc.pruned else ""}{n:,}</td>'
-                f'<td class="n">{100 * n / vc.total:.1f}%</td>'
-                f'<td class="bar"><div style="width:{100 * n / peak:.1f}%"></div></td></tr>'
-                for value, n in top
-            )
-            tables.append(f"<table><caption>{escape(key)} <small>{vc.total:,} triggers, {distinct}"
-                          f"</small></caption>{rows}</table>")
+        tables = [_spread_table(key, vc) if vc.high_cardinality else _top_table(key, vc)
+                  for key, vc in r.payload.items()]
         extra = (f'<p class="note">{r.keys_dropped:,} value(s) of further payload keys not tracked.</p>'
                  if r.keys_dropped else "")
         span = ' span2' if len(r.payload) > 1 else ""
@@ -679,7 +838,76 @@ def _payload_section(c: ReportCollector, rule_ids: list[str], anchors: dict[str,
     head = ('<section id="payload">\n<h2>Top payload values</h2>\n'
             f'<p class="note">The {TOP_VALUES} most common values of each payload key, per rule, over every '
             f"trigger (sent, held out and suppressed). Beyond {c.max_tracked:,} distinct values per key the rarest "
-            "are dropped; counts marked ≥ are then lower bounds.</p>\n")
+            "are dropped; counts marked ≥ are then lower bounds. A key with many distinct values, none common "
+            "(ids, amounts, codes), is summarised instead: its distinct values and, for numbers, their "
+            "histogram.</p>\n")
     if not blocks:
         return head + '<p class="empty">No rule fired a trigger with a payload.</p>\n</section>'
     return head + '<div class="grid payload">\n' + "\n".join(blocks) + "\n</div>\n</section>"
+
+
+def _distinct(vc: ValueCounts) -> str:
+    return f"over {len(vc.counts):,} distinct" if vc.pruned else f"{len(vc.counts):,} distinct"
+
+
+def _top_table(key: str, vc: ValueCounts) -> str:
+    top = vc.top(TOP_VALUES)
+    peak = top[0][1] if top else 1
+    rows = "".join(
+        f'<tr><td class="v" title="{escape(value)}">{escape(value)}</td>'
+        f'<td class="n">{"≥ " if vc.pruned else ""}{n:,}</td>'
+        f'<td class="n">{100 * n / vc.total:.1f}%</td>'
+        f'<td class="bar"><div style="width:{100 * n / peak:.1f}%"></div></td></tr>'
+        for value, n in top
+    )
+    return (f"<table><caption>{escape(key)} <small>{vc.total:,} triggers, {_distinct(vc)}"
+            f"</small></caption>{rows}</table>")
+
+
+def _spread_table(key: str, vc: ValueCounts) -> str:
+    """A high-cardinality key: how many distinct values, the most common one's count, and for
+    numbers their range and histogram (a top list would be a list of ones)."""
+    top = vc.top(3)
+    common = f"the most common seen {top[0][1]:,} time{'s' if top[0][1] != 1 else ''}"
+    rows = [f'<tr><td>distinct values</td><td class="n">{_distinct(vc).removesuffix(" distinct")}</td></tr>',
+            f'<tr><td colspan="2" class="spread">{common}</td></tr>']
+    if vc.numeric and vc.sample:
+        ordered = sorted(vc.sample)
+        median = ordered[len(ordered) // 2]
+        rows.append(f'<tr><td>min / median / max</td><td class="n">{_num(vc.lo)} / {_num(median)} / '
+                    f"{_num(vc.hi)}</td></tr>")
+        rows.append(f'<tr><td colspan="2">{_histogram(key, vc)}</td></tr>')
+    else:
+        examples = ", ".join(f"<code>{escape(v)}</code>" for v, _ in top)
+        rows.append(f'<tr><td colspan="2" class="spread">e.g. {examples}</td></tr>')
+    return (f'<table class="spread"><caption>{escape(key)} <small>{vc.total:,} triggers, high cardinality'
+            f"</small></caption>{''.join(rows)}</table>")
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x == int(x) and abs(x) < 1e15 else f"{x:,.2f}"
+
+
+def _histogram(key: str, vc: ValueCounts, width: int = 300, height: int = 64) -> str:
+    """Equal-width bins from the exact min to max, counted over the sample (its share of each bin)."""
+    lo, hi, sample = vc.lo, vc.hi, vc.sample
+    span = hi - lo
+    counts = [0] * HIST_BINS
+    for x in sample:
+        counts[min(HIST_BINS - 1, int((x - lo) / span * HIST_BINS)) if span else 0] += 1
+    peak = max(counts)
+    slot = width / HIST_BINS
+    scale = vc.total / len(sample)   # the sample is every stride-th value: counts scaled back
+    bars = []
+    for i, n in enumerate(counts):
+        if not n:
+            continue
+        h = (height - 14) * n / peak
+        a, b = lo + span * i / HIST_BINS, lo + span * (i + 1) / HIST_BINS
+        bars.append(f'<rect x="{i * slot + 0.5:.1f}" y="{height - 14 - h:.1f}" width="{slot - 1:.1f}" '
+                    f'height="{h:.1f}" fill="#0072B2" opacity=".6"><title>{_num(a)} to {_num(b)}: '
+                    f"about {round(n * scale):,}</title></rect>")
+    return (f'<svg class="chart hist" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{escape(key)}: histogram of its values">{"".join(bars)}'
+            f'<text x="0" y="{height - 2}" font-size="10">{_num(lo)}</text>'
+            f'<text x="{width}" y="{height - 2}" font-size="10" text-anchor="end">{_num(hi)}</text></svg>')

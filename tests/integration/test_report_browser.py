@@ -8,6 +8,7 @@ the browser's output, so CI cannot go green without having looked at the page.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import zlib
@@ -95,8 +96,11 @@ class SvgCharts(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "svg":
-            self._open = {"class": a.get("class") or "", "label": a.get("aria-label") or "", "rects": [], "texts": 0}
+            self._open = {"class": a.get("class") or "", "label": a.get("aria-label") or "", "rects": [], "texts": 0,
+                          "groups": []}
             self.charts.append(self._open)
+        elif self._open is not None and tag == "g":
+            self._open["groups"].append(a.get("class") or "")
         elif self._open is not None and tag == "rect":
             self._open["rects"].append((float(a.get("width") or 0), float(a.get("height") or 0)))
         elif self._open is not None and tag == "text":
@@ -117,19 +121,24 @@ def test_dom_has_a_drawn_chart_per_rule_and_no_console_errors(chromium, report, 
     parser = SvgCharts()
     parser.feed(dom)
     fires = [c for c in parser.charts if c["class"] == "chart fires"]
-    assert len(fires) == len(summary.per_rule) + 1   # one per rule, and all rules together
-    for rule_id, outcome in summary.per_rule.items():
+    fired = {rule_id: o.sent + o.held_out + sum(o.suppressed.values()) for rule_id, o in summary.per_rule.items()}
+    assert len(fires) == sum(1 for n in fired.values() if n) + 1   # one per rule that fired, and all rules together
+    for rule_id, n in fired.items():
         assert rule_id in dom
+        if not n:   # listed with its reason instead of an empty chart
+            assert re.search(rf'<li id="rule-\d+"><code>{re.escape(rule_id)}</code>: [^<]+</li>', dom), rule_id
+            continue
         chart = next(c for c in fires if str(c["label"]).startswith(f"{rule_id}:"))
-        drawn = [(w, h) for w, h in chart["rects"] if w > 0 and h > 0]
-        fired = outcome.sent + outcome.held_out + sum(outcome.suppressed.values())
-        assert (len(drawn) > 0) == (fired > 0), (rule_id, fired, chart["rects"][:5])
+        assert any(w > 0 and h > 0 for w, h in chart["rects"]), (rule_id, n, chart["rects"][:5])
         assert chart["texts"] >= 4   # count and date axis labels
+    assert all(c["groups"].count("end-of-data") == 1 for c in fires), [c["label"] for c in fires]
     all_rules = fires[0]
     assert len([r for r in all_rules["rects"] if r[0] > 0 and r[1] > 0]) >= 50   # 60 days of fires (the data's; none after its end)
     reasons = [c for c in parser.charts if c["class"] == "chart reasons"]
     assert len(reasons) == 1 and any(w > 0 and h > 0 for w, h in reasons[0]["rects"])
     assert "Top payload values" in dom and "cart-abandoned" in dom
+    hists = [c for c in parser.charts if c["class"] == "chart hist"]   # cart values: many, none common
+    assert hists and all(any(w > 0 and h > 0 for w, h in c["rects"]) for c in hists)
 
 
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
@@ -201,3 +210,25 @@ def test_screenshot_shows_the_page_with_its_chart_colours(chromium, report, tmp_
     assert colours.most_common(1)[0][1] < 0.9 * sampled, colours.most_common(3)
     for name, colour in STATUS_COLOURS:   # the stacked bars are drawn in the status colours
         assert colours[bytes.fromhex(colour[1:])] >= 100, f"{name} ({colour}) hardly on screen"
+
+
+MEASURE = """<script>
+const overflow = [...document.querySelectorAll('.tablewrap, .card, section')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => (e.id || e.className) + ':' + e.scrollWidth + '>' + e.clientWidth);
+document.body.setAttribute('data-page-width', document.documentElement.scrollWidth);
+document.body.setAttribute('data-overflow', overflow.join(' '));
+</script>"""
+
+
+def test_nothing_overflows_horizontally_at_1400_px(chromium, report, tmp_path):
+    """The tables fit a 1,400 px window: the page does not scroll sideways, nor does any table
+    or card inside it. The report has no script; a copy gets one that writes the widths into the DOM."""
+    path, _, _ = report
+    measured = tmp_path / "measured.html"
+    measured.write_text(path.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    result = run_chromium(chromium, tmp_path, f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars",
+                          "--dump-dom", measured.as_uri())
+    body = re.search(r'<body data-page-width="(\d+)" data-overflow="([^"]*)"', result.stdout)
+    assert body is not None, result.stdout[:2000]
+    assert int(body.group(1)) <= WIDTH and body.group(2) == "", body.groups()

@@ -190,3 +190,12 @@ def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
     proc.stdout.close()          # as `head -1` does after its line
     _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err and proc.returncode == 141, err.decode()[-2000:]
+
+
+def test_backtest_html_report_names_its_inputs_without_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    report = tmp_path / "r.html"
+    assert main(["backtest", "--rules", str(ROOT / "rules"), "--events", str(SAMPLE.resolve()),
+                 "--out", str(tmp_path / "t.jsonl"), "--report", str(report), "--quiet", "--no-progress"]) == 0
+    html = report.read_text()
+    assert str(ROOT) not in html and "<h1>Backtest of rules</h1>" in html

@@ -239,3 +239,14 @@ def test_the_cli_help_states_the_end_of_data(capsys):
         main(["backtest", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "The clock stops at the last event (or at --until)" in text and "--drain" in text
+
+
+def test_the_summary_counts_event_types_replayed_and_names_each_rules_events(tmp_path):
+    """What the report needs to say why a rule never fired, up to `until`."""
+    rules = load_and_compile(rules_dir(tmp_path, CART + WINBACK.replace("rules:\n", "")))
+    events = [ev("e1", "add_to_cart", "c1", T0), ev("e2", "view", "c1", T0 + MIN),
+              ev("e3", "add_to_cart", "c2", T0 + 2 * MIN), ev("e4", "view", "c2", T0 + HOUR)]
+    _, replay = run(rules, events, until=T0 + 30 * MIN)
+    summary = replay.summary(0, 1.0)
+    assert summary.event_types == {"add_to_cart": 2, "view": 1}
+    assert summary.rule_events == {"cart": ["add_to_cart"], "winback-60d": []}

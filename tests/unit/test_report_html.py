@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 
+import msgspec
+
 from engine.actions.trigger import Trigger
 from engine.offline.backtest import BacktestSummary
-from engine.offline.report_html import ReportCollector, ValueCounts, render_report, write_report
+from engine.offline.report_html import HIST_BINS, MAX_SAMPLE, ReportCollector, ValueCounts, render_report, write_report
 from engine.policy.attribution import RuleOutcome
 from engine.policy.customers import CustomerOutcome, GroupTotals
 
@@ -108,7 +110,7 @@ def _report(triggers: list[Trigger], per_rule: dict[str, RuleOutcome],
                          kw.get("rules_dir", "rules/"), kw.get("events_file", "events.jsonl"))
 
 
-def test_report_has_every_rule_and_one_chart_per_rule():
+def test_report_has_every_rule_and_one_chart_per_rule_that_fired():
     ts = "2026-02-01T08:00:00.000Z"
     triggers = [trig("cart-abandoned", ts, sku="A-1"), trig("vip-5000", ts, "suppressed", "cooldown")]
     per_rule = {"cart-abandoned": RuleOutcome(sent=1, suppressed={}),
@@ -117,13 +119,13 @@ def test_report_has_every_rule_and_one_chart_per_rule():
     html = _report(triggers, per_rule)
     for rule_id in per_rule:
         assert rule_id in html
-    # one chart per rule (a rule that never fired shows an empty chart) and one for all rules together
-    assert html.count('<svg class="chart fires"') == len(per_rule) + 1
-    for i in range(len(per_rule)):
+    # one chart per rule that fired and one for all rules together; never-fired is in the list instead
+    assert html.count('<svg class="chart fires"') == len(per_rule) - 1 + 1
+    for i in range(len(per_rule) - 1):
         card = re.search(rf'<div class="card" id="rule-{i}">(.*?)</div>\s*(?=<div class="card|</div>)', html, re.S)
         assert card is not None and card.group(1).count("<svg") == 1
+    assert '<li id="rule-2"><code>never-fired</code>: its condition never held</li>' in html
     assert html.count('<svg class="chart reasons"') == 1
-    assert "no triggers" in html   # never-fired's empty chart says so
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
 
 
@@ -139,10 +141,12 @@ def test_summary_table_shows_the_cli_figures_and_lift_with_interval():
     assert cells[1:4] == ["703", "318", "6"]
     assert cells[5:7] == ["15", "518"]   # responded and converted: sent plus held out, as the CLI prints
     assert "cooldown 4" in row and "no_consent 2" in row
+    lift = re.search(r'<section id="lift">.*?</section>', html, re.S).group(0)   # its own table: fits 1,400 px
+    row = re.search(r"<tr><td class=\"rule\"><a [^>]*>cart-abandoned</a>.*?</tr>", lift, re.S).group(0)
     # the same counts, customers as the unit: +21.2 points [+14.6, +27.4] (Newcombe), +59% relative
     assert "+21.2" in row and "[+14.6, +27.4]" in row and "+59%" in row
     assert f"{20 * (403 / 703 - 115 / 318):+,.2f}" in row and "lift" in row   # revenue per customer, verdict
-    birthday = re.search(r"<tr><td class=\"rule\"><a [^>]*>birthday</a>.*?</tr>", html, re.S).group(0)
+    birthday = re.search(r"<tr><td class=\"rule\"><a [^>]*>birthday</a>.*?</tr>", lift, re.S).group(0)
     assert "no control group" in birthday
 
 
@@ -182,4 +186,123 @@ def test_empty_run_renders(tmp_path):
     path = tmp_path / "report.html"
     write_report(path, ReportCollector(), summary_of({"r": RuleOutcome(suppressed={})}, 0), "Empty", "rules", "e.jsonl")
     html = path.read_text(encoding="utf-8")
-    assert "No trigger was suppressed" in html and html.count('<svg class="chart fires"') == 2
+    assert "No trigger was suppressed" in html and html.count('<svg class="chart fires"') == 1
+    assert "no triggers" in html and "1 rule never fired" in html
+
+
+def _rule_row(html: str, rule_id: str) -> list[str]:
+    row = re.search(rf"<tr><td class=\"rule\"><a [^>]*>{re.escape(rule_id)}</a>.*?</tr>", html, re.S).group(0)
+    return re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+
+
+def test_pending_deadlines_per_rule_and_the_note_says_they_were_not_fired():
+    per_rule = {"win-back": RuleOutcome(sent=2, suppressed={}), "cart": RuleOutcome(sent=1, suppressed={})}
+    ended_at = 1_767_225_600_000 + 90 * 60_000   # 2026-01-01 01:30 UTC
+    summary = BacktestSummary(per_rule=per_rule, triggers=3, ended_at=ended_at, pending={"win-back": 7},
+                              pending_total=7)
+    html = render_report(ReportCollector(), summary, "Run", "rules", "e.jsonl")
+    header = re.search(r"<thead>(.*?)</thead>", html, re.S).group(1)
+    column = re.findall(r"<th[^>]*>(.*?)</th>", header).index("pending at end")
+    assert _rule_row(html, "win-back")[column] == "7" and _rule_row(html, "cart")[column] == "0"
+    total = re.search(r'<tr class="total">(.*?)</tr>', html, re.S).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", total)[column] == "7"
+    assert "7 deadlines pending at the end of data (2026-01-01 01:30 UTC) were not fired; --drain fires them" in html
+
+    drained = render_report(ReportCollector(), msgspec.structs.replace(summary, drained=True), "Run", "rules", "e")
+    assert "7 deadlines pending at the end of data (2026-01-01 01:30 UTC) were drained" in drained
+    assert "were not fired" not in drained
+
+
+def test_no_pending_note_when_nothing_is_pending():
+    html = _report([], {"r": RuleOutcome(suppressed={})})
+    assert "pending at the end of data" not in html
+
+
+def test_every_time_chart_marks_the_end_of_data_where_it_is():
+    triggers = [trig("a", "2026-01-01T08:00:00.000Z"), trig("b", "2026-01-03T08:00:00.000Z")]
+    ended_at = 1_767_225_600_000 + int(3.5 * 86_400_000)   # 2026-01-04 12:00 UTC: the axis runs to that day
+    summary = msgspec.structs.replace(summary_of({"a": RuleOutcome(sent=1, suppressed={}),
+                                                  "b": RuleOutcome(sent=1, suppressed={})}, 2), ended_at=ended_at)
+    html = render_report(collected(triggers), summary, "Run", "rules", "e.jsonl")
+    charts = re.findall(r'<svg class="chart fires".*?</svg>', html, re.S)
+    assert len(charts) == 3
+    for chart in charts:
+        markers = re.findall(r'<g class="end-of-data"><title>end of data: 2026-01-04 12:00 UTC</title>'
+                             r'<line x1="([\d.]+)"', chart)
+        assert len(markers) == 1 and "end of data</text>" in chart
+        left, right = map(float, re.findall(r'<line x1="([\d.]+)" x2="([\d.]+)" y1="[\d.]+" y2="[\d.]+" '
+                                            r'stroke="#8a93a3"/></svg>', chart)[0])
+        assert abs((float(markers[0]) - left) / (right - left) - 3.5 / 4) < 0.01
+
+
+def test_no_end_marker_without_an_end_of_data():
+    html = _report([trig("a", "2026-01-01T08:00:00.000Z")], {"a": RuleOutcome(sent=1, suppressed={})})
+    assert "end-of-data" not in html
+
+
+def test_rules_that_never_fired_are_listed_once_with_the_reason():
+    per_rule = {"fired": RuleOutcome(sent=1, suppressed={}), "coupon": RuleOutcome(suppressed={}),
+                "two": RuleOutcome(suppressed={}), "strict": RuleOutcome(suppressed={}),
+                "win-back": RuleOutcome(suppressed={}), "birthday": RuleOutcome(suppressed={})}
+    summary = msgspec.structs.replace(
+        summary_of(per_rule, 1), event_types={"view": 90, "purchase": 10},
+        rule_events={"fired": ["view"], "coupon": ["coupon_issued"], "two": ["a", "b"], "strict": ["purchase"],
+                     "win-back": [], "birthday": []},
+        pending={"win-back": 12}, pending_total=12)
+    html = render_report(collected([trig("fired", "2026-02-01T08:00:00.000Z")]), summary, "Run", "rules", "e")
+    items = dict(re.findall(r"<li id=\"rule-\d+\"><code>(.*?)</code>: (.*?)</li>", html))
+    assert items == {"coupon": "no &#x27;coupon_issued&#x27; events in the input",
+                     "two": "no &#x27;a&#x27; or &#x27;b&#x27; events in the input",
+                     "strict": "its condition never held", "win-back": "12 pending at the end of data",
+                     "birthday": "its condition never held"}
+    assert "5 rules never fired" in html
+    assert html.count('<svg class="chart fires"') == 2   # all rules and "fired"
+
+
+def test_the_header_shows_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / "rules" / "prod"
+    outside = tmp_path.parent / "elsewhere" / "events-2026.jsonl"
+    html = _report([], {"r": RuleOutcome(suppressed={})}, rules_dir=str(inside), events_file=str(outside))
+    header = re.search(r"<header>.*?</header>", html, re.S).group(0)
+    assert "<dd>rules/prod</dd>" in header and "<dd>events-2026.jsonl</dd>" in header
+    assert str(tmp_path) not in html
+    relative = _report([], {"r": RuleOutcome(suppressed={})}, rules_dir="rules/", events_file="../e.jsonl")
+    assert "<dd>rules/</dd>" in relative and "<dd>../e.jsonl</dd>" in relative
+
+
+def test_a_key_of_unique_values_is_summarised_not_listed():
+    ts = "2026-02-01T08:00:00.000Z"
+    triggers = [trig("after-sale", ts, n=i, order=f"o-{i:05d}", tier="gold" if i % 2 else "silver")
+                for i in range(50)]
+    html = _report(triggers, {"after-sale": RuleOutcome(sent=50, suppressed={})})
+    order = re.search(r'<table class="spread"><caption>order .*?</table>', html, re.S).group(0)
+    assert "high cardinality" in order and '<td class="n">50</td>' in order and "seen 1 time<" in order
+    assert "<code>o-00000</code>" in order and "chart hist" not in order   # not numbers: examples, no histogram
+    assert html.count('title="o-0') == 0   # no top list of ones
+    tier = re.search(r"<table><caption>tier .*?</table>", html, re.S).group(0)   # two common values: listed
+    assert 'title="gold"' in tier and 'title="silver"' in tier
+
+
+def test_a_numeric_key_of_many_values_gets_a_histogram():
+    ts = "2026-02-01T08:00:00.000Z"
+    values = [i * 1.5 for i in range(1, 201)]
+    triggers = [trig("cart", ts, n=i, value=f"{v}") for i, v in enumerate(values)]
+    html = _report(triggers, {"cart": RuleOutcome(sent=len(values), suppressed={})})
+    value = re.search(r'<table class="spread"><caption>value .*?</table>', html, re.S).group(0)
+    median = sorted(values)[len(values) // 2]
+    assert f"{min(values):,.2f} / {median:,.2f} / {max(values):,.0f}" in value
+    hist = re.search(r'<svg class="chart hist".*?</svg>', value, re.S).group(0)
+    heights = [float(h) for h in re.findall(r'<rect [^>]*height="([\d.]+)"', hist)]
+    assert len(heights) == HIST_BINS and min(heights) > 0.9 * max(heights)   # uniform values: even bars
+
+
+def test_the_number_sample_is_bounded_and_min_max_exact():
+    vc = ValueCounts(cap=10)
+    n = 5 * MAX_SAMPLE + 7
+    for i in range(n):
+        vc.add(str(i))
+    assert vc.numeric and len(vc.sample) < MAX_SAMPLE and (vc.lo, vc.hi) == (0, n - 1) and vc.total == n
+    assert vc.sample == [float(i) for i in range(0, n, vc.stride)][:len(vc.sample)]   # every stride-th
+    vc.add("not a number")
+    assert not vc.numeric and vc.sample == []
