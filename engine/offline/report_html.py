@@ -242,6 +242,7 @@ def render_report(collector: ReportCollector, summary: BacktestSummary, title: s
         "<main>",
         _summary_section(summary, rule_ids, anchors),
         _fires_section(collector, summary, rule_ids, anchors, bins, granularity),
+        _conversion_section(summary, rule_ids, bins, granularity),
         _reasons_section(collector, rule_ids),
         _payload_section(collector, rule_ids, anchors),
         "</main>",
@@ -754,6 +755,93 @@ def _fires_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: s
     if not peak:
         out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" font-size="13" '
                    'text-anchor="middle" font-style="italic">no triggers</text>')
+    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#8a93a3"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _conversion_section(s: BacktestSummary, rule_ids: list[str], bins: list[dt.date], granularity: str) -> str:
+    """Conversion over time, contacted against control: per rule with a control group (and for
+    all rules against the global control group), the share of customers converted among those
+    first triggered up to each day. Cumulative, because a day's handful of customers says little."""
+    cards = []
+    outcomes: list[tuple[str, CustomerOutcome | None]] = [("all rules", s.program)] if s.program is not None else []
+    outcomes += [(rule_id, s.by_customer.get(rule_id)) for rule_id in rule_ids]
+    without = []
+    for name, o in outcomes:
+        if o is None or not o.days:
+            continue
+        if not o.control.customers:
+            without.append(name)
+            continue
+        meta = (f"<b>{_n(o.contacted.converted)}</b>/{_n(o.contacted.customers)} contacted, "
+                f"<b>{_n(o.control.converted)}</b>/{_n(o.control.customers)} control customers converted")
+        wide = " wide" if name == "all rules" else ""
+        cards.append(f'<div class="card{wide} conversion"><h3>{escape(name)}</h3><div class="meta">{meta}</div>'
+                     f"{_conversion_chart(o.days, bins, granularity, name, s.ended_at, wide=bool(wide))}</div>")
+    if not cards and not without:
+        return ""
+    rest = (f'<p class="note">No control group, so nothing to compare: {escape(", ".join(without))}.</p>'
+            if without else "")
+    legend = _legend((("contacted", STATUS_COLOURS[0][1]), ("control", STATUS_COLOURS[1][1])))
+    return ('<section id="conversion">\n<h2>Conversion over time: contacted vs control</h2>\n'
+            '<p class="note">Per UTC bin of the customers\' first trigger: the share converted within the '
+            "attribution window among the customers first triggered up to then (cumulative), for the contacted "
+            "and the control group. Customers as the unit; triggers whose window runs past the end of data are "
+            "left out.</p>\n" + legend + '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n" + rest
+            + "</section>")
+
+
+def _conversion_chart(days: dict[str, list[int]], bins: list[dt.date], granularity: str, name: str, ended_at: int,
+                      wide: bool = False) -> str:
+    """Two lines (contacted, control) of the cumulative conversion rate, with a point per bin that has customers."""
+    width, height = (1280, 170) if wide else (640, 190)
+    left, right, top, bottom = 46, 10, 10, 26
+    plot_w, plot_h = width - left - right, height - top - bottom
+    index = {d: i for i, d in enumerate(bins)}
+    per_bin = [[0, 0, 0, 0] for _ in bins]
+    for day, counts in days.items():
+        i = index.get(_bin_of(dt.date.fromisoformat(day), granularity))
+        if i is not None:
+            for k in range(4):
+                per_bin[i][k] += counts[k]
+    series: list[list[tuple[int, float, int, int]]] = [[], []]   # (bin, rate, converted, customers)
+    totals = [[0, 0], [0, 0]]
+    for i, counts in enumerate(per_bin):
+        for g in (0, 1):
+            totals[g][0] += counts[2 * g]
+            totals[g][1] += counts[2 * g + 1]
+            if counts[2 * g] and totals[g][0]:
+                series[g].append((i, totals[g][1] / totals[g][0], totals[g][1], totals[g][0]))
+    peak = max((r for line in series for _, r, _, _ in line), default=0.0)
+    ticks = _nice_ticks(max(1, math.ceil(100 * peak)))
+    y_max = ticks[-1] / 100
+    out = [f'<svg class="chart conversion" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="{escape(name)}: conversion over time, contacted and control">']
+    for t in ticks:
+        y = top + plot_h - plot_h * t / 100 / y_max
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e7ee" stroke-width="1"/>'
+                   f'<text x="{left - 6}" y="{y + 3.5:.1f}" font-size="11" text-anchor="end">{t}%</text>')
+    slot = plot_w / len(bins) if bins else plot_w
+    for g, (label, colour) in enumerate((("contacted", STATUS_COLOURS[0][1]), ("control", STATUS_COLOURS[1][1]))):
+        points = [(left + (i + 0.5) * slot, top + plot_h - plot_h * rate / y_max, i, rate, converted, n)
+                  for i, rate, converted, n in series[g]]
+        if len(points) > 1:
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py, *_ in points)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for px, py, i, rate, converted, n in points:
+            when = bins[i].isoformat() if granularity == "day" else f"{granularity} of {bins[i].isoformat()}"
+            tip = f"{label}, first triggered up to {when}: {converted:,}/{n:,} converted ({100 * rate:.1f}%)"
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.6" fill="{colour}"><title>{escape(tip)}</title></circle>')
+    if bins:
+        for i, label in _date_ticks(bins, granularity, max_ticks=max(3, plot_w // 80)):
+            x = left + (i + 0.5) * slot
+            half = 3.2 * len(label)
+            text_x = min(max(x, half + 2), width - half - 2)
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#8a93a3"/>'
+                       f'<text x="{text_x:.1f}" y="{top + plot_h + 17}" font-size="11" text-anchor="middle">'
+                       f"{escape(label)}</text>")
+        out.append(_end_marker(ended_at, bins, granularity, left, slot, top, plot_h, width))
     out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#8a93a3"/>')
     out.append("</svg>")
     return "".join(out)

@@ -23,6 +23,7 @@ within any of those rules' windows, each counted once.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -57,11 +58,24 @@ class GroupTotals(msgspec.Struct):
 
 
 class CustomerOutcome(msgspec.Struct):
-    """A rule's (or the program's) customers by group, and the triggers left out."""
+    """A rule's (or the program's) customers by group, and the triggers left out.
+
+    `days`: the same customers by the UTC day of their first observed trigger ("2026-03-01" ->
+    [contacted, contacted converted, control, control converted]), for conversion over time."""
 
     contacted: GroupTotals = msgspec.field(default_factory=GroupTotals)
     control: GroupTotals = msgspec.field(default_factory=GroupTotals)
     unobserved: int = 0            # triggers whose attribution window runs past the end of the data
+    days: dict[str, list[int]] = {}
+
+    def add_day(self, first: int, held: bool, converted: bool) -> None:
+        day = _day(first)
+        counts = self.days.get(day)
+        if counts is None:
+            counts = self.days[day] = [0, 0, 0, 0]
+        i = 2 if held else 0
+        counts[i] += 1
+        counts[i + 1] += converted
 
 
 class CustomerCollector:
@@ -120,18 +134,25 @@ class CustomerCollector:
                 windows = [(at, at + w) for at, _ in observed]
                 held = all(h for _, h in observed)
                 first = min(at for at, _ in observed)
-                _unit(o.control if held else o.contacted, convs, windows, first)
+                o.add_day(first, held, _unit(o.control if held else o.contacted, convs, windows, first))
                 if program is not None and rule in self.global_rules:
                     program_windows.extend(windows)
                     program_held = program_held and held
                     program_first = first if program_first is None else min(program_first, first)
             if program is not None and program_first is not None:
-                _unit(program.control if program_held else program.contacted, convs, program_windows, program_first)
+                converted = _unit(program.control if program_held else program.contacted, convs, program_windows,
+                                  program_first)
+                program.add_day(program_first, program_held, converted)
         return per_rule, program
 
 
-def _unit(group: GroupTotals, convs: list[tuple[int, float]], windows: list[tuple[int, int]], first: int) -> None:
-    """Add one customer: conversions strictly after a trigger and within its window, each once."""
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+
+
+def _unit(group: GroupTotals, convs: list[tuple[int, float]], windows: list[tuple[int, int]], first: int) -> bool:
+    """Add one customer: conversions strictly after a trigger and within its window, each once;
+    whether it converted."""
     converted = False
     revenue = pre = 0.0
     for ts, value in convs:
@@ -141,3 +162,4 @@ def _unit(group: GroupTotals, convs: list[tuple[int, float]], windows: list[tupl
             converted = True
             revenue += value
     group.add(converted, revenue, pre)
+    return converted

@@ -4,6 +4,7 @@ tests/integration/test_report_browser.py renders it in Chromium)."""
 from __future__ import annotations
 
 import re
+from html import escape
 
 import msgspec
 
@@ -306,3 +307,39 @@ def test_the_number_sample_is_bounded_and_min_max_exact():
     assert vc.sample == [float(i) for i in range(0, n, vc.stride)][:len(vc.sample)]   # every stride-th
     vc.add("not a number")
     assert not vc.numeric and vc.sample == []
+
+
+def test_conversion_over_time_contacted_against_control_through_a_real_replay(tmp_path):
+    """Issue 12: a chart per rule with a control group (and one for all rules against the global
+    control), cumulative by the customers' first trigger, ending at the overall rates; rules
+    without a control group are named, not charted."""
+    from pathlib import Path
+
+    from engine.offline.backtest import backtest_file
+    from engine.rules.compiler import load_and_compile
+
+    root = Path(__file__).resolve().parents[2]
+    collector = ReportCollector()
+    s = backtest_file(load_and_compile(root / "rules"), root / "examples" / "sample-events.jsonl", collector.add,
+                      lambda dead: None, progress=False)
+    html = render_report(collector, s, "t", "rules", "events.jsonl")
+    section = html[html.index('<section id="conversion">'):].split("</section>")[0]
+    charted = [name for name, o in [("all rules", s.program), *s.by_customer.items()]
+               if o is not None and o.days and o.control.customers]
+    assert len(charted) >= 3 and section.count('class="chart conversion"') == len(charted)
+    for name, o in [("all rules", s.program), *s.by_customer.items()]:
+        if o is None or not o.days:
+            continue
+        days = list(o.days.values())
+        assert sum(d[0] for d in days) == o.contacted.customers and sum(d[2] for d in days) == o.control.customers
+        assert sum(d[1] for d in days) == o.contacted.converted and sum(d[3] for d in days) == o.control.converted
+        if name in charted:   # the last point of each line is the group's overall rate
+            card = section[section.index(f"<h3>{escape(name)}</h3>"):].split("</svg>")[0]
+            tips = re.findall(r"<title>(contacted|control), first triggered up to [^:]+: ([\d,]+)/([\d,]+) converted",
+                              card)
+            last = {g: (int(x.replace(",", "")), int(n.replace(",", ""))) for g, x, n in tips}
+            assert last["contacted"] == (o.contacted.converted, o.contacted.customers)
+            assert last["control"] == (o.control.converted, o.control.customers)
+    without = [r for r, o in s.by_customer.items() if o.days and not o.control.customers]
+    assert without and all(r in section.split("No control group")[1] for r in without)
+    assert section.count('class="end-of-data"') == len(charted)
