@@ -232,3 +232,44 @@ def test_nothing_overflows_horizontally_at_1400_px(chromium, report, tmp_path):
     body = re.search(r'<body data-page-width="(\d+)" data-overflow="([^"]*)"', result.stdout)
     assert body is not None, result.stdout[:2000]
     assert int(body.group(1)) <= WIDTH and body.group(2) == "", body.groups()
+
+
+def test_conversion_charts_draw_both_groups(chromium, report, tmp_path):
+    """Conversion over time (issue 12): each chart draws the contacted and the control line."""
+    path, summary, _ = report
+    dom = run_chromium(chromium, tmp_path, "--dump-dom", path.as_uri()).stdout
+    section = dom[dom.index('<section id="conversion">'):].split("</section>")[0]
+    charts = section.split('class="chart conversion"')[1:]
+    assert charts and summary.program is not None
+    for chart in charts:
+        svg = chart.split("</svg>")[0]
+        assert svg.count("<circle") >= 2 and "<polyline" in svg and 'class="end-of-data"' in svg
+
+
+def test_diff_report_renders_both_sides_and_fits_1400_px(chromium, tmp_path):
+    """`triggers diff --report` (issue 12), checked in the browser like the backtest report."""
+    import shutil
+
+    from engine.offline.diff import diff_backtests
+    from engine.offline.diff_report import count_volumes, write_diff_report
+
+    new = tmp_path / "rules-sms"
+    shutil.copytree(REPO_ROOT / "rules", new)
+    text = (new / "transactional.yaml").read_text()
+    (new / "transactional.yaml").write_text(text.replace("action: cart-reminder, channel: email",
+                                                         "action: cart-reminder, channel: sms"))
+    result = diff_backtests(REPO_ROOT / "rules", new, REPO_ROOT / "examples" / "sample-events.jsonl")
+    assert result.old_backtest is not None and result.new_backtest is not None
+    page = tmp_path / "diff.html"
+    write_diff_report(page, result, result.old_backtest, result.new_backtest, count_volumes(result.old_triggers),
+                      count_volumes(result.new_triggers))
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    run = run_chromium(chromium, tmp_path, f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "--dump-dom",
+                       measured.as_uri())
+    assert not console_errors(run.stderr), console_errors(run.stderr)
+    body = re.search(r'<body data-page-width="(\d+)" data-overflow="([^"]*)"', run.stdout)
+    assert body is not None, run.stdout[:2000]
+    assert int(body.group(1)) <= WIDTH and body.group(2) == "", body.groups()
+    row = run.stdout[run.stdout.index("<b>cart-abandoned</b>"):].split("</tr>")[0]
+    assert "<b>email</b>" in row and "<b>sms</b>" in row and "inconclusive" in row
