@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections import Counter
 from typing import Any
 
-from engine.cli.common import load_rules
+from engine.cli.common import check_events_file, load_rules
+from engine.events.decode import JSONL_BATCH, decode_jsonl
+from engine.rules.model import RuleSet
+from engine.rules.usage import missing_types
 
 
 def add_parser(subparsers: Any) -> None:
@@ -14,6 +19,9 @@ def add_parser(subparsers: Any) -> None:
         description="Load and compile every *.yaml file of RULES_DIR. Exit 0 when valid; "
                     "otherwise print every error as `file:line: rule 'id': what is wrong` and exit 1.")
     v.add_argument("rules_dir", metavar="RULES_DIR", help="directory of rules files (or one file)")
+    v.add_argument("--events", metavar="FILE", help="a sample of events (JSONL, native or Segment form): warn, at "
+                   "file:line, about every event type the rules name that the sample never contains (a "
+                   "misspelt 'on: purchse' is valid but never fires), with the nearest type it does contain")
     v.set_defaults(handler=run_validate)
 
 
@@ -24,4 +32,23 @@ def run_validate(args: argparse.Namespace) -> int:
     rs = rules.ruleset
     print(f"{args.rules_dir}: OK ({len(rs.rules)} rules, {len(rs.aggregates)} aggregates, "
           f"{len(rs.files)} file(s){', contact policy' if rs.policy else ''})")
+    if args.events:
+        _check_types(rs, args.events)
     return 0
+
+
+def _check_types(rs: RuleSet, path: str) -> None:
+    """The event types of the sample against those the rules name; warnings only (exit 0): a
+    sample may simply lack a rare type."""
+    check_events_file(path)
+    seen: Counter[str] = Counter()
+    events = 0
+    for batch in decode_jsonl(path, JSONL_BATCH):
+        seen.update(e.type for e in batch.events)
+        events += len(batch.events)
+    warnings = missing_types(rs, seen)
+    for line in warnings:
+        print(line, file=sys.stderr)
+    kinds = ", ".join(f"{t} {n:,}" for t, n in seen.most_common(8)) + (", …" if len(seen) > 8 else "")
+    print(f"{path}: {events:,} events of {len(seen)} types ({kinds}); "
+          f"{len(warnings)} warning(s) about event types the sample lacks")

@@ -199,3 +199,34 @@ def test_backtest_html_report_names_its_inputs_without_absolute_paths(tmp_path, 
                  "--out", str(tmp_path / "t.jsonl"), "--report", str(report), "--quiet", "--no-progress"]) == 0
     html = report.read_text()
     assert str(ROOT) not in html and "<h1>Backtest of rules</h1>" in html
+
+
+def test_validate_with_a_sample_warns_about_event_types_it_never_contains(tmp_path, capsys):
+    """Issue 13: `on: purchse` (a typo) validates, and never fires; with `--events` validate
+    says so at file:line and suggests the nearest type the sample has; still exit 0."""
+    rees46 = ROOT.parent / "shared" / "data" / "rees46-clickstream-sample.jsonl"
+    events = rees46 if rees46.is_file() else SAMPLE
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n"
+        "  - id: thanks\n"
+        "    type: transactional\n"
+        "    on: purchse\n"
+        "    then: {action: thank-you, channel: email}\n"
+        "  - id: cart\n"
+        "    type: transactional\n"
+        "    on: add_to_cart\n"
+        "    unless: {event: [purchase], within: 1h}\n"
+        "    then: {action: cart-reminder, channel: email}\n")
+    assert main(["validate", str(tmp_path)]) == 0
+    assert "warning" not in capsys.readouterr().err          # the rules alone cannot tell
+    assert main(["validate", str(tmp_path), "--events", str(events)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"{tmp_path / 'rules.yaml'}:2: warning: rule 'thanks' on 'purchse': no such event "
+                                "in the sample (did you mean 'purchase'?)"]
+    assert "1 warning(s)" in out
+
+
+def test_validate_the_bundled_rules_against_the_bundled_sample_has_no_warning(capsys):
+    assert main(["validate", str(ROOT / "rules"), "--events", str(SAMPLE)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "0 warning(s)" in out
