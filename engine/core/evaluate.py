@@ -165,6 +165,9 @@ class Evaluator:
         aggs = state.aggs
         for update in plan.updates:
             update(aggs, ev)
+        if plan.filtered:
+            for filtered in plan.filtered:
+                filtered(state, ev)
         if plan.special:
             if plan.profile:
                 self._update_profile(state, ev)

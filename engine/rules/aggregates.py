@@ -33,7 +33,21 @@ DECAYED_KEYS = 8
 _REBASE_AFTER = 256.0   # half-lives since ref before scores are rebased (2^256 is far from overflow)
 
 Update = Callable[[dict[str, Any], Event], None]
+StateUpdate = Callable[[CustomerState, Event], None]   # an update behind a `where:` (it may read the profile)
 Read = Callable[[CustomerState, int], Any]
+Where = Callable[[CustomerState, Event, int], Any]
+
+
+def filtered(update: Update, where: Where) -> StateUpdate:
+    """`update` for the events its `where:` holds for, at the event's time. The compiled
+    expression never raises (a data error or a missing value is None): such an event is not
+    counted, as `if:` does not fire."""
+
+    def update_where(st: CustomerState, ev: Event) -> None:
+        if where(st, ev, ev.ts):
+            update(st.aggs, ev)
+
+    return update_where
 
 
 def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:

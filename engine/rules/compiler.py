@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.events.model import CONSENT_EVENT
-from engine.rules.aggregates import Read, Update, compile_aggregate, decayed_top
+from engine.rules.aggregates import Read, StateUpdate, Update, compile_aggregate, decayed_top, filtered
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
 from engine.rules.kinds import (
@@ -29,7 +29,7 @@ from engine.rules.kinds import (
     SeriesRule,
 )
 from engine.rules.loader import load_rules
-from engine.rules.model import ANY_EVENT, Action, Attribution, Rule, RuleSet, RuleType, Source, Unless
+from engine.rules.model import ANY_EVENT, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -46,11 +46,12 @@ Fn = Callable[..., Any]
 class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
-    __slots__ = ("updates", "rules", "cancels", "profile", "consent", "responds", "special")
+    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "special")
 
-    def __init__(self, updates: tuple[Update, ...], rules: tuple[CompiledRule, ...], cancels: bool, profile: bool,
-                 consent: bool, responds: bool) -> None:
+    def __init__(self, updates: tuple[Update, ...], filtered: tuple[StateUpdate, ...], rules: tuple[CompiledRule, ...],
+                 cancels: bool, profile: bool, consent: bool, responds: bool) -> None:
         self.updates = updates
+        self.filtered = filtered      # aggregates with a `where:`: they read the state (its profile)
         self.rules = rules
         self.cancels = cancels
         self.profile = profile
@@ -61,10 +62,12 @@ class EventPlan:
 
 class CompiledRules:
     def __init__(self, ruleset: RuleSet, readers: dict[str, Read], updates: list[tuple[tuple[str, ...], Update]],
-                 rules: list[CompiledRule], profile_attrs: frozenset[str]) -> None:
+                 rules: list[CompiledRule], profile_attrs: frozenset[str],
+                 filtered: list[tuple[tuple[str, ...], StateUpdate]] | None = None) -> None:
         self.ruleset = ruleset
         self.readers = readers
         self._updates = updates
+        self._filtered = filtered or []
         self.rules = tuple(rules)
         self.by_id = {r.id: r for r in rules}
         self.profile_attrs = profile_attrs
@@ -88,6 +91,7 @@ class CompiledRules:
             pass
         plan = self._plans[event_type] = EventPlan(
             updates=tuple(u for on, u in self._updates if event_type in on or ANY_EVENT in on),
+            filtered=tuple(u for on, u in self._filtered if event_type in on or ANY_EVENT in on),
             rules=tuple(
                 r for r in self.rules
                 if r.on_events and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
@@ -115,10 +119,41 @@ def load_and_compile(path: str | Path) -> CompiledRules:
                                       " please report this as a bug of the rules compiler")]) from exc
 
 
+def _no_read(st: Any, now: int) -> None:
+    return None
+
+
+def _where(agg: Aggregate, errors: list[RuleError], profile_attrs: set[str], budget: _Budget,
+           aggregates: dict[str, Aggregate]) -> Fn | None:
+    """An aggregate's `where:`, compiled like `if:`; it reads the event, the profile and the
+    clock, never aggregates (they are updated one after another, in no promised order)."""
+    assert agg.where is not None
+    line = agg.where_line or agg.source.line
+    budget.expressions += 1
+    budget.text += len(agg.where)
+    names = Env(aggregates={a: _no_read for a in aggregates if reserved_name_problem(a) is None})
+    try:
+        compiled = compile_expr(agg.where, names)
+    except ExprError as exc:
+        errors.append(RuleError(agg.source.file, line, f"aggregate '{agg.name}': where (column {exc.col + 1}):"
+                                f" {exc.message}"))
+        return None
+    if compiled.aggregates:
+        read = ", ".join(sorted(compiled.aggregates))
+        errors.append(RuleError(agg.source.file, line, f"aggregate '{agg.name}': where reads the event and the"
+                                f" profile, not aggregates ({read}): keep the condition on the rule's `if:`"))
+        return None
+    profile_attrs |= compiled.profile_attrs
+    return compiled.fn
+
+
 def compile_rules(ruleset: RuleSet) -> CompiledRules:
     errors: list[RuleError] = []
     readers: dict[str, Read] = {}
     updates: list[tuple[tuple[str, ...], Update]] = []
+    filtered_updates: list[tuple[tuple[str, ...], StateUpdate]] = []
+    profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
+    budget = _Budget()
     for agg in ruleset.aggregates.values():
         problem = reserved_name_problem(agg.name)   # the loader reports it first; a RuleSet built by hand may not
         if problem is not None:
@@ -131,11 +166,14 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
                                     f" ({exception_text(exc)})"))
             continue
         readers[agg.name] = read
-        updates.append((agg.on, update))
+        if agg.where is None:
+            updates.append((agg.on, update))
+            continue
+        where = _where(agg, errors, profile_attrs, budget, ruleset.aggregates)
+        if where is not None:
+            filtered_updates.append((agg.on, filtered(update, where)))
     tops = {a.name: decayed_top(a) for a in ruleset.aggregates.values() if a.kind == "decayed_count"}
     env = Env(aggregates=readers, tops=tops)
-    profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
-    budget = _Budget()
     compiled = []
     for rule in ruleset.rules:
         try:
@@ -150,7 +188,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     if errors:
         errors.sort(key=lambda e: (e.file, e.line))
         raise RulesInvalid(errors + [error_limit(errors[-1])] if len(errors) >= MAX_ERRORS else errors)
-    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs))
+    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs), filtered_updates)
 
 
 class _Budget:

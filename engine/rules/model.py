@@ -41,6 +41,8 @@ class Aggregate(msgspec.Struct, frozen=True):
     kind `count`: number of events `on`, optionally over a sliding `window`.
     kind `last`: the latest `properties[field]` (or the event time when `field == "ts"`).
     kind `decayed_count`: per `by` value (e.g. category) a count that halves every `half_life`.
+    `where`: an `if:`-language expression over the event and the profile; only events for which
+    it holds update the aggregate (it may not read aggregates: their order of update is no contract).
     """
 
     name: str
@@ -51,6 +53,8 @@ class Aggregate(msgspec.Struct, frozen=True):
     window: int | None = None      # ms; sum/count only
     by: str | None = None          # decayed_count: the property that names the bucket
     half_life: int | None = None   # ms; decayed_count only
+    where: str | None = None       # expression source; None: every event `on` counts
+    where_line: int = 0
 
 
 class Unless(msgspec.Struct, frozen=True):

@@ -67,11 +67,18 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # --------------------------------------------------------------------------- aggregates
 
 
+def _where(scope: Scope, key: str, node: Node) -> str | None:
+    """`where:` is an `if:`-language expression, read like `if:` (compiled by the compiler)."""
+    return _condition(scope, key, node)
+
+
+_WHERE = ("where", _where)
 _AGGREGATE_TABLES: dict[str, Table] = {
-    "sum": {"sum": ("field", string), "on": ("on", events), "window": ("window", duration)},
-    "count": {"count": ("on", events), "window": ("window", duration)},
-    "last": {"last": ("field", string), "on": ("on", events)},
-    "decayed_count": {"decayed_count": ("on", events), "by": ("by", string), "half_life": ("half_life", duration)},
+    "sum": {"sum": ("field", string), "on": ("on", events), "window": ("window", duration), "where": _WHERE},
+    "count": {"count": ("on", events), "window": ("window", duration), "where": _WHERE},
+    "last": {"last": ("field", string), "on": ("on", events), "where": _WHERE},
+    "decayed_count": {"decayed_count": ("on", events), "by": ("by", string), "half_life": ("half_life", duration),
+                      "where": _WHERE},
 }
 _AGGREGATE_REQUIRED = {"sum": ("on",), "count": (), "last": (), "decayed_count": ("by", "half_life")}
 AGGREGATE_EXAMPLES = {
@@ -80,7 +87,7 @@ AGGREGATE_EXAMPLES = {
     "last": '{last: ts, on: "*"}',
     "decayed_count": "{decayed_count: product_view, by: category, half_life: 14d}",
 }
-_AGGREGATE_OPTIONS = ("on", "window", "by", "half_life")
+_AGGREGATE_OPTIONS = ("on", "window", "by", "half_life", "where")
 _AGGREGATE_KEYS = (*AGGREGATE_KINDS, *_AGGREGATE_OPTIONS)
 # Why an option known to some kinds does not fit this one.
 _OPTION_MISFIT = {
@@ -108,6 +115,8 @@ def aggregate(scope: Scope, name: str, line: int, node: Node) -> Aggregate | Non
         return None
     if kind == "last":
         fields.setdefault("on", (ANY_EVENT,))
+    if "where" in fields:
+        fields["where_line"] = _condition_line(node.value["where"])
     return Aggregate(name=name, kind=kind, source=scope.source(line), **fields)
 
 
