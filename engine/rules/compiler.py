@@ -46,10 +46,11 @@ Fn = Callable[..., Any]
 class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
-    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "special")
+    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "idle_of", "special")
 
     def __init__(self, updates: tuple[Update, ...], filtered: tuple[StateUpdate, ...], rules: tuple[CompiledRule, ...],
-                 cancels: bool, profile: bool, consent: bool, responds: bool) -> None:
+                 cancels: bool, profile: bool, consent: bool, responds: bool,
+                 idle_of: tuple[InactiveRule, ...] = ()) -> None:
         self.updates = updates
         self.filtered = filtered      # aggregates with a `where:`: they read the state (its profile)
         self.rules = rules
@@ -57,7 +58,8 @@ class EventPlan:
         self.profile = profile
         self.consent = consent
         self.responds = responds      # a response or conversion: attribute it to open triggers
-        self.special = cancels or profile or consent or responds   # one test on the common path
+        self.idle_of = idle_of        # `inactive … of:` rules this type re-arms
+        self.special = cancels or profile or consent or responds or bool(idle_of)   # one test on the common path
 
 
 class CompiledRules:
@@ -73,6 +75,7 @@ class CompiledRules:
         self.profile_attrs = profile_attrs
         self.lateness = ruleset.lateness   # ms an event may arrive behind the newest (SPEC §6)
         self.inactive = tuple(r for r in rules if isinstance(r, InactiveRule))
+        self.inactive_of = tuple(r for r in self.inactive if r.of)   # re-armed by some event types only
         self.recurring = tuple(r for r in rules if isinstance(r, RecurringRule))
         # channels some rule sends on: the only ones whose consent is worth keeping
         self.channels = frozenset(a.channel for r in rules for a in r.actions())
@@ -100,6 +103,7 @@ class CompiledRules:
             profile=event_type in PROFILE_EVENTS,
             consent=event_type == CONSENT_EVENT,
             responds=event_type in self._response_types,
+            idle_of=tuple(r for r in self.inactive if event_type in r.of),
         )
         return plan
 
@@ -318,7 +322,8 @@ def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: 
             errors.append(RuleError(rule.source.file, rule.source.line,
                                     f"an inactivity rule fires when no event came, so it cannot read {props}; "
                                     "use aggregates (e.g. last_active) or profile attributes", rule.id))
-        return InactiveRule(rule, cond, then, rule.inactive)
+        of = () if ANY_EVENT in rule.inactive_of else rule.inactive_of
+        return InactiveRule(rule, cond, then, rule.inactive, of)
     if steps:
         return SeriesRule(rule, cond, steps, ctx_props)
     assert then is not None   # the loader requires `then:` of a rule without steps

@@ -323,6 +323,7 @@ _RULE_TABLE: Table = {
     "delay": ("delay", duration),
     "steps": ("steps", _steps),
     "inactive": ("inactive", duration),
+    "of": ("inactive_of", events),
     "every": ("every", one_of("'every' value", ("year", "month"))),
     "date": ("date", _profile_date),
     "at": ("at", clock),
@@ -384,7 +385,10 @@ def _rule_shape_problems(present: set[str], rule_type: str | None) -> list[str]:
     if has("delay") and has("unless"):
         problems.append("'delay' and 'unless' exclude each other: 'unless.within' is already the wait")
     if has("inactive") and has("on"):
-        problems.append("'inactive' fires when no event arrives at all, so it takes no 'on'")
+        problems.append("'inactive' fires when no event arrives at all, so it takes no 'on'"
+                        " (to wait for the absence of some types only, write 'of: [purchase]')")
+    if has("of") and not has("inactive"):
+        problems.append("'of' names the event types an 'inactive' wait counts from: it goes only with 'inactive'")
     if has("inactive") and (has("unless") or has("delay")):
         problems.append("'inactive' is already a wait: it takes no 'unless' or 'delay'")
     if rule_type in ("transactional", "behavioral") and not has("on") and not has("inactive"):
@@ -401,7 +405,7 @@ def _rule_shape_problems(present: set[str], rule_type: str | None) -> list[str]:
 def _recurring_problems(present: set[str]) -> list[str]:
     # a recurring rule is started by the calendar, not by an event, so nothing waits on one
     problems = [f"a recurring rule needs '{key}'" for key in ("every", "date") if key not in present]
-    not_allowed = [key for key in ("on", "unless", "delay", "inactive") if key in present]
+    not_allowed = [key for key in ("on", "unless", "delay", "inactive", "of") if key in present]
     if not_allowed:
         quoted = [f"'{key}'" for key in not_allowed]
         problems.append(f"a recurring rule is started by its date, so it takes no {alternatives(quoted)}")

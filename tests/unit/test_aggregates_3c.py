@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.actions.trigger import Trigger
-from engine.core.times import parse_ts
+from engine.core.times import format_ts, parse_ts
 from engine.events.model import Event
 from engine.offline.backtest import Replay
 from engine.rules.compiler import CompiledRules, load_and_compile
@@ -121,3 +121,65 @@ rules:
   - {id: r, type: behavioral, on: email_clicked, then: {action: a, channel: email}}
 """)
     assert len(shape) == 1 and shape[0].startswith("3: ") and "'where' must be an expression" in shape[0]
+
+
+# -- inactive: D, of: TYPES ----------------------------------------------------------------
+
+LAPSED = """
+rules:
+  - id: no-purchase-60d
+    type: behavioral
+    inactive: 60d
+    of: purchase
+    then: {action: winback, channel: email}
+  - id: silent-60d
+    type: behavioral
+    inactive: 60d
+    then: {action: winback, channel: email}
+"""
+
+
+def browsing_after_a_purchase(days: int) -> list[tuple[str, int, dict]]:
+    """A purchase, then a product view every 5 days for `days` days."""
+    return [("purchase", T0, {"amount": 20})] + [("product_view", T0 + d * DAY, {"sku": "A-77"})
+                                                 for d in range(5, days + 1, 5)]
+
+
+def test_inactive_of_purchase_fires_while_the_customer_still_browses(tmp_path):
+    rules = compile_yaml(tmp_path, LAPSED)
+    fired = replay(rules, browsing_after_a_purchase(90), drain=False)
+    assert [(t.rule_id, t.fired_at) for t in fired] == [("no-purchase-60d", format_ts(T0 + 60 * DAY))]
+
+
+def test_inactive_of_fires_once_per_stretch_and_a_new_purchase_starts_another(tmp_path):
+    rules = compile_yaml(tmp_path, LAPSED)
+    events = browsing_after_a_purchase(90) + [("purchase", T0 + 100 * DAY, {"amount": 5})]
+    fired = [t for t in replay(rules, events) if t.rule_id == "no-purchase-60d"]   # drained: the second stretch
+    assert [t.fired_at for t in fired] == [format_ts(T0 + 60 * DAY), format_ts(T0 + 160 * DAY)]
+    assert len({t.trigger_id for t in fired}) == 2
+
+
+def test_inactive_of_needs_an_event_of_its_types_to_start(tmp_path):
+    rules = compile_yaml(tmp_path, LAPSED)
+    views = [("product_view", T0 + d * DAY, {"sku": "A-77"}) for d in range(0, 90, 5)]
+    assert [t.rule_id for t in replay(rules, views)] == ["silent-60d"]   # drained: 60 days after the last view
+
+
+def test_inactive_of_validation(tmp_path):
+    then = "then: {action: a, channel: email}"
+    errors = errors_of(tmp_path, f"""
+rules:
+  - {{id: a, type: behavioral, of: purchase, on: purchase, {then}}}
+  - {{id: b, type: behavioral, inactive: 60d, off: purchase, {then}}}
+  - {{id: c, type: behavioral, inactive: 60d, of: [], {then}}}
+  - {{id: d, type: behavioral, inactive: 60d, on: purchase, {then}}}
+""")
+    assert any(e.startswith("3: ") and "'of'" in e and "only with 'inactive'" in e for e in errors)
+    assert any(e.startswith("4: ") and "'off'" in e and "did you mean 'of'" in e for e in errors)
+    assert any(e.startswith("5: ") and "'of' needs at least one event type" in e for e in errors)
+    assert any(e.startswith("6: ") and "write 'of: [purchase]'" in e for e in errors)
+    rules = compile_yaml(tmp_path, f"""
+rules:
+  - {{id: a, type: behavioral, inactive: 60d, of: [purchase, subscription_renewed], {then}}}
+""")
+    assert rules.inactive[0].of == ("purchase", "subscription_renewed")
