@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.events.model import CONSENT_EVENT
-from engine.rules.aggregates import Read, StateUpdate, Update, compile_aggregate, decayed_top, filtered
+from engine.rules.aggregates import (
+    Read,
+    StateUpdate,
+    Update,
+    compile_aggregate,
+    decayed_top,
+    filtered,
+    keyed_read,
+)
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
 from engine.rules.kinds import (
@@ -177,7 +185,9 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         if where is not None:
             filtered_updates.append((agg.on, filtered(update, where)))
     tops = {a.name: decayed_top(a) for a in ruleset.aggregates.values() if a.kind == "decayed_count"}
-    env = Env(aggregates=readers, tops=tops)
+    keyed = {a.name: keyed_read(a) for a in ruleset.aggregates.values()
+             if a.kind in ("sum", "count") and a.by and a.name in readers}
+    env = Env(aggregates=readers, tops=tops, keyed=keyed)
     compiled = []
     for rule in ruleset.rules:
         try:

@@ -40,6 +40,7 @@ class Aggregate(msgspec.Struct, frozen=True):
     kind `sum`: sum of `properties[field]` over events `on`, optionally over a sliding `window`.
     kind `count`: number of events `on`, optionally over a sliding `window`.
     kind `last`: the latest `properties[field]` (or the event time when `field == "ts"`).
+    sum / count with `by`: one value per value of the property `by` (the most recent keys kept).
     kind `decayed_count`: per `by` value (e.g. category) a count that halves every `half_life`.
     `where`: an `if:`-language expression over the event and the profile; only events for which
     it holds update the aggregate (it may not read aggregates: their order of update is no contract).
@@ -51,7 +52,7 @@ class Aggregate(msgspec.Struct, frozen=True):
     source: Source
     field: str | None = None       # sum/last: the property read; "ts" for the event time
     window: int | None = None      # ms; sum/count only
-    by: str | None = None          # decayed_count: the property that names the bucket
+    by: str | None = None          # decayed_count, count, sum: the property that names the bucket
     half_life: int | None = None   # ms; decayed_count only
     where: str | None = None       # expression source; None: every event `on` counts
     where_line: int = 0

@@ -74,8 +74,9 @@ def _where(scope: Scope, key: str, node: Node) -> str | None:
 
 _WHERE = ("where", _where)
 _AGGREGATE_TABLES: dict[str, Table] = {
-    "sum": {"sum": ("field", string), "on": ("on", events), "window": ("window", duration), "where": _WHERE},
-    "count": {"count": ("on", events), "window": ("window", duration), "where": _WHERE},
+    "sum": {"sum": ("field", string), "on": ("on", events), "window": ("window", duration), "by": ("by", string),
+            "where": _WHERE},
+    "count": {"count": ("on", events), "window": ("window", duration), "by": ("by", string), "where": _WHERE},
     "last": {"last": ("field", string), "on": ("on", events), "where": _WHERE},
     "decayed_count": {"decayed_count": ("on", events), "by": ("by", string), "half_life": ("half_life", duration),
                       "where": _WHERE},
@@ -93,7 +94,7 @@ _AGGREGATE_KEYS = (*AGGREGATE_KINDS, *_AGGREGATE_OPTIONS)
 _OPTION_MISFIT = {
     "on": "count and decayed_count take their event types as the argument, e.g. {count: purchase}",
     "window": "only sum and count aggregates have a window",
-    "by": "only decayed_count aggregates use it",
+    "by": "only count, sum and decayed_count aggregates use it",
     "half_life": "only decayed_count aggregates use it",
 }
 
@@ -155,6 +156,9 @@ def _check_aggregate_options(scope: Scope, node: Node, kind: str) -> None:
     for key in _AGGREGATE_REQUIRED[kind]:
         if key not in node.value:
             scope.error(node.line, f"a {kind} aggregate needs '{key}', e.g. {AGGREGATE_EXAMPLES[kind]}")
+    if kind in ("sum", "count") and "by" in node.value and "window" in node.value:
+        scope.error(node.key_lines["window"], f"a {kind} aggregate with 'by' has no 'window' (one window per key"
+                    " would multiply the state): drop 'window', or use a decayed_count with a half_life")
 
 
 # --------------------------------------------------------------------------- rules

@@ -183,3 +183,85 @@ rules:
   - {{id: a, type: behavioral, inactive: 60d, of: [purchase, subscription_renewed], {then}}}
 """)
     assert rules.inactive[0].of == ("purchase", "subscription_renewed")
+
+
+# -- count / sum … by: PROP ----------------------------------------------------------------
+
+BY_SKU = """
+aggregates:
+  views_by_sku: {count: product_view, by: sku}
+  spend_by_brand: {sum: price, on: purchase, by: brand}
+rules:
+  - id: third-view-of-a-product
+    type: behavioral
+    on: product_view
+    if: views_by_sku[event.sku] == 3
+    then: {action: still-thinking, channel: email, payload: {sku: "{event.sku}", top: "{top(views_by_sku)}"}}
+"""
+
+
+def views(skus: list[str]) -> list[tuple[str, int, dict]]:
+    return [("product_view", T0 + i * MIN, {"sku": sku}) for i, sku in enumerate(skus)]
+
+
+def test_the_same_product_viewed_three_times_fires(tmp_path):
+    rules = compile_yaml(tmp_path, BY_SKU)
+    fired = replay(rules, views(["A-77", "A-77", "A-77"]))
+    assert [(t.cause_event_id, t.payload) for t in fired] == [("e2", {"sku": "A-77", "top": "A-77"})]
+
+
+def test_four_products_viewed_once_each_do_not(tmp_path):
+    rules = compile_yaml(tmp_path, BY_SKU)
+    skus = ["A-77", "B-12", "C-3", "D-40"]
+    assert replay(rules, views(skus)) == []
+    assert final_state(rules, views(skus)).aggs["views_by_sku"] == dict.fromkeys(skus, 1)
+
+
+def test_by_keeps_the_most_recent_keys(tmp_path):
+    from engine.rules.aggregates import BY_KEYS
+
+    rules = compile_yaml(tmp_path, BY_SKU)
+    skus = ["OLD", *[f"S-{i}" for i in range(BY_KEYS - 1)], "OLD", "NEW"]   # OLD seen again: recent
+    counts = final_state(rules, views(skus)).aggs["views_by_sku"]
+    assert len(counts) == BY_KEYS and counts["OLD"] == 2 and counts["NEW"] == 1 and "S-0" not in counts
+    assert list(counts)[-2:] == ["OLD", "NEW"]
+
+
+def test_sum_by_and_reads_by_key(tmp_path):
+    rules = compile_yaml(tmp_path, BY_SKU + """
+  - id: big-on-acme
+    type: behavioral
+    on: purchase
+    if: spend_by_brand["acme"] > 100 and spend_by_brand[event.brand] > 100 and spend_by_brand["none"] == 0
+    then: {action: acme-fan, channel: email}
+""")
+    buys = [("purchase", T0 + i, {"brand": b, "price": p})
+            for i, (b, p) in enumerate([("acme", 60), ("zeta", 500), ("acme", "50.5"), ("acme", "bad"), (7, 1)])]
+    st = final_state(rules, buys)
+    assert st.aggs["spend_by_brand"] == {"zeta": 500, "acme": 110.5, "7": 1}
+    # e2 and e3 are acme's (e3's bad price adds nothing); e4's brand 7 reads as the key "7"
+    assert [t.cause_event_id for t in replay(rules, buys)] == ["e2", "e3"]
+
+
+def test_where_on_a_by_aggregate(tmp_path):
+    rules = compile_yaml(tmp_path, """
+aggregates:
+  sale_views: {count: product_view, by: sku, where: event.price < 10}
+rules:
+  - {id: r, type: behavioral, on: product_view, if: "sale_views[event.sku] >= 1", then: {action: a, channel: email}}
+""")
+    seen = [("product_view", T0 + i, {"sku": s, "price": p}) for i, (s, p) in enumerate([("A", 5), ("B", 50), ("A", 8)])]
+    assert final_state(rules, seen).aggs["sale_views"] == {"A": 2}
+    assert [t.cause_event_id for t in replay(rules, seen)] == ["e0", "e2"]
+
+
+def test_by_validation(tmp_path):
+    errors = errors_of(tmp_path, """
+aggregates:
+  a: {count: product_view, by: sku, window: 7d}
+  b: {last: sku, by: sku}
+rules:
+  - {id: r, type: behavioral, on: product_view, then: {action: a, channel: email}}
+""")
+    assert errors[0].startswith("3: ") and "with 'by' has no 'window'" in errors[0]
+    assert errors[1].startswith("4: ") and "'by' does not apply to a last aggregate" in errors[1]

@@ -45,12 +45,18 @@ from engine.state.customer import CustomerState
 
 
 def _agg_definition(agg: Any) -> str:
+    where = f" where {agg.where}" if getattr(agg, "where", None) else ""
+    return _agg_kind_definition(agg) + where
+
+
+def _agg_kind_definition(agg: Any) -> str:
     on = "every event" if ANY_EVENT in agg.on else " or ".join(agg.on)
     window = f" over {format_duration(agg.window)}" if agg.window else ""
+    by = f" by {agg.by}" if agg.by else ""
     if agg.kind == "sum":
-        return f"sum of {agg.field} on {on}{window}"
+        return f"sum of {agg.field} on {on}{by}{window}"
     if agg.kind == "count":
-        return f"count of {on}{window}"
+        return f"count of {on}{by}{window}"
     if agg.kind == "last":
         return f"last {'event time' if agg.field == 'ts' else agg.field} on {on}"
     return f"decayed count of {on} by {agg.by}, half-life {format_duration(agg.half_life or 0)}"
