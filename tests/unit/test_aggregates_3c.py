@@ -3,16 +3,25 @@ through the backtest (the core the live worker shares)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
+from bytewax.testing import run_main
 
 from engine.actions.trigger import Trigger
-from engine.core.times import format_ts, parse_ts
+from engine.core.times import format_ts, now_ms, parse_ts
+from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.offline.backtest import Replay
+from engine.operators.flow import build_flow
+from engine.operators.settings import Settings
+from engine.rules.aggregates import BY_KEYS
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
+from engine.state.customer import encode_state
+from engine.testing import InMemoryStore, ListSink, MemoryLog
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000
@@ -218,8 +227,6 @@ def test_four_products_viewed_once_each_do_not(tmp_path):
 
 
 def test_by_keeps_the_most_recent_keys(tmp_path):
-    from engine.rules.aggregates import BY_KEYS
-
     rules = compile_yaml(tmp_path, BY_SKU)
     skus = ["OLD", *[f"S-{i}" for i in range(BY_KEYS - 1)], "OLD", "NEW"]   # OLD seen again: recent
     counts = final_state(rules, views(skus)).aggs["views_by_sku"]
@@ -265,3 +272,52 @@ rules:
 """)
     assert errors[0].startswith("3: ") and "with 'by' has no 'window'" in errors[0]
     assert errors[1].startswith("4: ") and "'by' does not apply to a last aggregate" in errors[1]
+
+
+# -- the live worker agrees ----------------------------------------------------------------
+
+
+def test_live_on_the_test_doubles_equals_backtest(tmp_path):
+    """The three cases of the issue, for three customers, through the live dataflow (source,
+    partition worker, commits, on the shipped test doubles) and through a backtest up to now:
+    the same triggers and the same final states."""
+    rules = compile_yaml(tmp_path, """
+aggregates:
+  views_by_sku: {count: product_view, by: sku}
+  welcome_clicks: {count: email_clicked, where: event.campaign == "welcome-1"}
+rules:
+  - {id: third-view-of-a-product, type: behavioral, on: product_view, if: "views_by_sku[event.sku] == 3",
+     then: {action: still-thinking, channel: email, payload: {sku: "{event.sku}"}}}
+  - {id: second-welcome-click, type: behavioral, on: email_clicked, if: welcome_clicks == 2,
+     then: {action: thanks, channel: email}}
+  - {id: no-purchase-60d, type: behavioral, inactive: 60d, of: purchase, then: {action: winback, channel: email}}
+""")
+    start = now_ms() - 200 * DAY   # every deadline falls before the wall clock the live run fires by
+    cases = {
+        "viewer": [("product_view", start + i * MIN, {"sku": s}) for i, s in enumerate(["A", "A", "B", "A", "C"])],
+        "clicker": [("email_clicked", start + i * MIN, {"campaign": c})
+                    for i, c in enumerate(["welcome-1", "promo", "welcome-1"])],
+        "lapsed": [("purchase", start, {"price": 20})] + [("product_view", start + d * DAY, {"sku": f"S-{d}"})
+                                                          for d in range(5, 95, 5)],   # still browsing
+    }
+    enc = msgspec.json.encode
+    lines = [enc({"event_id": f"{cid}-{i}", "type": t, "customer_id": cid, "ts": ts, "properties": props})
+             for cid, events in cases.items() for i, (t, ts, props) in enumerate(events)]
+
+    store, triggers, dead = InMemoryStore(), [], []
+    flow = build_flow(Settings(exit_at_end=True, commit_interval_ms=20), rules, partitions=["events-0"],
+                      open_log=lambda name, at: MemoryLog(name, lines, at), store=lambda: store,
+                      sinks={"list": lambda _w: ListSink(triggers)}, dead_letters=lambda _w: ListSink(dead))
+    run_main(flow, epoch_interval=timedelta(milliseconds=20))
+
+    expected: list[Trigger] = []
+    run = Replay(rules, expected.extend, until=now_ms())
+    events, _ = EventDecoder().decode_batch((raw, "test") for raw in lines)
+    run.feed(events)
+    run.finish()
+
+    assert dead == []
+    assert sorted((t.customer_id, t.rule_id) for t in expected) == [
+        ("clicker", "second-welcome-click"), ("lapsed", "no-purchase-60d"), ("viewer", "third-view-of-a-product")]
+    assert sorted(map(enc, triggers)) == sorted(map(enc, expected))
+    assert {c: encode_state(s) for c, s in store.items()} == {c: encode_state(s) for c, s in run.store.states.items()}
