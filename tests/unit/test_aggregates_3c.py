@@ -321,3 +321,15 @@ rules:
         ("clicker", "second-welcome-click"), ("lapsed", "no-purchase-60d"), ("viewer", "third-view-of-a-product")]
     assert sorted(map(enc, triggers)) == sorted(map(enc, expected))
     assert {c: encode_state(s) for c, s in store.items()} == {c: encode_state(s) for c, s in run.store.states.items()}
+
+
+def test_validate_events_checks_the_types_of_inactive_of(tmp_path):
+    from collections import Counter
+
+    from engine.rules.loader import load_rules
+    from engine.rules.usage import missing_types
+
+    (tmp_path / "rules.yaml").write_text(LAPSED.replace("of: purchase", "of: purchse"))
+    warnings = missing_types(load_rules(tmp_path), Counter({"purchase": 3, "product_view": 9}))
+    assert len(warnings) == 1 and "rule 'no-purchase-60d' inactive of 'purchse'" in warnings[0]
+    assert "did you mean 'purchase'" in warnings[0]
