@@ -34,7 +34,7 @@ from engine.events.model import Event
 from engine.policy.attribution import Attributor, RuleOutcome
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import MAX_TIMERS_PER_RULE, CompiledRules
-from engine.rules.kinds import CompiledAction, CompiledRule, RecurringRule, SeriesRule
+from engine.rules.kinds import CompiledAction, CompiledRule, InactiveRule, RecurringRule, SeriesRule
 from engine.state.customer import Consent, CustomerState, Deferred, Timer
 
 SEEN_IDS = 4            # recent event ids remembered per customer for de-duplication
@@ -53,7 +53,7 @@ class Counters:
 
 def new_state() -> CustomerState:
     return CustomerState(aggs={}, profile={}, armed=[], last_contact={}, timers=[], seen=[], consent={}, contacts=[],
-                         open_triggers=[], idle_fired=[], occurred={}, deferred=[])
+                         open_triggers=[], idle_fired=[], occurred={}, deferred=[], latest_of={})
 
 
 class Evaluator:
@@ -72,7 +72,9 @@ class Evaluator:
         # Deadlines that only move later need no update: a stale, earlier wake-up finds nothing
         # due and is re-indexed then.
         self.earlier_deadline = False
-        self._idle_min_wait = min((r.wait for r in rules.inactive), default=0)
+        self._idle_min_wait = min((r.wait for r in rules.inactive if not r.of), default=0)
+        self._idle_of = rules.inactive_of   # their stretch starts at the latest event of their types
+        self._idle_of_ids = frozenset(r.id for r in self._idle_of)
 
     def next_due(self, state: CustomerState, recurring_until: int | None = None) -> int | None:
         """The customer's earliest deadline, stored or implicit (inactivity), for wake-up indexes.
@@ -93,8 +95,9 @@ class Evaluator:
                 best = d.due
         if state.last_ts:
             for rule in self.rules.inactive:
-                if rule.id not in state.idle_fired:
-                    due = state.last_ts + rule.wait
+                since = rule.since(state)
+                if since and rule.id not in state.idle_fired:
+                    due = since + rule.wait
                     if best is None or due < best:
                         best = due
         return best
@@ -107,16 +110,19 @@ class Evaluator:
         rules = [t.rule for t in state.timers if t.rule in by_id and not by_id[t.rule].dated]
         rules += [d.rule for d in state.deferred if d.rule in by_id]
         if state.last_ts:
-            rules += [r.id for r in self.rules.inactive if r.id not in state.idle_fired]
+            rules += [r.id for r in self.rules.inactive if r.since(state) and r.id not in state.idle_fired]
         return rules
 
     def _idle_due(self, state: CustomerState, now: int) -> list[Timer]:
         """Inactivity deadlines due by `now`, as transient timers (never stored)."""
         if not state.last_ts:
             return []
-        return [Timer(state.last_ts + r.wait, r.id, 0, "", f"@{state.last_ts}", state.last_ts, _EMPTY)
-                for r in self.rules.inactive
-                if state.last_ts + r.wait <= now and r.id not in state.idle_fired]
+        due = []
+        for r in self.rules.inactive:
+            since = r.since(state)
+            if since and since + r.wait <= now and r.id not in state.idle_fired:
+                due.append(Timer(since + r.wait, r.id, 0, "", f"@{since}", since, _EMPTY))
+        return due
 
     # -- events ---------------------------------------------------------------------------
 
@@ -150,13 +156,17 @@ class Evaluator:
                 if d.due < ts:
                     due_before = True
                     break
+        if not due_before and self._idle_of:
+            due_before = self._idle_of_due(state, ts)
         if due_before:
             self.on_time(state, ev.customer_id, ts - 1, out)
         # An older event (a late one, counted by the Session) leaves the customer's last time.
         if ts > last_ts:
             state.last_ts = ts
             if state.idle_fired:   # a new event starts a new stretch of inactivity: a new deadline
-                state.idle_fired = []
+                # (for the rules with `of`, only an event of their types does: `_mark_idle_of`)
+                of_ids = self._idle_of_ids
+                state.idle_fired = [r for r in state.idle_fired if r in of_ids] if of_ids else []
                 self.earlier_deadline = True
         if self.observer is not None:
             self.observer.event_applied(ev)
@@ -165,6 +175,9 @@ class Evaluator:
         aggs = state.aggs
         for update in plan.updates:
             update(aggs, ev)
+        if plan.filtered:
+            for filtered in plan.filtered:
+                filtered(state, ev)
         if plan.special:
             if plan.profile:
                 self._update_profile(state, ev)
@@ -174,6 +187,8 @@ class Evaluator:
                 self.attributor.observe(state, ev, self.outcomes)
             if plan.cancels and state.timers:
                 self._cancel(state, ev)
+            if plan.idle_of:
+                self._mark_idle_of(state, ev, plan.idle_of)
         if plan.rules:
             self._run_rules(state, ev, plan.rules, out)
         return state
@@ -210,6 +225,25 @@ class Evaluator:
             rule.matched(self, state, ev, moment)
         if moment:
             self._decide(state, ev.customer_id, moment, out)
+
+    def _idle_of_due(self, state: CustomerState, ts: int) -> bool:
+        """Whether an `inactive … of:` deadline falls strictly before `ts` (one not fired yet)."""
+        for rule in self._idle_of:
+            since = rule.since(state)
+            if since and since + rule.wait < ts and rule.id not in state.idle_fired:
+                return True
+        return False
+
+    def _mark_idle_of(self, state: CustomerState, ev: Event, rules: tuple[InactiveRule, ...]) -> None:
+        """An event of a type some `inactive … of:` rule names: a newer one starts their new stretch."""
+        latest = state.latest_of
+        if ev.ts <= latest.get(ev.type, 0):
+            return   # a late event: the stretch started at a newer one
+        latest[ev.type] = ev.ts
+        self.earlier_deadline = True   # the first such event makes a deadline where there was none
+        if state.idle_fired:
+            ids = {r.id for r in rules}
+            state.idle_fired = [r for r in state.idle_fired if r not in ids]
 
     def _update_profile(self, state: CustomerState, ev: Event) -> None:
         """Keep only the profile attributes some rule reads: the state stays small."""

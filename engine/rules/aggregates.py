@@ -12,6 +12,8 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
 - amounts are read with `engine.events.amount` (JSON numbers and plain ASCII numeric text;
   anything else counts as 0) and added with `add_amount`, so a sum stays storable: exact up to
   ±2^53, a float beyond, never infinite. One bad event must not poison a lifetime sum for good.
+- sum / count with `by`: `{key: value}`, in order of the keys' latest events (the latest last):
+  only the BY_KEYS most recent keys are kept, so one customer's state stays bounded.
 - last: the value itself (the event time in epoch ms for `last: ts`).
 - decayed_count: `[ref_ms, {key: score}]` where score = sum of 2^((ts - ref) / half_life)
   over the key's events; the value at time t is score * 2^(-(t - ref) / half_life). Storing
@@ -30,14 +32,32 @@ from engine.state.customer import CustomerState
 
 WINDOW_BUCKETS = 8
 DECAYED_KEYS = 8
+BY_KEYS = DECAYED_KEYS     # `count/sum … by:` keeps as many keys as a decayed count
 _REBASE_AFTER = 256.0   # half-lives since ref before scores are rebased (2^256 is far from overflow)
 
 Update = Callable[[dict[str, Any], Event], None]
+StateUpdate = Callable[[CustomerState, Event], None]   # an update behind a `where:` (it may read the profile)
 Read = Callable[[CustomerState, int], Any]
+KeyedRead = Callable[[CustomerState, int, Any], Any]   # (state, now, key): `name[key]` of a by-aggregate
+Where = Callable[[CustomerState, Event, int], Any]
+
+
+def filtered(update: Update, where: Where) -> StateUpdate:
+    """`update` for the events its `where:` holds for, at the event's time. The compiled
+    expression never raises (a data error or a missing value is None): such an event is not
+    counted, as `if:` does not fire."""
+
+    def update_where(st: CustomerState, ev: Event) -> None:
+        if where(st, ev, ev.ts):
+            update(st.aggs, ev)
+
+    return update_where
 
 
 def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
     name, field = agg.name, agg.field   # one assignment, so the closures keep the narrowing below
+    if agg.kind in ("sum", "count") and agg.by:
+        return _keyed(agg)
     if agg.kind in ("sum", "count") and agg.window:
         return _windowed(agg)
     if agg.kind == "sum":
@@ -141,6 +161,60 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
         return total
 
     return update, read
+
+
+def by_key(value: Any) -> str | None:
+    """The key an event's property names: text as is, a number or boolean as its text; an
+    object, an array or a missing value names none."""
+    if value.__class__ is str:
+        return value
+    if value is None or value.__class__ is dict or value.__class__ is list:
+        return None
+    return str(value)
+
+
+def _keyed(agg: Aggregate) -> tuple[Update, Read]:
+    name, by = agg.name, agg.by
+    field = cast(str, agg.field)   # read only when is_sum, and a sum always names its field
+    assert by is not None
+    is_sum = agg.kind == "sum"
+
+    def update(aggs: dict[str, Any], ev: Event) -> None:
+        key = by_key(ev.properties.get(by))
+        if key is None:
+            return
+        value = amount(ev.properties.get(field)) if is_sum else 1
+        if not value:
+            return   # a sum's missing or bad amount adds nothing, and makes no key
+        values = aggs.get(name)
+        if values is None:
+            aggs[name] = {key: value}
+            return
+        # re-inserted, so the dict's order is the keys' recency (msgpack keeps it)
+        old = values.pop(key, 0)
+        values[key] = add_amount(old, value) if is_sum else old + 1
+        if len(values) > BY_KEYS:
+            del values[next(iter(values))]   # the key whose latest event is the oldest
+
+    def read(st: CustomerState, now: int) -> Any:
+        return st.aggs.get(name) or {}
+
+    return update, read
+
+
+def keyed_read(agg: Aggregate) -> KeyedRead:
+    """`name[key]` of a by-aggregate: a key it does not hold (never seen, or dropped as the
+    least recent) is 0, since a count or a sum of no events is 0."""
+    name = agg.name
+
+    def item(st: CustomerState, now: int, key: Any) -> Any:
+        values = st.aggs.get(name)
+        if not values:
+            return 0
+        key = by_key(key)
+        return values.get(key, 0) if key is not None else 0
+
+    return item
 
 
 def decayed_top(agg: Aggregate) -> Read:

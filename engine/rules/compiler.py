@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.events.model import CONSENT_EVENT
-from engine.rules.aggregates import Read, Update, compile_aggregate, decayed_top
+from engine.rules.aggregates import (
+    Read,
+    StateUpdate,
+    Update,
+    compile_aggregate,
+    decayed_top,
+    filtered,
+    keyed_read,
+)
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
 from engine.rules.kinds import (
@@ -29,7 +37,7 @@ from engine.rules.kinds import (
     SeriesRule,
 )
 from engine.rules.loader import load_rules
-from engine.rules.model import ANY_EVENT, Action, Attribution, Rule, RuleSet, RuleType, Source, Unless
+from engine.rules.model import ANY_EVENT, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -46,30 +54,36 @@ Fn = Callable[..., Any]
 class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
-    __slots__ = ("updates", "rules", "cancels", "profile", "consent", "responds", "special")
+    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "idle_of", "special")
 
-    def __init__(self, updates: tuple[Update, ...], rules: tuple[CompiledRule, ...], cancels: bool, profile: bool,
-                 consent: bool, responds: bool) -> None:
+    def __init__(self, updates: tuple[Update, ...], filtered: tuple[StateUpdate, ...], rules: tuple[CompiledRule, ...],
+                 cancels: bool, profile: bool, consent: bool, responds: bool,
+                 idle_of: tuple[InactiveRule, ...] = ()) -> None:
         self.updates = updates
+        self.filtered = filtered      # aggregates with a `where:`: they read the state (its profile)
         self.rules = rules
         self.cancels = cancels
         self.profile = profile
         self.consent = consent
         self.responds = responds      # a response or conversion: attribute it to open triggers
-        self.special = cancels or profile or consent or responds   # one test on the common path
+        self.idle_of = idle_of        # `inactive … of:` rules this type re-arms
+        self.special = cancels or profile or consent or responds or bool(idle_of)   # one test on the common path
 
 
 class CompiledRules:
     def __init__(self, ruleset: RuleSet, readers: dict[str, Read], updates: list[tuple[tuple[str, ...], Update]],
-                 rules: list[CompiledRule], profile_attrs: frozenset[str]) -> None:
+                 rules: list[CompiledRule], profile_attrs: frozenset[str],
+                 filtered: list[tuple[tuple[str, ...], StateUpdate]] | None = None) -> None:
         self.ruleset = ruleset
         self.readers = readers
         self._updates = updates
+        self._filtered = filtered or []
         self.rules = tuple(rules)
         self.by_id = {r.id: r for r in rules}
         self.profile_attrs = profile_attrs
         self.lateness = ruleset.lateness   # ms an event may arrive behind the newest (SPEC §6)
         self.inactive = tuple(r for r in rules if isinstance(r, InactiveRule))
+        self.inactive_of = tuple(r for r in self.inactive if r.of)   # re-armed by some event types only
         self.recurring = tuple(r for r in rules if isinstance(r, RecurringRule))
         # channels some rule sends on: the only ones whose consent is worth keeping
         self.channels = frozenset(a.channel for r in rules for a in r.actions())
@@ -88,6 +102,7 @@ class CompiledRules:
             pass
         plan = self._plans[event_type] = EventPlan(
             updates=tuple(u for on, u in self._updates if event_type in on or ANY_EVENT in on),
+            filtered=tuple(u for on, u in self._filtered if event_type in on or ANY_EVENT in on),
             rules=tuple(
                 r for r in self.rules
                 if r.on_events and (event_type in r.rule.on or ANY_EVENT in r.rule.on)
@@ -96,6 +111,7 @@ class CompiledRules:
             profile=event_type in PROFILE_EVENTS,
             consent=event_type == CONSENT_EVENT,
             responds=event_type in self._response_types,
+            idle_of=tuple(r for r in self.inactive if event_type in r.of),
         )
         return plan
 
@@ -115,10 +131,41 @@ def load_and_compile(path: str | Path) -> CompiledRules:
                                       " please report this as a bug of the rules compiler")]) from exc
 
 
+def _no_read(st: Any, now: int) -> None:
+    return None
+
+
+def _where(agg: Aggregate, errors: list[RuleError], profile_attrs: set[str], budget: _Budget,
+           aggregates: dict[str, Aggregate]) -> Fn | None:
+    """An aggregate's `where:`, compiled like `if:`; it reads the event, the profile and the
+    clock, never aggregates (they are updated one after another, in no promised order)."""
+    assert agg.where is not None
+    line = agg.where_line or agg.source.line
+    budget.expressions += 1
+    budget.text += len(agg.where)
+    names = Env(aggregates={a: _no_read for a in aggregates if reserved_name_problem(a) is None})
+    try:
+        compiled = compile_expr(agg.where, names)
+    except ExprError as exc:
+        errors.append(RuleError(agg.source.file, line, f"aggregate '{agg.name}': where (column {exc.col + 1}):"
+                                f" {exc.message}"))
+        return None
+    if compiled.aggregates:
+        read = ", ".join(sorted(compiled.aggregates))
+        errors.append(RuleError(agg.source.file, line, f"aggregate '{agg.name}': where reads the event and the"
+                                f" profile, not aggregates ({read}): keep the condition on the rule's `if:`"))
+        return None
+    profile_attrs |= compiled.profile_attrs
+    return compiled.fn
+
+
 def compile_rules(ruleset: RuleSet) -> CompiledRules:
     errors: list[RuleError] = []
     readers: dict[str, Read] = {}
     updates: list[tuple[tuple[str, ...], Update]] = []
+    filtered_updates: list[tuple[tuple[str, ...], StateUpdate]] = []
+    profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
+    budget = _Budget()
     for agg in ruleset.aggregates.values():
         problem = reserved_name_problem(agg.name)   # the loader reports it first; a RuleSet built by hand may not
         if problem is not None:
@@ -131,11 +178,16 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
                                     f" ({exception_text(exc)})"))
             continue
         readers[agg.name] = read
-        updates.append((agg.on, update))
+        if agg.where is None:
+            updates.append((agg.on, update))
+            continue
+        where = _where(agg, errors, profile_attrs, budget, ruleset.aggregates)
+        if where is not None:
+            filtered_updates.append((agg.on, filtered(update, where)))
     tops = {a.name: decayed_top(a) for a in ruleset.aggregates.values() if a.kind == "decayed_count"}
-    env = Env(aggregates=readers, tops=tops)
-    profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
-    budget = _Budget()
+    keyed = {a.name: keyed_read(a) for a in ruleset.aggregates.values()
+             if a.kind in ("sum", "count") and a.by and a.name in readers}
+    env = Env(aggregates=readers, tops=tops, keyed=keyed)
     compiled = []
     for rule in ruleset.rules:
         try:
@@ -150,7 +202,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     if errors:
         errors.sort(key=lambda e: (e.file, e.line))
         raise RulesInvalid(errors + [error_limit(errors[-1])] if len(errors) >= MAX_ERRORS else errors)
-    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs))
+    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs), filtered_updates)
 
 
 class _Budget:
@@ -280,7 +332,8 @@ def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: 
             errors.append(RuleError(rule.source.file, rule.source.line,
                                     f"an inactivity rule fires when no event came, so it cannot read {props}; "
                                     "use aggregates (e.g. last_active) or profile attributes", rule.id))
-        return InactiveRule(rule, cond, then, rule.inactive)
+        of = () if ANY_EVENT in rule.inactive_of else rule.inactive_of
+        return InactiveRule(rule, cond, then, rule.inactive, of)
     if steps:
         return SeriesRule(rule, cond, steps, ctx_props)
     assert then is not None   # the loader requires `then:` of a rule without steps

@@ -20,6 +20,8 @@ Runtime contract of every compiled `fn(state, event, now_ms)`:
 - `x["key"]` / `x[0]` is a safe get: the value when `x` is a mapping holding the key, or a
   list/tuple/str and the index is in range; None otherwise (never 0: write
   `coalesce(interest["shoes"], 0)` when absent should count as zero);
+- the one exception: an aggregate kept per key (`count/sum … by:`) takes any expression as its
+  key (`views_by_sku[event.sku]`), and a key it does not hold reads 0 (no events, no count);
 - `*` and `%` accept numbers only, so event data can never make the engine build a huge
   string (`"x" * 10**12`) or run printf formatting.
 """
@@ -105,6 +107,9 @@ class Env(msgspec.Struct, frozen=True):
     # Optional fast paths: `top(name)` compiles to `tops[name](state, now)` instead of building
     # the aggregate's whole value first (a decayed count's top key needs no decay arithmetic).
     tops: Mapping[str, AggregateReader] = {}
+    # Aggregates kept per key (`count/sum … by:`): `name[key]` compiles to `keyed[name](state, now,
+    # key)`, where the key may be any expression (`views_by_sku[event.sku]`) and a missing key is 0.
+    keyed: Mapping[str, Callable[[CustomerState, int, Any], Any]] = {}
 
     def __post_init__(self) -> None:
         for name in self.aggregates:
@@ -389,6 +394,10 @@ class _Compiler:
             example = key.id if isinstance(key, ast.Name) else ("sku" if owner.id == "event" else "first_name")
             what = "property" if owner.id == "event" else "attribute"
             self.fail(node, f"write {owner.id}.<{what}>, e.g. {owner.id}.{example}")
+        if isinstance(owner, ast.Name) and owner.id in self.env.keyed:
+            self.aggregates.add(owner.id)
+            reader = self.bind("_k_" + owner.id, self.env.keyed[owner.id])
+            return f"{reader}(st, now, {self.emit(key, depth)})"
         constant = _constant_key(key)
         if constant is None:
             self.fail(key, 'a key must be a constant string or integer, e.g. interest["shoes"]')

@@ -246,14 +246,29 @@ class _ByTheClock(_OneAction):
 
 
 class InactiveRule(_ByTheClock):
-    """Fires `wait` ms after the latest event; the deadline is implicit (`last_ts` + wait)."""
+    """Fires `wait` ms after the latest event (of the types `of`, when given); the deadline is
+    implicit (`since(state)` + wait): `last_ts`, or the latest of `CustomerState.latest_of`."""
 
     kind = Kind.INACTIVE
-    __slots__ = ("wait",)
+    __slots__ = ("wait", "of")
 
-    def __init__(self, rule: Rule, cond: Fn | None, then: CompiledAction, wait: int) -> None:
+    def __init__(self, rule: Rule, cond: Fn | None, then: CompiledAction, wait: int,
+                 of: tuple[str, ...] = ()) -> None:
         super().__init__(rule, cond, then)
         self.wait = wait
+        self.of = of     # (): any event re-arms it
+
+    def since(self, state: CustomerState) -> int:
+        """Epoch ms the stretch of inactivity started; 0: none started (no such event yet)."""
+        if not self.of:
+            return state.last_ts
+        latest = state.latest_of
+        best = 0
+        for t in self.of:
+            ts = latest.get(t, 0)
+            if ts > best:
+                best = ts
+        return best
 
     def fired(self, run: Evaluator, state: CustomerState, t: Timer, cause: Event, moment: list[Candidate]) -> bool:
         # no event caused it: the cause is the stretch since `last_ts`

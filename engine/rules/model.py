@@ -40,7 +40,10 @@ class Aggregate(msgspec.Struct, frozen=True):
     kind `sum`: sum of `properties[field]` over events `on`, optionally over a sliding `window`.
     kind `count`: number of events `on`, optionally over a sliding `window`.
     kind `last`: the latest `properties[field]` (or the event time when `field == "ts"`).
+    sum / count with `by`: one value per value of the property `by` (the most recent keys kept).
     kind `decayed_count`: per `by` value (e.g. category) a count that halves every `half_life`.
+    `where`: an `if:`-language expression over the event and the profile; only events for which
+    it holds update the aggregate (it may not read aggregates: their order of update is no contract).
     """
 
     name: str
@@ -49,8 +52,10 @@ class Aggregate(msgspec.Struct, frozen=True):
     source: Source
     field: str | None = None       # sum/last: the property read; "ts" for the event time
     window: int | None = None      # ms; sum/count only
-    by: str | None = None          # decayed_count: the property that names the bucket
+    by: str | None = None          # decayed_count, count, sum: the property that names the bucket
     half_life: int | None = None   # ms; decayed_count only
+    where: str | None = None       # expression source; None: every event `on` counts
+    where_line: int = 0
 
 
 class Unless(msgspec.Struct, frozen=True):
@@ -94,7 +99,8 @@ class Rule(msgspec.Struct, frozen=True):
     unless: Unless | None = None
     delay: int | None = None       # ms
     steps: tuple[Step, ...] = ()
-    inactive: int | None = None    # ms without any event
+    inactive: int | None = None    # ms without any event (of `inactive_of`, when given)
+    inactive_of: tuple[str, ...] = ()   # YAML `of`: the event types whose absence counts; (): any
     every: str | None = None       # recurring: "year" or "month"
     date: str | None = None        # recurring: "profile.<attr>" holding a date (YYYY-MM-DD or RFC 3339)
     at: tuple[int, int] = (0, 0)   # recurring: local (hour, minute) in profile.timezone

@@ -67,11 +67,19 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # --------------------------------------------------------------------------- aggregates
 
 
+def _where(scope: Scope, key: str, node: Node) -> str | None:
+    """`where:` is an `if:`-language expression, read like `if:` (compiled by the compiler)."""
+    return _condition(scope, key, node)
+
+
+_WHERE = ("where", _where)
 _AGGREGATE_TABLES: dict[str, Table] = {
-    "sum": {"sum": ("field", string), "on": ("on", events), "window": ("window", duration)},
-    "count": {"count": ("on", events), "window": ("window", duration)},
-    "last": {"last": ("field", string), "on": ("on", events)},
-    "decayed_count": {"decayed_count": ("on", events), "by": ("by", string), "half_life": ("half_life", duration)},
+    "sum": {"sum": ("field", string), "on": ("on", events), "window": ("window", duration), "by": ("by", string),
+            "where": _WHERE},
+    "count": {"count": ("on", events), "window": ("window", duration), "by": ("by", string), "where": _WHERE},
+    "last": {"last": ("field", string), "on": ("on", events), "where": _WHERE},
+    "decayed_count": {"decayed_count": ("on", events), "by": ("by", string), "half_life": ("half_life", duration),
+                      "where": _WHERE},
 }
 _AGGREGATE_REQUIRED = {"sum": ("on",), "count": (), "last": (), "decayed_count": ("by", "half_life")}
 AGGREGATE_EXAMPLES = {
@@ -80,13 +88,13 @@ AGGREGATE_EXAMPLES = {
     "last": '{last: ts, on: "*"}',
     "decayed_count": "{decayed_count: product_view, by: category, half_life: 14d}",
 }
-_AGGREGATE_OPTIONS = ("on", "window", "by", "half_life")
+_AGGREGATE_OPTIONS = ("on", "window", "by", "half_life", "where")
 _AGGREGATE_KEYS = (*AGGREGATE_KINDS, *_AGGREGATE_OPTIONS)
 # Why an option known to some kinds does not fit this one.
 _OPTION_MISFIT = {
     "on": "count and decayed_count take their event types as the argument, e.g. {count: purchase}",
     "window": "only sum and count aggregates have a window",
-    "by": "only decayed_count aggregates use it",
+    "by": "only count, sum and decayed_count aggregates use it",
     "half_life": "only decayed_count aggregates use it",
 }
 
@@ -108,6 +116,8 @@ def aggregate(scope: Scope, name: str, line: int, node: Node) -> Aggregate | Non
         return None
     if kind == "last":
         fields.setdefault("on", (ANY_EVENT,))
+    if "where" in fields:
+        fields["where_line"] = _condition_line(node.value["where"])
     return Aggregate(name=name, kind=kind, source=scope.source(line), **fields)
 
 
@@ -146,6 +156,9 @@ def _check_aggregate_options(scope: Scope, node: Node, kind: str) -> None:
     for key in _AGGREGATE_REQUIRED[kind]:
         if key not in node.value:
             scope.error(node.line, f"a {kind} aggregate needs '{key}', e.g. {AGGREGATE_EXAMPLES[kind]}")
+    if kind in ("sum", "count") and "by" in node.value and "window" in node.value:
+        scope.error(node.key_lines["window"], f"a {kind} aggregate with 'by' has no 'window' (one window per key"
+                    " would multiply the state): drop 'window', or use a decayed_count with a half_life")
 
 
 # --------------------------------------------------------------------------- rules
@@ -314,6 +327,7 @@ _RULE_TABLE: Table = {
     "delay": ("delay", duration),
     "steps": ("steps", _steps),
     "inactive": ("inactive", duration),
+    "of": ("inactive_of", events),
     "every": ("every", one_of("'every' value", ("year", "month"))),
     "date": ("date", _profile_date),
     "at": ("at", clock),
@@ -375,7 +389,10 @@ def _rule_shape_problems(present: set[str], rule_type: str | None) -> list[str]:
     if has("delay") and has("unless"):
         problems.append("'delay' and 'unless' exclude each other: 'unless.within' is already the wait")
     if has("inactive") and has("on"):
-        problems.append("'inactive' fires when no event arrives at all, so it takes no 'on'")
+        problems.append("'inactive' fires when no event arrives at all, so it takes no 'on'"
+                        " (to wait for the absence of some types only, write 'of: [purchase]')")
+    if has("of") and not has("inactive"):
+        problems.append("'of' names the event types an 'inactive' wait counts from: it goes only with 'inactive'")
     if has("inactive") and (has("unless") or has("delay")):
         problems.append("'inactive' is already a wait: it takes no 'unless' or 'delay'")
     if rule_type in ("transactional", "behavioral") and not has("on") and not has("inactive"):
@@ -392,7 +409,7 @@ def _rule_shape_problems(present: set[str], rule_type: str | None) -> list[str]:
 def _recurring_problems(present: set[str]) -> list[str]:
     # a recurring rule is started by the calendar, not by an event, so nothing waits on one
     problems = [f"a recurring rule needs '{key}'" for key in ("every", "date") if key not in present]
-    not_allowed = [key for key in ("on", "unless", "delay", "inactive") if key in present]
+    not_allowed = [key for key in ("on", "unless", "delay", "inactive", "of") if key in present]
     if not_allowed:
         quoted = [f"'{key}'" for key in not_allowed]
         problems.append(f"a recurring rule is started by its date, so it takes no {alternatives(quoted)}")

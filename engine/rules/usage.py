@@ -37,6 +37,8 @@ def type_uses(rules: RuleSet) -> Iterator[TypeUse]:
     for r in rules.rules:
         for t in r.on:
             yield TypeUse(t, f"rule '{r.id}' on", r.source)
+        for t in r.inactive_of:
+            yield TypeUse(t, f"rule '{r.id}' inactive of", r.source)
         if r.unless is not None:
             for t in r.unless.events:
                 yield TypeUse(t, f"rule '{r.id}' unless", r.unless.source)

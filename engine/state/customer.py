@@ -85,6 +85,8 @@ class CustomerState(msgspec.Struct, array_like=True):
     idle_fired: list[str] = []      # inactivity rules already fired since the latest event
     occurred: dict[str, str] = {}   # recurring rule id -> local date of its latest occurrence fired
     deferred: list[Deferred] = []   # sends deferred out of quiet hours, any order
+    latest_of: dict[str, int] = {}  # event type -> epoch ms of its latest event, for the types an
+    #                                 `inactive: D, of: TYPES` rule names (only those: it stays small)
 
     def next_due(self) -> int | None:
         """The earliest stored deadline or deferred send; inactivity deadlines are implicit

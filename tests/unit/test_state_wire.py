@@ -1,6 +1,7 @@
 """States written by the engine of commit 8f464d8 (before the typed records and
 `CustomerState.deferred`) still decode, field by field, and the new engine writes the same
-bytes but for the one field it appended (`deferred`, an empty list unless a send is deferred).
+bytes but for the fields it appended (`deferred`, an empty list unless a send is deferred, and
+`latest_of`, an empty map unless an `inactive … of:` rule saw one of its types).
 
 tests/fixtures/state_8f464d8/ holds that engine's state module verbatim (`customer.py`) and
 the bytes it wrote (`state.msgpack`, with a deferred send under the old timer key, and
@@ -100,13 +101,14 @@ def test_an_old_state_decodes_field_by_field():
     assert st.next_due() == T + 3_600_000
 
 
-def test_the_new_engine_writes_the_old_bytes_plus_an_empty_deferred_list():
-    """Every record keeps its bytes; the state array has one more element, `deferred`."""
+def test_the_new_engine_writes_the_old_bytes_plus_the_appended_fields():
+    """Every record keeps its bytes; the state array has two more elements, `deferred` (an empty
+    list) and `latest_of` (an empty map: no `inactive … of:` rule has seen its types)."""
     old_bytes = (FIXTURES / "state_no_deferred.msgpack").read_bytes()
     st = decode_state(old_bytes)
-    assert st.deferred == []
+    assert st.deferred == [] and st.latest_of == {}
     assert old_bytes[0] == 0x9C   # a 12-element array
-    assert encode_state(st) == b"\x9d" + old_bytes[1:] + b"\x90"
+    assert encode_state(st) == b"\x9e" + old_bytes[1:] + b"\x90\x80"
 
 
 def test_the_old_engine_decodes_a_new_state(old):
@@ -123,5 +125,5 @@ def test_the_old_engine_decodes_a_new_state(old):
 def test_a_new_state_round_trips():
     st = CustomerState(consent={"sms": Consent(True, 5)}, contacts=[Contact(5, "sms")],
                        open_triggers=[OpenTrigger("r", 5, False, False, False, 9)],
-                       deferred=[Deferred(7, "r", 0, "e", 1, "e", {"a": 1}, 6)])
+                       deferred=[Deferred(7, "r", 0, "e", 1, "e", {"a": 1}, 6)], latest_of={"purchase": 4})
     assert decode_state(encode_state(st)) == st

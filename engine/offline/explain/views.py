@@ -45,12 +45,18 @@ from engine.state.customer import CustomerState
 
 
 def _agg_definition(agg: Any) -> str:
+    where = f" where {agg.where}" if getattr(agg, "where", None) else ""
+    return _agg_kind_definition(agg) + where
+
+
+def _agg_kind_definition(agg: Any) -> str:
     on = "every event" if ANY_EVENT in agg.on else " or ".join(agg.on)
     window = f" over {format_duration(agg.window)}" if agg.window else ""
+    by = f" by {agg.by}" if agg.by else ""
     if agg.kind == "sum":
-        return f"sum of {agg.field} on {on}{window}"
+        return f"sum of {agg.field} on {on}{by}{window}"
     if agg.kind == "count":
-        return f"count of {on}{window}"
+        return f"count of {on}{by}{window}"
     if agg.kind == "last":
         return f"last {'event time' if agg.field == 'ts' else agg.field} on {on}"
     return f"decayed count of {on} by {agg.by}, half-life {format_duration(agg.half_life or 0)}"
@@ -123,10 +129,12 @@ def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) ->
     idle_fired = getattr(st, "idle_fired", ())
     if st.last_ts:
         for rule in rules.inactive:
-            if rule.id not in stored and rule.id not in idle_fired:
-                due = st.last_ts + rule.wait
+            since = rule.since(st)
+            if since and rule.id not in stored and rule.id not in idle_fired:
+                due = since + rule.wait
+                latest = f"latest {' or '.join(rule.of)} event" if rule.of else "latest event"
                 views.append(TimerView(rule.id, 1, format_ts(due), f"inactivity ({format_duration(rule.wait)} after "
-                                       "the latest event)", "latest event", format_ts(st.last_ts), live and due <= at))
+                                       f"the {latest})", latest, format_ts(since), live and due <= at))
     views.sort(key=lambda v: (v.due, v.rule_id, v.step))
     return views
 
@@ -151,6 +159,8 @@ def _shape(rule: CompiledRule) -> str:
     if isinstance(rule, SeriesRule):
         return f"series of {len(rule.steps)} steps, started by {on}{cond}"
     if isinstance(rule, InactiveRule):
+        if rule.of:
+            return f"after {format_duration(rule.wait)} without {' or '.join(f'`{t}`' for t in rule.of)}"
         return f"after {format_duration(rule.wait)} without any event"
     assert isinstance(rule, RecurringRule)
     at = f"{r.at[0]:02d}:{r.at[1]:02d}"
@@ -252,6 +262,9 @@ def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[Timer
     if rule.kind is Kind.INACTIVE:
         if not st.last_ts:
             return "never started: no event"
+        assert isinstance(rule, InactiveRule)
+        if not rule.since(st):
+            return f"never started: no {' or '.join(f'`{t}`' for t in rule.of)} event"
         if rule.id in getattr(st, "idle_fired", ()):
             return "fired since the latest event (its condition was false then)"
         return "no inactivity deadline pending"
