@@ -28,13 +28,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
 import redis
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.workload import generate
@@ -49,65 +47,6 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 BOOTSTRAP = os.environ.get("BENCH_KAFKA", "127.0.0.1:9092")
 PARTITIONS = 4
 SAMPLE_S = 0.25
-
-
-class HangingReceiver:
-    """A webhook receiver on 127.0.0.1 that records what it accepts, and while hanging takes
-    each request and never answers it (the client's deadline ends the attempt)."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.hung = 0
-        self._answering = threading.Event()
-        self._answering.set()
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if not receiver._answering.is_set():
-                    with receiver._lock:
-                        receiver.hung += 1
-                    receiver._answering.wait()
-                    self.close_connection = True
-                    return
-                with receiver._lock:
-                    receiver.ids.append(json.loads(body)["trigger_id"])
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/triggers"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def hang(self) -> None:
-        self._answering.clear()
-
-    def answer(self) -> None:
-        self._answering.set()
-
-    def received(self) -> int:
-        with self._lock:
-            return len(self.ids)
-
-    def close(self) -> None:
-        self._answering.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> bytes:
@@ -153,16 +92,16 @@ def measure(hang_s: float = 300.0, rate: float = 300.0, before_s: float = 5.0, a
             outbox_max_entries: int | None = None) -> dict:
     """Run the scenario; the figures, with `lost` (backtest triggers the receiver never got).
     `outbox_max_entries`: the relay setting of that name (unset: the default)."""
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))   # the tests' receiver, which hangs on request
+    from harness import Receiver, create_topic, free_port
     tmp = Path(workdir or tempfile.mkdtemp(prefix="hang-"))
     run = uuid.uuid4().hex[:8]
     topic, prefix = f"hang-events-{run}", f"hang{run}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)]).values():
-        f.result(timeout=30)
+    create_topic(bootstrap, topic, PARTITIONS)
     count = int(rate * (before_s + hang_s + after_s))
     raw = list(generate(events=count, customers=max(100, count // 8), days=30, seed=11, start="2026-01-01"))
-    receiver = HangingReceiver()
-    port = _free_port()
+    receiver = Receiver()
+    port = free_port()
     dead_file = tmp / "webhook-dead-letters.jsonl"
     config = tmp / "hang.toml"
     config.write_text(f"""
@@ -238,14 +177,14 @@ file = "{tmp / 'events-dead-letters.jsonl'}"
                 time.sleep(SAMPLE_S)
 
         wait_until(t0 + before_s)
-        hang_start, got_before = time.time(), receiver.received()
+        hang_start, got_before = time.time(), len(receiver.requests)
         committed_at_hang = committed()
         receiver.hang()
         wait_until(hang_start + hang_s * 0.8)
         health_during = healthz(port)
         wait_until(hang_start + hang_s)
         committed_after_hang = committed()
-        got_at_recovery = receiver.received()
+        got_at_recovery = len(receiver.requests)
         receiver.answer()
         recovered_at = time.time()
         sender.join()
@@ -266,7 +205,7 @@ file = "{tmp / 'events-dead-letters.jsonl'}"
     if proc.returncode != 0:
         raise RuntimeError(f"triggers run exited {proc.returncode}:\n" + "".join(stderr)[-3000:])
     expected = expected_ids(lines, until)
-    got = receiver.ids
+    got = [body["trigger_id"] for _, body in receiver.requests]
     lost = expected - set(got)
     lags = [s[3] for s in samples if s[3] is not None]
     during = [s for s in samples if hang_start <= s[0] <= hang_start + hang_s]
