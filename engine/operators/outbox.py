@@ -298,6 +298,8 @@ class Relay:
         size = self._batch_size
         scan = self._scan.get(partition, size)
         ahead = self._read_ahead.pop(partition, None)
+        if ahead is not None and ahead[1][1].last_seq < self._tails.get(partition, 0):
+            ahead = None   # a commit came after that read: it would hide the commit's entries (and use up its wake-up)
         if ahead is not None:
             committed, (entries, tail) = ahead
         else:

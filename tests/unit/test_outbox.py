@@ -307,3 +307,38 @@ def test_a_partition_whose_read_failed_is_read_again_while_others_keep_the_relay
         t.join()
         r.stop()
     assert failed == ["events-1"]
+
+
+def test_a_commit_after_the_relays_read_ahead_is_not_missed() -> None:
+    """The read a cursor save brings back is stale once a later commit is known: used anyway it
+    found nothing, the commit's wake-up was spent, and the entry waited for the next look at
+    every partition (`idle_s`). Here partition B's sink is slow while A gets a second commit."""
+    out: list = []
+    slow = threading.Event()
+
+    class SlowOnB(ListSink):
+        def deliver(self, items):
+            if any(t.customer_id == "c-b" for t in items):
+                slow.set()
+                time.sleep(0.3)
+            return super().deliver(items)
+
+    store = InMemoryStore()
+    group = RelayGroup([SinkSpec("list", lambda: SlowOnB(out))], lambda: store, batch_size=5,
+                       backoff_base_s=0.001, backoff_max_s=0.005, idle_s=5.0)
+
+    def commit(partition: str, offset: int, t: Trigger) -> None:
+        tail = store.commit(partition, {}, offset, {}, expected_offset=offset - 1 if offset > 1 else None,
+                            outbox=encode_items([t]))
+        assert tail is not None
+        group.notify(partition, tail.last_seq)
+
+    commit("a", 1, trigger(1))
+    commit("b", 1, Trigger("tb", "r", "c-b", "a", "email", Status.SENT, None, "2026-01-01T00:00:00.000Z", "eb"))
+    group.attach("a")   # the first look: a's batch (its cursor saved, the read after it kept), then b's, slowly
+    group.attach("b")
+    assert slow.wait(1.0)
+    commit("a", 2, trigger(2))   # while the relay is busy with b: its read-ahead of a is stale now
+    wait_for(lambda: any(t.trigger_id == "t2" for t in out), timeout_s=1.5)
+    group.detach("a")
+    group.detach("b")
