@@ -166,8 +166,12 @@ class Evaluator:
             if state.idle_fired:   # a new event starts a new stretch of inactivity: a new deadline
                 # (for the rules with `of`, only an event of their types does: `_mark_idle_of`)
                 of_ids = self._idle_of_ids
-                state.idle_fired = [r for r in state.idle_fired if r in of_ids] if of_ids else []
-                self.earlier_deadline = True
+                if not of_ids:
+                    state.idle_fired = []
+                    self.earlier_deadline = True
+                elif not of_ids.issuperset(state.idle_fired):   # else nothing changes: no re-index
+                    state.idle_fired = [r for r in state.idle_fired if r in of_ids]
+                    self.earlier_deadline = True
         if self.observer is not None:
             self.observer.event_applied(ev)
 
@@ -239,11 +243,20 @@ class Evaluator:
         latest = state.latest_of
         if ev.ts <= latest.get(ev.type, 0):
             return   # a late event: the stretch started at a newer one
+        before = [r.since(state) for r in rules]
         latest[ev.type] = ev.ts
-        self.earlier_deadline = True   # the first such event makes a deadline where there was none
+        # only a rule whose stretch this event moved starts a new one: a late event of one of its
+        # types, older than its newest event of another, leaves its fired stretch fired
+        moved = {r.id for r, since in zip(rules, before) if r.since(state) > since}
+        if not moved:
+            return
+        if any(not since for since in before):
+            self.earlier_deadline = True   # the first such event makes a deadline where there was none
         if state.idle_fired:
-            ids = {r.id for r in rules}
-            state.idle_fired = [r for r in state.idle_fired if r not in ids]
+            kept = [r for r in state.idle_fired if r not in moved]
+            if len(kept) != len(state.idle_fired):
+                state.idle_fired = kept
+                self.earlier_deadline = True   # fired, now due again later: a deadline where there was none
 
     def _update_profile(self, state: CustomerState, ev: Event) -> None:
         """Keep only the profile attributes some rule reads: the state stays small."""

@@ -168,6 +168,40 @@ def test_inactive_of_fires_once_per_stretch_and_a_new_purchase_starts_another(tm
     assert len({t.trigger_id for t in fired}) == 2
 
 
+def test_a_late_event_of_another_type_does_not_fire_a_fired_stretch_again(tmp_path):
+    """`of: [purchase, refund]`: a purchase, the rule fires 10 days later while the customer
+    browses, then a refund dated before the purchase arrives (late). The stretch still starts
+    at the purchase and has fired: no second trigger with the same id (it fired twice)."""
+    rules = compile_yaml(tmp_path, """
+rules:
+  - id: no-buy-10d
+    type: behavioral
+    inactive: 10d
+    of: [purchase, refund]
+    then: {action: winback, channel: email}
+""")
+    events = [("purchase", T0, {"amount": 20}), ("product_view", T0 + 15 * DAY, {}),
+              ("refund", T0 - 5 * DAY, {}), ("product_view", T0 + 16 * DAY, {})]
+    fired = replay(rules, events, drain=False)
+    assert [t.fired_at for t in fired] == [format_ts(T0 + 10 * DAY)]
+
+
+def test_browsing_after_an_inactive_of_rule_fired_does_not_reindex_the_customer(tmp_path):
+    """A fired `of` rule stays fired while the customer browses on: those events move no
+    deadline earlier, so the session does not re-index the customer on each of them."""
+    rules = compile_yaml(tmp_path, LAPSED.split("  - id: silent-60d")[0])
+    run = Replay(rules, lambda out: None)
+    events = [Event(f"e{i}", type_, "c1", ts, props) for i, (type_, ts, props) in enumerate(browsing_after_a_purchase(90))]
+    run.feed(events[:14])             # the purchase and 65 days of views: fired at day 60
+    evaluator = run.session.evaluator
+    state = run.store.states["c1"]
+    assert state.idle_fired == ["no-purchase-60d"]
+    for ev in events[14:]:
+        evaluator.earlier_deadline = False
+        evaluator.on_event(state, ev, [])
+        assert not evaluator.earlier_deadline, ev
+
+
 def test_inactive_of_needs_an_event_of_its_types_to_start(tmp_path):
     rules = compile_yaml(tmp_path, LAPSED)
     views = [("product_view", T0 + d * DAY, {"sku": "A-77"}) for d in range(0, 90, 5)]
