@@ -183,8 +183,11 @@ def customer_lift(rule_id: str, o: CustomerOutcome) -> CustomerLift:
         m2, v2 = mean_var(b.customers, b.revenue, b.revenue_sq)
         rd, rci = welch(a.customers, m1, v1, b.customers, m2, v2)
         n = a.customers
-        revenue = Revenue(rd, rci, rd * n, (rci[0] * n, rci[1] * n),
-                          _cuped(a, b, v1 / a.customers + v2 / b.customers))
+        if a.customers < 2 or b.customers < 2:   # a group of one has no spread: no interval to give
+            revenue = Revenue(rd, None, rd * n, None)
+        else:
+            revenue = Revenue(rd, rci, rd * n, (rci[0] * n, rci[1] * n),
+                              _cuped(a, b, v1 / a.customers + v2 / b.customers))
     kind, text, needed = _verdict(conversion.ci, ga, gb)
     return CustomerLift(rule_id, ga, gb, o.unobserved, conversion, revenue, text, kind, needed)
 

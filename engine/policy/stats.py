@@ -53,12 +53,19 @@ def ratio_interval(x1: int, n1: int, x2: int, n2: int,
     l2, u2 = wilson(x2, n2)
     pp = p1 * p2
     disc_low = pp * pp - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2)
-    low = (pp - math.sqrt(max(disc_low, 0.0))) / (u2 * (2 * p2 - u2)) if 2 * p2 > u2 else 0.0
-    disc_high = pp * pp - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2)
-    if disc_high < 0 or l2 <= 0 or 2 * p2 <= l2:
-        high = math.inf
+    if 2 * p2 > u2:
+        low = (pp - math.sqrt(max(disc_low, 0.0))) / (u2 * (2 * p2 - u2))
+    elif l1 > 0:   # few control conversions: the ratio's closed form breaks down; MOVER on the log scale
+        low = p1 / p2 * math.exp(-math.sqrt(math.log(p1 / l1) ** 2 + math.log(u2 / p2) ** 2))
     else:
+        low = 0.0
+    disc_high = pp * pp - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2)
+    if disc_high >= 0 and l2 > 0 and 2 * p2 > l2:
         high = (pp + math.sqrt(disc_high)) / (l2 * (2 * p2 - l2))
+    elif p1 > 0 and l2 > 0:
+        high = p1 / p2 * math.exp(math.sqrt(math.log(u1 / p1) ** 2 + math.log(p2 / l2) ** 2))
+    else:
+        high = math.inf
     low, high = max(low, 0.0) - 1, high - 1
     # never narrower than the absolute interval implies with the control rate taken as known
     low = max(min(low, absolute_ci[0] / p2), -1.0)   # a rate is never below 0
@@ -66,11 +73,18 @@ def ratio_interval(x1: int, n1: int, x2: int, n2: int,
     return p1 / p2 - 1, (low, high)
 
 
+_T95_SMALL = (12.7062, 4.3027, 3.1824, 2.7764)   # exact 97.5% quantiles at df 1-4, where the series is off
+
+
 def t_quantile(df: float, z: float = Z95) -> float:
-    """Student's t quantile from the normal one (Abramowitz & Stegun 26.7.5; to 1e-4 from df 3)."""
+    """Student's t quantile from the normal one (Abramowitz & Stegun 26.7.5: within 2e-3 from df
+    4, better above); below df 5 the exact value at the df rounded down (conservative). `z` other
+    than Z95 uses the series throughout."""
     if not math.isfinite(df) or df > 1e7:
         return z
     df = max(df, 1.0)
+    if df < 5 and z == Z95:
+        return _T95_SMALL[int(df) - 1]
     z3, z5, z7, z9 = z ** 3, z ** 5, z ** 7, z ** 9
     g1 = (z3 + z) / 4
     g2 = (5 * z5 + 16 * z3 + 3 * z) / 96

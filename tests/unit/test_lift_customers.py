@@ -253,7 +253,21 @@ def test_mover_ratio_interval_matches_the_log_ratio_for_large_counts():
     assert hi == pytest.approx(1.5 * math.exp(1.96 * se) - 1, abs=0.01)
 
 
+def test_relative_interval_with_few_control_conversions_agrees_with_the_absolute_one():
+    """14/100 vs 1/100: the absolute interval is well above 0, and so must the relative one be
+    (its lower end was -100% whenever the control had about six conversions or fewer)."""
+    d, ci = newcombe(14, 100, 1, 100)
+    assert ci[0] > 0
+    rel = ratio_interval(14, 100, 1, 100, ci)
+    assert rel is not None and rel[1][0] > 0 and rel[1][0] <= rel[0] <= rel[1][1]
+    for x2 in range(1, 8):   # and it widens smoothly as the control's conversions fall
+        r = ratio_interval(116, 1000, x2, 1000, newcombe(116, 1000, x2, 1000)[1])
+        assert r is not None and r[1][0] > 0, x2
+
+
 def test_t_quantile_known_values():
+    assert [round(t_quantile(df), 3) for df in (1, 2, 3, 4)] == [12.706, 4.303, 3.182, 2.776]   # was 11.30 at df 1
+    assert t_quantile(1.5) == t_quantile(1)     # rounded down: never narrower than the exact value
     assert t_quantile(5) == pytest.approx(2.5706, abs=2e-3)
     assert t_quantile(30) == pytest.approx(2.0423, abs=1e-4)
     assert t_quantile(math.inf) == pytest.approx(1.96, abs=1e-4)
@@ -283,7 +297,8 @@ def test_one_customer_per_group_is_inconclusive():
     assert result.verdict_kind is Verdict.INCONCLUSIVE
     assert result.verdict.startswith("inconclusive: control has 1 customer; about ")
     assert result.verdict.endswith(" per group needed to see a 5-point effect")
-    assert math.isfinite(result.revenue.ci[0])
+    # a group of one has no spread: no revenue interval (it was a zero-width one, (d, d))
+    assert result.revenue.ci is None and result.revenue.incremental_ci is None and result.revenue.lift is not None
 
 
 def test_verdict_texts():
