@@ -17,7 +17,8 @@ Keys (the layout other tools and operators rely on):
   - event-time clock: ``{prefix}:c:{{{partition}}}``, JSON ``[frontier, newest, replay_from]``
     (`engine.state.store.PartitionClock`), written with the offset.
   Engines before the outbox kept the offset and the index under ``{prefix}:o:{partition}`` and
-  ``{prefix}:t:{partition}`` (no braces); `load_offset` renames them the first time it finds them.
+  ``{prefix}:t:{partition}``, ``{prefix}:c:{partition}`` (no braces); `load_offset` (`load_clock`
+  for the clock) renames them the first time it finds them.
 
 Single node: a batch is read with one MGET and written with one Lua script that first checks
 the partition's stored offset is the one this engine committed last, then writes the encoded
@@ -235,7 +236,16 @@ class RedisStore:
         return f"{self.prefix}:c:{{{partition}}}"
 
     def load_clock(self, partition: str) -> PartitionClock | None:
-        value = self.client.get(self.clock_key(partition))
+        """The partition's committed clock; an engine's older key (no hash tag) is moved first:
+        without it a restart would not re-read the events held back for ordering."""
+        key = self.clock_key(partition)
+        value = self.client.get(key)
+        if value is None:
+            legacy = f"{self.prefix}:c:{partition}"
+            value = self.client.get(legacy)
+            if value is not None:   # copied, then deleted: the two keys may sit in different cluster slots
+                self.client.set(key, value, nx=True)
+                self.client.delete(legacy)
         return None if value is None else decode_clock(value)
 
     def load_offset(self, partition: str) -> int | None:

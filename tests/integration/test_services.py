@@ -250,6 +250,18 @@ def test_redis_store_renames_the_keys_of_an_engine_before_the_outbox(store: Redi
     assert store.load_offset("orders-1") == 42 and store.load_offsets() == {"orders-1": 42}
 
 
+def test_redis_store_moves_the_clock_of_an_engine_before_the_hash_tags(store: RedisStore,
+                                                                       redis_client: redis.Redis) -> None:
+    """The event-time clock's key gained the hash tag with the outbox; the old one is moved, so a
+    restart after the upgrade still re-reads the events held back for ordering."""
+    from engine.state.store import PartitionClock, encode_clock
+
+    redis_client.set(f"{store.prefix}:c:orders-3", encode_clock(PartitionClock(1_000, 1_500, 7)))
+    assert store.load_clock("orders-3") == PartitionClock(1_000, 1_500, 7)
+    assert redis_client.exists(f"{store.prefix}:c:orders-3") == 0
+    assert store.load_clock("orders-3") == PartitionClock(1_000, 1_500, 7)
+
+
 def test_redis_store_unknown_customers_and_empty_batches(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     assert store.load_many(["a", "b"]) == {}
     assert store.load_offsets() == {}
