@@ -141,14 +141,17 @@ def _where(agg: Aggregate, errors: list[RuleError], profile_attrs: set[str], bud
     clock, never aggregates (they are updated one after another, in no promised order)."""
     assert agg.where is not None
     line = agg.where_line or agg.source.line
-    budget.expressions += 1
-    budget.text += len(agg.where)
+    budget.count(errors, Source(agg.source.file, line), agg.where, f"aggregate '{agg.name}': ")
     names = Env(aggregates={a: _no_read for a in aggregates if reserved_name_problem(a) is None})
     try:
         compiled = compile_expr(agg.where, names)
     except ExprError as exc:
         errors.append(RuleError(agg.source.file, line, f"aggregate '{agg.name}': where (column {exc.col + 1}):"
                                 f" {exc.message}"))
+        return None
+    except Exception as exc:  # expr.py reports every mistake as an ExprError; anything else is a bug
+        errors.append(RuleError(agg.source.file, line, f"aggregate '{agg.name}': where cannot be compiled"
+                                f" ({exception_text(exc)})"))
         return None
     if compiled.aggregates:
         read = ", ".join(sorted(compiled.aggregates))
@@ -166,6 +169,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     filtered_updates: list[tuple[tuple[str, ...], StateUpdate]] = []
     profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
     budget = _Budget()
+    stopped = False   # the bound on expressions was passed (and reported): nothing more is compiled
     for agg in ruleset.aggregates.values():
         problem = reserved_name_problem(agg.name)   # the loader reports it first; a RuleSet built by hand may not
         if problem is not None:
@@ -181,7 +185,11 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         if agg.where is None:
             updates.append((agg.on, update))
             continue
-        where = _where(agg, errors, profile_attrs, budget, ruleset.aggregates)
+        try:
+            where = _where(agg, errors, profile_attrs, budget, ruleset.aggregates)
+        except _Stop:
+            stopped = True
+            break
         if where is not None:
             filtered_updates.append((agg.on, filtered(update, where)))
     tops = {a.name: decayed_top(a) for a in ruleset.aggregates.values() if a.kind == "decayed_count"}
@@ -189,7 +197,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
              if a.kind in ("sum", "count") and a.by and a.name in readers}
     env = Env(aggregates=readers, tops=tops, keyed=keyed)
     compiled = []
-    for rule in ruleset.rules:
+    for rule in () if stopped else ruleset.rules:
         try:
             compiled.append(_compile_rule(rule, env, errors, profile_attrs, budget))
         except _Stop:
@@ -214,6 +222,21 @@ class _Budget:
         self.expressions = 0
         self.text = 0
 
+    def count(self, errors: list[RuleError], source: Source, text: str, who: str = "",
+              rule_id: str | None = None) -> None:
+        """Count one expression or template; past a limit, report it at `source` and stop."""
+        self.expressions += 1
+        self.text += len(text)
+        if self.expressions > MAX_EXPRESSIONS:
+            what = f"more than {MAX_EXPRESSIONS:,} expressions and templates"
+        elif self.text > MAX_EXPRESSION_TEXT:
+            what = f"more than {MAX_EXPRESSION_TEXT:,} characters of expressions and templates"
+        else:
+            return
+        errors.append(RuleError(source.file, source.line, f"{who}{what} in the rules directory, the most it may"
+                                " have: split the rules into several directories", rule_id))
+        raise _Stop
+
 
 class _Stop(Exception):
     """`MAX_EXPRESSIONS` or `MAX_EXPRESSION_TEXT` was passed (and reported): compiling stops."""
@@ -237,18 +260,7 @@ class _Collector:
         return compiled.fn
 
     def _count(self, source: Source, text: str) -> None:
-        budget = self.budget
-        budget.expressions += 1
-        budget.text += len(text)
-        if budget.expressions > MAX_EXPRESSIONS:
-            what = f"more than {MAX_EXPRESSIONS:,} expressions and templates"
-        elif budget.text > MAX_EXPRESSION_TEXT:
-            what = f"more than {MAX_EXPRESSION_TEXT:,} characters of expressions and templates"
-        else:
-            return
-        self.errors.append(RuleError(source.file, source.line, f"{what} in the rules directory, the most it may"
-                                     " have: split the rules into several directories", self.rule.id))
-        raise _Stop
+        self.budget.count(self.errors, source, text, rule_id=self.rule.id)
 
     def _failed(self, source: Source, what: str, exc: Exception) -> None:
         if isinstance(exc, ExprError):

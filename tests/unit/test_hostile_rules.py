@@ -446,3 +446,13 @@ def test_syntax_errors_keep_pyyaml_s_wording(tmp_path, capsys) -> None:
     path = write(tmp_path, "rules:\n  - id: x\n    then: {action: a, channel: e\n    type: threshold\n")
     assert_rejected_at(capsys, path, 4, "YAML syntax error: expected ',' or '}', but got ':'"
                        " (while parsing a flow mapping at line 3)")
+
+
+def test_the_where_expressions_of_aggregates_count_toward_the_bound(tmp_path, capsys, monkeypatch) -> None:
+    """`where:` is an expression like `if:`: it counts toward the directory's bound and is
+    reported at its own line (it was counted but never checked)."""
+    monkeypatch.setattr(compiler, "MAX_EXPRESSIONS", 5)
+    text = "aggregates:\n" + "".join(f"  a{i}: {{count: purchase, where: event.amount > {i}}}\n" for i in range(8)) \
+        + "rules:\n" + RULE.replace("if: purchases >= 1", "if: a1 >= 1")
+    path = write(tmp_path, text)
+    assert_rejected_at(capsys, path, line_of(text, "a5:"), "aggregate 'a5': more than 5 expressions")
