@@ -37,8 +37,8 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--until", metavar="TIME", help="end of the replayed period (RFC 3339): events after it are "
                    "not replayed, deadlines up to it fire, later ones are pending")
     b.add_argument("--drain", action="store_true", help="fire every pending one-shot deadline at the end "
-                   "(absence, delay, inactivity, series steps), as a live engine would later; recurring dates "
-                   "never fire after the end")
+                   "(absence, delay, inactivity, series steps, sends deferred by quiet hours), as a live engine "
+                   "would later; recurring dates never fire after the end")
     b.add_argument("--dead-letters", metavar="FILE", default=None,
                    help="where undecodable events go as JSONL with their reason (default: stderr)")
     b.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report: fires over time "

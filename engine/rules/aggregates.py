@@ -164,8 +164,8 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
 
 
 def by_key(value: Any) -> str | None:
-    """The key an event's property names: text as is, a number or boolean as its text; an
-    object, an array or a missing value names none."""
+    """The key an event's property names: text as is, a number or boolean as Python writes it
+    (`7`, `2.5`, `True`); an object, an array or a missing value names none."""
     if value.__class__ is str:
         return value
     if value is None or value.__class__ is dict or value.__class__ is list:
@@ -240,11 +240,9 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
     assert by is not None and half_life
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
-        key = ev.properties.get(by)
-        if key.__class__ is not str:
-            if key is None or key.__class__ is dict or key.__class__ is list:
-                return   # an object or array names no single category
-            key = str(key)
+        key = by_key(ev.properties.get(by))
+        if key is None:
+            return   # missing, or an object or array: names no single category
         entry = aggs.get(name)
         if entry is None:
             aggs[name] = [ev.ts, {key: 1.0}]
