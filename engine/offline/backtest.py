@@ -113,10 +113,14 @@ class Replay:
         self._write(out)
 
     def _count_types(self, events: list[Event]) -> None:
-        """Per type, the events replayed: up to the first after `until`, which stops the session."""
+        """Per type, the events replayed. With `until`: in arrival order up to the first after it
+        (which stops the session); with a lateness the session orders events by time first, so
+        every event at or before `until` is replayed, whatever came before it in the file."""
         until = self.until
         if until is None:
             self.event_types.update(e.type for e in events)
+        elif self.session.lateness:
+            self.event_types.update(e.type for e in events if e.ts <= until)
         else:
             self.event_types.update(e.type for e in takewhile(lambda e: e.ts <= until, events))
 

@@ -250,3 +250,14 @@ def test_the_summary_counts_event_types_replayed_and_names_each_rules_events(tmp
     summary = replay.summary(0, 1.0)
     assert summary.event_types == {"add_to_cart": 2, "view": 1}
     assert summary.rule_events == {"cart": ["add_to_cart"], "winback-60d": []}
+
+
+def test_with_a_lateness_the_event_types_replayed_include_late_ones_before_until(tmp_path):
+    """With `time: {lateness: D}` the session orders events by time: an event at or before
+    `until` that arrives after one past it is still replayed, so it is counted too."""
+    rules = load_and_compile(rules_dir(tmp_path, "time: {lateness: 1h}\n" + CART))
+    events = [ev("e1", "add_to_cart", "c1", T0), ev("e2", "view", "c1", T0 + 40 * MIN),
+              ev("e3", "purchase", "c2", T0 + 10 * MIN)]   # late, before until
+    _, replay = run(rules, events, until=T0 + 30 * MIN)
+    assert replay.summary(0, 1.0).event_types == {"add_to_cart": 1, "purchase": 1}
+    assert replay.session.evaluator.counters.events == 2
