@@ -13,8 +13,7 @@ import msgspec
 from engine.cli.common import CommandError
 from engine.core.times import format_ts
 from engine.offline.backtest import BacktestSummary
-from engine.policy.customers import CustomerOutcome
-from engine.policy.lift import CustomerLift, Program, customer_lift, program_lift
+from engine.policy.lift import CustomerLift, Program, rule_lifts
 
 
 class Report(msgspec.Struct):
@@ -50,9 +49,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def build_report(summary: BacktestSummary) -> Report:
-    rules = [customer_lift(rule_id, summary.by_customer.get(rule_id) or CustomerOutcome())
-             for rule_id in summary.per_rule]
-    program = None if summary.program is None else program_lift(summary.program, rules, summary.program_rules)
+    rules, program = rule_lifts(summary.per_rule, summary.by_customer, summary.program, summary.program_rules)
     return Report(rules, program, summary.ended_at, {} if summary.drained else dict(summary.pending))
 
 

@@ -25,7 +25,7 @@ from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger
 from engine.offline.backtest import BacktestSummary
 from engine.policy.attribution import RuleOutcome
 from engine.policy.customers import CustomerOutcome
-from engine.policy.lift import CustomerLift, Verdict, customer_lift, program_lift
+from engine.policy.lift import CustomerLift, Verdict, rule_lifts
 
 TOP_VALUES = 10          # payload values shown per key and rule
 MAX_TRACKED = 1000       # distinct values counted per key and rule before the rarest are dropped
@@ -468,17 +468,15 @@ def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str,
     """Two tables, so each fits a laptop's width: the decisions and responses per rule, then lift."""
     rows, lift_rows = [], []
     total = RuleOutcome(suppressed={})
-    lifts = []
-    for rule_id in rule_ids:
+    lifts, program = rule_lifts(rule_ids, s.by_customer, s.program, s.program_rules)
+    for rule_id, lift in zip(rule_ids, lifts):
         o = s.per_rule.get(rule_id) or RuleOutcome(suppressed={})
         total.add(o)
-        lifts.append(customer_lift(rule_id, s.by_customer.get(rule_id) or CustomerOutcome()))
         link = f'<a href="#{anchors[rule_id]}">{escape(rule_id)}</a>'
         rows.append(_summary_row(link, o, s.pending.get(rule_id, 0)))
-        lift_rows.append(_lift_row(link, lifts[-1]))
-    program = None if s.program is None else program_lift(s.program, lifts, s.program_rules).lift
+        lift_rows.append(_lift_row(link, lift))
     rows.append(_summary_row("all rules", total, s.pending_total, css="total"))
-    lift_rows.append(_lift_row("all rules", program, css="total"))
+    lift_rows.append(_lift_row("all rules", None if program is None else program.lift, css="total"))
     return (
         '<section id="summary">\n<h2>Per rule</h2>\n'
         '<p class="note">Decisions of the contact policy, and what customers did within the attribution window. '

@@ -13,6 +13,7 @@ narrow when customers are triggered repeatedly, since a customer's triggers are 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 import msgspec
@@ -207,3 +208,11 @@ def program_lift(program: CustomerOutcome, rules: list[CustomerLift], names: lis
     using = set(names)
     total = sum(r.revenue.incremental or 0.0 for r in rules if r.rule_id in using)
     return Program(customer_lift("all rules", program), sorted(using), total)
+
+
+def rule_lifts(rule_ids: Iterable[str], by_customer: Mapping[str, CustomerOutcome],
+               program: CustomerOutcome | None, program_rules: list[str]) -> tuple[list[CustomerLift], Program | None]:
+    """Each rule's lift (customers as the unit; a rule without customers gets empty groups) and
+    the program's (None without a global control group): what every report shows."""
+    lifts = [customer_lift(rule_id, by_customer.get(rule_id) or CustomerOutcome()) for rule_id in rule_ids]
+    return lifts, None if program is None else program_lift(program, lifts, program_rules)
