@@ -12,7 +12,7 @@ import msgspec
 
 from engine.cli.common import check_events_file, load_rules, parse_until
 from engine.core.times import format_duration, format_ts
-from engine.offline.backtest import BacktestSummary, backtest_file
+from engine.offline.backtest import BacktestSummary, backtest_file, pending_note
 from engine.offline.report_html import ReportCollector, shown_path, write_report
 
 DESCRIPTION = (
@@ -103,12 +103,8 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
           file=stream)
     if s.pending_total:
         deadlines = "deadline" if s.pending_total == 1 else "deadlines"
-        if s.drained:
-            print(f"note: {s.pending_total:,} {deadlines} pending at the end of data ({format_ts(s.ended_at)}) "
-                  "were fired after it (--drain)", file=stream)
-        else:
-            print(f"note: {s.pending_total:,} {deadlines} pending at the end of data ({format_ts(s.ended_at)}) "
-                  "were not fired; --drain fires them", file=stream)
+        print("note: " + pending_note(f"{s.pending_total:,} {deadlines}", format_ts(s.ended_at), s.drained),
+              file=stream)
     if s.late:
         allowed = f"more than {format_duration(s.lateness)} behind" if s.lateness else "behind"
         print(f"note: {s.late:,} events arrived {allowed} a newer one and were applied out of time order; "

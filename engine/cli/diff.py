@@ -77,9 +77,7 @@ def run_diff(args: argparse.Namespace) -> int:
     if args.out:
         write_changes(result, args.out)
     if args.report:
-        from engine.offline.diff_report import count_volumes, write_diff_report
+        from engine.offline.diff_report import write_diff_report
 
-        assert result.old_backtest is not None and result.new_backtest is not None
-        write_diff_report(args.report, result, result.old_backtest, result.new_backtest,
-                          count_volumes(result.old_triggers), count_volumes(result.new_triggers))
+        write_diff_report(args.report, result)
     return 0

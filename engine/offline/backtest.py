@@ -65,6 +65,13 @@ class BacktestSummary(msgspec.Struct):
         return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+def pending_note(count: str, when: str, drained: bool) -> str:
+    """The line every summary ends with when deadlines were pending at the end of data; `count`
+    says how many ("7 deadlines", "3 deadlines before, 5 after"), `when` the end."""
+    what = "were fired after it (--drain)" if drained else "were not fired; --drain fires them"
+    return f"{count} pending at the end of data ({when}) {what}"
+
+
 class Replay:
     """The event-time replay; `feed` batches of events in file order, then `finish`.
 

@@ -26,7 +26,7 @@ from engine.actions.trigger import Trigger
 from engine.core.times import format_ts, parse_ts
 from engine.events.decode import decode_jsonl
 from engine.events.model import Event
-from engine.offline.backtest import BATCH, BacktestSummary, Replay
+from engine.offline.backtest import BATCH, BacktestSummary, Replay, pending_note
 from engine.rules.compiler import CompiledRules, load_and_compile
 
 __all__ = ["DiffResult", "DiffSummary", "Example", "RuleDiff", "TriggerChange", "diff_backtests", "print_diff",
@@ -239,8 +239,8 @@ def diff_backtests(old_rules: CompiledRules | str | Path, new_rules: CompiledRul
         rules_changed=[r.rule_id for r in rows if r.rule == "changed"],
         policy_changed=old_policy != new_policy,
         rules=rows,
-        ended_at=format_ts(run.ended_at) if run.events or until_ms is not None else None,
-        old_pending=run.old_pending, new_pending=run.new_pending, drained=drain,
+        ended_at=format_ts(run.old_summary.ended_at) if run.events or until_ms is not None else None,
+        old_pending=run.old_summary.pending_total, new_pending=run.new_summary.pending_total, drained=drain,
     )
     return DiffResult(summary, match.changes, run.old_summary, run.new_summary, run.old.by_id, run.new.by_id)
 
@@ -250,9 +250,6 @@ class _Runs(msgspec.Struct):
     new: _Collect
     events: int
     dead_letters: int
-    ended_at: int
-    old_pending: int
-    new_pending: int
     old_summary: BacktestSummary
     new_summary: BacktestSummary
 
@@ -271,8 +268,7 @@ def _replay_both(old_c: CompiledRules, new_c: CompiledRules, events: Iterable[Ev
             break
     old_replay.finish()
     new_replay.finish()
-    return _Runs(old_out, new_out, old_replay.evaluator.counters.events, dead[0], old_replay.ended_at,
-                 sum(old_replay.pending.values()), sum(new_replay.pending.values()),
+    return _Runs(old_out, new_out, old_replay.evaluator.counters.events, dead[0],
                  old_replay.summary(dead[0], 0.0), new_replay.summary(dead[0], 0.0))
 
 
@@ -381,9 +377,8 @@ def print_diff(result: DiffResult, stream: TextIO) -> None:
     if s.policy_changed:
         print("contact policy changed: every rule's statuses may move", file=stream)
     if s.old_pending or s.new_pending:
-        what = "were fired after it (--drain)" if s.drained else "were not fired; --drain fires them"
-        print(f"note: {s.old_pending:,} deadlines before, {s.new_pending:,} after pending at the end of data "
-              f"({s.ended_at}) {what}", file=stream)
+        print("note: " + pending_note(f"{s.old_pending:,} deadlines before, {s.new_pending:,} after", s.ended_at or "-",
+                                      s.drained), file=stream)
     if result.empty:
         print("no trigger differs", file=stream)
     print(file=stream)

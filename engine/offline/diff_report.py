@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 
 from engine.actions.trigger import Trigger
-from engine.offline.backtest import BacktestSummary
+from engine.offline.backtest import pending_note
 from engine.offline.diff import DiffResult
 from engine.offline.report_html import _CSS, _HEAD, shown_path
 from engine.policy.lift import CustomerLift, Verdict, customer_lift
@@ -48,14 +48,15 @@ def count_volumes(triggers: dict[str, list[Trigger]]) -> Volumes:
     return volumes
 
 
-def write_diff_report(path: str | Path, result: DiffResult, old: BacktestSummary, new: BacktestSummary,
-                      old_volumes: Volumes, new_volumes: Volumes) -> None:
-    Path(path).write_text(render_diff_report(result, old, new, old_volumes, new_volumes), encoding="utf-8")
+def write_diff_report(path: str | Path, result: DiffResult) -> None:
+    Path(path).write_text(render_diff_report(result), encoding="utf-8")
 
 
-def render_diff_report(result: DiffResult, old: BacktestSummary, new: BacktestSummary,
-                       old_volumes: Volumes, new_volumes: Volumes) -> str:
+def render_diff_report(result: DiffResult) -> str:
     """The page: what was compared, the totals, then one row per rule with both sides."""
+    old, new = result.old_backtest, result.new_backtest
+    assert old is not None and new is not None, "diff_backtests fills both sides' summaries"
+    old_volumes, new_volumes = count_volumes(result.old_triggers), count_volumes(result.new_triggers)
     s = result.summary
     old_lifts = {rid: customer_lift(rid, o) for rid, o in old.by_customer.items()}
     new_lifts = {rid: customer_lift(rid, o) for rid, o in new.by_customer.items()}
@@ -71,9 +72,8 @@ def render_diff_report(result: DiffResult, old: BacktestSummary, new: BacktestSu
     if s.policy_changed:
         notes.append("The contact policy changed: every rule's statuses may move.")
     if s.old_pending or s.new_pending:
-        what = "were fired after it (--drain)" if s.drained else "were not fired (--drain fires them)"
-        notes.append(f"{s.old_pending:,} deadlines before, {s.new_pending:,} after were pending at the end of data "
-                     f"({s.ended_at}) and {what}.")
+        notes.append(pending_note(f"{s.old_pending:,} deadlines before, {s.new_pending:,} after", s.ended_at or "-",
+                                  s.drained) + ".")
     note_html = "".join(f'<div class="warn">{escape(n)}</div>' for n in notes)
     tiles = [("events", s.events), ("triggers before", s.old_triggers), ("triggers after", s.new_triggers),
              ("removed", s.removed), ("added", s.added), ("changed", s.changed), ("customers affected", s.customers)]

@@ -251,7 +251,7 @@ def test_diff_report_renders_both_sides_and_fits_1400_px(chromium, tmp_path):
     import shutil
 
     from engine.offline.diff import diff_backtests
-    from engine.offline.diff_report import count_volumes, write_diff_report
+    from engine.offline.diff_report import write_diff_report
 
     new = tmp_path / "rules-sms"
     shutil.copytree(REPO_ROOT / "rules", new)
@@ -261,8 +261,7 @@ def test_diff_report_renders_both_sides_and_fits_1400_px(chromium, tmp_path):
     result = diff_backtests(REPO_ROOT / "rules", new, REPO_ROOT / "examples" / "sample-events.jsonl")
     assert result.old_backtest is not None and result.new_backtest is not None
     page = tmp_path / "diff.html"
-    write_diff_report(page, result, result.old_backtest, result.new_backtest, count_volumes(result.old_triggers),
-                      count_volumes(result.new_triggers))
+    write_diff_report(page, result)
     measured = tmp_path / "measured.html"
     measured.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
     run = run_chromium(chromium, tmp_path, f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "--dump-dom",
