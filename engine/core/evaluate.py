@@ -95,11 +95,9 @@ class Evaluator:
                 best = d.due
         if state.last_ts:
             for rule in self.rules.inactive:
-                since = rule.since(state)
-                if since and rule.id not in state.idle_fired:
-                    due = since + rule.wait
-                    if best is None or due < best:
-                        best = due
+                due = rule.due(state)
+                if due is not None and (best is None or due < best):
+                    best = due
         return best
 
     def pending(self, state: CustomerState) -> list[str]:
@@ -110,19 +108,20 @@ class Evaluator:
         rules = [t.rule for t in state.timers if t.rule in by_id and not by_id[t.rule].dated]
         rules += [d.rule for d in state.deferred if d.rule in by_id]
         if state.last_ts:
-            rules += [r.id for r in self.rules.inactive if r.since(state) and r.id not in state.idle_fired]
+            rules += [r.id for r in self.rules.inactive if r.due(state) is not None]
         return rules
 
     def _idle_due(self, state: CustomerState, now: int) -> list[Timer]:
         """Inactivity deadlines due by `now`, as transient timers (never stored)."""
         if not state.last_ts:
             return []
-        due = []
+        timers = []
         for r in self.rules.inactive:
-            since = r.since(state)
-            if since and since + r.wait <= now and r.id not in state.idle_fired:
-                due.append(Timer(since + r.wait, r.id, 0, "", f"@{since}", since, _EMPTY))
-        return due
+            due = r.due(state)
+            if due is not None and due <= now:
+                since = due - r.wait
+                timers.append(Timer(due, r.id, 0, "", f"@{since}", since, _EMPTY))
+        return timers
 
     # -- events ---------------------------------------------------------------------------
 
@@ -233,8 +232,8 @@ class Evaluator:
     def _idle_of_due(self, state: CustomerState, ts: int) -> bool:
         """Whether an `inactive … of:` deadline falls strictly before `ts` (one not fired yet)."""
         for rule in self._idle_of:
-            since = rule.since(state)
-            if since and since + rule.wait < ts and rule.id not in state.idle_fired:
+            due = rule.due(state)
+            if due is not None and due < ts:
                 return True
         return False
 

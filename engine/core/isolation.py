@@ -122,8 +122,7 @@ class IsolatedEvaluator:
             dropped += [d for d in restored.deferred if d.due <= now]
             restored.timers = [t for t in restored.timers if t.due > now]
             restored.deferred = [d for d in restored.deferred if d.due > now]
-            idle = [r.id for r in evaluator.rules.inactive
-                    if r.since(restored) and r.since(restored) + r.wait <= now and r.id not in restored.idle_fired]
+            idle = [r.id for r in evaluator.rules.inactive if (due := r.due(restored)) is not None and due <= now]
             restored.idle_fired = [*restored.idle_fired, *idle]
             self._checkpoint_one(customer_id, restored)   # the dropped deadlines must stay dropped on a rebuild
             what = f"deadlines of customer {customer_id!r} due by {format_ts(now)}"

@@ -270,8 +270,15 @@ class InactiveRule(_ByTheClock):
                 best = ts
         return best
 
+    def due(self, state: CustomerState) -> int | None:
+        """When the rule's inactivity deadline falls; None: no stretch started, or it fired already."""
+        since = self.since(state)
+        if not since or self.id in state.idle_fired:
+            return None
+        return since + self.wait
+
     def fired(self, run: Evaluator, state: CustomerState, t: Timer, cause: Event, moment: list[Candidate]) -> bool:
-        # no event caused it: the cause is the stretch since `last_ts`
+        # no event caused it: the cause is the stretch since `since(state)`
         state.idle_fired = [*state.idle_fired, self.id]
         if self.cond is not None and not self.cond(state, None, t.due):
             return False

@@ -126,12 +126,11 @@ def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) ->
     # Inactivity deadlines are implicit (the latest event time plus the rule's wait), unless the
     # rule already fired since that event; a stored timer of the rule (older engines) wins.
     stored = {t.rule for t in st.timers}
-    idle_fired = getattr(st, "idle_fired", ())
     if st.last_ts:
         for rule in rules.inactive:
-            since = rule.since(st)
-            if since and rule.id not in stored and rule.id not in idle_fired:
-                due = since + rule.wait
+            due = rule.due(st) if rule.id not in stored else None
+            if due is not None:
+                since = due - rule.wait
                 latest = f"latest {' or '.join(rule.of)} event" if rule.of else "latest event"
                 views.append(TimerView(rule.id, 1, format_ts(due), f"inactivity ({format_duration(rule.wait)} after "
                                        f"the {latest})", latest, format_ts(since), live and due <= at))
