@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 
 class Status(StrEnum):
@@ -34,6 +35,7 @@ class Trigger(msgspec.Struct, omit_defaults=False):
     fired_at: str          # RFC 3339, UTC, millisecond precision
     cause_event_id: str
     payload: dict[str, Any] = {}
+    step: str | UnsetType = UNSET   # a journey's trigger: the step id that sent it; absent otherwise
 
 
 def trigger_id(rule_id: str, customer_id: str, cause: str, cause_ts: int | None = None) -> str:

@@ -27,7 +27,10 @@ from __future__ import annotations
 import zlib
 
 from engine.actions.trigger import HELD_OUT, SENT, Trigger, trigger_id
+from msgspec import UNSET
+
 from engine.core.calendar import next_occurrence, parse_date
+from engine.core.funnel import Funnel
 from engine.core.observe import Observer, TimerEnd
 from engine.core.times import format_ts
 from engine.events.model import Event
@@ -53,7 +56,7 @@ class Counters:
 
 def new_state() -> CustomerState:
     return CustomerState(aggs={}, profile={}, armed=[], last_contact={}, timers=[], seen=[], consent={}, contacts=[],
-                         open_triggers=[], idle_fired=[], occurred={}, deferred=[], latest_of={})
+                         open_triggers=[], idle_fired=[], occurred={}, deferred=[], latest_of={}, journeys={})
 
 
 class Evaluator:
@@ -66,6 +69,7 @@ class Evaluator:
         self.policy = ContactPolicy(rules.ruleset.policy)
         self.attributor = Attributor(rules.attribution, rules.attribution_windows)
         self.outcomes: dict[str, RuleOutcome] = {r.id: RuleOutcome(suppressed={}) for r in rules.rules}
+        self.funnels: dict[str, Funnel] = {}   # journey id -> its funnel over the run (engine.core.funnel)
         # Set by any call that may have made a customer's next deadline earlier (a new timer, a
         # new customer, a new stretch of inactivity); the `Session`, and only it, re-reads
         # `next_due` then and clears it (re-reading after every event costs ~6% of the hot path).
@@ -192,6 +196,9 @@ class Evaluator:
                 self._cancel(state, ev)
             if plan.idle_of:
                 self._mark_idle_of(state, ev, plan.idle_of)
+            if plan.journeys and state.journeys:
+                for journey in plan.journeys:   # exits and answered waits, before new entries
+                    journey.observes(self, state, ev, out)
         if plan.rules:
             self._run_rules(state, ev, plan.rules, out)
         return state
@@ -227,7 +234,7 @@ class Evaluator:
                 observer.condition(rule, ev, True)
             rule.matched(self, state, ev, moment)
         if moment:
-            self._decide(state, ev.customer_id, moment, out)
+            self.decide(state, ev.customer_id, moment, out)
 
     def _idle_of_due(self, state: CustomerState, ts: int) -> bool:
         """Whether an `inactive … of:` deadline falls strictly before `ts` (one not fired yet)."""
@@ -303,7 +310,7 @@ class Evaluator:
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _ctx(self, rule: CompiledRule, ev: Event) -> dict:
+    def ctx(self, rule: CompiledRule, ev: Event) -> dict:
         if not rule.ctx_props:
             return _EMPTY
         props = ev.properties
@@ -330,9 +337,9 @@ class Evaluator:
         if len(mine) - len(same) >= MAX_TIMERS_PER_RULE:
             self.counters.timers_dropped += 1   # bounded state beats unbounded waits; counted, never silent
             return
-        self._add_timer(state, rule, Timer(due, rule.id, step, key, ev.event_id, ev.ts, self._ctx(rule, ev), ev.type))
+        self.add_timer(state, rule, Timer(due, rule.id, step, key, ev.event_id, ev.ts, self.ctx(rule, ev), ev.type))
 
-    def _add_timer(self, state: CustomerState, rule: CompiledRule, timer: Timer) -> None:
+    def add_timer(self, state: CustomerState, rule: CompiledRule, timer: Timer) -> None:
         """Every timer enters the state here: the one place a customer's next deadline can move
         earlier (besides a new state or a new stretch of inactivity), hence the flag the
         `Session` reads and clears to re-index the customer."""
@@ -365,7 +372,7 @@ class Evaluator:
         if found is None:
             return
         due, occurrence = found
-        self._add_timer(state, rule, Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
+        self.add_timer(state, rule, Timer(due, rule.id, 0, "", occurrence, due, _EMPTY))
 
     def start_series(self, state: CustomerState, rule: SeriesRule, ev: Event, moment: list[Candidate]) -> None:
         if any(t.rule == rule.id and t.cause_ts > ev.ts for t in state.timers):
@@ -382,8 +389,8 @@ class Evaluator:
             return
         s = rule.steps[step]
         key = s.unless.key_for_cause(state, cause, start) if s.unless else ""
-        self._add_timer(state, rule, Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts,
-                                           self._ctx(rule, cause), cause.type))
+        self.add_timer(state, rule, Timer(start + s.after, rule.id, step, key, cause.event_id, cause.ts,
+                                           self.ctx(rule, cause), cause.type))
 
     def on_time(self, state: CustomerState, customer_id: str, now: int, out: list[Trigger],
                 recurring_until: int | None = None) -> CustomerState:
@@ -428,7 +435,7 @@ class Evaluator:
                 self.counters.timers_fired += 1
                 self._fire(state, rule, t, customer_id, moment)
             if moment:
-                self._decide(state, customer_id, moment, out)
+                self.decide(state, customer_id, moment, out)
             if sends:
                 self._send_deferred(state, customer_id, sends, out)
 
@@ -440,11 +447,11 @@ class Evaluator:
             rule = self.rules.by_id.get(d.rule)
             if rule is not None:
                 self.counters.timers_fired += 1
-            candidate = self._deferred(rule, d) if rule is not None else None
+            candidate = rule.resumed(self, state, d) if rule is not None else None
             if self.observer is not None:
                 self.observer.deferred_due(rule, d, candidate is not None)
             if candidate is not None:
-                self._decide(state, customer_id, [candidate], out, allow_defer=False)
+                self.decide(state, customer_id, [candidate], out, allow_defer=False)
 
     def _fire(self, state: CustomerState, rule: CompiledRule, t: Timer, customer_id: str,
               moment: list[Candidate]) -> None:
@@ -472,14 +479,14 @@ class Evaluator:
         return Candidate(rule, step, action, cause, cause_event_id, at, payload, ev.ts)
 
     @staticmethod
-    def _deferred(rule: CompiledRule, d: Deferred) -> Candidate | None:
+    def deferred_candidate(rule: CompiledRule, d: Deferred) -> Candidate | None:
         """The candidate of a deferred send; None if a reload left the rule without its action."""
         action = rule.action_for_step(d.step)
         if action is None:
             return None
         return Candidate(rule, d.step, action, d.cause, d.cause_event_id, d.due, d.payload, d.cause_ts)
 
-    def _decide(self, state: CustomerState, customer_id: str, moment: list[Candidate], out: list[Trigger],
+    def decide(self, state: CustomerState, customer_id: str, moment: list[Candidate], out: list[Trigger],
                 allow_defer: bool = True) -> None:
         for d in self.policy.decide(state, customer_id, moment, allow_defer):
             c = d.candidate
@@ -489,17 +496,20 @@ class Evaluator:
                 state.deferred.append(Deferred(d.until, c.rule.id, c.step, c.cause, c.cause_ts, c.cause_event_id,
                                                c.payload, c.at))
                 self.earlier_deadline = True
-                continue
+                continue   # a journey waits at the send until it goes out
             self._count(d)
             if d.status is SENT or d.status is HELD_OUT:
                 self.attributor.open(state, c.rule.id, c.at, d.status is HELD_OUT)
             trigger = Trigger(
                 trigger_id(c.rule.id, customer_id, c.cause, c.cause_ts), c.rule.id, customer_id, c.action.action,
-                c.action.channel, d.status, d.reason, format_ts(c.at), c.cause_event_id, c.payload,
+                d.channel, d.status, d.reason, format_ts(c.at), c.cause_event_id, c.payload,
+                UNSET if c.step_id is None else c.step_id,
             )
             out.append(trigger)
             if self.observer is not None:
                 self.observer.decision(d, trigger)
+            if c.step_id is not None:   # a journey goes on from its send
+                c.rule.decided(self, state, customer_id, d, out)
 
     def _count(self, d: Decision) -> None:
         o = self.outcomes.get(d.candidate.rule.id)

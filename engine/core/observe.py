@@ -58,6 +58,10 @@ class Observer:
         (the policy decides it next, never deferring it twice); otherwise it lapsed, its rule
         (None: removed) changed by a reload since."""
 
+    def journey(self, rule: CompiledRule, at: int, what: str, detail: str) -> None:
+        """A journey moved (engine.rules.journey): `what` is "entered", "not entered", a branch
+        taken ("yes", "no", a split's target) or "ended"; `detail` says why, in words."""
+
     def decision(self, decision: Decision, trigger: Trigger | None) -> None:
         """The policy decided a candidate; `trigger` is what it became (None: deferred by quiet
         hours, to `decision.until`). `decision.detail` holds the fact that decided it

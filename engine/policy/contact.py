@@ -72,6 +72,8 @@ class Candidate(msgspec.Struct, eq=False):
     at: int
     payload: dict[str, Any]
     cause_ts: int   # epoch ms of the cause (part of the trigger id)
+    step_id: str | None = None     # a journey's send: its step id (the trigger's `step`)
+    held_out: bool | None = None   # a journey's send: the control group drawn at entry; None: draw now
 
     def order(self) -> tuple[int, str, int]:
         return (-self.rule.policy.priority, self.rule.id, self.step)
@@ -92,24 +94,28 @@ class Decision:
     explanation is told the detail instead of rebuilding it from the triggers afterwards.
     """
 
-    __slots__ = ("candidate", "status", "reason", "until", "detail")
+    __slots__ = ("candidate", "status", "reason", "until", "detail", "channel")
 
     def __init__(self, candidate: Candidate, status: Status | Deferral, reason: Reason | None = None, until: int = 0,
-                 detail: Any = None) -> None:
+                 detail: Any = None, channel: str | None = None) -> None:
         self.candidate = candidate
         self.status = status
         self.reason = reason
         self.until = until   # DEFERRED: epoch ms when quiet hours end
         self.detail = detail
+        self.channel = channel or candidate.action.channel   # the one used: a fallback list's first possible
+
+
+def draw(customer_id: str, scope: str, salt: str) -> float:
+    """A customer's deterministic place in [0, 1) for one scope: the same customer, scope and salt
+    always give the same number, on any machine and in any run (a hash, not a random draw)."""
+    digest = hashlib.blake2b(f"{salt}\x1f{scope}\x1f{customer_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def in_control_group(customer_id: str, scope: str, salt: str, share: float) -> bool:
-    """Deterministic holdout: the same customer, scope and salt always give the same answer,
-    on any machine and in any run (a hash, not a random draw)."""
-    if share <= 0:
-        return False
-    digest = hashlib.blake2b(f"{salt}\x1f{scope}\x1f{customer_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
+    """Deterministic holdout: a share of customers per scope (`draw`)."""
+    return share > 0 and draw(customer_id, scope, salt) < share
 
 
 class ContactPolicy:
@@ -134,44 +140,65 @@ class ContactPolicy:
             if winner is None and d.status is not SUPPRESSED:
                 winner = c
             if d.status is SENT or d.status is HELD_OUT:
-                self._record(state, c)
+                self._record(state, c, d.channel)
             decisions.append(d)
         return decisions
+
+    def held_out(self, customer_id: str, rule: CompiledRule) -> bool:
+        """Whether the customer is in the rule's control group (its own share, else the global one)."""
+        share = rule.policy.control_group
+        if share is None:
+            return bool(self.global_share) and in_control_group(customer_id, "", self.salt, self.global_share)
+        return in_control_group(customer_id, rule.id, self.salt, share)
+
+    def _channel(self, state: CustomerState, c: Candidate) -> str:
+        """Of a fallback list, the first channel with consent whose caps are not reached; none such:
+        the first, which the checks then suppress with its reason."""
+        for channel in c.action.channels:
+            consent = state.consent.get(channel)
+            if (consent is None and self.consent_required) or (consent is not None and not consent.granted):
+                continue
+            if self.caps and self._cap_reached(state, channel, c.at) is not None:
+                continue
+            return channel
+        return c.action.channel
 
     def _decide_one(self, state: CustomerState, customer_id: str, c: Candidate, winner: Candidate | None,
                     allow_defer: bool) -> Decision:
         """`winner`: the candidate that already won the moment, if any (the others lose on priority)."""
-        channel = c.action.channel
+        channel = c.action.channel if not c.action.channels else self._channel(state, c)
         consent = state.consent.get(channel)
         if (consent is None and self.consent_required) or (consent is not None and not consent.granted):
-            return Decision(c, SUPPRESSED, NO_CONSENT, detail=consent)
+            return Decision(c, SUPPRESSED, NO_CONSENT, detail=consent, channel=channel)
         rule = c.rule
         own = rule.policy
         if own.cooldown:
             last = state.last_contact.get(rule.id)
             if last is not None and c.at - last < own.cooldown:
-                return Decision(c, SUPPRESSED, COOLDOWN, detail=last)
+                return Decision(c, SUPPRESSED, COOLDOWN, detail=last, channel=channel)
         if winner is not None:
-            return Decision(c, SUPPRESSED, PRIORITY, detail=winner)
+            return Decision(c, SUPPRESSED, PRIORITY, detail=winner, channel=channel)
         quiet = self.quiet
         if quiet is not None and allow_defer:
             tz = state.profile.get("timezone")
             until = quiet_until(c.at, tz, quiet.start, quiet.end)
             if until is not None:
                 if (own.quiet_hours or quiet.mode) == "drop":
-                    return Decision(c, SUPPRESSED, QUIET_HOURS_DROPPED, detail=tz)
-                return Decision(c, DEFERRED, None, until, detail=tz)
+                    return Decision(c, SUPPRESSED, QUIET_HOURS_DROPPED, detail=tz, channel=channel)
+                return Decision(c, DEFERRED, None, until, detail=tz, channel=channel)
         if self.caps:
             cap = self._cap_reached(state, channel, c.at)
             if cap is not None:
-                return Decision(c, SUPPRESSED, FREQUENCY_CAP, detail=cap)
+                return Decision(c, SUPPRESSED, FREQUENCY_CAP, detail=cap, channel=channel)
         share = own.control_group
         scope = rule.id
         if share is None:
             share, scope = self.global_share, ""
-        if share and in_control_group(customer_id, scope, self.salt, share):
-            return Decision(c, HELD_OUT, detail=(share, "rule" if scope else "global"))
-        return Decision(c, SENT)
+        # a journey's customers were drawn once, at entry (`held_out`): a walk is held out all along
+        held = in_control_group(customer_id, scope, self.salt, share) if c.held_out is None else c.held_out
+        if held:
+            return Decision(c, HELD_OUT, detail=(share, "rule" if scope else "global"), channel=channel)
+        return Decision(c, SENT, channel=channel)
 
     def _cap_reached(self, state: CustomerState, channel: str, at: int) -> FrequencyCap | None:
         """The first cap (in file order) the channel has reached over its window, if any."""
@@ -185,10 +212,10 @@ class ContactPolicy:
                 return cap
         return None
 
-    def _record(self, state: CustomerState, c: Candidate) -> None:
+    def _record(self, state: CustomerState, c: Candidate, channel: str) -> None:
         state.last_contact[c.rule.id] = c.at
         if self.caps:
             since = c.at - self.cap_window
             contacts = [x for x in state.contacts if x.at > since]
-            contacts.append(Contact(c.at, c.action.channel))
+            contacts.append(Contact(c.at, channel))
             state.contacts = contacts

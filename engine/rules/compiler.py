@@ -36,6 +36,8 @@ from engine.rules.kinds import (
     RecurringRule,
     SeriesRule,
 )
+from engine.rules.journey import END_AT, JourneyRule, compile_targets
+from engine.rules.journey import CompiledStep as JourneyStep
 from engine.rules.loader import load_rules
 from engine.rules.model import ANY_EVENT, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
 
@@ -54,11 +56,12 @@ Fn = Callable[..., Any]
 class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
-    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "idle_of", "special")
+    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "idle_of", "journeys",
+                 "special")
 
     def __init__(self, updates: tuple[Update, ...], filtered: tuple[StateUpdate, ...], rules: tuple[CompiledRule, ...],
                  cancels: bool, profile: bool, consent: bool, responds: bool,
-                 idle_of: tuple[InactiveRule, ...] = ()) -> None:
+                 idle_of: tuple[InactiveRule, ...] = (), journeys: tuple[JourneyRule, ...] = ()) -> None:
         self.updates = updates
         self.filtered = filtered      # aggregates with a `where:`: they read the state (its profile)
         self.rules = rules
@@ -67,7 +70,8 @@ class EventPlan:
         self.consent = consent
         self.responds = responds      # a response or conversion: attribute it to open triggers
         self.idle_of = idle_of        # `inactive … of:` rules this type re-arms
-        self.special = cancels or profile or consent or responds or bool(idle_of)   # one test on the common path
+        self.journeys = journeys      # journeys this type exits or answers a wait of
+        self.special = cancels or profile or consent or responds or bool(idle_of) or bool(journeys)   # one test
 
 
 class CompiledRules:
@@ -86,7 +90,8 @@ class CompiledRules:
         self.inactive_of = tuple(r for r in self.inactive if r.of)   # re-armed by some event types only
         self.recurring = tuple(r for r in rules if isinstance(r, RecurringRule))
         # channels some rule sends on: the only ones whose consent is worth keeping
-        self.channels = frozenset(a.channel for r in rules for a in r.actions())
+        self.channels = frozenset(c for r in rules for a in r.actions() for c in (a.channels or (a.channel,)))
+        self.journeys = tuple(r for r in rules if isinstance(r, JourneyRule))
         policy = ruleset.policy
         self.attribution = policy.attribution if policy is not None else Attribution()
         self.attribution_windows = {r.id: r.policy.attribution_window for r in rules if r.policy.attribution_window}
@@ -112,6 +117,7 @@ class CompiledRules:
             consent=event_type == CONSENT_EVENT,
             responds=event_type in self._response_types,
             idle_of=tuple(r for r in self.inactive if event_type in r.of),
+            journeys=tuple(r for r in self.journeys if event_type in r.watches),
         )
         return plan
 
@@ -293,7 +299,7 @@ class _Collector:
             fn = self.template(value, action.source, f"payload '{key}'")
             if fn is not None:
                 payload.append((key, fn))
-        return CompiledAction(action.action, action.channel, tuple(payload))
+        return CompiledAction(action.action, action.channel, tuple(payload), action.channels)
 
     def unless(self, unless: Unless | None) -> CompiledUnless | None:
         if unless is None:
@@ -305,6 +311,29 @@ class _Collector:
                 props.append(prop)
                 values.append(fn)
         return CompiledUnless(frozenset(unless.events), tuple(props), tuple(values))
+
+
+def _journey_steps(rule: Rule, col: _Collector) -> tuple[JourneyStep, ...]:
+    """A journey's steps with their targets resolved to indices and their expressions compiled."""
+    assert rule.journey is not None
+    steps = rule.journey.steps
+    index = {s.id: i for i, s in enumerate(steps)}
+    out = []
+    for i, s in enumerate(steps):
+        targets = compile_targets(steps, i, index)
+        cond = None
+        if s.condition is not None:
+            cond = col.expr(s.condition, Source(s.source.file, s.condition_line or s.source.line), f"step '{s.id}' if")
+        cumulative, split = 0.0, []
+        for target, share in s.split:
+            cumulative += share
+            split.append((cumulative, targets[f"split.{target}"], target))
+        if split:   # the last bucket takes the rounding: every draw in [0, 1) falls in one
+            split[-1] = (1.0, split[-1][1], split[-1][2])
+        out.append(JourneyStep(
+            s.id, s.kind, col.action(s.then) if s.then is not None else None, targets.get("next", END_AT), s.wait,
+            col.unless(s.wait_for), targets.get("yes", END_AT), targets.get("no", END_AT), cond, tuple(split)))
+    return tuple(out)
 
 
 def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str],
@@ -329,6 +358,9 @@ def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: 
             )
             for i, step in enumerate(rule.steps)
         )
+    if rule.journey is not None:
+        journey_steps = _journey_steps(rule, col)
+        return JourneyRule(rule, cond, journey_steps, tuple(sorted(col.event_props)))
     ctx_props = tuple(sorted(col.event_props))   # cause-event properties a timer must carry
     if rule.type == RuleType.RECURRING:
         assert then is not None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from engine.core.evaluate import Evaluator
     from engine.events.model import Event
     from engine.policy.contact import Candidate
-    from engine.state.customer import CustomerState, Timer
+    from engine.state.customer import CustomerState, Deferred, Timer
 
 Fn = Callable[..., Any]
 
@@ -40,6 +40,7 @@ class Kind(StrEnum):
     SERIES = "series"           # multi-step journey
     INACTIVE = "inactive"       # fires after a stretch with no event at all
     RECURRING = "recurring"     # fires on a date every year/month at a local time
+    JOURNEY = "journey"         # a graph of steps that branches on the customer's response (SPEC §3a)
 
 
 class RulePolicy(msgspec.Struct, frozen=True):
@@ -57,12 +58,14 @@ class RulePolicy(msgspec.Struct, frozen=True):
 
 
 class CompiledAction:
-    __slots__ = ("action", "channel", "payload")
+    __slots__ = ("action", "channel", "payload", "channels")
 
-    def __init__(self, action: str, channel: str, payload: tuple[tuple[str, Fn], ...]) -> None:
+    def __init__(self, action: str, channel: str, payload: tuple[tuple[str, Fn], ...],
+                 channels: tuple[str, ...] = ()) -> None:
         self.action = action
-        self.channel = channel
+        self.channel = channel        # the first choice
         self.payload = payload
+        self.channels = channels      # a fallback list (`channel: [push, sms]`); (): `channel` alone
 
 
 class CompiledUnless:
@@ -137,6 +140,17 @@ class CompiledRule(ABC):
         """Whether a stored deadline still fits this rule (a reload may have changed its shape:
         fewer steps, another kind); one that does not lapses."""
         return timer.step == 0
+
+    def resumed(self, run: Evaluator, state: CustomerState, send: Deferred) -> Candidate | None:
+        """The candidate of a send deferred out of quiet hours, now due; None if a reload left
+        the rule without its action (the send lapses)."""
+        return run.deferred_candidate(self, send)
+
+    def observes(self, run: Evaluator, state: CustomerState, ev: Event, out: list) -> None:
+        """An event of a type the rule watches besides `on` (a journey's waits and exits)."""
+
+    def decided(self, run: Evaluator, state: CustomerState, customer_id: str, decision: Any, out: list) -> None:
+        """The policy decided one of the rule's candidates (a journey goes on from its sends)."""
 
     @abstractmethod
     def matched(self, run: Evaluator, state: CustomerState, ev: Event, moment: list[Candidate]) -> None:

@@ -19,6 +19,7 @@ class RuleType(StrEnum):
     TRANSACTIONAL = "transactional"
     BEHAVIORAL = "behavioral"
     RECURRING = "recurring"
+    JOURNEY = "journey"
 
 
 RULE_TYPES = tuple(RuleType)
@@ -73,9 +74,10 @@ class Unless(msgspec.Struct, frozen=True):
 
 class Action(msgspec.Struct, frozen=True):
     action: str
-    channel: str
+    channel: str                   # the first (or only) channel
     source: Source
     payload: dict[str, Any] = {}   # values may be templates: "{event.sku}", "{profile.name}", "{lifetime_spend}"
+    channels: tuple[str, ...] = ()   # `channel: [push, sms]`: the fallback list, first choice first; (): one channel
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -87,6 +89,56 @@ class Step(msgspec.Struct, frozen=True):
     unless: Unless | None = None
     condition: str | None = None   # `if:` checked when the step is due
     condition_line: int = 0
+
+
+class StepKind(StrEnum):
+    """What a journey step does (SPEC §3a); the values are what explain and the funnel show."""
+
+    SEND = "send"              # `then`: send, then go to `next`
+    DELAY = "delay"            # `wait: 2d`: a plain delay, then `next`
+    WAIT = "wait"              # `wait: {event, match, within}`: `yes` when the event came in time, else `no`
+    CONDITION = "condition"    # `if: EXPR`: `yes` or `no`, at once
+    SPLIT = "split"            # `split: {a: 50%, b: 50%}`: a deterministic share of customers to each
+
+
+class Reenter(StrEnum):
+    """When an entry event may start the journey again for a customer who walked it before."""
+
+    AFTER_END = "after_end"    # once the previous walk ended (default)
+    NEVER = "never"            # once per customer, ever
+    RESTART = "restart"        # at once: a new entry ends the walk in progress and starts over
+    AFTER = "after"            # `reenter: 30d`: once the previous walk ended and 30d passed since its entry
+
+
+END = "end"   # the target that ends the journey
+
+
+class JourneyStep(msgspec.Struct, frozen=True):
+    """One step of a journey. Targets are step ids or `END`; None: the following step (`END` after the last)."""
+
+    id: str
+    kind: StepKind
+    source: Source
+    then: Action | None = None         # SEND
+    next: str | None = None            # SEND, DELAY
+    wait: int = 0                      # ms: DELAY's delay, WAIT's `within`
+    wait_for: Unless | None = None     # WAIT: the awaited event types and `match` (templates over the entry event)
+    yes: str | None = None             # WAIT, CONDITION
+    no: str | None = None
+    condition: str | None = None       # CONDITION: expression source
+    condition_line: int = 0
+    split: tuple[tuple[str, float], ...] = ()   # SPLIT: (target, share 0..1), shares summing to 1
+    target_lines: dict[str, int] = {}  # YAML key (next, yes, no, split target) -> its line, for graph errors
+
+
+class Journey(msgspec.Struct, frozen=True):
+    """A `type: journey` rule's graph and its entry and exit settings (SPEC §3a)."""
+
+    steps: tuple[JourneyStep, ...]
+    exit_on: tuple[str, ...] = ()
+    reenter: Reenter = Reenter.AFTER_END
+    reenter_after: int = 0             # ms, for Reenter.AFTER
+    continue_if_suppressed: bool = False   # `if_suppressed: continue` (default `end`)
 
 
 class Rule(msgspec.Struct, frozen=True):
@@ -110,6 +162,7 @@ class Rule(msgspec.Struct, frozen=True):
     control_group: float | None = None   # per-rule holdout share 0..1, overrides the policy's
     quiet_hours: str | None = None       # per-rule quiet-hours mode override: "defer" or "drop"
     attribution_window: int | None = None   # ms; overrides the policy's attribution window
+    journey: Journey | None = None       # `type: journey` only
 
 
 class FrequencyCap(msgspec.Struct, frozen=True):

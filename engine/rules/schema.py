@@ -16,6 +16,7 @@ from typing import Any
 from engine.core.times import MAX_DURATION_MS, format_duration
 from engine.rules.errors import did_you_mean
 from engine.rules.expr import reserved_name_problem
+from engine.rules.journey_schema import JOURNEY_KEYS, journey
 from engine.rules.model import (
     AGGREGATE_KINDS,
     ANY_EVENT,
@@ -249,9 +250,26 @@ def _payload(scope: Scope, key: str, node: Node) -> dict[str, Any] | None:
     return node.plain() if all(checked) else None
 
 
+def _channels(scope: Scope, key: str, node: Node) -> tuple[str, ...] | None:
+    """A channel, or a fallback list of them (`[push, sms]`: the first the customer may be contacted on)."""
+    if not isinstance(node.value, list):
+        name = string(scope, key, node)
+        return None if name is None else (name,)
+    if not node.value:
+        scope.error(node.line, f"'{key}' needs at least one channel")
+        return None
+    names = tuple(string(scope, key, item) for item in node.value)
+    if None in names:
+        return None
+    if len(set(names)) != len(names):
+        scope.error(node.line, f"'{key}' lists a channel twice: each is tried once, in order")
+        return None
+    return names  # type: ignore[return-value]
+
+
 _ACTION_TABLE: Table = {
     "action": ("action", string),
-    "channel": ("channel", string),
+    "channel": ("channels", _channels),
     "payload": ("payload", _payload),
 }
 _ACTION_EXAMPLE = "{action: cart-reminder, channel: email}"
@@ -259,7 +277,11 @@ _ACTION_EXAMPLE = "{action: cart-reminder, channel: email}"
 
 def _action(scope: Scope, key: str, node: Node) -> Action | None:
     fields = read_mapping(scope, node, key, _ACTION_EXAMPLE, _ACTION_TABLE, ("action", "channel"))
-    return None if fields is None else Action(source=scope.source(node.line), **fields)
+    if fields is None:
+        return None
+    channels = fields.pop("channels")
+    return Action(source=scope.source(node.line), channel=channels[0], channels=channels if len(channels) > 1 else (),
+                  **fields)
 
 
 _STEP_TABLE: Table = {
@@ -340,6 +362,11 @@ _RULE_TABLE: Table = {
 }
 _RULE_KEYS = ("id", *_RULE_TABLE)
 _RECURRING_ONLY = ("every", "date", "at")
+# a journey's own keys, and the rule keys it shares; its sends and waits are in its steps
+_JOURNEY_TABLE: Table = {key: _RULE_TABLE[key] for key in (
+    "type", "on", "if", "cooldown", "priority", "control_group", "quiet_hours", "attribution_window")}
+_JOURNEY_KEYS = ("id", *_JOURNEY_TABLE, *JOURNEY_KEYS)
+_JOURNEY_READERS = {"action": _action, "condition": _condition, "condition_line": _condition_line, "match": _match}
 
 
 def rule(scope: Scope, node: Node) -> tuple[str | None, Rule | None]:
@@ -349,6 +376,9 @@ def rule(scope: Scope, node: Node) -> tuple[str | None, Rule | None]:
         return None, None
     rule_id = _rule_id(scope, node)
     scope = scope.for_rule(rule_id)
+    type_node = node.value.get("type")
+    if type_node is not None and type_node.value == RuleType.JOURNEY:
+        return rule_id, _journey_rule(scope, node, rule_id)
     mark = scope.mark()
     present = check_keys(scope, node, _RULE_KEYS)
     fields = read_fields(scope, node, _RULE_TABLE)
@@ -361,6 +391,22 @@ def rule(scope: Scope, node: Node) -> tuple[str | None, Rule | None]:
         fields["condition_line"] = _condition_line(node.value["if"])
     fields["type"] = RuleType(fields["type"])
     return rule_id, Rule(id=rule_id, source=scope.source(node.line), **fields)
+
+
+def _journey_rule(scope: Scope, node: Node, rule_id: str | None) -> Rule | None:
+    """A `type: journey` rule: the rule keys it shares, read as a rule's, and its graph (engine.rules.journey_schema)."""
+    mark = scope.mark()
+    present = check_keys(scope, node, _JOURNEY_KEYS)
+    fields = read_fields(scope, node, _JOURNEY_TABLE)
+    if "on" not in present:
+        scope.error(node.line, "a journey needs 'on', the event type that enters a customer into it")
+    plan = journey(scope, node, _JOURNEY_READERS)
+    if scope.failed_since(mark) or rule_id is None or plan is None:
+        return None
+    if "condition" in fields:
+        fields["condition_line"] = _condition_line(node.value["if"])
+    fields["type"] = RuleType.JOURNEY
+    return Rule(id=rule_id, source=scope.source(node.line), journey=plan, **fields)
 
 
 def _rule_id(scope: Scope, node: Node) -> str | None:

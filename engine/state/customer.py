@@ -71,6 +71,26 @@ class OpenTrigger(msgspec.Struct, array_like=True):
     until: int                 # epoch ms the attribution window closes
 
 
+class Position(msgspec.Struct, array_like=True):
+    """Where a customer is in one journey (SPEC §3a), or how their latest walk ended.
+
+    One per customer and journey: a new walk replaces it. Inside, `step` is the current step's
+    id (kept by id, so an edited journey keeps positions whose step still exists); the wait it
+    is in, if any, is a `Timer` of the journey. Ended, `step` is "" and `ended` says why; the
+    entry time is kept for `reenter`.
+    """
+
+    step: str                  # the current step's id; "" once the walk ended
+    entry: str                 # the entry event's id (part of every trigger id of the walk)
+    entry_ts: int              # epoch ms of the entry event
+    held_out: bool             # in the control group, drawn once at entry: every send is `held_out`
+    since: int                 # epoch ms the current step began (a wait's start)
+    laps: int = 0              # times the walk went back to an earlier step (keeps trigger ids distinct)
+    ctx: dict[str, Any] = {}   # the entry event's properties the journey's templates read
+    entry_type: str = ""       # the entry event's type
+    ended: str = ""            # why the walk ended (engine.core.funnel.Exit); "" while inside
+
+
 class CustomerState(msgspec.Struct, array_like=True):
     aggs: dict[str, Any] = {}       # aggregate name -> value (shape depends on the kind)
     profile: dict[str, Any] = {}    # profile attributes from identify/profile events
@@ -87,6 +107,7 @@ class CustomerState(msgspec.Struct, array_like=True):
     deferred: list[Deferred] = []   # sends deferred out of quiet hours, any order
     latest_of: dict[str, int] = {}  # event type -> epoch ms of its latest event, for the types an
     #                                 `inactive: D, of: TYPES` rule names (only those: it stays small)
+    journeys: dict[str, Position] = {}   # journey rule id -> the customer's position (or latest walk's end)
 
     def next_due(self) -> int | None:
         """The earliest stored deadline or deferred send; inactivity deadlines are implicit

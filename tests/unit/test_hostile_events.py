@@ -188,13 +188,13 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
     events, _ = EventDecoder().decode_batch([(msg("p1", "purchase", {"amount": 10}), "t:1")])
     replay.feed(events)
     before = encode_state(replay.store.get("c-1"))
-    original = replay.evaluator._decide
+    original = replay.evaluator.decide
 
     def broken(state, customer_id, moment, out, allow_defer=True):
         state.aggs["lifetime_spend"] = "poisoned"   # a half-applied change, then the failure
         raise ZeroDivisionError("injected")
 
-    monkeypatch.setattr(replay.evaluator, "_decide", broken)
+    monkeypatch.setattr(replay.evaluator, "decide", broken)
     out: list = []
     replay.emit = out.extend
     events, _ = EventDecoder().decode_batch([(msg("p2", "purchase", {"amount": 5000}), "t:2")])
@@ -202,7 +202,7 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
     assert len(dead) == 1 and dead[0].stage is Stage.EVALUATE and "ZeroDivisionError: injected" in dead[0].reason
     assert json.loads(dead[0].raw)["event_id"] == "p2"
     assert encode_state(replay.store.get("c-1")) == before and out == []
-    monkeypatch.setattr(replay.evaluator, "_decide", original)
+    monkeypatch.setattr(replay.evaluator, "decide", original)
     events, _ = EventDecoder().decode_batch([(msg("p3", "purchase", {"amount": 5000}), "t:3")])
     replay.feed(events)
     assert [t.rule_id for t in out] == ["vip-5000"] and replay.store.get("c-1").aggs["lifetime_spend"] == 5010

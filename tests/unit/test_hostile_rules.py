@@ -370,7 +370,7 @@ def test_what_a_message_quotes_is_bounded(tmp_path, capsys) -> None:
     errors = rejected(capsys, path)
     assert len(errors) == 3 and all(len(error) < 1_000 for error in errors)
     (bad_type,) = [error for error in errors if "unknown rule type" in error]
-    assert " … " in bad_type and bad_type.endswith(": use threshold, transactional, behavioral or recurring")
+    assert " … " in bad_type and bad_type.endswith(": use threshold, transactional, behavioral, recurring or journey")
 
 
 # --------------------------------------------------------------------------- never a traceback

@@ -108,8 +108,9 @@ def test_rule_policy_holds_the_rules_own_contact_settings(tmp_path):
 
 def test_enums_keep_the_wire_strings():
     assert [str(s) for s in Status] == ["sent", "held_out", "suppressed"] and STATUSES == tuple(Status)
-    assert [str(k) for k in Kind] == ["immediate", "absence", "delay", "series", "inactive", "recurring"]
-    assert RULE_TYPES == ("threshold", "transactional", "behavioral", "recurring")
+    assert [str(k) for k in Kind] == ["immediate", "absence", "delay", "series", "inactive", "recurring",
+                                      "journey"]
+    assert RULE_TYPES == ("threshold", "transactional", "behavioral", "recurring", "journey")
     assert [str(r) for r in Reason] == ["no_consent", "cooldown", "priority", "quiet_hours_dropped",
                                         "frequency_cap"]
     assert DEFERRED == "deferred" and DEFERRED not in STATUSES
