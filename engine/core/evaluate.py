@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import zlib
 
-from engine.actions.trigger import HELD_OUT, SENT, Trigger, trigger_id
 from msgspec import UNSET
 
+from engine.actions.trigger import HELD_OUT, SENT, Trigger, trigger_id
 from engine.core.calendar import next_occurrence, parse_date
 from engine.core.funnel import Funnel
 from engine.core.observe import Observer, TimerEnd

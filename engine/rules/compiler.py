@@ -23,6 +23,8 @@ from engine.rules.aggregates import (
 )
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
+from engine.rules.journey import END_AT, JourneyRule, compile_targets
+from engine.rules.journey import CompiledStep as JourneyStep
 from engine.rules.kinds import (
     AbsenceRule,
     CompiledAction,
@@ -36,8 +38,6 @@ from engine.rules.kinds import (
     RecurringRule,
     SeriesRule,
 )
-from engine.rules.journey import END_AT, JourneyRule, compile_targets
-from engine.rules.journey import CompiledStep as JourneyStep
 from engine.rules.loader import load_rules
 from engine.rules.model import ANY_EVENT, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
 

@@ -20,8 +20,8 @@ from engine.core.funnel import Exit, Funnel, NotEntered
 from engine.core.times import format_ts
 from engine.events.model import Event
 from engine.policy.contact import DEFERRED, Candidate, Decision, draw
-from engine.rules.kinds import CompiledAction, CompiledRule, CompiledUnless, Kind
 from engine.rules.journey_schema import successors
+from engine.rules.kinds import CompiledAction, CompiledRule, CompiledUnless, Kind
 from engine.rules.model import END, JourneyStep, Reenter, Rule, StepKind
 from engine.state.customer import CustomerState, Deferred, Position, Timer
 

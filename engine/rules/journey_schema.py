@@ -145,7 +145,7 @@ def _step(scope: Scope, node: Node, readers: dict[str, Any]) -> JourneyStep | No
             inner.error(given["wait"].line, "'wait' must be longer than 0")
         fields["wait"] = wait or 0
     elif kind is StepKind.WAIT:
-        wait_for = _wait_for(inner, wait_node, readers)  # type: ignore[arg-type]
+        wait_for = _wait_for(inner, wait_node, readers)
         if wait_for is not None:
             fields["wait_for"], fields["wait"] = wait_for
     elif kind is StepKind.CONDITION:

@@ -146,11 +146,9 @@ class CompiledRule(ABC):
         the rule without its action (the send lapses)."""
         return run.deferred_candidate(self, send)
 
-    def observes(self, run: Evaluator, state: CustomerState, ev: Event, out: list) -> None:
-        """An event of a type the rule watches besides `on` (a journey's waits and exits)."""
-
     def decided(self, run: Evaluator, state: CustomerState, customer_id: str, decision: Any, out: list) -> None:
-        """The policy decided one of the rule's candidates (a journey goes on from its sends)."""
+        """The policy decided one of the rule's candidates with a step id: a journey goes on from its sends."""
+        return None
 
     @abstractmethod
     def matched(self, run: Evaluator, state: CustomerState, ev: Event, moment: list[Candidate]) -> None:
