@@ -153,7 +153,7 @@ def test_revenue_follows_the_same_rule_as_sums() -> None:
     lines = [msg("s", "signup", {}), msg("p1", "purchase", {"amount": True}, ts=T0 + 60_000),
              msg("p2", "purchase", {"amount": "12.5"}, ts=T0 + 120_000)]
     _, _, replay = run(lines)
-    outcome = replay.evaluator.outcomes["welcome-series"]
+    outcome = replay.evaluator.outcomes["welcome"]
     assert outcome.revenue + outcome.held_out_revenue in (0.0, 12.5)   # True never counts as 1
 
 

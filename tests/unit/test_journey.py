@@ -506,3 +506,67 @@ policy:
     sent = sorted(enc(t) for t in expected)
     assert sorted(enc(t) for t in triggers) == sent
     assert {c: encode_state(s) for c, s in store.items()} == {c: encode_state(s) for c, s in replay.store.states.items()}
+
+
+# -- hot reload: an edited journey and the customers inside it ---------------------------------------------
+
+BEFORE_EDIT = """
+rules:
+  - id: j
+    type: journey
+    on: signup
+    steps:
+      - {id: hello, then: {action: hello, channel: email}}
+      - {id: clicked, wait: {event: email_clicked, within: 2d}, yes: thanks, no: remind}
+      - {id: thanks, then: {action: thanks, channel: email}, next: end}
+      - {id: remind, then: {action: remind, channel: email}}
+      - {id: pause, wait: 3d}
+      - {id: last, then: {action: last, channel: email}}
+"""
+AFTER_EDIT = """
+rules:
+  - id: j
+    type: journey
+    on: signup
+    steps:
+      - {id: hello, then: {action: hello-v2, channel: email}}
+      - {id: clicked, wait: {event: email_clicked, within: 5d}, yes: recommend, no: remind}
+      - {id: recommend, then: {action: recommend, channel: email}, next: end}
+      - {id: remind, then: {action: remind-v2, channel: email}, next: end}
+"""
+
+
+def test_an_edit_keeps_positions_by_step_id_and_pending_waits_keep_their_due_time(tmp_path):
+    """SPEC §3a: positions are kept by step id; a customer whose step no longer exists leaves the
+    journey, counted as `step_removed`; pending waits keep their due time. Run through `Session.use`,
+    what a live worker does when the rules directory changes."""
+    from engine.core.session import Session
+
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    v1 = compile_yaml(tmp_path / "v1", BEFORE_EDIT)
+    v2 = compile_yaml(tmp_path / "v2", AFTER_EDIT)
+    session = Session(v1, "test")
+    out: list[Trigger] = []
+    session.apply([Event("p-0", "signup", "paused", T0 - 2 * DAY - HOUR, {}),       # no click: at `pause` by T0
+                   Event("w-0", "signup", "late-clicker", T0, {}),
+                   Event("k-0", "signup", "clicker", T0, {})], out)
+    session.advance(T0 + HOUR, out)
+    assert {c: s.journeys["j"].step for c, s in session.states.items()} == {
+        "paused": "pause", "late-clicker": "clicked", "clicker": "clicked"}
+    before = len(out)
+
+    session.use(v2)   # the edit: `clicked` waits 5d now and says yes -> recommend; `pause` and `last` are gone
+    session.apply([Event("k-1", "email_clicked", "clicker", T0 + DAY, {}),
+                   Event("w-1", "email_clicked", "late-clicker", T0 + 3 * DAY, {})], out)
+    session.advance(T0 + 10 * DAY, out)
+    after = [(t.customer_id, t.step, t.action, t.fired_at) for t in out[before:]]
+    assert sorted(after) == sorted([
+        ("clicker", "recommend", "recommend", at(T0 + DAY)),      # a kept step, the new definition's branch
+        # its wait kept the due time it had (T0 + 2d, not T0 + 5d): the click at T0 + 3d came too late
+        ("late-clicker", "remind", "remind-v2", at(T0 + 2 * DAY)),
+    ])
+    paused = session.states["paused"].journeys["j"]
+    assert paused.step == "" and paused.ended == "step_removed"   # left at its wait's due time, sending nothing
+    assert session.evaluator.funnels["j"].exits["step_removed"].total == 1
+    assert not any(t.rule == "j" for s in session.states.values() for t in s.timers)
