@@ -13,15 +13,17 @@ import msgspec
 from engine.cli.common import check_events_file, load_rules, parse_until
 from engine.core.times import format_duration, format_ts
 from engine.offline.backtest import BacktestSummary, backtest_file, pending_note
+from engine.offline.funnel_table import funnel_lines
 from engine.offline.report_html import ReportCollector, shown_path, write_report
 
 DESCRIPTION = (
     "Replay a JSONL event file in event time with an in-memory state store. Triggers go to "
-    "--out as JSONL (stdout by default); a per-rule summary goes to stderr. The clock stops at "
-    "the last event (or at --until): deadlines due later (absence, delay, inactivity, series "
-    "steps, deferred sends) are pending, not fired, and the summary counts them per rule; "
-    "--drain fires them at the end, as a live engine would later. Recurring dates never fire "
-    "after the end. Deterministic: the same events and rules give the same triggers and ids."
+    "--out as JSONL (stdout by default); a per-rule summary and each journey's funnel go to "
+    "stderr. The clock stops at the last event (or at --until): deadlines due later (absence, "
+    "delay, inactivity, series steps, journey waits, deferred sends) are pending, not fired, and "
+    "the summary counts them per rule; --drain fires them at the end, as a live engine would "
+    "later. Recurring dates never fire after the end. Deterministic: the same events and rules "
+    "give the same triggers and ids."
 )
 
 
@@ -42,11 +44,12 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--dead-letters", metavar="FILE", default=None,
                    help="where undecodable events go as JSONL with their reason (default: stderr)")
     b.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report: fires over time "
-                   "per rule by status, suppression reasons, top payload values, the summary and lift")
+                   "per rule by status, suppression reasons, top payload values, the summary and lift, journey funnels")
     b.add_argument("--summary", metavar="FILE", help="write the run's summary as JSON (per-rule decisions, "
-                   "responses and conversions, deadlines pending at the end of data), the input of `triggers report`")
+                   "responses and conversions, deadlines pending at the end of data, journey funnels), the input of "
+                   "`triggers report`")
     b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-    b.add_argument("--quiet", action="store_true", help="no summary table")
+    b.add_argument("--quiet", action="store_true", help="no summary table (nor journey funnels)")
     b.set_defaults(handler=run_backtest)
 
 
@@ -88,7 +91,7 @@ def _dead_letter_sink(path: str | None):
 
 def print_summary(s: BacktestSummary, stream: TextIO) -> None:
     """The per-rule table: decisions by status with suppression reasons, then responses, then
-    the deadlines pending at the end of data."""
+    the deadlines pending at the end of data; then each journey's funnel."""
     width = max([len("rule")] + [len(r) for r in s.per_rule])
     print(f"{'rule':<{width}}  {'sent':>8}  {'held_out':>8}  {'suppressed':>10}  {'responded':>9}  "
           f"{'converted':>9}  {'drained' if s.drained else 'pending':>8}  reasons", file=stream)
@@ -97,6 +100,7 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
         print(f"{rule_id:<{width}}  {o.sent:>8,}  {o.held_out:>8,}  {sum(o.suppressed.values()):>10,}  "
               f"{o.responded + o.held_out_responded:>9,}  {o.converted + o.held_out_converted:>9,}  "
               f"{s.pending.get(rule_id, 0):>8,}  {reasons}", file=stream)
+    print_funnels(s, stream)
     print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {s.late:,} late), "
           f"{s.customers:,} customers, {s.triggers:,} triggers in {s.elapsed_s:.2f} s "
           f"({s.events_per_s:,.0f} events/s)" + (f"; end of data {format_ts(s.ended_at)}" if s.ended_at else ""),
@@ -118,3 +122,13 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
     if s.timers_dropped:
         print(f"warning: {s.timers_dropped:,} deadlines not armed: more than 8 pending per rule and customer",
               file=stream)
+
+
+def print_funnels(s: BacktestSummary, stream: TextIO) -> None:
+    """Each journey's funnel (walks, contacted and held out), a blank line before each."""
+    for journey, funnel in s.funnels.items():
+        print(file=stream)
+        for line in funnel_lines(funnel, s.journey_steps.get(journey)):
+            print(line, file=stream)
+    if s.funnels:
+        print(file=stream)

@@ -1,19 +1,32 @@
-"""`triggers report`: per-rule lift (contacted vs control customers) from a backtest summary."""
+"""`triggers report`: per-rule lift (contacted vs control customers) from a backtest summary,
+and each journey's funnel beside the journey's lift (the journey is one rule: its lift is the rule's)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
 from engine.cli.common import CommandError
+from engine.core.funnel import Funnel
 from engine.core.times import format_ts
 from engine.offline.backtest import BacktestSummary
+from engine.offline.funnel_table import WIDTH, StepShape, funnel_lines, pack
 from engine.policy.lift import CustomerLift, Program, rule_lifts
+
+
+class JourneyFunnel(msgspec.Struct):
+    """A journey's funnel (walks) and its lift as a whole (customers: the journey's row in `rules`)."""
+
+    journey: str
+    funnel: Funnel
+    steps: list[StepShape]                  # kinds and targets, in file order
+    lift: CustomerLift
 
 
 class Report(msgspec.Struct):
@@ -23,6 +36,7 @@ class Report(msgspec.Struct):
     program: Program | None                 # None: no global control group
     ended_at: int = 0                       # the end of data (epoch ms)
     pending: dict[str, int] = {}            # rule id -> deadlines pending at the end, not fired (none if drained)
+    journeys: list[JourneyFunnel] = []      # one per journey of the rules, in file order
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,7 +51,9 @@ def add_parser(subparsers: Any) -> None:
                     "5-point effect) or no control group. Triggers whose window runs past the end of the data "
                     "are left out and counted. With a global control group, the \"all rules\" row compares it "
                     "with every contacted customer, each conversion once, beside the sum of the rules' "
-                    "incremental revenues. Reads the JSON written by `triggers backtest --summary FILE`.",
+                    "incremental revenues. Then each journey's funnel (walks entered, reaching each step, taking "
+                    "each branch, ending by reason, contacted and held out side by side) with the journey's lift "
+                    "as a whole (its row of the table). Reads the JSON written by `triggers backtest --summary FILE`.",
         epilog="example:\n  triggers backtest --rules rules/ --events events.jsonl --out t.jsonl --summary s.json\n"
                "  triggers report s.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,7 +66,11 @@ def add_parser(subparsers: Any) -> None:
 
 def build_report(summary: BacktestSummary) -> Report:
     rules, program = rule_lifts(summary.per_rule, summary.by_customer, summary.program, summary.program_rules)
-    return Report(rules, program, summary.ended_at, {} if summary.drained else dict(summary.pending))
+    by_id = {l.rule_id: l for l in rules}
+    journeys = [JourneyFunnel(journey, funnel, summary.journey_steps.get(journey, []),
+                              by_id.get(journey) or rule_lifts([journey], summary.by_customer, None, [])[0][0])
+                for journey, funnel in summary.funnels.items()]
+    return Report(rules, program, summary.ended_at, {} if summary.drained else dict(summary.pending), journeys)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -113,7 +133,8 @@ def _row(label: str, width: int, l: CustomerLift) -> str:
 
 
 def print_report(report: Report, stream: TextIO) -> None:
-    """One row per rule (customers as the unit), then the program's "all rules" row."""
+    """One row per rule (customers as the unit), then the program's "all rules" row, the notes,
+    and each journey's funnel with its lift."""
     width = max([len("all rules")] + [len(l.rule_id) for l in report.rules])
     print(f"{'rule':<{width}}  " + "  ".join(f"{name:{fmt}}" for name, fmt in COLUMNS), file=stream)
     for l in report.rules:
@@ -149,3 +170,26 @@ def print_report(report: Report, stream: TextIO) -> None:
               f"; the rules' own incremental revenues sum to {_money(p.rules_incremental_revenue)}"
               + (" (more: campaigns claim the same purchases)." if p.lift.revenue.incremental is not None
                  and p.rules_incremental_revenue > max(p.lift.revenue.incremental, 0.0) else "."), file=stream)
+    print_journeys(report, stream)
+
+
+def print_journeys(report: Report, stream: TextIO) -> None:
+    """Each journey's funnel (walks), then its lift as a whole (customers, as in the table above)."""
+    for j in report.journeys:
+        print(file=stream)
+        for line in funnel_lines(j.funnel, j.steps) + journey_lift_lines(j.lift):
+            print(line, file=stream)
+
+
+def journey_lift_lines(l: CustomerLift, indent: str = "  ") -> list[str]:
+    """The journey's row of the lift table, as lines of at most `WIDTH` columns."""
+    a, b = l.contacted, l.control
+    points = _points(l.conversion.lift, l.conversion.ci)
+    parts = [f"contacted conv. {a.converted:,}/{a.customers:,} {_pct(a.rate)}",
+             f"control conv. {b.converted:,}/{b.customers:,} {_pct(b.rate)}",
+             f"conv. lift {points}" + (" points" if points != "-" else ""), f"rel. lift {_relative(l)}",
+             f"rev/customer lift {_money(l.revenue.lift, l.revenue.ci)}",
+             f"incremental revenue {_money(l.revenue.incremental, l.revenue.incremental_ci)}"]
+    lines = pack(parts, f"{indent}lift of the journey (customers as the unit): ", indent * 2)
+    return lines + textwrap.wrap(f"verdict: {l.verdict}", WIDTH, initial_indent=indent * 2,
+                                 subsequent_indent=indent * 3)

@@ -24,10 +24,12 @@ import msgspec
 
 from engine.actions.trigger import Trigger
 from engine.core.evaluate import Evaluator
+from engine.core.funnel import Funnel
 from engine.core.isolation import JOURNAL_LIMIT
 from engine.core.session import Session
 from engine.events.decode import JSONL_BATCH, DeadLetter, decode_jsonl
 from engine.events.model import Event
+from engine.offline.funnel_table import StepShape, journey_shapes
 from engine.offline.progress import Progress
 from engine.policy.attribution import RuleOutcome
 from engine.policy.customers import CustomerCollector, CustomerOutcome
@@ -59,6 +61,8 @@ class BacktestSummary(msgspec.Struct):
     program_rules: list[str] = []           # the rules that use the global control group
     event_types: dict[str, int] = {}        # events replayed per type: why a rule never fired
     rule_events: dict[str, list[str]] = {}  # rule id -> the event types that run it ([]: run by the clock)
+    funnels: dict[str, Funnel] = {}         # journey id -> its funnel (engine.core.funnel), every journey of the rules
+    journey_steps: dict[str, list[StepShape]] = {}   # journey id -> its steps' kinds and targets, for the funnel's rows
 
     @property
     def events_per_s(self) -> float:
@@ -175,7 +179,16 @@ class Replay:
             by_customer=by_customer, program=program, program_rules=sorted(self.customers.global_rules),
             event_types=dict(sorted(self.event_types.items())),
             rule_events={r.id: list(r.rule.on) if r.on_events else [] for r in self.session.rules.rules},
+            funnels=self.funnels(), journey_steps=journey_shapes(self.session.rules),
         )
+
+    def funnels(self) -> dict[str, Funnel]:
+        """Every journey's funnel over the run, drained moves included, in file order; a journey
+        nobody entered has an empty one (it shows as such rather than missing)."""
+        counted = self.evaluator.funnels
+        out = {j.id: counted.get(j.id) or Funnel(j.id, [s.id for s in j.steps]) for j in self.session.rules.journeys}
+        out.update((k, f) for k, f in counted.items() if k not in out)
+        return out
 
 
 def backtest_file(

@@ -22,10 +22,12 @@ from pathlib import Path
 import msgspec
 
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Trigger
+from engine.core.funnel import Funnel
 from engine.offline.backtest import BacktestSummary
+from engine.offline.funnel_table import Row, RowKind, StepShape, funnel_rows, not_entered_text, outcomes_text
 from engine.policy.attribution import RuleOutcome
 from engine.policy.customers import CustomerOutcome
-from engine.policy.lift import CustomerLift, Verdict, rule_lifts
+from engine.policy.lift import CustomerLift, Program, Verdict, rule_lifts
 
 TOP_VALUES = 10          # payload values shown per key and rule
 MAX_TRACKED = 1000       # distinct values counted per key and rule before the rarest are dropped
@@ -232,15 +234,18 @@ def write_report(path: str | Path, collector: ReportCollector, summary: Backtest
 def render_report(collector: ReportCollector, summary: BacktestSummary, title: str, rules_dir: str,
                   events_file: str) -> str:
     """One self-contained HTML page: header with inputs and totals, the per-rule summary with lift,
-    fires over time per rule (small multiples), suppression reasons, top payload values."""
+    each journey's funnel, fires over time per rule (small multiples), suppression reasons, top
+    payload values."""
     rule_ids = list(summary.per_rule) + [r for r in collector.rules if r not in summary.per_rule]
     anchors = {rule_id: f"rule-{i}" for i, rule_id in enumerate(rule_ids)}
+    lifts, program = rule_lifts(rule_ids, summary.by_customer, summary.program, summary.program_rules)
     bins, granularity = _bins(collector, summary.ended_at)
     parts = [
         _HEAD.format(title=escape(title), css=_CSS),
         _header(collector, summary, title, rules_dir, events_file),
         "<main>",
-        _summary_section(summary, rule_ids, anchors),
+        _summary_section(summary, rule_ids, anchors, lifts, program),
+        _journeys_section(summary, dict(zip(rule_ids, lifts)), anchors),
         _fires_section(collector, summary, rule_ids, anchors, bins, granularity),
         _conversion_section(summary, rule_ids, bins, granularity),
         _reasons_section(collector, rule_ids),
@@ -333,6 +338,16 @@ svg text.label { fill: #1d2433; }
 .kv td.bar { width: 110px; }
 .kv td.bar div { height: 8px; background: var(--sent); opacity: .55; border-radius: 1px; }
 .empty { color: var(--muted); font-style: italic; }
+.funnels { display: grid; gap: 14px; }
+.card.journey h4 { margin: 12px 0 6px; font-size: 13px; font-weight: 600; }
+.funnel td.kind, .funnel th.kind { text-align: left; color: var(--muted); }
+.funnel tr.branch td.rule, .funnel tr.exit td.rule { padding-left: 28px; }
+.funnel tr.branch td, .funnel tr.exit td { color: var(--muted); }
+.funnel tr.group td { text-align: left; font-weight: 600; background: #f7f8fb; }
+.funnel tr.inside td { border-top: 1px solid var(--line); }
+.funnel td.bars, .funnel th.bars { width: 240px; text-align: left; }
+.fbar { height: 7px; background: #eceff4; border-radius: 2px; margin: 2px 0; overflow: hidden; }
+.fbar span { display: block; height: 100%; }
 footer { max-width: 1360px; margin: 10px auto 30px; padding: 0 32px; color: var(--muted); font-size: 12px; }
 @media print { body { background: #fff; } .card, table { break-inside: avoid; } }
 """
@@ -464,11 +479,12 @@ def _split_bar(sent: int, held: int, supp: int) -> str:
     return f'<div class="split" title="sent {sent:,} / held out {held:,} / suppressed {supp:,}">{spans}</div>'
 
 
-def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str]) -> str:
-    """Two tables, so each fits a laptop's width: the decisions and responses per rule, then lift."""
+def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str, str], lifts: list[CustomerLift],
+                     program: Program | None) -> str:
+    """Two tables, so each fits a laptop's width: the decisions and responses per rule, then lift
+    (`lifts`: each rule's, in `rule_ids` order, `rule_lifts`)."""
     rows, lift_rows = [], []
     total = RuleOutcome(suppressed={})
-    lifts, program = rule_lifts(rule_ids, s.by_customer, s.program, s.program_rules)
     for rule_id, lift in zip(rule_ids, lifts):
         o = s.per_rule.get(rule_id) or RuleOutcome(suppressed={})
         total.add(o)
@@ -492,11 +508,17 @@ def _summary_section(s: BacktestSummary, rule_ids: list[str], anchors: dict[str,
         "(non-buyers included). Intervals are 95% (conversion: Newcombe, in points; relative: MOVER-R; revenue: "
         "Welch). The all-rules row is the global control group against every contacted customer, each "
         "conversion once.</p>\n"
-        '<div class="tablewrap"><table class="summary lift">\n<thead><tr><th class="rule">rule</th>'
-        "<th>contacted conv.</th><th>control conv.</th><th>abs lift (95% CI, points)</th>"
-        "<th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th><th>verdict</th></tr></thead>\n<tbody>\n"
-        + "\n".join(lift_rows) + "\n</tbody>\n</table></div>\n</section>"
+        + _lift_table("rule", lift_rows) + "\n</section>"
     )
+
+
+def _lift_table(first: str, rows: list[str]) -> str:
+    """The lift table's head and `rows` (`_lift_row`): the lift section, and each journey's lift."""
+    return ('<div class="tablewrap"><table class="summary lift">\n<thead><tr>'
+            f'<th class="rule">{escape(first)}</th>'
+            "<th>contacted conv.</th><th>control conv.</th><th>abs lift (95% CI, points)</th>"
+            "<th>rel lift (95% CI, %)</th><th>rev/customer lift (95% CI)</th><th>verdict</th></tr></thead>\n<tbody>\n"
+            + "\n".join(rows) + "\n</tbody>\n</table></div>")
 
 
 def _summary_row(label: str, o: RuleOutcome, pending: int, css: str = "") -> str:
@@ -514,6 +536,75 @@ def _summary_row(label: str, o: RuleOutcome, pending: int, css: str = "") -> str
 def _lift_row(label: str, l: CustomerLift | None, css: str = "") -> str:
     cls = f' class="{css}"' if css else ""
     return f'<tr{cls}><td class="rule">{label}</td>{_lift_cells(l)}</tr>'
+
+
+def _journeys_section(s: BacktestSummary, lifts: dict[str, CustomerLift], anchors: dict[str, str]) -> str:
+    """Per journey, its funnel and its lift as a whole (the journey is one rule: its row of the lift table)."""
+    if not s.funnels:
+        return ""
+    cards = [_funnel_card(f, s.journey_steps.get(journey), lifts.get(journey), anchors.get(journey), i)
+             for i, (journey, f) in enumerate(s.funnels.items())]
+    legend = _legend((("contacted", STATUS_COLOURS[0][1]), ("held out", STATUS_COLOURS[1][1])))
+    return ('<section id="journeys">\n<h2>Journeys</h2>\n'
+            '<p class="note">Per journey, the walks that entered it (a customer who enters again walks again), '
+            "reached each step (in file order), took each branch and ended, by reason; the contacted and the "
+            "held-out group side by side (held-out customers walk the same steps, their sends recorded, not sent). "
+            "Shares are of the walks that entered; the bars are each group's share of its own entries. Below each "
+            "funnel, the journey's lift as a whole: customers as the unit, as in the lift table.</p>\n"
+            + legend + '\n<div class="funnels">\n' + "\n".join(cards) + "\n</div>\n</section>")
+
+
+def _funnel_card(f: Funnel, steps: list[StepShape] | None, lift: CustomerLift | None, anchor: str | None,
+                 i: int) -> str:
+    e = f.entered
+    name = escape(f.journey)
+    title = f'<a href="#{anchor}" style="color:inherit">{name}</a>' if anchor else name
+    meta = f"<b>{_n(e.total)}</b> entered: {_n(e.contacted)} contacted, {_n(e.held_out)} held out"
+    refused = not_entered_text(f)
+    if refused:
+        meta += f" &middot; entry events that started no walk: {escape(refused)}"
+    if e.total:
+        body = ('<div class="tablewrap"><table class="summary funnel">\n<thead><tr><th class="rule">step</th>'
+                '<th class="kind">kind</th><th>reached, contacted</th><th>reached, held out</th>'
+                '<th>share of entered</th><th class="bars">contacted / held out</th>'
+                '<th class="reasons">send outcomes</th></tr></thead>\n<tbody>\n'
+                + "\n".join(_funnel_rows_html(funnel_rows(f, steps))) + "\n</tbody>\n</table></div>")
+    else:
+        body = '<p class="empty">Nobody entered this journey.</p>'
+    lift_html = ('<h4>Lift of the journey as a whole</h4>' + _lift_table("journey", [_lift_row(name, lift)])
+                 if lift is not None else "")
+    return (f'<div class="card journey" id="journey-{i}"><h3>{title}</h3><div class="meta">{meta}</div>'
+            f"{body}{lift_html}</div>")
+
+
+def _funnel_rows_html(rows: list[Row]) -> list[str]:
+    out = []
+    exits = False
+    for r in rows:
+        if r.kind is RowKind.EXIT and not exits:
+            out.append('<tr class="group"><td colspan="7">exits</td></tr>')
+            exits = True
+        css = {RowKind.STEP: "step", RowKind.BRANCH: "branch", RowKind.EXIT: "exit", RowKind.INSIDE: "inside"}[r.kind]
+        kind = r.step_kind or ("" if r.kind is RowKind.INSIDE else r.kind.value)
+        w = r.walks
+        out.append(
+            f'<tr class="{css}"><td class="rule">{escape(r.label)}</td><td class="kind">{escape(kind)}</td>'
+            f'<td>{_n(w.contacted)}<br><small class="ci">{_pct(r.contacted_share)}</small></td>'
+            f'<td>{_n(w.held_out)}<br><small class="ci">{_pct(r.held_out_share)}</small></td>'
+            f"<td>{_pct(r.share)}</td><td class=\"bars\">{_funnel_bars(r)}</td>"
+            f'<td class="reasons">{escape(outcomes_text(r.outcomes))}</td></tr>')
+    return out
+
+
+def _funnel_bars(r: Row) -> str:
+    """Two bars: the contacted and the held-out group's share of their entries."""
+    out = []
+    for (label, colour), share in zip(STATUS_COLOURS[:2], (r.contacted_share, r.held_out_share)):
+        width = 0.0 if share is None else 100 * share
+        tip = f"{label}: {_pct(share)} of its entries"
+        out.append(f'<div class="fbar" title="{escape(tip)}"><span style="width:{width:.1f}%;background:{colour}">'
+                   "</span></div>")
+    return "".join(out)
 
 
 def _legend(items: Sequence[tuple[str, str]]) -> str:
