@@ -20,7 +20,9 @@ consent per channel, recent contacts, open triggers awaiting responses), the pen
 and per rule whether its `if:` holds now (each and/or part with the values it compares) and
 why it did or did not fire: its triggers with their status and the policy check that decided
 them (cooldown, no_consent, frequency_cap, priority, quiet hours, control group), or why it
-never started, was cancelled, or is still waiting.
+never started, was cancelled, or is still waiting. A journey shows the customer's position: the
+step, the wait it is in (its deadline, the awaited event and match, where yes and no lead) or
+how the latest walk ended, and, from a backtest, why the walk took each branch.
 
 From a backtest (--events): only this customer's events are replayed; the explain time is
 their last event, --until or --at. Live (--redis-url): the state the engine keeps in Redis,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.core.funnel import Exit, Funnel, NotEntered
-from engine.core.times import format_ts
+from engine.core.times import format_duration, format_ts
 from engine.events.model import Event
 from engine.policy.contact import DEFERRED, Candidate, Decision, draw
 from engine.rules.journey_schema import successors
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from engine.rules.kinds import Fn
 
 END_AT = -1   # the index of `end`
+_SEP = "\x1f"   # between the values of a wait's key (engine.rules.kinds.CompiledUnless)
 _EMPTY: dict = {}
 
 
@@ -144,12 +145,18 @@ class JourneyRule(CompiledRule):
             return
         timer = next((t for t in state.timers if t.rule == self.id), None)
         if timer is None or ev.ts > timer.due or s.wait_for.key_of_candidate(ev) != timer.key:
+            if timer is not None and run.observer is not None:
+                why = (f"it came after the wait's deadline {format_ts(timer.due)}" if ev.ts > timer.due else
+                       f"{'/'.join(s.wait_for.match_props)} {s.wait_for.key_of_candidate(ev).replace(_SEP, '/')!r}, "
+                       f"not {timer.key.replace(_SEP, '/')!r}")
+                run.observer.journey(self, ev.ts, "ignored", f"{s.id}: {ev.type} {ev.event_id} does not answer it: "
+                                     f"{why}", s.id)
             return   # too late (its deadline fired first), or about another campaign
         state.timers.remove(timer)
         self.funnel(run).branch(s.id, "yes", pos.held_out)
         if run.observer is not None:
             run.observer.journey(self, ev.ts, "yes", f"{s.id}: {ev.type} {ev.event_id} came in time (wait until"
-                                 f" {format_ts(timer.due)})")
+                                 f" {format_ts(timer.due)})", s.id)
         moment: list[Candidate] = []
         self._walk(run, state, ev.customer_id, pos, s.yes, ev.ts, moment)
         if moment:
@@ -166,12 +173,14 @@ class JourneyRule(CompiledRule):
             return False
         s = self.steps[i]
         if s.kind is StepKind.DELAY:
+            if run.observer is not None:
+                run.observer.journey(self, t.due, "next", f"{s.id}: the {format_duration(s.wait)} delay is over", s.id)
             target = s.next
         elif s.kind is StepKind.WAIT:
             self.funnel(run).branch(s.id, "no", pos.held_out)
             if run.observer is not None:
                 events = "/".join(sorted(s.wait_for.events)) if s.wait_for is not None else "the event"
-                run.observer.journey(self, t.due, "no", f"{s.id}: no {events} by {format_ts(t.due)}")
+                run.observer.journey(self, t.due, "no", f"{s.id}: no {events} by {format_ts(t.due)}", s.id)
             target = s.no
         else:
             target = i   # an edit made the step another kind: it runs now
@@ -254,14 +263,14 @@ class JourneyRule(CompiledRule):
                 value = s.cond(state, self._entry(pos, customer_id), at)
                 branch = "yes" if value else "no"
                 if observer is not None:
-                    observer.journey(self, at, branch, f"{s.id}: {self._condition_text(i)} was {value!r}")
+                    observer.journey(self, at, branch, f"{s.id}: {self._condition_text(i)} was {value!r}", s.id)
                 i = s.yes if value else s.no
             else:
                 place = draw(customer_id, f"{self.id}\x1f{s.id}", "split")
                 share, i, branch = next((x for x in s.split if place < x[0]), s.split[-1])
                 if observer is not None:
                     observer.journey(self, at, branch, f"{s.id}: split, this customer's draw {place:.3f} falls in"
-                                     f" '{branch}' (up to {share * 100:g}%)")
+                                     f" '{branch}' (up to {share * 100:g}%)", s.id)
             funnel.branch(s.id, branch, pos.held_out)
         self._end(run, state, pos, Exit.COMPLETED, at)   # unreachable for a validated journey
 
@@ -285,7 +294,7 @@ class JourneyRule(CompiledRule):
         if run.observer is not None:
             where = f" at step '{pos.step}'" if why is not Exit.COMPLETED else ""
             by = f" ({ev.type} {ev.event_id})" if ev is not None else ""
-            run.observer.journey(self, at, "ended", f"{key}{where}{by}")
+            run.observer.journey(self, at, "ended", f"{key}{where}{by}", pos.step)
         pos.step = ""
         pos.ended = key
         pos.ctx = _EMPTY

@@ -14,8 +14,8 @@ Two sources of a customer's state:
 Conditions are shown as the rules read them at the explain time (`conditions`).
 
 Modules: `model` (the result structs and errors), `customer` (`explain_customer`), `trace`
-(the backtest replay and observer), `views` (state, timers, rules), `conditions`, `render`
-(the text report). The command line is `engine.cli.explain`.
+(the backtest replay and observer), `views` (state, timers, rules), `journey` (a journey's
+position, its wait and its steps), `conditions`, `render` (the text report). The command line is `engine.cli.explain`.
 """
 
 from engine.offline.explain.conditions import check_condition, condition_env
@@ -26,6 +26,9 @@ from engine.offline.explain.model import (
     ConditionPart,
     ExplainError,
     Explanation,
+    JourneyMove,
+    JourneyView,
+    JourneyWait,
     Operand,
     RuleExplanation,
     StateView,
@@ -36,7 +39,8 @@ from engine.offline.explain.model import (
 from engine.offline.explain.render import print_explanation
 
 __all__ = [
-    "AggregateValue", "ConditionCheck", "ConditionPart", "Explanation", "ExplainError", "Operand",
+    "AggregateValue", "ConditionCheck", "ConditionPart", "Explanation", "ExplainError", "JourneyMove", "JourneyView",
+    "JourneyWait", "Operand",
     "RuleExplanation", "StateView", "TimerView", "TriggerView", "UnknownCustomer", "check_condition",
     "condition_env", "explain_customer", "print_explanation",
 ]

@@ -9,7 +9,14 @@ from typing import Any, TextIO
 
 import msgspec
 
-from engine.offline.explain.model import ConditionCheck, Explanation, RuleExplanation, StateView, TimerView
+from engine.offline.explain.model import (
+    ConditionCheck,
+    Explanation,
+    JourneyView,
+    RuleExplanation,
+    StateView,
+    TimerView,
+)
 
 Print = Callable[..., None]
 
@@ -106,16 +113,55 @@ def _print_rule(r: RuleExplanation, source: str, p: Print) -> None:
     p(f"  → {r.summary}")
     if r.condition is not None:
         _print_condition(r.condition, p)
+    if r.journey is not None:
+        _print_journey(r.journey, p)
     if r.last_contact and source == "live":
         p(f"  last contact {r.last_contact}")
     if r.triggers:
         p("  triggers")
         for t in r.triggers:
-            p(f"    {t.fired_at}  {t.action} ({t.channel})  {t.why}  [cause {t.cause_event_id}]")
+            step = f"step {t.step}, " if t.step is not None else ""
+            p(f"    {t.fired_at}  {t.action} ({t.channel})  {t.why}  [{step}cause {t.cause_event_id}]")
     elif source == "backtest":
         p("  triggers: none")
+    if r.journey is not None and r.notes:
+        p("  walk")
     for note in r.notes:
         p(f"    · {note}")
+
+
+def _print_journey(j: JourneyView, p: Print) -> None:
+    """The position, the wait it is in and where it leads, then the steps with the current one marked."""
+    if j.entered_at is None:
+        p("  position   never entered")
+    else:
+        group = "held out (control group, drawn at entry: its sends are recorded, not sent)" if j.held_out \
+            else "contacted"
+        entry = f"entered {j.entered_at} on {j.entry_type or 'event'} {j.entry_event}, {group}"
+        laps = f", {j.laps}× back to an earlier step" if j.laps else ""
+        if j.inside:
+            kind = f" ({j.step_kind})" if j.step_kind else " (no longer in the journey)"
+            p(f"  position   at '{j.step}'{kind} since {j.since}; {entry}{laps}")
+        else:
+            at = f" at {j.ended_at}" if j.ended_at else ""
+            p(f"  position   ended: {j.ended}{at}; latest walk {entry}{laps}")
+    w = j.wait
+    if w is not None:
+        over = "  OVERDUE" if w.overdue else ""
+        if w.kind == "wait":
+            match = " with " + " and ".join(f"{k} {fmt(v)}" for k, v in w.match.items()) if w.match else ""
+            p(f"  waiting    for {' or '.join(w.awaits)}{match} until {w.due}{over}")
+            p(f"             yes → {j.leads.get('yes', '?')} when it comes in time, "
+              f"no → {j.leads.get('no', '?')} at {w.due}")
+        else:
+            p(f"  waiting    a delay until {w.due}{over}, then → {j.leads.get('next', '?')}")
+    elif j.deferred_until is not None:
+        p(f"  waiting    its send, deferred by quiet hours to {j.deferred_until}")
+    if j.steps:
+        p("  steps")
+        for line in j.steps:
+            mark = "▸" if j.inside and j.step is not None and line.startswith(f"{j.step}: ") else " "
+            p(f"    {mark} {line}")
 
 
 def _print_condition(c: ConditionCheck, p: Print) -> None:

@@ -14,32 +14,44 @@ from typing import Any
 from engine.actions.trigger import Trigger
 from engine.core.observe import Observer, TimerEnd
 from engine.core.session import Session
-from engine.core.times import format_ts
+from engine.core.times import format_duration, format_ts
 from engine.events.model import Event
+from engine.offline.explain.journey import awaited, step_id, wait_match
+from engine.offline.explain.model import JourneyMove
 from engine.policy.contact import Decision
 from engine.rules.compiler import CompiledRules
+from engine.rules.journey import END_AT, JourneyRule
 from engine.rules.kinds import CompiledRule, Kind
+from engine.rules.model import StepKind
 from engine.state.customer import CustomerState, Deferred, Timer
 
-NOTES = 8   # notable moments kept per rule (the latest)
+NOTES = 8            # notable moments kept per rule (the latest)
+JOURNEY_NOTES = 64   # a journey's: each walk is several moments (entry, sends, waits, branches, end)
 
 
 class RuleTrace:
     """What one rule did for the customer over the replay."""
 
-    __slots__ = ("starts", "evaluations", "true", "last_eval", "notes")
+    __slots__ = ("starts", "evaluations", "true", "last_eval", "notes", "limit", "moves")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = NOTES) -> None:
         self.starts = 0                   # events of the rule's `on` types applied
         self.evaluations = 0              # of them, those its `if:` was evaluated on
         self.true = 0
         self.last_eval: tuple[Event, bool] | None = None
         self.notes: list[str] = []
+        self.limit = limit                # notes (and journey moves) kept, the latest
+        self.moves: list[JourneyMove] = []   # a journey's entries, branches and ends
 
     def note(self, text: str) -> None:
         self.notes.append(text)
-        if len(self.notes) > NOTES:
+        if len(self.notes) > self.limit:
             del self.notes[0]
+
+    def move(self, move: JourneyMove) -> None:
+        self.moves.append(move)
+        if len(self.moves) > self.limit:
+            del self.moves[0]
 
 
 class Trace(Observer):
@@ -54,7 +66,8 @@ class Trace(Observer):
         self.decisions: dict[str, Decision] = {}   # trigger id -> the policy decision it came from
         self.last_by_type: dict[str, Event] = {}
         self.last_event: Event | None = None
-        self.rule: dict[str, RuleTrace] = {r.id: RuleTrace() for r in rules.rules}
+        self.rule: dict[str, RuleTrace] = {
+            r.id: RuleTrace(JOURNEY_NOTES if r.kind is Kind.JOURNEY else NOTES) for r in rules.rules}
 
     @property
     def state(self) -> CustomerState | None:
@@ -84,11 +97,25 @@ class Trace(Observer):
         tr.true += holds
         tr.last_eval = (ev, holds)
         if not holds and rule.kind is not Kind.IMMEDIATE:
-            tr.note(f"{format_ts(ev.ts)} {ev.type} {ev.event_id}: condition false, not started")
+            done = "not entered" if rule.kind is Kind.JOURNEY else "not started"
+            tr.note(f"{format_ts(ev.ts)} {ev.type} {ev.event_id}: condition false, {done}")
+
+    def timer_armed(self, rule: CompiledRule, timer: Timer) -> None:
+        tr = self.rule.get(rule.id)
+        if tr is not None and isinstance(rule, JourneyRule) and 0 <= timer.step < len(rule.steps):
+            s = rule.steps[timer.step]
+            since = format_ts(timer.due - s.wait)
+            if s.wait_for is None:
+                tr.note(f"{since} at '{s.id}': a delay of {format_duration(s.wait)}, until {format_ts(timer.due)}")
+            else:
+                tr.note(f"{since} at '{s.id}': waits until {format_ts(timer.due)} for "
+                        f"{awaited(s.wait_for.events, wait_match(s.wait_for.match_props, timer.key))}")
 
     def timer_ended(self, rule: CompiledRule | None, timer: Timer, why: str, ev: Event | None) -> None:
         tr = self.rule.get(timer.rule) if rule is not None else None
         if tr is None or rule is None:   # a rule no longer in the rules: nothing to explain it by
+            return
+        if rule.kind is Kind.JOURNEY:   # a wait answered or a delay over: the journey tells it (`journey`)
             return
         text = _ended(rule, timer, why, ev)
         if text is not None:
@@ -97,15 +124,29 @@ class Trace(Observer):
     def deferred_due(self, rule: CompiledRule | None, send: Deferred, made: bool) -> None:
         tr = self.rule.get(send.rule) if rule is not None else None
         if tr is not None and not made:
-            tr.note(f"{format_ts(send.due)} deferred send due (cause {send.cause}): lapsed, the rule changed "
-                    "since it was deferred")
+            since = ("the walk is no longer at that send" if rule is not None and rule.kind is Kind.JOURNEY
+                     else "the rule changed since it was deferred")
+            tr.note(f"{format_ts(send.due)} deferred send due (cause {send.cause}): lapsed, {since}")
 
     def decision(self, decision: Decision, trigger: Trigger | None) -> None:
         c = decision.candidate
+        tr = self.rule.get(c.rule.id)
+        at = f"{format_ts(c.at)} at '{c.step_id}'" if c.step_id is not None else format_ts(c.at)
         if trigger is not None:
             self.decisions[trigger.trigger_id] = decision
-        elif c.rule.id in self.rule:
-            self.rule[c.rule.id].note(f"{format_ts(c.at)}: inside quiet hours, deferred to {format_ts(decision.until)}")
+            if tr is not None and c.step_id is not None:   # a journey's send: a moment of its walk
+                status = trigger.status.value + (f" ({trigger.reason})" if trigger.reason else "")
+                tr.note(f"{at}: {trigger.action} {status} on {trigger.channel}")
+        elif tr is not None:
+            tr.note(f"{at}: inside quiet hours, deferred to {format_ts(decision.until)}")
+
+    def journey(self, rule: CompiledRule, at: int, what: str, detail: str, step: str = "") -> None:
+        tr = self.rule.get(rule.id)
+        if tr is None or not isinstance(rule, JourneyRule):
+            return
+        move = _move(rule, format_ts(at), what, detail, step)
+        tr.move(move)
+        tr.note(_move_text(move))
 
 
 def _ended(rule: CompiledRule, t: Timer, why: str, ev: Event | None) -> str | None:
@@ -128,3 +169,33 @@ def _ended(rule: CompiledRule, t: Timer, why: str, ev: Event | None) -> str | No
             return f"{due} inactivity due: its condition was false, nothing sent"
         return f"{due} {what} due (cause {t.cause}): its condition was false, nothing sent"
     return f"{due} {what} due (cause {t.cause}): lapsed, the rule changed since it was armed"
+
+
+def _move(rule: JourneyRule, at: str, what: str, detail: str, step: str) -> JourneyMove:
+    """The journey hook's words as a move, with where it led (from the compiled graph)."""
+    if what in ("entered", "not entered") and not step:
+        return JourneyMove(at, None, what, rule.steps[0].id if what == "entered" and rule.steps else None, detail)
+    why = detail.removeprefix(f"{step}: ") if step else detail
+    i = rule.index.get(step) if step else None
+    if what == "ended" or i is None:
+        return JourneyMove(at, step or None, what, None, why)
+    s = rule.steps[i]
+    if s.kind is StepKind.SPLIT:
+        target = next((t for _, t, target_id in s.split if target_id == what), END_AT)
+        return JourneyMove(at, step, "split", step_id(rule, target), why.removeprefix("split, "))
+    if s.kind is StepKind.DELAY and what == "next":
+        return JourneyMove(at, step, what, step_id(rule, s.next), why)
+    if what in ("yes", "no"):
+        return JourneyMove(at, step, what, step_id(rule, s.yes if what == "yes" else s.no), why)
+    return JourneyMove(at, step, what, None, why)   # "ignored": the walk stays
+
+
+def _move_text(m: JourneyMove) -> str:
+    if m.what == "entered" and m.step is None:
+        return f"{m.at} entered on {m.detail}"
+    if m.step is None:
+        return f"{m.at} {m.what}: {m.detail}"
+    if m.what == "ended":
+        return f"{m.at} ended: {m.detail}"
+    to = f" → {m.to}" if m.to is not None else ""
+    return f"{m.at} at '{m.step}': {m.what}{to}: {m.detail}"

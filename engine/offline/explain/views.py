@@ -14,6 +14,7 @@ from engine.core.calendar import parse_date
 from engine.core.times import format_duration, format_ts
 from engine.events.model import Event
 from engine.offline.explain.conditions import check_condition
+from engine.offline.explain.journey import journey_shape, journey_summary, journey_timer_what, journey_view
 from engine.offline.explain.model import (
     AggregateValue,
     ConditionCheck,
@@ -30,6 +31,7 @@ from engine.offline.explain.trace import RuleTrace, Trace
 from engine.policy.contact import COOLDOWN, FREQUENCY_CAP, NO_CONSENT, PRIORITY, QUIET_HOURS_DROPPED, Decision
 from engine.rules.compiler import CompiledRules
 from engine.rules.expr import Env
+from engine.rules.journey import JourneyRule
 from engine.rules.kinds import (
     AbsenceRule,
     CompiledRule,
@@ -79,7 +81,8 @@ def state_view(rules: CompiledRules, st: CustomerState, at: int) -> StateView:
         aggs.append(AggregateValue(agg.name, _agg_definition(agg), value, display))
     policy = rules.ruleset.policy
     required = policy is not None and policy.consent == "required"
-    channels = sorted({a.channel for r in rules.rules for a in _actions(r)} | set(st.consent))
+    channels = sorted({c for r in rules.rules for a in _actions(r) for c in (a.channels or (a.channel,))}
+                      | set(st.consent))
     consent = []
     for ch in channels:
         decision = st.consent.get(ch)
@@ -119,6 +122,8 @@ def timer_views(rules: CompiledRules, st: CustomerState, at: int, live: bool) ->
             what = f"occurrence {t.cause}"
         elif rule is None:
             what = "deadline of a rule no longer in the rules (lapses)"
+        elif isinstance(rule, JourneyRule):
+            what = journey_timer_what(rule, st)
         else:
             what = _TIMER_WHAT.get(rule.kind, "deadline")
         views.append(TimerView(t.rule, t.step + 1, format_ts(t.due), what, t.cause, format_ts(t.cause_ts),
@@ -157,6 +162,8 @@ def _shape(rule: CompiledRule) -> str:
         return f"{format_duration(rule.wait)} after each {on}{cond}"
     if isinstance(rule, SeriesRule):
         return f"series of {len(rule.steps)} steps, started by {on}{cond}"
+    if isinstance(rule, JourneyRule):
+        return journey_shape(rule, on, cond)
     if isinstance(rule, InactiveRule):
         if rule.of:
             return f"after {format_duration(rule.wait)} without {' or '.join(f'`{t}`' for t in rule.of)}"
@@ -178,10 +185,16 @@ def explain_rule(rules: CompiledRules, env: Env, rule: CompiledRule, st: Custome
     my_timers = [t for t in timers if t.rule_id == rule.id]
     last_contact = format_ts(st.last_contact[rule.id]) if rule.id in st.last_contact else None
     tr = trace.rule.get(rule.id) if trace is not None else None
-    summary = _summary(rule, views, my_timers, tr, st, condition, last_contact, trace is not None)
+    journey = None
+    if isinstance(rule, JourneyRule):
+        journey = journey_view(rule, st, at, trace is None, tr)
+        summary = journey_summary(rule, journey, _counts(views), tr, trace is not None)
+    else:
+        summary = _summary(rule, views, my_timers, tr, st, condition, last_contact, trace is not None)
     return RuleExplanation(
         rule_id=rule.id, type=r.type, kind=rule.kind, shape=_shape(rule), summary=summary, condition=condition,
         triggers=views, timers=my_timers, last_contact=last_contact, notes=list(tr.notes) if tr else [],
+        journey=journey,
     )
 
 
@@ -198,18 +211,19 @@ def _condition_event(rule: CompiledRule, trace: Trace | None) -> Event | None:
 
 def _trigger_view(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decision | None) -> TriggerView:
     return TriggerView(t.trigger_id, t.action, t.channel, t.status, t.reason, t.fired_at, t.cause_event_id,
-                       t.payload, _why(rules, rule, t, decision))
+                       t.payload, _why(rules, rule, t, decision), t.step if isinstance(t.step, str) else None)
 
 
 def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decision | None) -> str:
     """The status in words, from the fact the policy decided it by (`Decision.detail`)."""
     if t.status == SENT:
-        return "sent"
+        return "sent" + _fallback(t, decision)
     detail: Any = decision.detail if decision is not None else None   # its type depends on the reason
     if t.status == HELD_OUT:
         share, scope = detail if detail is not None else (None, "")
         where = "this rule's" if scope == "rule" else "the global"
-        return f"held out: the customer is in {where} control group ({_pct(share)}): recorded, not sent"
+        return (f"held out: the customer is in {where} control group ({_pct(share)}): recorded, not sent"
+                + _fallback(t, decision))
     reason = t.reason or ""
     if decision is None:
         return f"suppressed ({reason})"
@@ -234,19 +248,32 @@ def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decisio
     return f"suppressed ({reason})"
 
 
+def _fallback(t: Trigger, decision: Decision | None) -> str:
+    """A send of a fallback list (`channel: [push, sms]`) on another channel than the first, in words."""
+    channels = decision.candidate.action.channels if decision is not None else ()
+    if not channels or t.channel == channels[0]:
+        return ""
+    return f" on {t.channel}, the first of {', '.join(channels)} with consent and not capped"
+
+
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{share * 100:g}%"
+
+
+def _counts(triggers: list[TriggerView]) -> str:
+    """Triggers counted by status: "sent ×2, suppressed (cooldown)"."""
+    counts: dict[str, int] = {}
+    for t in triggers:
+        key = f"{t.status} ({t.reason})" if t.reason else t.status
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())
 
 
 def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[TimerView], tr: RuleTrace | None,
              st: CustomerState, condition: ConditionCheck | None, last_contact: str | None, backtest: bool) -> str:
     pieces: list[str] = []
     if triggers:
-        counts: dict[str, int] = {}
-        for t in triggers:
-            key = f"{t.status} ({t.reason})" if t.reason else t.status
-            counts[key] = counts.get(key, 0) + 1
-        pieces.append(", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items()))
+        pieces.append(_counts(triggers))
     for w in timers:
         label = "overdue" if w.overdue else "waiting"
         step = f"step {w.step}, " if rule.kind is Kind.SERIES else ""
@@ -288,5 +315,3 @@ def _summary(rule: CompiledRule, triggers: list[TriggerView], timers: list[Timer
     if last_contact:
         return f"no deadline pending; last contact {last_contact}"
     return "no deadline pending and no contact recorded"
-
-
