@@ -58,12 +58,12 @@ class Observer:
         (the policy decides it next, never deferring it twice); otherwise it lapsed, its rule
         (None: removed) changed by a reload since."""
 
-    def journey(self, rule: CompiledRule, at: int, what: str, detail: str, step: str = "") -> None:
+    def journey(self, rule: CompiledRule, at: int, what: str, detail: str, step: str = "", to: str = "") -> None:
         """A journey moved (engine.rules.journey): `what` is "entered", "not entered", a branch
-        taken ("yes", "no", a split's target), "next" (a delay is over), "ignored" (an event of an
-        awaited type that does not answer the wait: another `match`, or late) or "ended"; `detail`
-        says why, in words; `step` is the step id it happened at ("" for an entry): the wait,
-        condition, split or delay answered, or the step the walk ended at."""
+        taken ("yes", "no", "split": to the step `to`), "next" (a delay is over), "ignored" (an
+        event of an awaited type that does not answer the wait: another `match`, or late) or
+        "ended"; `detail` says why, in words; `step` is the step id it happened at ("" for an
+        entry): the wait, condition, split or delay answered, or the step the walk ended at."""
 
     def decision(self, decision: Decision, trigger: Trigger | None) -> None:
         """The policy decided a candidate; `trigger` is what it became (None: deferred by quiet

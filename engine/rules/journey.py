@@ -110,7 +110,7 @@ class JourneyRule(CompiledRule):
             if pos.step:
                 self._end(run, state, pos, Exit.RESTARTED, ev.ts)
         held_out = run.policy.held_out(ev.customer_id, self)
-        pos = Position("", ev.event_id, ev.ts, held_out, ev.ts, 0, run.ctx(self, ev), ev.type)
+        pos = Position("", ev.event_id, ev.ts, held_out, ev.ts, run.ctx(self, ev), ev.type, "", {})
         state.journeys[self.id] = pos
         self.funnel(run).entered.add(held_out)
         if run.observer is not None:
@@ -233,9 +233,6 @@ class JourneyRule(CompiledRule):
             if i == END_AT:
                 self._end(run, state, pos, Exit.COMPLETED, at)
                 return
-            current = self.index.get(pos.step, END_AT) if pos.step else END_AT
-            if current != END_AT and i <= current:
-                pos.laps += 1   # back to an earlier step: its sends get trigger ids of their own
             s = self.steps[i]
             pos.step = s.id
             pos.since = at
@@ -244,7 +241,9 @@ class JourneyRule(CompiledRule):
             if kind is StepKind.SEND:
                 assert s.then is not None
                 entry = self._entry(pos, customer_id)
-                cause = f"{pos.entry}#{s.id}" if not pos.laps else f"{pos.entry}#{s.id}#{pos.laps}"
+                n = pos.sends.get(s.id, 0)   # a loop back to a send: the n-th visit has an id of its own
+                pos.sends[s.id] = n + 1
+                cause = f"{pos.entry}#{s.id}" if not n else f"{pos.entry}#{s.id}#{n}"
                 c = run.candidate(state, self, i, s.then, cause, pos.entry, at, entry)
                 c.step_id = s.id
                 c.held_out = pos.held_out
@@ -269,8 +268,8 @@ class JourneyRule(CompiledRule):
                 place = draw(customer_id, f"{self.id}\x1f{s.id}", "split")
                 share, i, branch = next((x for x in s.split if place < x[0]), s.split[-1])
                 if observer is not None:
-                    observer.journey(self, at, branch, f"{s.id}: split, this customer's draw {place:.3f} falls in"
-                                     f" '{branch}' (up to {share * 100:g}%)", s.id)
+                    observer.journey(self, at, "split", f"{s.id}: split, this customer's draw {place:.3f} falls in"
+                                     f" '{branch}' (up to {share * 100:g}%)", s.id, branch)
             funnel.branch(s.id, branch, pos.held_out)
         self._end(run, state, pos, Exit.COMPLETED, at)   # unreachable for a validated journey
 
@@ -298,6 +297,7 @@ class JourneyRule(CompiledRule):
         pos.step = ""
         pos.ended = key
         pos.ctx = _EMPTY
+        pos.sends = {}
 
 
 def compile_targets(steps: tuple[JourneyStep, ...], i: int, index: dict[str, int]) -> dict[str, int]:

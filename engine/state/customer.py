@@ -85,10 +85,10 @@ class Position(msgspec.Struct, array_like=True):
     entry_ts: int              # epoch ms of the entry event
     held_out: bool             # in the control group, drawn once at entry: every send is `held_out`
     since: int                 # epoch ms the current step began (a wait's start)
-    laps: int = 0              # times the walk went back to an earlier step (keeps trigger ids distinct)
     ctx: dict[str, Any] = {}   # the entry event's properties the journey's templates read
     entry_type: str = ""       # the entry event's type
     ended: str = ""            # why the walk ended (engine.core.funnel.Exit); "" while inside
+    sends: dict[str, int] = {}  # send step id -> times this walk reached it (a loop's second send gets its own id)
 
 
 class CustomerState(msgspec.Struct, array_like=True):

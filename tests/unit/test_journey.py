@@ -570,3 +570,19 @@ def test_an_edit_keeps_positions_by_step_id_and_pending_waits_keep_their_due_tim
     assert paused.step == "" and paused.ended == "step_removed"   # left at its wait's due time, sending nothing
     assert session.evaluator.funnels["j"].exits["step_removed"].total == 1
     assert not any(t.rule == "j" for s in session.states.values() for t in s.timers)
+
+
+def test_a_step_first_reached_from_a_later_one_keeps_the_plain_trigger_id(tmp_path):
+    """Only a send reached again in one walk gets a suffix: a step listed earlier but reached first is no repeat."""
+    rules = compile_yaml(tmp_path, """
+rules:
+  - id: j
+    type: journey
+    on: signup
+    steps:
+      - {id: start, if: "true", yes: later, no: end}
+      - {id: a, then: {action: a, channel: email}, next: end}
+      - {id: later, wait: 1d, next: a}
+""")
+    out, _ = run(rules, {"c1": [("signup", T0, {})]})
+    assert [t.trigger_id for t in out] == [trigger_id("j", "c1", "c1-0#a", T0)]

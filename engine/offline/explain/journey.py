@@ -115,7 +115,7 @@ def journey_view(rule: JourneyRule, st: CustomerState, at: int, live: bool, tr: 
     if pos is None:
         return JourneyView(steps=steps, moves=moves)
     view = JourneyView(entered_at=format_ts(pos.entry_ts), entry_event=pos.entry, entry_type=pos.entry_type or None,
-                       held_out=pos.held_out, laps=pos.laps, steps=steps, moves=moves)
+                       held_out=pos.held_out, repeats=sum(n - 1 for n in pos.sends.values()), steps=steps, moves=moves)
     if not pos.step:
         view.ended = pos.ended or None
         view.ended_at = next((m.at for m in reversed(moves) if m.what == "ended"), None)

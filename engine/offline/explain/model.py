@@ -153,7 +153,7 @@ class JourneyView(msgspec.Struct, omit_defaults=False):
     entry_type: str | None = None
     held_out: bool = False         # drawn at entry: every send of the walk recorded held_out
     since: str | None = None       # inside: when the current step began
-    laps: int = 0                  # times the walk went back to an earlier step
+    repeats: int = 0               # sends this walk made again, looping back to a step it sent before
     steps: list[str] = []          # the journey's steps in file order, one line each ("hello: send welcome-1 …")
     moves: list[JourneyMove] = []  # backtest: the latest moves (entries, branches with why, ends); live: []
 

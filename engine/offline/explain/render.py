@@ -138,7 +138,7 @@ def _print_journey(j: JourneyView, p: Print) -> None:
         group = "held out (control group, drawn at entry: its sends are recorded, not sent)" if j.held_out \
             else "contacted"
         entry = f"entered {j.entered_at} on {j.entry_type or 'event'} {j.entry_event}, {group}"
-        laps = f", {j.laps}× back to an earlier step" if j.laps else ""
+        laps = f", {j.repeats} repeated send(s) through a loop" if j.repeats else ""
         if j.inside:
             kind = f" ({j.step_kind})" if j.step_kind else " (no longer in the journey)"
             p(f"  position   at '{j.step}'{kind} since {j.since}; {entry}{laps}")

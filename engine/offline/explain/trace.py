@@ -20,7 +20,7 @@ from engine.offline.explain.journey import awaited, step_id, wait_match
 from engine.offline.explain.model import JourneyMove
 from engine.policy.contact import Decision
 from engine.rules.compiler import CompiledRules
-from engine.rules.journey import END_AT, JourneyRule
+from engine.rules.journey import JourneyRule
 from engine.rules.kinds import CompiledRule, Kind
 from engine.rules.model import StepKind
 from engine.state.customer import CustomerState, Deferred, Timer
@@ -140,11 +140,11 @@ class Trace(Observer):
         elif tr is not None:
             tr.note(f"{at}: inside quiet hours, deferred to {format_ts(decision.until)}")
 
-    def journey(self, rule: CompiledRule, at: int, what: str, detail: str, step: str = "") -> None:
+    def journey(self, rule: CompiledRule, at: int, what: str, detail: str, step: str = "", to: str = "") -> None:
         tr = self.rule.get(rule.id)
         if tr is None or not isinstance(rule, JourneyRule):
             return
-        move = _move(rule, format_ts(at), what, detail, step)
+        move = _move(rule, format_ts(at), what, detail, step, to)
         tr.move(move)
         tr.note(_move_text(move))
 
@@ -171,18 +171,17 @@ def _ended(rule: CompiledRule, t: Timer, why: str, ev: Event | None) -> str | No
     return f"{due} {what} due (cause {t.cause}): lapsed, the rule changed since it was armed"
 
 
-def _move(rule: JourneyRule, at: str, what: str, detail: str, step: str) -> JourneyMove:
+def _move(rule: JourneyRule, at: str, what: str, detail: str, step: str, to: str = "") -> JourneyMove:
     """The journey hook's words as a move, with where it led (from the compiled graph)."""
     if what in ("entered", "not entered") and not step:
         return JourneyMove(at, None, what, rule.steps[0].id if what == "entered" and rule.steps else None, detail)
     why = detail.removeprefix(f"{step}: ") if step else detail
+    if what == "split":
+        return JourneyMove(at, step, what, to, why.removeprefix("split, "))
     i = rule.index.get(step) if step else None
     if what == "ended" or i is None:
         return JourneyMove(at, step or None, what, None, why)
     s = rule.steps[i]
-    if s.kind is StepKind.SPLIT:
-        target = next((t for _, t, target_id in s.split if target_id == what), END_AT)
-        return JourneyMove(at, step, "split", step_id(rule, target), why.removeprefix("split, "))
     if s.kind is StepKind.DELAY and what == "next":
         return JourneyMove(at, step, what, step_id(rule, s.next), why)
     if what in ("yes", "no"):
