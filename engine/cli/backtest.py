@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--until", metavar="TIME", help="end of the replayed period (RFC 3339): events after it are "
                    "not replayed, deadlines up to it fire, later ones are pending")
     b.add_argument("--drain", action="store_true", help="fire every pending one-shot deadline at the end "
-                   "(absence, delay, inactivity, series steps, sends deferred by quiet hours), as a live engine "
+                   "(absence, delay, inactivity, series and journey steps, sends deferred by quiet hours), as a live engine "
                    "would later; recurring dates never fire after the end")
     b.add_argument("--dead-letters", metavar="FILE", default=None,
                    help="where undecodable events go as JSONL with their reason (default: stderr)")
@@ -109,6 +109,9 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
         deadlines = "deadline" if s.pending_total == 1 else "deadlines"
         print("note: " + pending_note(f"{s.pending_total:,} {deadlines}", format_ts(s.ended_at), s.drained),
               file=stream)
+    if s.undrained:
+        print(f"note: {s.undrained:,} deadlines of journeys that loop through a wait fall past the drain's horizon"
+              " (each rule's waits passed once, after the end) and were not fired", file=stream)
     if s.late:
         allowed = f"more than {format_duration(s.lateness)} behind" if s.lateness else "behind"
         print(f"note: {s.late:,} events arrived {allowed} a newer one and were applied out of time order; "

@@ -8,8 +8,10 @@ The clock stops at the end of data: the last event's time, or `until` when given
 Deadlines due at or before it fire; those due later are *pending* and counted per rule, not
 fired: a backtest shows what happened in the replayed period, and a win-back fired after it
 could never have been answered inside it. `drain` fires every pending one-shot deadline
-(absence, delay, inactivity, series steps, deferred sends) at the end, as a live engine would
-later; recurring dates never fire after the end.
+(absence, delay, inactivity, series steps, journey steps, deferred sends) at the end, as a live
+engine would later, and those they arm in turn, up to the rules' `drain_span` after the end (a
+journey that loops through a wait would never drain: its laps after that stay pending, counted
+as `undrained`); recurring dates never fire after the end.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class BacktestSummary(msgspec.Struct):
     pending: dict[str, int] = {}            # rule id -> one-shot deadlines due after `ended_at`
     pending_total: int = 0
     drained: bool = False                   # the pending deadlines were fired at the end (--drain)
+    undrained: int = 0                      # drained: deadlines still pending past the drain's horizon (loops)
     by_customer: dict[str, CustomerOutcome] = {}   # rule id -> customers by group (the unit of lift)
     program: CustomerOutcome | None = None  # global control vs contacted over its rules; None: no global control
     program_rules: list[str] = []           # the rules that use the global control group
@@ -98,6 +101,7 @@ class Replay:
         self.drain = drain
         self.ended_at = 0                      # set by `finish`
         self.pending: dict[str, int] = {}      # set by `finish`: rule id -> deadlines due after the end
+        self.undrained = 0                     # set by a draining `finish`: deadlines past its horizon
         self.customers = CustomerCollector(rules)   # per-customer outcomes for lift (engine.policy.customers)
         self.event_types: Counter[str] = Counter()   # per type, the events replayed
         self.triggers = 0
@@ -149,8 +153,9 @@ class Replay:
         out: list[Trigger] = []
         self.session.advance(end, out, recurring_until=end)
         self.pending = self.session.pending()
-        if self.drain:   # the same order as one advance(None): everything after `end`, in (due, customer) order
-            self.session.advance(None, out, recurring_until=end)
+        if self.drain:   # everything after `end`, in (due, customer) order, up to the drain's horizon
+            self.session.advance(end + self.evaluator.rules.drain_span, out, recurring_until=end)
+            self.undrained = sum(self.session.pending().values())
         self._checkpoint()
         self._write(out)
 
@@ -176,6 +181,7 @@ class Replay:
             triggers=self.triggers, timers_dropped=c.timers_dropped, customers=len(self.store),
             elapsed_s=elapsed_s, per_rule=dict(self.evaluator.outcomes), ended_at=self.ended_at,
             pending=dict(self.pending), pending_total=sum(self.pending.values()), drained=self.drain,
+            undrained=self.undrained,
             by_customer=by_customer, program=program, program_rules=sorted(self.customers.global_rules),
             event_types=dict(sorted(self.event_types.items())),
             rule_events={r.id: list(r.rule.on) if r.on_events else [] for r in self.session.rules.rules},

@@ -97,6 +97,7 @@ class CompiledRules:
         self.attribution_windows = {r.id: r.policy.attribution_window for r in rules if r.policy.attribution_window}
         self._response_types = frozenset(self.attribution.responses) | frozenset(self.attribution.conversions)
         self.cancel_types = frozenset(t for r in rules for u in r.unlesses() for t in u.events)
+        self.drain_span = max((_span(r.rule) for r in rules if not r.dated), default=0)
         self._plans: dict[str, EventPlan] = {}
 
     def plan(self, event_type: str) -> EventPlan:
@@ -120,6 +121,22 @@ class CompiledRules:
             journeys=tuple(r for r in self.journeys if event_type in r.watches),
         )
         return plan
+
+
+DAY_MS = 86_400_000
+
+
+def _span(rule: Rule) -> int:
+    """How long after its cause a rule's one-shot deadlines can still fall, each wait passed once,
+    plus a day per send for a quiet-hours deferral: how far a drained backtest runs its clock. A
+    journey that loops through a wait would never drain; its later laps are left pending."""
+    waits = (rule.unless.within or 0) if rule.unless is not None else 0
+    waits += (rule.delay or 0) + (rule.inactive or 0) + sum(s.after for s in rule.steps)
+    sends = max(1, len(rule.steps))
+    if rule.journey is not None:
+        waits += sum(s.wait for s in rule.journey.steps)
+        sends = sum(1 for s in rule.journey.steps if s.then is not None)
+    return waits + DAY_MS * (sends + 1)
 
 
 def load_and_compile(path: str | Path) -> CompiledRules:

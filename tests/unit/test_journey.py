@@ -586,3 +586,42 @@ rules:
 """)
     out, _ = run(rules, {"c1": [("signup", T0, {})]})
     assert [t.trigger_id for t in out] == [trigger_id("j", "c1", "c1-0#a", T0)]
+
+
+def test_the_readmes_journeys_validate_and_walk(tmp_path):
+    """Docs that match the code: every journey the README shows validates, beside the bundled aggregates."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "type: journey" in b]
+    assert len(blocks) >= 2
+    aggregates = (root / "rules" / "aggregates.yaml").read_text()
+    for n, block in enumerate(blocks):
+        rules_part = block[block.index("rules:"):] if "rules:" in block else "rules:\n" + block
+        rules_part = rules_part.split("\npolicy:")[0]
+        d = tmp_path / f"b{n}"
+        d.mkdir()
+        (d / "aggregates.yaml").write_text(aggregates)
+        compiled = compile_yaml(d, rules_part)
+        journeys = [r for r in compiled.rules if r.kind.value == "journey"]
+        assert journeys
+        out, _ = run(compiled, {"c1": [("signup", T0, {}), ("consent", T0 + 1, {"channel": "email", "granted": True})]})
+        assert any(t.rule_id == journeys[0].id for t in out)
+
+
+def test_a_drain_of_a_journey_that_loops_ends_at_its_horizon(tmp_path):
+    """A loop through a wait would never drain: the drain stops at the rules' span, the rest stays pending."""
+    rules = compile_yaml(tmp_path, """
+rules:
+  - id: nag
+    type: journey
+    on: signup
+    steps:
+      - {id: ask, then: {action: ask, channel: email}}
+      - {id: pause, wait: 1d, next: ask}
+""")
+    assert rules.drain_span == 3 * DAY   # its wait once, and a day per send for a deferral, and a day
+    out, replay = run(rules, {"c1": [("signup", T0, {})]})
+    assert [t.fired_at for t in out] == [at(T0 + d * DAY) for d in range(4)]
+    assert replay.undrained == 1
