@@ -46,6 +46,13 @@ def type_uses(rules: RuleSet) -> Iterator[TypeUse]:
             if step.unless is not None:
                 for t in step.unless.events:
                     yield TypeUse(t, f"rule '{r.id}' step {n} unless", step.unless.source)
+        if r.journey is not None:
+            for t in r.journey.exit_on:
+                yield TypeUse(t, f"rule '{r.id}' exit_on", r.source)
+            for js in r.journey.steps:
+                if js.wait_for is not None:
+                    for t in js.wait_for.events:
+                        yield TypeUse(t, f"rule '{r.id}' step '{js.id}' wait", js.wait_for.source)
     p = rules.policy
     if p is not None:   # only what the policy says: the defaults name types a shop may not have
         given, default = p.attribution, Attribution()

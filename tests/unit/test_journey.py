@@ -625,3 +625,19 @@ rules:
     out, replay = run(rules, {"c1": [("signup", T0, {})]})
     assert [t.fired_at for t in out] == [at(T0 + d * DAY) for d in range(4)]
     assert replay.undrained == 1
+
+
+def test_validate_events_checks_a_journeys_exit_and_wait_types(tmp_path):
+    from collections import Counter
+
+    from engine.rules.loader import load_rules
+    from engine.rules.usage import missing_types
+
+    (tmp_path / "rules.yaml").write_text(WELCOME.replace("exit_on: [purchase]", "exit_on: [purchse]")
+                                         .replace("event: email_clicked", "event: email_clickd"))
+    seen = Counter({"signup": 3, "purchase": 2, "email_clicked": 4, "product_view": 9})
+    warnings = missing_types(load_rules(tmp_path), seen)
+    assert len(warnings) == 2, warnings
+    assert "rule 'welcome' exit_on 'purchse': no such event in the sample (did you mean 'purchase'?)" in warnings[0]
+    assert ":15: warning: rule 'welcome' step 'clicked' wait 'email_clickd'" in warnings[1]
+    assert "did you mean 'email_clicked'" in warnings[1]
