@@ -80,7 +80,8 @@ ALL_STATUSES = 'statuses = ["sent", "held_out", "suppressed"]'
 
 
 def write_config(path: Path, *, topic: str, redis_url: str, prefix: str, sink_topic: str,
-                 dead_topic: str, webhook: str | None = None, extra: str = "", all_statuses: bool = True) -> Path:
+                 dead_topic: str, webhook: str | None = None, extra: str = "", all_statuses: bool = True,
+                 rules: Path | None = None) -> Path:
     """A settings file for one test run. `all_statuses`: the sinks get every trigger (as an
     analytics sink would), so they can be compared with the backtest's output; False keeps
     the sinks' default (sent only)."""
@@ -91,7 +92,7 @@ def write_config(path: Path, *, topic: str, redis_url: str, prefix: str, sink_to
                            f'max_retries = 12\nsecret = "s3cret"\n{statuses}\n'
                            f'dead_letter_path = "{path.parent / "webhook-dead-letters.jsonl"}"\n')
     path.write_text(f"""
-rules = "{ROOT / 'rules'}"
+rules = "{rules or ROOT / 'rules'}"
 exit_at_end = true
 commit_interval_ms = 100
 {extra}
