@@ -174,7 +174,8 @@ class ContactPolicy:
         own = rule.policy
         if own.cooldown:
             last = state.last_contact.get(rule.id)
-            if last is not None and c.at - last < own.cooldown:
+            # a journey's sends of one walk do not cool each other down: only an earlier walk's do
+            if last is not None and c.at - last < own.cooldown and (c.step_id is None or last < c.cause_ts):
                 return Decision(c, SUPPRESSED, COOLDOWN, detail=last, channel=channel)
         if winner is not None:
             return Decision(c, SUPPRESSED, PRIORITY, detail=winner, channel=channel)

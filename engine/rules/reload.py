@@ -8,6 +8,8 @@ What a reload means for customers already mid-way (README "Hot reload"):
 - rules are matched by id: a pending deadline keeps its due time and fires with the new
   definition (action, payload, policy); the deadlines of a removed rule lapse; a series
   continues at its next step number in the new list of steps, and ends if there is none;
+- a journey keeps each customer's position by step id: a customer whose step is gone leaves it
+  (`step_removed`) when the walk next moves; a kept step runs with its new definition;
 - a threshold already true stays true (no re-fire); cooldowns and caps keep their history.
 """
 

@@ -641,3 +641,12 @@ def test_validate_events_checks_a_journeys_exit_and_wait_types(tmp_path):
     assert "rule 'welcome' exit_on 'purchse': no such event in the sample (did you mean 'purchase'?)" in warnings[0]
     assert ":15: warning: rule 'welcome' step 'clicked' wait 'email_clickd'" in warnings[1]
     assert "did you mean 'email_clicked'" in warnings[1]
+
+
+def test_a_journeys_cooldown_counts_from_an_earlier_walk_not_from_its_own_sends(tmp_path):
+    rules = compile_yaml(tmp_path, WELCOME.replace("reenter: after_end", "cooldown: 7d"))
+    out, _ = run(rules, {"c1": [("signup", T0, {}), ("signup", T0 + 3 * DAY, {})]})
+    # the first walk: hello, then remind 2 days later (its own sends); the second walk's hello came
+    # 1 day after the first walk's remind: cooled down, and the suppression ends that walk
+    assert [(s, st) for s, st, _, _ in walk(out)] == [("hello", "sent"), ("remind", "sent"), ("hello", "suppressed")]
+    assert out[-1].reason == "cooldown"
