@@ -8,7 +8,8 @@
 `build_flow(settings, rules, partitions=..., open_log=lambda name, start: MemoryLog(...),
 store=lambda: store, sinks={"list": lambda _w: ListSink(out)}, dead_letters=...)` runs the live
 dataflow (source, partition worker, commits, sinks) in one process, as `bytewax.testing.run_main`
-runs it, and gives the triggers a backtest of the same events gives.
+runs it, and gives the triggers a backtest of the same events gives; `run_in_memory` does
+exactly that for one partition of JSON lines.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from connectors.base import Failure, Record, Sink
 from engine.state.memory import InMemoryStore
 
-__all__ = ["InMemoryStore", "ListSink", "MemoryLog"]
+__all__ = ["InMemoryStore", "ListSink", "MemoryLog", "run_in_memory"]
 
 
 class MemoryLog:
@@ -107,3 +108,22 @@ class ListSink(Sink):
 
     def close(self) -> None:
         pass
+
+
+def run_in_memory(rules: Any, lines: list[bytes]) -> tuple[list[Any], list[Any], InMemoryStore]:
+    """The live dataflow over one in-memory partition of JSON lines until its end: (triggers,
+    dead letters, the store). `rules`: `CompiledRules`. Its clock is the wall clock, so
+    deadlines fire only once they are due by now."""
+    from datetime import timedelta
+
+    from bytewax.testing import run_main
+
+    from engine.operators.flow import build_flow
+    from engine.operators.settings import Settings
+
+    store, triggers, dead = InMemoryStore(), [], []   # type: ignore[var-annotated]
+    flow = build_flow(Settings(exit_at_end=True, commit_interval_ms=20), rules, partitions=["events-0"],
+                      open_log=lambda name, at: MemoryLog(name, lines, at), store=lambda: store,
+                      sinks={"list": lambda _w: ListSink(triggers)}, dead_letters=lambda _w: ListSink(dead))
+    run_main(flow, epoch_interval=timedelta(milliseconds=20))
+    return triggers, dead, store

@@ -3,25 +3,21 @@ through the backtest (the core the live worker shares)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
-from bytewax.testing import run_main
 
 from engine.actions.trigger import Trigger
 from engine.core.times import format_ts, now_ms, parse_ts
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.offline.backtest import Replay
-from engine.operators.flow import build_flow
-from engine.operators.settings import Settings
 from engine.rules.aggregates import BY_KEYS
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.state.customer import encode_state
-from engine.testing import InMemoryStore, ListSink, MemoryLog
+from engine.testing import run_in_memory
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000
@@ -338,11 +334,7 @@ rules:
     lines = [enc({"event_id": f"{cid}-{i}", "type": t, "customer_id": cid, "ts": ts, "properties": props})
              for cid, events in cases.items() for i, (t, ts, props) in enumerate(events)]
 
-    store, triggers, dead = InMemoryStore(), [], []
-    flow = build_flow(Settings(exit_at_end=True, commit_interval_ms=20), rules, partitions=["events-0"],
-                      open_log=lambda name, at: MemoryLog(name, lines, at), store=lambda: store,
-                      sinks={"list": lambda _w: ListSink(triggers)}, dead_letters=lambda _w: ListSink(dead))
-    run_main(flow, epoch_interval=timedelta(milliseconds=20))
+    triggers, dead, store = run_in_memory(rules, lines)
 
     expected: list[Trigger] = []
     run = Replay(rules, expected.extend, until=now_ms())

@@ -23,40 +23,7 @@ T0 = parse_ts("2026-03-02T10:00:00Z")
 HOUR = 3_600_000
 DAY = 24 * HOUR
 
-RULES = """\
-aggregates:
-  lifetime_spend: {sum: amount, on: purchase}
-  interest:       {decayed_count: product_view, by: category, half_life: 14d}
-rules:
-  - id: welcome
-    type: journey
-    on: signup
-    exit_on: [purchase]
-    reenter: after_end
-    steps:
-      - id: hello
-        then: {action: welcome-1, channel: email}
-      - id: clicked
-        wait: {event: email_clicked, match: {campaign: welcome-1}, within: 2d}
-        yes: recommend
-        no: remind
-      - id: recommend
-        then: {action: recommendations, channel: email, payload: {top: "{top(interest)}"}}
-        next: end
-      - id: remind
-        then: {action: welcome-reminder, channel: [push, sms]}
-      - id: big-spender
-        if: lifetime_spend >= 500
-        yes: vip
-        no: end
-      - id: vip
-        split: {a: 50%, b: 50%}
-      - id: a
-        then: {action: vip-offer-a, channel: email}
-        next: end
-      - id: b
-        wait: 1d
-        next: a
+RULES = (Path(__file__).resolve().parents[1] / "fixtures" / "spec_journey" / "rules.yaml").read_text() + """\
   - id: vip-5000
     type: threshold
     on: purchase
@@ -64,7 +31,7 @@ rules:
     then: {action: vip-welcome, channel: email}
 policy:
   consent: required
-"""
+"""   # SPEC §3a's example, and a threshold rule beside it
 
 
 @pytest.fixture(scope="module")

@@ -3,66 +3,28 @@ worker shares), with hand-made events for every step kind and every sentence of 
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
-from bytewax.testing import run_main
 
 from engine.actions.trigger import Trigger, trigger_id
 from engine.core.times import now_ms, parse_ts
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.offline.backtest import Replay
-from engine.operators.flow import build_flow
-from engine.operators.settings import Settings
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.state.customer import decode_state, encode_state
-from engine.testing import InMemoryStore, ListSink, MemoryLog
+from engine.testing import run_in_memory
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000
 HOUR = 60 * MIN
 DAY = 24 * HOUR
 
-# SPEC §3a's example, whole
-WELCOME = """
-aggregates:
-  lifetime_spend: {sum: amount, on: purchase}
-  interest:       {decayed_count: product_view, by: category, half_life: 14d}
-rules:
-  - id: welcome
-    type: journey
-    on: signup
-    exit_on: [purchase]
-    reenter: after_end
-    steps:
-      - id: hello
-        then: {action: welcome-1, channel: email}
-      - id: clicked
-        wait: {event: email_clicked, match: {campaign: welcome-1}, within: 2d}
-        yes: recommend
-        no: remind
-      - id: recommend
-        then: {action: recommendations, channel: email, payload: {top: "{top(interest)}"}}
-        next: end
-      - id: remind
-        then: {action: welcome-reminder, channel: [push, sms]}
-      - id: big-spender
-        if: lifetime_spend >= 500
-        yes: vip
-        no: end
-      - id: vip
-        split: {a: 50%, b: 50%}
-      - id: a
-        then: {action: vip-offer-a, channel: email}
-        next: end
-      - id: b
-        wait: 1d
-        next: a
-"""
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+WELCOME = (FIXTURES / "spec_journey" / "rules.yaml").read_text()   # SPEC §3a's example, whole
 
 
 def compile_yaml(tmp_path: Path, text: str) -> CompiledRules:
@@ -491,11 +453,7 @@ policy:
     enc = msgspec.json.encode
     lines = [enc({"event_id": e.event_id, "type": e.type, "customer_id": e.customer_id, "ts": e.ts,
                   "properties": e.properties}) for e in events_of(cases)]
-    store, triggers, dead = InMemoryStore(), [], []
-    flow = build_flow(Settings(exit_at_end=True, commit_interval_ms=20), rules, partitions=["events-0"],
-                      open_log=lambda name, at: MemoryLog(name, lines, at), store=lambda: store,
-                      sinks={"list": lambda _w: ListSink(triggers)}, dead_letters=lambda _w: ListSink(dead))
-    run_main(flow, epoch_interval=timedelta(milliseconds=20))
+    triggers, dead, store = run_in_memory(rules, lines)
     expected: list[Trigger] = []
     replay = Replay(rules, expected.extend, until=now_ms())
     decoded, _ = EventDecoder().decode_batch((raw, "test") for raw in lines)
