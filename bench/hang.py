@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,12 +77,31 @@ def healthz(port: int) -> dict:
     return json.loads(_get(f"http://127.0.0.1:{port}/healthz"))
 
 
-def expected_ids(lines: list[bytes], until: int) -> set[str]:
+# Most bundled rules wait (a cart's 30 minutes, a welcome's opt-in): in the scenario's seconds
+# they fire little. This one thanks every purchase at once (a few a second), so that every
+# partition's relay has triggers to deliver while the receiver hangs.
+BUSY_RULE = """rules:
+  - id: thanks
+    type: transactional
+    on: purchase
+    then: {action: thank-you, channel: email}
+"""
+
+
+def rules_dir(into: Path) -> Path:
+    """The bundled rules and `BUSY_RULE`."""
+    d = into / "rules"
+    shutil.copytree(ROOT / "rules", d, dirs_exist_ok=True)
+    (d / "busy.yaml").write_text(BUSY_RULE)
+    return d
+
+
+def expected_ids(lines: list[bytes], until: int, rules: Path) -> set[str]:
     """The trigger ids a backtest of the same events gives with its clock stopped at `until`,
     as the live engine's was when it stopped: deadlines due later (a cart's 30 minutes) are
     pending in both (not drained)."""
     out: list = []
-    replay = Replay(load_and_compile(ROOT / "rules"), out.extend, until=until)
+    replay = Replay(load_and_compile(rules), out.extend, until=until)
     replay.feed(EventDecoder().decode_batch((raw, "hang") for raw in lines)[0])
     replay.finish()
     return {t.trigger_id for t in out}
@@ -95,6 +115,7 @@ def measure(hang_s: float = 300.0, rate: float = 300.0, before_s: float = 5.0, a
     sys.path.insert(0, str(ROOT / "tests" / "integration"))   # the tests' receiver, which hangs on request
     from harness import Receiver, create_topic, free_port
     tmp = Path(workdir or tempfile.mkdtemp(prefix="hang-"))
+    rules = rules_dir(tmp)
     run = uuid.uuid4().hex[:8]
     topic, prefix = f"hang-events-{run}", f"hang{run}"
     create_topic(bootstrap, topic, PARTITIONS)
@@ -105,7 +126,7 @@ def measure(hang_s: float = 300.0, rate: float = 300.0, before_s: float = 5.0, a
     dead_file = tmp / "webhook-dead-letters.jsonl"
     config = tmp / "hang.toml"
     config.write_text(f"""
-rules = "{ROOT / 'rules'}"
+rules = "{rules}"
 commit_interval_ms = 100
 metrics_port = {port}
 [kafka]
@@ -204,7 +225,7 @@ file = "{tmp / 'events-dead-letters.jsonl'}"
         receiver.close()
     if proc.returncode != 0:
         raise RuntimeError(f"triggers run exited {proc.returncode}:\n" + "".join(stderr)[-3000:])
-    expected = expected_ids(lines, until)
+    expected = expected_ids(lines, until, rules)
     got = [body["trigger_id"] for _, body in receiver.requests]
     lost = expected - set(got)
     lags = [s[3] for s in samples if s[3] is not None]
