@@ -7,6 +7,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import msgspec
+
 from engine.core.evaluate import Evaluator
 from engine.events.decode import EventDecoder
 from engine.offline.backtest import Replay
@@ -78,3 +80,32 @@ def test_state_of_the_spec_aggregates_fits_256_bytes(events):
     mean = statistics.mean(sizes)
     print(f"state bytes: mean {mean:.0f}, median {sizes[len(sizes) // 2]}, p99 {sizes[int(0.99 * len(sizes))]}")
     assert mean <= 256
+
+
+def test_state_with_two_channels_of_engagement_fits_256_plus_64_bytes(events, tmp_path):
+    """SPEC §3b: with each customer's response hours learned on two channels (email, push), the
+    median state stays within 256 + 64 bytes."""
+    text = (ROOT / "tests" / "fixtures" / "spec_rules" / "rules.yaml").read_text()
+    text = text.replace("policy:\n", "policy:\n  responses_by_channel: {email: [email_opened, email_clicked],"
+                        " push: [push_opened, app_opened]}\n", 1)
+    (tmp_path / "rules.yaml").write_text(text)
+    # the workload has mail responses only: every other one becomes a push open, so that a
+    # customer who responds at all has both channels learned (the case the bound is about)
+    flip = {"email_opened": "push_opened", "email_clicked": "app_opened"}
+    mixed, n = [], 0
+    for e in events:
+        if e.type in flip:
+            n += 1
+            if n % 2:
+                e = msgspec.structs.replace(e, type=flip[e.type])
+        mixed.append(e)
+    replay = Replay(load_and_compile(tmp_path), lambda out: None)
+    replay.feed(mixed)
+    states = list(replay.store.states.values())
+    sizes = sorted(len(encode_state(s)) for s in states)
+    both = [len(s.engagement) for s in states if len(s.engagement) > 4 + 29]
+    median = sizes[len(sizes) // 2]
+    print(f"state bytes with engagement: mean {statistics.mean(sizes):.0f}, median {median}, "
+          f"p99 {sizes[int(0.99 * len(sizes))]}; {len(both):,} of {len(states):,} customers with 2 channels learned")
+    assert len(both) > len(states) // 10 and max(both) == 4 + 2 * 29
+    assert median <= 256 + 64

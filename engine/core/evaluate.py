@@ -39,6 +39,7 @@ from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.rules.compiler import MAX_TIMERS_PER_RULE, CompiledRules
 from engine.rules.kinds import CompiledAction, CompiledRule, InactiveRule, RecurringRule, SeriesRule
 from engine.state.customer import Consent, CustomerState, Deferred, Timer
+from engine.state.engagement import local_hour
 
 SEEN_IDS = 4            # recent event ids remembered per customer for de-duplication
 _EMPTY: dict = {}       # shared, never mutated: the ctx of timers whose rule reads no event property
@@ -56,7 +57,8 @@ class Counters:
 
 def new_state() -> CustomerState:
     return CustomerState(aggs={}, profile={}, armed=[], last_contact={}, timers=[], seen=[], consent={}, contacts=[],
-                         open_triggers=[], idle_fired=[], occurred={}, deferred=[], latest_of={}, journeys={})
+                         open_triggers=[], idle_fired=[], occurred={}, deferred=[], latest_of={}, journeys={},
+                         engagement=b"")
 
 
 class Evaluator:
@@ -196,6 +198,8 @@ class Evaluator:
                 self._cancel(state, ev)
             if plan.idle_of:
                 self._mark_idle_of(state, ev, plan.idle_of)
+            if plan.engagement >= 0:   # a response on a channel: the customer's hours and the population's
+                self.policy.timing.response(state, plan.engagement, ts, local_hour(ts, state.profile.get("timezone")))
             if plan.journeys and state.journeys:
                 for journey in plan.journeys:   # exits and answered waits, before new entries
                     journey.observes(self, state, ev, out)

@@ -32,9 +32,11 @@ import msgspec
 
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Status
 from engine.core.calendar import quiet_until
+from engine.policy.timing import HourChoice, Timing
 from engine.rules.kinds import CompiledAction, CompiledRule
-from engine.rules.model import FrequencyCap, Policy
+from engine.rules.model import BEST, FrequencyCap, Policy
 from engine.state.customer import Contact, CustomerState
+from engine.state.engagement import next_hour_start
 
 
 class Reason(StrEnum):
@@ -127,6 +129,7 @@ class ContactPolicy:
         self.quiet = policy.quiet_hours if policy is not None else None
         self.salt = policy.control_group_salt if policy is not None else ""
         self.global_share = policy.control_group if policy is not None else 0.0
+        self.timing = Timing(policy)   # each customer's best hour and channel (SPEC §3b)
 
     def decide(self, state: CustomerState, customer_id: str, moment: list[Candidate],
                allow_defer: bool = True) -> list[Decision]:
@@ -141,6 +144,8 @@ class ContactPolicy:
                 winner = c
             if d.status is SENT or d.status is HELD_OUT:
                 self._record(state, c, d.channel)
+                if d.status is SENT:
+                    self.timing.sent(state, d.channel, c.at)
             decisions.append(d)
         return decisions
 
@@ -151,22 +156,53 @@ class ContactPolicy:
             return bool(self.global_share) and in_control_group(customer_id, "", self.salt, self.global_share)
         return in_control_group(customer_id, rule.id, self.salt, share)
 
-    def _channel(self, state: CustomerState, c: Candidate) -> str:
-        """Of a fallback list, the first channel with consent whose caps are not reached; none such:
-        the first, which the checks then suppress with its reason."""
-        for channel in c.action.channels:
-            consent = state.consent.get(channel)
-            if (consent is None and self.consent_required) or (consent is not None and not consent.granted):
-                continue
-            if self.caps and self._cap_reached(state, channel, c.at) is not None:
-                continue
-            return channel
-        return c.action.channel
+    def _possible(self, state: CustomerState, channel: str, at: int) -> bool:
+        """The customer may be contacted on the channel now: consent, and no cap reached."""
+        consent = state.consent.get(channel)
+        if (consent is None and self.consent_required) or (consent is not None and not consent.granted):
+            return False
+        return not (self.caps and self._cap_reached(state, channel, at) is not None)
+
+    def _channel(self, state: CustomerState, c: Candidate) -> tuple[str, Any]:
+        """(channel, detail). A fallback list: the first channel the customer may be contacted on.
+        `channel: best`: of the policy's channels they may be contacted on, the best response rate
+        (`Timing.best_channel`). None possible: the first, which the checks then suppress."""
+        action = c.action
+        if action.channel == BEST:
+            options = self.timing.channels
+            eligible = [ch for ch in options if self._possible(state, ch, c.at)]
+            if not eligible:
+                return (options[0] if options else BEST), None
+            channel, learned = self.timing.best_channel(state, eligible, c.at)
+            return channel, ("best", learned, eligible)
+        for channel in action.channels:
+            if self._possible(state, channel, c.at):
+                return channel, None
+        return action.channel, None
+
+    def _best_time(self, state: CustomerState, c: Candidate, channel: str) -> tuple[int, HourChoice] | None:
+        """`send_time: best`: when the customer's best hour next starts, if later than now and within
+        `send_time.within`, and not inside quiet hours (they win: the send is then decided now)."""
+        choice = self.timing.best_hour(state, channel, c.at)
+        if choice is None:
+            return None
+        tz = state.profile.get("timezone")
+        due = next_hour_start(c.at, tz, choice.hour)
+        if due <= c.at or due - c.at > self.timing.within:
+            return None
+        quiet = self.quiet
+        if quiet is not None and quiet_until(due, tz, quiet.start, quiet.end) is not None:
+            return None
+        return due, choice
 
     def _decide_one(self, state: CustomerState, customer_id: str, c: Candidate, winner: Candidate | None,
                     allow_defer: bool) -> Decision:
         """`winner`: the candidate that already won the moment, if any (the others lose on priority)."""
-        channel = c.action.channel if not c.action.channels else self._channel(state, c)
+        action = c.action
+        chosen = None
+        channel = action.channel
+        if action.channels or channel == BEST:
+            channel, chosen = self._channel(state, c)
         consent = state.consent.get(channel)
         if (consent is None and self.consent_required) or (consent is not None and not consent.granted):
             return Decision(c, SUPPRESSED, NO_CONSENT, detail=consent, channel=channel)
@@ -179,6 +215,10 @@ class ContactPolicy:
                 return Decision(c, SUPPRESSED, COOLDOWN, detail=last, channel=channel)
         if winner is not None:
             return Decision(c, SUPPRESSED, PRIORITY, detail=winner, channel=channel)
+        if action.best_time and allow_defer:
+            best = self._best_time(state, c, channel)
+            if best is not None:
+                return Decision(c, DEFERRED, None, best[0], detail=best[1], channel=channel)
         quiet = self.quiet
         if quiet is not None and allow_defer:
             tz = state.profile.get("timezone")
@@ -199,7 +239,7 @@ class ContactPolicy:
         held = in_control_group(customer_id, scope, self.salt, share) if c.held_out is None else c.held_out
         if held:
             return Decision(c, HELD_OUT, detail=(share, "rule" if scope else "global"), channel=channel)
-        return Decision(c, SENT, channel=channel)
+        return Decision(c, SENT, detail=chosen, channel=channel)
 
     def _cap_reached(self, state: CustomerState, channel: str, at: int) -> FrequencyCap | None:
         """The first cap (in file order) the channel has reached over its window, if any."""

@@ -39,7 +39,7 @@ from engine.rules.kinds import (
     SeriesRule,
 )
 from engine.rules.loader import load_rules
-from engine.rules.model import ANY_EVENT, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
+from engine.rules.model import ANY_EVENT, BEST, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -57,11 +57,12 @@ class EventPlan:
     """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
 
     __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "idle_of", "journeys",
-                 "special")
+                 "engagement", "special")
 
     def __init__(self, updates: tuple[Update, ...], filtered: tuple[StateUpdate, ...], rules: tuple[CompiledRule, ...],
                  cancels: bool, profile: bool, consent: bool, responds: bool,
-                 idle_of: tuple[InactiveRule, ...] = (), journeys: tuple[JourneyRule, ...] = ()) -> None:
+                 idle_of: tuple[InactiveRule, ...] = (), journeys: tuple[JourneyRule, ...] = (),
+                 engagement: int = -1) -> None:
         self.updates = updates
         self.filtered = filtered      # aggregates with a `where:`: they read the state (its profile)
         self.rules = rules
@@ -71,7 +72,9 @@ class EventPlan:
         self.responds = responds      # a response or conversion: attribute it to open triggers
         self.idle_of = idle_of        # `inactive … of:` rules this type re-arms
         self.journeys = journeys      # journeys this type exits or answers a wait of
-        self.special = cancels or profile or consent or responds or bool(idle_of) or bool(journeys)   # one test
+        self.engagement = engagement  # a response of the policy's channel of this index (SPEC §3b); -1: none
+        self.special = (cancels or profile or consent or responds or bool(idle_of) or bool(journeys)
+                        or engagement >= 0)   # one test on the common path
 
 
 class CompiledRules:
@@ -90,9 +93,11 @@ class CompiledRules:
         self.inactive_of = tuple(r for r in self.inactive if r.of)   # re-armed by some event types only
         self.recurring = tuple(r for r in rules if isinstance(r, RecurringRule))
         # channels some rule sends on: the only ones whose consent is worth keeping
-        self.channels = frozenset(c for r in rules for a in r.actions() for c in (a.channels or (a.channel,)))
+        by_channel = policy.responses_by_channel if (policy := ruleset.policy) is not None else {}
+        self.channels = frozenset(c for r in rules for a in r.actions() for c in (a.channels or (a.channel,))
+                                  if c != BEST) | frozenset(by_channel)
+        self._response_channel = {t: i for i, types in enumerate(by_channel.values()) for t in types}
         self.journeys = tuple(r for r in rules if isinstance(r, JourneyRule))
-        policy = ruleset.policy
         self.attribution = policy.attribution if policy is not None else Attribution()
         self.attribution_windows = {r.id: r.policy.attribution_window for r in rules if r.policy.attribution_window}
         self._response_types = frozenset(self.attribution.responses) | frozenset(self.attribution.conversions)
@@ -119,6 +124,7 @@ class CompiledRules:
             responds=event_type in self._response_types,
             idle_of=tuple(r for r in self.inactive if event_type in r.of),
             journeys=tuple(r for r in self.journeys if event_type in r.watches),
+            engagement=self._response_channel.get(event_type, -1),
         )
         return plan
 
@@ -222,7 +228,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     compiled = []
     for rule in () if stopped else ruleset.rules:
         try:
-            compiled.append(_compile_rule(rule, env, errors, profile_attrs, budget))
+            compiled.append(_compile_rule(rule, env, errors, profile_attrs, budget, ruleset))
         except _Stop:
             break
         except Exception as exc:  # a bug, or the interpreter's own limits: an error of this rule, not a traceback
@@ -273,8 +279,9 @@ class _Collector:
     """Compiles the expressions of one rule, turning ExprErrors into file:line RuleErrors."""
 
     def __init__(self, rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str],
-                 budget: _Budget) -> None:
+                 budget: _Budget, ruleset: RuleSet) -> None:
         self.rule, self.env, self.errors, self.profile_attrs, self.budget = rule, env, errors, profile_attrs, budget
+        self.ruleset = ruleset
         self.event_props: set[str] = set()
 
     def _take(self, compiled: CompiledExpr) -> Fn:
@@ -316,7 +323,29 @@ class _Collector:
             fn = self.template(value, action.source, f"payload '{key}'")
             if fn is not None:
                 payload.append((key, fn))
-        return CompiledAction(action.action, action.channel, tuple(payload), action.channels)
+        self._check_timing(action)
+        return CompiledAction(action.action, action.channel, tuple(payload), action.channels,
+                              action.send_time == BEST)
+
+    def _check_timing(self, action: Action) -> None:
+        """`channel: best` and `send_time: best` learn from the responses the policy assigns to channels."""
+        policy = self.ruleset.policy
+        by_channel = policy.responses_by_channel if policy is not None else {}
+        wanted = [k for k, v in (("channel", action.channel), ("send_time", action.send_time)) if v == BEST]
+        if wanted and not by_channel:
+            what = " and ".join(f"'{k}: best'" for k in wanted)
+            self.errors.append(RuleError(action.source.file, action.source.line, f"{what} learn(s) from each"
+                                         " customer's responses per channel: name them in the policy, e.g."
+                                         " responses_by_channel: {email: [email_opened, email_clicked]}",
+                                         self.rule.id))
+            return
+        if action.send_time == BEST and action.channel != BEST:
+            missing = [c for c in (action.channels or (action.channel,)) if c not in by_channel]
+            if missing:
+                self.errors.append(RuleError(action.source.file, action.source.line, f"'send_time: best' learns"
+                                             f" from the responses on the channel, and the policy's"
+                                             f" responses_by_channel names none for {', '.join(missing)}",
+                                             self.rule.id))
 
     def unless(self, unless: Unless | None) -> CompiledUnless | None:
         if unless is None:
@@ -354,9 +383,9 @@ def _journey_steps(rule: Rule, col: _Collector) -> tuple[JourneyStep, ...]:
 
 
 def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str],
-                  budget: _Budget) -> CompiledRule:
+                  budget: _Budget, ruleset: RuleSet) -> CompiledRule:
     """The class of the rule's kind, decided from its shape (not its `type:` family)."""
-    col = _Collector(rule, env, errors, profile_attrs, budget)
+    col = _Collector(rule, env, errors, profile_attrs, budget, ruleset)
     cond = None
     if rule.condition is not None:
         line = Source(rule.source.file, rule.condition_line or rule.source.line)

@@ -58,14 +58,15 @@ class RulePolicy(msgspec.Struct, frozen=True):
 
 
 class CompiledAction:
-    __slots__ = ("action", "channel", "payload", "channels")
+    __slots__ = ("action", "channel", "payload", "channels", "best_time")
 
     def __init__(self, action: str, channel: str, payload: tuple[tuple[str, Fn], ...],
-                 channels: tuple[str, ...] = ()) -> None:
+                 channels: tuple[str, ...] = (), best_time: bool = False) -> None:
         self.action = action
-        self.channel = channel        # the first choice
+        self.channel = channel        # the first choice; "best": the policy chooses (SPEC §3b)
         self.payload = payload
         self.channels = channels      # a fallback list (`channel: [push, sms]`); (): `channel` alone
+        self.best_time = best_time    # `send_time: best`: deferred to the customer's best hour
 
 
 class CompiledUnless:

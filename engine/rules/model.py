@@ -78,6 +78,7 @@ class Action(msgspec.Struct, frozen=True):
     source: Source
     payload: dict[str, Any] = {}   # values may be templates: "{event.sku}", "{profile.name}", "{lifetime_spend}"
     channels: tuple[str, ...] = ()   # `channel: [push, sms]`: the fallback list, first choice first; (): one channel
+    send_time: str | None = None   # "best": deferred to the customer's best hour (SPEC §3b); None: at once
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -188,6 +189,17 @@ class Attribution(msgspec.Struct, frozen=True):
     revenue: str = "amount"                      # the conversion event's property holding revenue
 
 
+BEST = "best"   # `channel: best`, `send_time: best` (SPEC §3b)
+
+
+class SendTime(msgspec.Struct, frozen=True):
+    """`policy.send_time` (SPEC §3b): how each customer's best hour is learned and how long a send waits for it."""
+
+    within: int = 24 * 3_600_000       # ms a send may wait for the best hour
+    min_responses: int = 3             # fewer responses on the channel (counted): the population's best hour
+    half_life: int = 30 * 86_400_000   # ms; older responses (and sends) count less
+
+
 class Policy(msgspec.Struct, frozen=True):
     source: Source
     frequency_caps: tuple[FrequencyCap, ...] = ()
@@ -196,6 +208,8 @@ class Policy(msgspec.Struct, frozen=True):
     control_group: float = 0.0     # share 0..1 held out globally
     control_group_salt: str = ""
     attribution: Attribution = Attribution()
+    responses_by_channel: dict[str, tuple[str, ...]] = {}   # channel -> its response event types (SPEC §3b)
+    send_time: SendTime = SendTime()
 
 
 class TimeSettings(msgspec.Struct, frozen=True):

@@ -20,6 +20,7 @@ from engine.rules.journey_schema import JOURNEY_KEYS, journey
 from engine.rules.model import (
     AGGREGATE_KINDS,
     ANY_EVENT,
+    BEST,
     RULE_TYPES,
     Action,
     Aggregate,
@@ -29,6 +30,7 @@ from engine.rules.model import (
     QuietHours,
     Rule,
     RuleType,
+    SendTime,
     Step,
     TimeSettings,
     Unless,
@@ -271,6 +273,7 @@ _ACTION_TABLE: Table = {
     "action": ("action", string),
     "channel": ("channels", _channels),
     "payload": ("payload", _payload),
+    "send_time": ("send_time", one_of("send_time", (BEST,))),
 }
 _ACTION_EXAMPLE = "{action: cart-reminder, channel: email}"
 
@@ -280,6 +283,10 @@ def _action(scope: Scope, key: str, node: Node) -> Action | None:
     if fields is None:
         return None
     channels = fields.pop("channels")
+    if BEST in channels and len(channels) > 1:
+        scope.error(node.value["channel"].line, f"'channel: {BEST}' chooses among the policy's channels"
+                    " (responses_by_channel): give it alone, not in a list")
+        return None
     return Action(source=scope.source(node.line), channel=channels[0], channels=channels if len(channels) > 1 else (),
                   **fields)
 
@@ -517,6 +524,40 @@ def _attribution(scope: Scope, key: str, node: Node) -> Attribution | None:
     return None if fields is None else Attribution(**fields)
 
 
+def _responses_by_channel(scope: Scope, key: str, node: Node) -> dict[str, tuple[str, ...]] | None:
+    example = "{email: [email_opened, email_clicked], push: [push_opened]}"
+    if not node.is_map or not node.value:
+        scope.error(node.line, f"'{key}' must be a mapping of channels to their response events, like {example}")
+        return None
+    out = {}
+    for channel, value in node.value.items():
+        if channel == BEST:
+            scope.error(node.key_lines[channel], f"'{BEST}' is what `channel: best` chooses, not a channel")
+            return None
+        types = events(scope, f"{key}.{channel}", value)
+        if types is None:
+            return None
+        out[channel] = types
+    seen: dict[str, str] = {}
+    for channel, types in out.items():
+        for t in types:
+            if t in seen:
+                scope.error(node.key_lines[channel], f"'{key}': '{t}' is a response of both '{seen[t]}' and"
+                            f" '{channel}': an event belongs to one channel")
+                return None
+            seen[t] = channel
+    return out
+
+
+_SEND_TIME_TABLE: Table = {"within": ("within", duration), "min_responses": ("min_responses", positive_int),
+                           "half_life": ("half_life", duration)}
+
+
+def _send_time(scope: Scope, key: str, node: Node) -> SendTime | None:
+    fields = read_mapping(scope, node, key, "{within: 24h, min_responses: 3, half_life: 30d}", _SEND_TIME_TABLE, ())
+    return None if fields is None else SendTime(**fields)
+
+
 _POLICY_TABLE: Table = {
     "frequency_caps": ("frequency_caps", _frequency_caps),
     "quiet_hours": ("quiet_hours", _quiet_hours),
@@ -524,6 +565,8 @@ _POLICY_TABLE: Table = {
     "control_group": ("control_group", share),
     "control_group_salt": ("control_group_salt", text),
     "attribution": ("attribution", _attribution),
+    "responses_by_channel": ("responses_by_channel", _responses_by_channel),
+    "send_time": ("send_time", _send_time),
 }
 
 

@@ -108,6 +108,7 @@ class CustomerState(msgspec.Struct, array_like=True):
     latest_of: dict[str, int] = {}  # event type -> epoch ms of its latest event, for the types an
     #                                 `inactive: D, of: TYPES` rule names (only those: it stays small)
     journeys: dict[str, Position] = {}   # journey rule id -> the customer's position (or latest walk's end)
+    engagement: bytes = b""         # responses per channel and local hour, sends per channel (engine.state.engagement)
 
     def next_due(self) -> int | None:
         """The earliest stored deadline or deferred send; inactivity deadlines are implicit

@@ -19,6 +19,7 @@ from engine.events.model import Event
 from engine.offline.explain.journey import awaited, step_id, wait_match
 from engine.offline.explain.model import JourneyMove
 from engine.policy.contact import Decision
+from engine.policy.timing import HourChoice, hour_words
 from engine.rules.compiler import CompiledRules
 from engine.rules.journey import JourneyRule
 from engine.rules.kinds import CompiledRule, Kind
@@ -137,6 +138,8 @@ class Trace(Observer):
             if tr is not None and c.step_id is not None:   # a journey's send: a moment of its walk
                 status = trigger.status.value + (f" ({trigger.reason})" if trigger.reason else "")
                 tr.note(f"{at}: {trigger.action} {status} on {trigger.channel}")
+        elif tr is not None and isinstance(decision.detail, HourChoice):
+            tr.note(f"{at}: send_time best, deferred to {format_ts(decision.until)}: {hour_words(decision.detail)}")
         elif tr is not None:
             tr.note(f"{at}: inside quiet hours, deferred to {format_ts(decision.until)}")
 

@@ -249,7 +249,15 @@ def _why(rules: CompiledRules, rule: CompiledRule, t: Trigger, decision: Decisio
 
 
 def _fallback(t: Trigger, decision: Decision | None) -> str:
-    """A send of a fallback list (`channel: [push, sms]`) on another channel than the first, in words."""
+    """A send of a fallback list (`channel: [push, sms]`) on another channel than the first, or of
+    `channel: best`, in words."""
+    detail = decision.detail if decision is not None else None
+    if isinstance(detail, tuple) and len(detail) == 3 and detail[0] == "best":
+        _, learned, eligible = detail
+        if learned:
+            return f" on {t.channel}: the best decayed response rate of {', '.join(eligible)} (channel: best)"
+        return (f" on {t.channel}: the first of {', '.join(eligible)} the customer may be contacted on (channel:"
+                " best, fewer than 3 sends on 2 channels to compare)")
     channels = decision.candidate.action.channels if decision is not None else ()
     if not channels or t.channel == channels[0]:
         return ""

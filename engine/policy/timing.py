@@ -1,0 +1,132 @@
+"""The best hour and the best channel per customer (SPEC §3b), from their engagement
+(engine.state.engagement) and, for customers with too few responses, the population's.
+
+`Timing` answers two questions for the contact policy:
+- `best_hour(state, channel, at)`: the local hour to send in, and why (the customer's own
+  histogram, or the population's; None: no data at all, send at once);
+- `best_channel(state, eligible, at)`: among the channels the customer may be contacted on, the
+  one with the highest decayed response rate, once at least two of them have 3 sends each.
+
+The population's hour in force on a UTC day is computed from the responses of the days before
+the previous one (up to 30 of them), once per channel and day: it never depends on the order in
+which the events of the current day arrive, so every backtest of the same events agrees.
+"""
+
+from __future__ import annotations
+
+from engine.rules.model import Policy
+from engine.state.customer import CustomerState
+from engine.state.engagement import ChannelStats, read, record_response, record_send
+
+DAY_MS = 86_400_000
+POPULATION_DAYS = 30      # the days of responses the population's hour is computed from
+MIN_SENDS = 3             # `channel: best` compares channels with at least this many (decayed) sends
+
+
+class HourChoice:
+    """A best hour and where it came from, for the policy's decision detail and explain."""
+
+    __slots__ = ("hour", "basis", "responses", "top")
+
+    def __init__(self, hour: int, basis: str, responses: int, top: list[tuple[int, float]]) -> None:
+        self.hour = hour
+        self.basis = basis          # "customer" or "population"
+        self.responses = responses  # the customer's responses on the channel (counted, not decayed)
+        self.top = top              # the histogram's top hours (customer's or population's)
+
+
+def hour_words(choice: HourChoice) -> str:
+    """Why that hour, for explain: whose histogram, and its top hours."""
+    top = ", ".join(f"{h:02d}:00 ({v:.1f})" for h, v in choice.top)
+    if choice.basis == "customer":
+        return (f"{choice.hour:02d}:00 local, the customer's most frequent response hour ({choice.responses}"
+                f" responses; decayed top hours {top})")
+    return (f"{choice.hour:02d}:00 local, the population's best hour (the customer has {choice.responses}"
+            f" responses, too few; the population's decayed top hours {top})")
+
+
+class Population:
+    """Responses per channel, UTC day and local hour, over all customers of the run."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, int], list[int]] = {}   # (channel, day) -> 24 counts
+        self._best: dict[tuple[int, int], tuple[int, list[tuple[int, float]]] | None] = {}
+
+    def record(self, channel: int, day: int, hour: int) -> None:
+        counts = self.counts.get((channel, day))
+        if counts is None:
+            counts = self.counts[channel, day] = [0] * 24
+        counts[hour] += 1
+
+    def best(self, channel: int, day: int, half_life_days: float) -> tuple[int, list[tuple[int, float]]] | None:
+        """The hour in force on `day`: from days day-1-POPULATION_DAYS .. day-2, decayed; None: no data."""
+        key = (channel, day)
+        if key in self._best:
+            return self._best[key]
+        total = [0.0] * 24
+        for d in range(day - 1 - POPULATION_DAYS, day - 1):
+            counts = self.counts.get((channel, d))
+            if counts is not None:
+                weight = 0.5 ** ((day - d) / half_life_days)
+                for h, n in enumerate(counts):
+                    total[h] += n * weight
+        found = None
+        if any(total):
+            stats = ChannelStats(total)
+            found = (stats.best_hour(), stats.top_hours())
+        self._best[key] = found
+        return found
+
+
+class Timing:
+    def __init__(self, policy: Policy | None, population: Population | None = None) -> None:
+        self.channels = list(policy.responses_by_channel) if policy is not None else []
+        self.index = {c: i for i, c in enumerate(self.channels)}
+        self.by_type = {t: i for i, c in enumerate(self.channels)
+                        for t in (policy.responses_by_channel[c] if policy is not None else ())}
+        send_time = policy.send_time if policy is not None else None
+        self.half_life = send_time.half_life if send_time is not None else 30 * DAY_MS
+        self.within = send_time.within if send_time is not None else DAY_MS
+        self.min_responses = send_time.min_responses if send_time is not None else 3
+        self.population = population if population is not None else Population()
+
+    def response(self, state: CustomerState, channel: int, ts: int, hour: int) -> None:
+        """A response event on `channel` at `ts`, in the customer's local `hour`."""
+        state.engagement = record_response(state.engagement, channel, hour, ts, self.half_life)
+        self.population.record(channel, ts // DAY_MS, hour)
+
+    def sent(self, state: CustomerState, channel: str, ts: int) -> None:
+        index = self.index.get(channel)
+        if index is not None:
+            state.engagement = record_send(state.engagement, index, ts, self.half_life)
+
+    def best_hour(self, state: CustomerState, channel: str, at: int) -> HourChoice | None:
+        index = self.index.get(channel)
+        if index is None:
+            return None
+        own = read(state.engagement, at, self.half_life).get(index) if state.engagement else None
+        responses = own.count if own is not None else 0
+        if own is not None and responses >= self.min_responses:
+            return HourChoice(own.best_hour(), "customer", responses, own.top_hours())
+        found = self.population.best(index, at // DAY_MS, self.half_life / DAY_MS)
+        if found is None:
+            return None
+        return HourChoice(found[0], "population", responses, found[1])
+
+    def rates(self, state: CustomerState, at: int) -> dict[str, tuple[float, float]]:
+        """Channel -> (decayed responses, decayed sends)."""
+        stats = read(state.engagement, at, self.half_life) if state.engagement else {}
+        return {c: (stats[i].responses, stats[i].sends) for i, c in enumerate(self.channels) if i in stats}
+
+    def best_channel(self, state: CustomerState, eligible: list[str], at: int) -> tuple[str, bool]:
+        """(channel, learned): the eligible channel with the best response rate when at least two
+        have `MIN_SENDS` sends; else the first eligible (`learned` False)."""
+        rates = self.rates(state, at)
+        known = [(c, rates[c]) for c in eligible if c in rates and rates[c][1] >= MIN_SENDS - 1e-9]
+        if len(known) < 2:
+            return eligible[0], False
+        best = max(known, key=lambda x: (x[1][0] / x[1][1], -eligible.index(x[0])))
+        return best[0], True
+
+
+__all__ = ["HourChoice", "Population", "Timing", "hour_words"]

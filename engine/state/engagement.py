@@ -1,0 +1,160 @@
+"""A customer's engagement per channel (SPEC §3b), in bytes: in which hour of their local day
+they respond on each channel, and how many sends they got there (for response rates).
+
+The per-customer state budget is a few hundred bytes, so this is one blob per customer
+(`CustomerState.engagement`), every channel together, not a mapping of lists:
+
+    uint32       the hour the values were last decayed to (hours since the epoch, UTC)
+    per channel, in no particular order:
+    uint8        the channel's index (in the policy's `responses_by_channel` order)
+    uint8        scale exponent e: a stored hour byte q is worth q * 2**e / 16 responses
+    uint16       decayed sends on the channel, in 1/16ths (saturating at 4,095.9)
+    uint8        responses counted, not decayed (saturating at 255): `min_responses` reads it
+    24 x uint8   decayed responses per local hour, 00-23
+
+Two channels take 4 + 2 * 29 = 62 bytes. Every value halves each `half_life`: an update first
+decays everything to its hour; an update older than that hour (a late event) is added with the
+weight its age gives it instead, so order barely matters and no value is ever decayed
+backwards. The same events in the same order give the same bytes, in a backtest and live.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from datetime import datetime
+
+from engine.core.calendar import zone
+
+HOUR_MS = 3_600_000
+_HEAD = struct.Struct(">I")
+_CHANNEL = struct.Struct(">BBHB24B")
+_MAX_SENDS = 0xFFFF
+
+
+class ChannelStats:
+    """One channel's decayed responses per local hour and decayed sends, as floats, and its
+    responses counted (not decayed, at most 255)."""
+
+    __slots__ = ("hours", "sends", "count")
+
+    def __init__(self, hours: list[float] | None = None, sends: float = 0.0, count: int = 0) -> None:
+        self.hours = hours if hours is not None else [0.0] * 24
+        self.sends = sends
+        self.count = count
+
+    @property
+    def responses(self) -> float:
+        return sum(self.hours)
+
+    def best_hour(self) -> int:
+        """The hour with the most responses; ties go to the earliest hour."""
+        hours = self.hours
+        return max(range(24), key=lambda h: (hours[h], -h))
+
+    def top_hours(self, n: int = 3) -> list[tuple[int, float]]:
+        return sorted(((h, v) for h, v in enumerate(self.hours) if v > 0), key=lambda x: (-x[1], x[0]))[:n]
+
+
+def decode(blob: bytes) -> tuple[int, dict[int, ChannelStats]]:
+    """(the hour the values are decayed to, channel index -> stats)."""
+    if not blob:
+        return 0, {}
+    (at,) = _HEAD.unpack_from(blob, 0)
+    out = {}
+    for offset in range(_HEAD.size, len(blob) - _CHANNEL.size + 1, _CHANNEL.size):
+        index, exp, sends, count, *hours = _CHANNEL.unpack_from(blob, offset)
+        unit = 2.0 ** exp / 16
+        out[index] = ChannelStats([q * unit for q in hours], sends / 16, count)
+    return at, out
+
+
+def encode(at: int, channels: dict[int, ChannelStats]) -> bytes:
+    parts = [_HEAD.pack(at)]
+    for index in sorted(channels):
+        s = channels[index]
+        top = max(s.hours)
+        exp = max(0, math.ceil(math.log2(top * 16 / 255))) if top > 255 / 16 else 0
+        unit = 2.0 ** exp / 16
+        hours = [min(255, round(v / unit)) for v in s.hours]
+        sends = min(_MAX_SENDS, round(s.sends * 16))
+        parts.append(_CHANNEL.pack(index, exp, sends, min(255, s.count), *hours))
+    return b"".join(parts)
+
+
+def _decay(channels: dict[int, ChannelStats], factor: float) -> None:
+    if factor >= 1.0:
+        return
+    for s in channels.values():
+        s.hours = [v * factor for v in s.hours]
+        s.sends *= factor
+
+
+def _update(blob: bytes, ts: int, half_life: int) -> tuple[int, dict[int, ChannelStats], float]:
+    """Decayed to `ts`'s hour when it is newer; else the weight an older update counts with."""
+    at, channels = decode(blob)
+    hour = ts // HOUR_MS
+    if not channels:
+        return hour, channels, 1.0
+    half_life_h = max(1.0, half_life / HOUR_MS)
+    if hour >= at:
+        _decay(channels, 0.5 ** ((hour - at) / half_life_h))
+        return hour, channels, 1.0
+    return at, channels, 0.5 ** ((at - hour) / half_life_h)
+
+
+def record_response(blob: bytes, channel: int, local_hour: int, ts: int, half_life: int) -> bytes:
+    """A response on `channel` at `ts`, in local hour `local_hour` (0-23)."""
+    at, channels, weight = _update(blob, ts, half_life)
+    stats = channels.get(channel)
+    if stats is None:
+        stats = channels[channel] = ChannelStats()
+    stats.hours[local_hour] += weight
+    stats.count += 1
+    return encode(at, channels)
+
+
+def record_send(blob: bytes, channel: int, ts: int, half_life: int) -> bytes:
+    """A send on `channel` at `ts`: the denominator of the channel's response rate."""
+    at, channels, weight = _update(blob, ts, half_life)
+    stats = channels.get(channel)
+    if stats is None:
+        stats = channels[channel] = ChannelStats()
+    stats.sends += weight
+    return encode(at, channels)
+
+
+def read(blob: bytes, now: int, half_life: int) -> dict[int, ChannelStats]:
+    """Every channel's stats decayed to `now` (read-only: the blob is not changed)."""
+    at, channels = decode(blob)
+    if channels and now // HOUR_MS > at:
+        _decay(channels, 0.5 ** ((now // HOUR_MS - at) / max(1.0, half_life / HOUR_MS)))
+    return channels
+
+
+def local_hour(ts: int, tz_name: object) -> int:
+    """The hour of the day (0-23) at `ts` in the customer's zone (UTC when unknown)."""
+    return datetime.fromtimestamp(ts / 1000, zone(tz_name)).hour
+
+
+def next_hour_start(ts: int, tz_name: object, hour: int) -> int:
+    """The start of local hour `hour` at or after `ts`: `ts` itself when it falls in that hour.
+
+    Built as a local wall time, so 10:00 stays 10:00 across daylight-saving changes; a local
+    hour that a change skips (02:00 on a spring-forward night) is the instant the clocks jump.
+    """
+    tz = zone(tz_name)
+    local = datetime.fromtimestamp(ts / 1000, tz)
+    if local.hour == hour:
+        return ts
+    for days in (0, 1, 2):
+        d = datetime.fromordinal(local.toordinal() + days).date()
+        start = datetime(d.year, d.month, d.day, hour, tzinfo=tz)
+        due = int(start.timestamp() * 1000)
+        if due > ts:
+            return due
+    return ts   # unreachable: a local hour recurs within two days
+
+
+__all__ = ["ChannelStats", "decode", "encode", "local_hour", "next_hour_start", "read", "record_response",
+           "record_send"]
