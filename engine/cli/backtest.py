@@ -101,6 +101,7 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
               f"{o.responded + o.held_out_responded:>9,}  {o.converted + o.held_out_converted:>9,}  "
               f"{s.pending.get(rule_id, 0):>8,}  {reasons}", file=stream)
     print_funnels(s, stream)
+    print_timing(s, stream)
     print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {s.late:,} late), "
           f"{s.customers:,} customers, {s.triggers:,} triggers in {s.elapsed_s:.2f} s "
           f"({s.events_per_s:,.0f} events/s)" + (f"; end of data {format_ts(s.ended_at)}" if s.ended_at else ""),
@@ -125,6 +126,23 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
     if s.timers_dropped:
         print(f"warning: {s.timers_dropped:,} deadlines not armed: more than 8 pending per rule and customer",
               file=stream)
+
+
+def print_timing(s: BacktestSummary, stream: TextIO) -> None:
+    """SPEC §3b per rule: how often the chosen hour and channel held the next response, against at once."""
+    if not s.timing:
+        return
+    print(file=stream)
+    print(f"{'send time and channel':20} {'sends':>6} {'responded':>9}  {'best hour':>9} {'at once':>8} {'ratio':>6}"
+          f"  {'channel':>8} {'default':>8}", file=stream)
+    for rule, t in s.timing.items():
+        def pct(n: int, of: int = t.responded) -> str:
+            return f"{100 * n / of:.1f}%" if of else "-"
+        ratio = f"{t.hour_hits / t.hour_hits_at_once:.2f}" if t.hour_hits_at_once else "-"
+        print(f"{rule:20} {t.sends:>6,} {t.responded:>9,}  {pct(t.hour_hits):>9} {pct(t.hour_hits_at_once):>8}"
+              f" {ratio:>6}  {pct(t.channel_hits):>8} {pct(t.channel_hits_default):>8}", file=stream)
+    print("  (share of the sends followed by a response within 7 days whose next response came in the hour sent,"
+          " in the hour first due, on the channel chosen, on the default one)", file=stream)
 
 
 def print_funnels(s: BacktestSummary, stream: TextIO) -> None:

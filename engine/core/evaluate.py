@@ -199,7 +199,8 @@ class Evaluator:
             if plan.idle_of:
                 self._mark_idle_of(state, ev, plan.idle_of)
             if plan.engagement >= 0:   # a response on a channel: the customer's hours and the population's
-                self.policy.timing.response(state, plan.engagement, ts, local_hour(ts, state.profile.get("timezone")))
+                self.policy.timing.response(state, ev.customer_id, plan.engagement, ts,
+                                            local_hour(ts, state.profile.get("timezone")))
             if plan.journeys and state.journeys:
                 for journey in plan.journeys:   # exits and answered waits, before new entries
                     journey.observes(self, state, ev, out)
@@ -488,7 +489,8 @@ class Evaluator:
         action = rule.action_for_step(d.step)
         if action is None:
             return None
-        return Candidate(rule, d.step, action, d.cause, d.cause_event_id, d.due, d.payload, d.cause_ts)
+        return Candidate(rule, d.step, action, d.cause, d.cause_event_id, d.due, d.payload, d.cause_ts,
+                         first_at=d.deferred_at)
 
     def decide(self, state: CustomerState, customer_id: str, moment: list[Candidate], out: list[Trigger],
                 allow_defer: bool = True) -> None:

@@ -35,6 +35,7 @@ from engine.offline.funnel_table import StepShape, journey_shapes
 from engine.offline.progress import Progress
 from engine.policy.attribution import RuleOutcome
 from engine.policy.customers import CustomerCollector, CustomerOutcome
+from engine.policy.timing import TimingEvaluation, TimingScore
 from engine.rules.compiler import CompiledRules
 from engine.state.memory import InMemoryStore
 
@@ -59,6 +60,7 @@ class BacktestSummary(msgspec.Struct):
     pending_total: int = 0
     drained: bool = False                   # the pending deadlines were fired at the end (--drain)
     undrained: int = 0                      # drained: deadlines still pending past the drain's horizon (loops)
+    timing: dict[str, TimingScore] = {}     # rule id -> its best-hour and best-channel picks scored (SPEC §3b)
     by_customer: dict[str, CustomerOutcome] = {}   # rule id -> customers by group (the unit of lift)
     program: CustomerOutcome | None = None  # global control vs contacted over its rules; None: no global control
     program_rules: list[str] = []           # the rules that use the global control group
@@ -107,6 +109,8 @@ class Replay:
         self.triggers = 0
         self.dead_letters = 0                  # refused by the core (the decoder's are counted by the caller)
         self._checkpointed_at = 0              # the event count at the last checkpoint of the journal
+        # SPEC §3b: how often each chosen hour and channel held the customer's next response
+        self.timing = self.evaluator.policy.timing.evaluation = TimingEvaluation()
 
     @property
     def evaluator(self) -> Evaluator:
@@ -186,6 +190,7 @@ class Replay:
             event_types=dict(sorted(self.event_types.items())),
             rule_events={r.id: list(r.rule.on) if r.on_events else [] for r in self.session.rules.rules},
             funnels=self.funnels(), journey_steps=journey_shapes(self.session.rules),
+            timing=dict(self.timing.scores),
         )
 
     def funnels(self) -> dict[str, Funnel]:

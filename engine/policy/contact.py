@@ -76,6 +76,7 @@ class Candidate(msgspec.Struct, eq=False):
     cause_ts: int   # epoch ms of the cause (part of the trigger id)
     step_id: str | None = None     # a journey's send: its step id (the trigger's `step`)
     held_out: bool | None = None   # a journey's send: the control group drawn at entry; None: draw now
+    first_at: int = 0              # a deferred send: when it was first due (0: `at`)
 
     def order(self) -> tuple[int, str, int]:
         return (-self.rule.policy.priority, self.rule.id, self.step)
@@ -146,6 +147,8 @@ class ContactPolicy:
                 self._record(state, c, d.channel)
                 if d.status is SENT:
                     self.timing.sent(state, d.channel, c.at)
+                    if self.timing.evaluation is not None and (c.action.best_time or c.action.channel == BEST):
+                        self.timing.picked(state, customer_id, c, d.channel, d.detail)
             decisions.append(d)
         return decisions
 

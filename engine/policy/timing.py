@@ -14,9 +14,16 @@ which the events of the current day arrive, so every backtest of the same events
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
 from engine.rules.model import Policy
 from engine.state.customer import CustomerState
-from engine.state.engagement import ChannelStats, read, record_response, record_send
+from engine.state.engagement import ChannelStats, local_hour, read, record_response, record_send
+
+if TYPE_CHECKING:
+    from engine.policy.contact import Candidate
 
 DAY_MS = 86_400_000
 POPULATION_DAYS = 30      # the days of responses the population's hour is computed from
@@ -43,6 +50,68 @@ def hour_words(choice: HourChoice) -> str:
                 f" responses; decayed top hours {top})")
     return (f"{choice.hour:02d}:00 local, the population's best hour (the customer has {choice.responses}"
             f" responses, too few; the population's decayed top hours {top})")
+
+
+class TimingScore(msgspec.Struct):
+    """Per rule (SPEC §3b): of its sends with `send_time: best` or `channel: best`, how often the
+    chosen hour and channel held the customer's next response, against sending at once on the
+    default channel. A response counts within `RESPONSE_WINDOW` of when the send was first due."""
+
+    sends: int = 0              # sent triggers of the rule that chose an hour or a channel
+    responded: int = 0          # of them, those followed by a response
+    hour_hits: int = 0          # the next response on the channel came in the hour it was sent in
+    hour_hits_at_once: int = 0  # ... in the hour it was first due in (sending at once)
+    channel_hits: int = 0       # the next response came on the channel chosen
+    channel_hits_default: int = 0   # ... on the default channel (the first the customer could get)
+
+
+RESPONSE_WINDOW = 7 * DAY_MS
+
+
+class _Pick:
+    __slots__ = ("rule", "channel", "default", "first", "hour", "hour_at_once")
+
+    def __init__(self, rule: str, channel: str, default: str, first: int, hour: int, hour_at_once: int) -> None:
+        self.rule, self.channel, self.default, self.first = rule, channel, default, first
+        self.hour, self.hour_at_once = hour, hour_at_once
+
+
+class TimingEvaluation:
+    """Collects the picks of a backtest and scores them against each customer's next response."""
+
+    def __init__(self) -> None:
+        self.scores: dict[str, TimingScore] = {}
+        self._open: dict[str, list[_Pick]] = {}
+
+    def picked(self, customer_id: str, pick: _Pick) -> None:
+        score = self.scores.get(pick.rule)
+        if score is None:
+            score = self.scores[pick.rule] = TimingScore()
+        score.sends += 1
+        self._open.setdefault(customer_id, []).append(pick)
+
+    def responded(self, customer_id: str, channel: str, ts: int, hour: int) -> None:
+        picks = self._open.get(customer_id)
+        if not picks:
+            return
+        keep = []
+        for p in picks:
+            if ts <= p.first:
+                keep.append(p)
+                continue
+            if ts - p.first > RESPONSE_WINDOW:
+                continue   # no response in time: counted in `sends` only
+            s = self.scores[p.rule]
+            s.responded += 1
+            s.channel_hits += channel == p.channel
+            s.channel_hits_default += channel == p.default
+            if channel == p.channel:
+                s.hour_hits += hour == p.hour
+                s.hour_hits_at_once += hour == p.hour_at_once
+        if keep:
+            self._open[customer_id] = keep
+        else:
+            del self._open[customer_id]
 
 
 class Population:
@@ -89,11 +158,23 @@ class Timing:
         self.within = send_time.within if send_time is not None else DAY_MS
         self.min_responses = send_time.min_responses if send_time is not None else 3
         self.population = population if population is not None else Population()
+        self.evaluation: TimingEvaluation | None = None   # a backtest's scores of the picks; None live
 
-    def response(self, state: CustomerState, channel: int, ts: int, hour: int) -> None:
+    def response(self, state: CustomerState, customer_id: str, channel: int, ts: int, hour: int) -> None:
         """A response event on `channel` at `ts`, in the customer's local `hour`."""
         state.engagement = record_response(state.engagement, channel, hour, ts, self.half_life)
         self.population.record(channel, ts // DAY_MS, hour)
+        if self.evaluation is not None:
+            self.evaluation.responded(customer_id, self.channels[channel], ts, hour)
+
+    def picked(self, state: CustomerState, customer_id: str, c: Candidate, channel: str, detail: Any) -> None:
+        """A send that chose its hour or channel: scored against the customer's next response."""
+        assert self.evaluation is not None
+        tz = state.profile.get("timezone")
+        default = detail[2][0] if isinstance(detail, tuple) and len(detail) == 3 and detail[0] == "best" else channel
+        first = c.first_at or c.at
+        self.evaluation.picked(customer_id, _Pick(c.rule.id, channel, default, first, local_hour(c.at, tz),
+                                                  local_hour(first, tz)))
 
     def sent(self, state: CustomerState, channel: str, ts: int) -> None:
         index = self.index.get(channel)
@@ -129,4 +210,4 @@ class Timing:
         return best[0], True
 
 
-__all__ = ["HourChoice", "Population", "Timing", "hour_words"]
+__all__ = ["HourChoice", "Population", "Timing", "TimingEvaluation", "TimingScore", "hour_words"]

@@ -201,7 +201,7 @@ class JourneyRule(CompiledRule):
         if action is None:
             return None
         return Candidate(self, i, action, send.cause, send.cause_event_id, send.due, send.payload, send.cause_ts,
-                         pos.step, pos.held_out)
+                         pos.step, pos.held_out, send.deferred_at)
 
     def decided(self, run: Evaluator, state: CustomerState, customer_id: str, decision: Decision,
                 out: list[Trigger]) -> None:

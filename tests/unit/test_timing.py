@@ -262,3 +262,33 @@ def test_explain_says_why_that_hour_and_that_channel(tmp_path):
                " response hour" in n for n in r.notes), r.notes
     (t,) = r.triggers
     assert t.channel == "push" and "the best decayed response rate of email, push (channel: best)" in t.why
+
+
+# -- evaluation on generated data ------------------------------------------------------------------------
+
+def planted_summary(tmp_path: Path, **kwargs: object):
+    from bench.planted_hours import RULES as PLANTED
+    from bench.planted_hours import generate
+    from engine.offline.backtest import backtest_file
+
+    d = tmp_path / "planted"
+    d.mkdir()
+    (d / "rules.yaml").write_text(PLANTED)
+    events = d / "events.jsonl"
+    events.write_bytes(b"\n".join(msgspec.json.encode(e) for e in generate(**kwargs)))  # type: ignore[arg-type]
+    return backtest_file(load_and_compile(d), events, lambda out: None, lambda dead: None, progress=False)
+
+
+def test_with_planted_hours_the_best_hour_holds_the_next_response_at_least_twice_as_often(tmp_path):
+    t = planted_summary(tmp_path, customers=300, days=45, seed=3).timing["restock"]
+    assert t.responded > 1000
+    assert t.hour_hits >= 2 * t.hour_hits_at_once
+    assert t.hour_hits / t.responded > 0.5
+
+
+def test_without_a_preferred_hour_the_best_hour_is_no_better_than_at_once(tmp_path):
+    """No planted effect: opens at any hour. Choosing an hour must not look like it pays."""
+    t = planted_summary(tmp_path, customers=300, days=45, seed=3, in_hour=0.0).timing["restock"]
+    assert t.responded > 1000
+    best, once = t.hour_hits / t.responded, t.hour_hits_at_once / t.responded
+    assert 0.02 < best < 0.08 and 0.02 < once < 0.08   # about 1 in 24 either way
