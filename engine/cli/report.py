@@ -65,7 +65,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def build_report(summary: BacktestSummary) -> Report:
-    rules, program = rule_lifts(summary.per_rule, summary.by_customer, summary.program, summary.program_rules)
+    # a rule's timing experiment (SPEC §3b) is a row of its own: best hour against at once
+    experiments = [unit for unit in summary.by_customer if unit not in summary.per_rule]
+    rules, program = rule_lifts([*summary.per_rule, *experiments], summary.by_customer, summary.program,
+                                summary.program_rules)
     by_id = {l.rule_id: l for l in rules}
     journeys = [JourneyFunnel(journey, funnel, summary.journey_steps.get(journey, []),
                               by_id.get(journey) or rule_lifts([journey], summary.by_customer, None, [])[0][0])

@@ -116,6 +116,12 @@ def draw(customer_id: str, scope: str, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def at_once(customer_id: str, rule_id: str, salt: str, share: float) -> bool:
+    """In the rule's timing experiment arm that is sent at once (`send_time: {best, holdout: …}`),
+    drawn apart from the control group."""
+    return share > 0 and draw(customer_id, f"{rule_id}\x1fsend_time", salt) < share
+
+
 def in_control_group(customer_id: str, scope: str, salt: str, share: float) -> bool:
     """Deterministic holdout: a share of customers per scope (`draw`)."""
     return share > 0 and draw(customer_id, scope, salt) < share
@@ -183,9 +189,13 @@ class ContactPolicy:
                 return channel, None
         return action.channel, None
 
-    def _best_time(self, state: CustomerState, c: Candidate, channel: str) -> tuple[int, HourChoice] | None:
+    def _best_time(self, state: CustomerState, customer_id: str, c: Candidate,
+                   channel: str) -> tuple[int, HourChoice] | None:
         """`send_time: best`: when the customer's best hour next starts, if later than now and within
-        `send_time.within`, and not inside quiet hours (they win: the send is then decided now)."""
+        `send_time.within`, and not inside quiet hours (they win: the send is then decided now).
+        A customer in the rule's timing holdout (`send_time: {best, holdout: 10%}`) is sent at once."""
+        if c.action.time_holdout and at_once(customer_id, c.rule.id, self.salt, c.action.time_holdout):
+            return None
         choice = self.timing.best_hour(state, channel, c.at)
         if choice is None:
             return None
@@ -219,7 +229,7 @@ class ContactPolicy:
         if winner is not None:
             return Decision(c, SUPPRESSED, PRIORITY, detail=winner, channel=channel)
         if action.best_time and allow_defer:
-            best = self._best_time(state, c, channel)
+            best = self._best_time(state, customer_id, c, channel)
             if best is not None:
                 return Decision(c, DEFERRED, None, best[0], detail=best[1], channel=channel)
         quiet = self.quiet

@@ -31,6 +31,7 @@ import msgspec
 from engine.actions.trigger import HELD_OUT, SENT, Trigger
 from engine.core.times import parse_ts
 from engine.events.model import Event, amount
+from engine.policy.contact import at_once
 
 if TYPE_CHECKING:
     from engine.rules.compiler import CompiledRules
@@ -91,6 +92,12 @@ class CustomerCollector:
         global_share = policy.control_group if policy is not None else 0.0
         self.global_rules = frozenset(r.id for r in rules.rules if r.policy.control_group is None) \
             if global_share > 0 else frozenset()
+        # SPEC §3b's timing experiment: rule -> the share sent at once; its sent triggers also count
+        # under `timing_unit(rule)`, the at-once arm as its control, so that lift measures timing itself
+        self.timing_arms = {r.id: a.time_holdout for r in rules.rules for a in r.actions() if a.time_holdout}
+        self.salt = policy.control_group_salt if policy is not None else ""
+        for rule in self.timing_arms:
+            self.windows[timing_unit(rule)] = self.windows[rule]
         self.triggers_by: dict[str, list[tuple[str, int, bool]]] = {}     # customer -> (rule, at, held out)
         self.converts_by: dict[str, dict[str, tuple[int, float]]] = {}    # customer -> event id -> (ts, revenue)
 
@@ -103,10 +110,15 @@ class CustomerCollector:
                     seen[ev.event_id] = (ev.ts, float(amount(ev.properties.get(self.revenue_field))))
 
     def triggers(self, out: Iterable[Trigger]) -> None:
+        arms = self.timing_arms
         for t in out:
             if t.status is SENT or t.status is HELD_OUT:
-                self.triggers_by.setdefault(t.customer_id, []).append(
-                    (t.rule_id, parse_ts(t.fired_at), t.status is HELD_OUT))
+                at = parse_ts(t.fired_at)
+                mine = self.triggers_by.setdefault(t.customer_id, [])
+                mine.append((t.rule_id, at, t.status is HELD_OUT))
+                if arms and t.status is SENT and t.rule_id in arms:
+                    mine.append((timing_unit(t.rule_id), at,
+                                 at_once(t.customer_id, t.rule_id, self.salt, arms[t.rule_id])))
 
     def outcomes(self, end: int) -> tuple[dict[str, CustomerOutcome], CustomerOutcome | None]:
         """Per rule and for the program (None: no global control group), with the data ending at `end`."""
@@ -144,6 +156,11 @@ class CustomerCollector:
                                   program_first)
                 program.add_day(program_first, program_held, converted)
         return per_rule, program
+
+
+def timing_unit(rule_id: str) -> str:
+    """The lift row of a rule's timing experiment: its best-hour arm against its at-once arm."""
+    return f"{rule_id} (send time)"
 
 
 def _day(ms: int) -> str:

@@ -20,7 +20,7 @@ import msgspec
 
 from engine.rules.model import Policy
 from engine.state.customer import CustomerState
-from engine.state.engagement import ChannelStats, local_hour, read, record_response, record_send
+from engine.state.engagement import ChannelStats, local_hour, peek, read, record_response, record_send
 
 if TYPE_CHECKING:
     from engine.policy.contact import Candidate
@@ -33,23 +33,28 @@ MIN_SENDS = 3             # `channel: best` compares channels with at least this
 class HourChoice:
     """A best hour and where it came from, for the policy's decision detail and explain."""
 
-    __slots__ = ("hour", "basis", "responses", "top")
+    __slots__ = ("hour", "basis", "responses", "hours")
 
-    def __init__(self, hour: int, basis: str, responses: int, top: list[tuple[int, float]]) -> None:
+    def __init__(self, hour: int, basis: str, responses: int, hours: tuple[float, ...]) -> None:
         self.hour = hour
         self.basis = basis          # "customer" or "population"
         self.responses = responses  # the customer's responses on the channel (counted, not decayed)
-        self.top = top              # the histogram's top hours (customer's or population's)
+        self.hours = hours          # the histogram it came from (the customer's stored bytes, or the population's)
+
+    @property
+    def top(self) -> list[tuple[int, float]]:
+        return ChannelStats(list(self.hours)).top_hours()
 
 
 def hour_words(choice: HourChoice) -> str:
-    """Why that hour, for explain: whose histogram, and its top hours."""
-    top = ", ".join(f"{h:02d}:00 ({v:.1f})" for h, v in choice.top)
+    """Why that hour, for explain: whose histogram, and its top hours with their shares."""
+    total = sum(choice.hours) or 1.0
+    top = ", ".join(f"{h:02d}:00 {100 * v / total:.0f}%" for h, v in choice.top)
     if choice.basis == "customer":
         return (f"{choice.hour:02d}:00 local, the customer's most frequent response hour ({choice.responses}"
-                f" responses; decayed top hours {top})")
+                f" responses; top hours {top})")
     return (f"{choice.hour:02d}:00 local, the population's best hour (the customer has {choice.responses}"
-            f" responses, too few; the population's decayed top hours {top})")
+            f" responses, too few; the population's top hours {top})")
 
 
 class TimingScore(msgspec.Struct):
@@ -119,7 +124,7 @@ class Population:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[int, int], list[int]] = {}   # (channel, day) -> 24 counts
-        self._best: dict[tuple[int, int], tuple[int, list[tuple[int, float]]] | None] = {}
+        self._best: dict[tuple[int, int], tuple[int, tuple[float, ...]] | None] = {}
 
     def record(self, channel: int, day: int, hour: int) -> None:
         counts = self.counts.get((channel, day))
@@ -127,7 +132,7 @@ class Population:
             counts = self.counts[channel, day] = [0] * 24
         counts[hour] += 1
 
-    def best(self, channel: int, day: int, half_life_days: float) -> tuple[int, list[tuple[int, float]]] | None:
+    def best(self, channel: int, day: int, half_life_days: float) -> tuple[int, tuple[float, ...]] | None:
         """The hour in force on `day`: from days day-1-POPULATION_DAYS .. day-2, decayed; None: no data."""
         key = (channel, day)
         if key in self._best:
@@ -142,7 +147,7 @@ class Population:
         found = None
         if any(total):
             stats = ChannelStats(total)
-            found = (stats.best_hour(), stats.top_hours())
+            found = (stats.best_hour(), tuple(total))
         self._best[key] = found
         return found
 
@@ -185,10 +190,11 @@ class Timing:
         index = self.index.get(channel)
         if index is None:
             return None
-        own = read(state.engagement, at, self.half_life).get(index) if state.engagement else None
-        responses = own.count if own is not None else 0
+        own = peek(state.engagement, index) if state.engagement else None
+        responses = own[0] if own is not None else 0
         if own is not None and responses >= self.min_responses:
-            return HourChoice(own.best_hour(), "customer", responses, own.top_hours())
+            hours = own[1]
+            return HourChoice(max(range(24), key=lambda h: (hours[h], -h)), "customer", responses, hours)
         found = self.population.best(index, at // DAY_MS, self.half_life / DAY_MS)
         if found is None:
             return None

@@ -325,7 +325,7 @@ class _Collector:
                 payload.append((key, fn))
         self._check_timing(action)
         return CompiledAction(action.action, action.channel, tuple(payload), action.channels,
-                              action.send_time == BEST)
+                              action.send_time == BEST, action.send_time_holdout)
 
     def _check_timing(self, action: Action) -> None:
         """`channel: best` and `send_time: best` learn from the responses the policy assigns to channels."""

@@ -58,15 +58,16 @@ class RulePolicy(msgspec.Struct, frozen=True):
 
 
 class CompiledAction:
-    __slots__ = ("action", "channel", "payload", "channels", "best_time")
+    __slots__ = ("action", "channel", "payload", "channels", "best_time", "time_holdout")
 
     def __init__(self, action: str, channel: str, payload: tuple[tuple[str, Fn], ...],
-                 channels: tuple[str, ...] = (), best_time: bool = False) -> None:
+                 channels: tuple[str, ...] = (), best_time: bool = False, time_holdout: float = 0.0) -> None:
         self.action = action
         self.channel = channel        # the first choice; "best": the policy chooses (SPEC §3b)
         self.payload = payload
         self.channels = channels      # a fallback list (`channel: [push, sms]`); (): `channel` alone
         self.best_time = best_time    # `send_time: best`: deferred to the customer's best hour
+        self.time_holdout = time_holdout   # the share of customers sent at once instead (an experiment arm)
 
 
 class CompiledUnless:

@@ -79,6 +79,7 @@ class Action(msgspec.Struct, frozen=True):
     payload: dict[str, Any] = {}   # values may be templates: "{event.sku}", "{profile.name}", "{lifetime_spend}"
     channels: tuple[str, ...] = ()   # `channel: [push, sms]`: the fallback list, first choice first; (): one channel
     send_time: str | None = None   # "best": deferred to the customer's best hour (SPEC §3b); None: at once
+    send_time_holdout: float = 0.0   # `send_time: {best, holdout: 10%}`: a share of customers sent at once (an experiment)
 
 
 class Step(msgspec.Struct, frozen=True):

@@ -269,11 +269,24 @@ def _channels(scope: Scope, key: str, node: Node) -> tuple[str, ...] | None:
     return names  # type: ignore[return-value]
 
 
+def _send_time_choice(scope: Scope, key: str, node: Node) -> tuple[str, float] | None:
+    """`best`, or `{best, holdout: 10%}`: the best hour, with a share of customers sent at once
+    (deterministic per customer and rule), so that `report` shows what the timing itself is worth."""
+    if node.value == BEST:
+        return BEST, 0.0
+    if node.is_map and set(node.value) == {BEST, "holdout"} and node.value[BEST].value is None:
+        held = share(scope, f"{key}.holdout", node.value["holdout"])
+        return None if held is None else (BEST, held)
+    scope.error(node.line, f"'{key}' must be best, or {{best, holdout: 10%}} to send a share of customers at once,"
+                f" not {describe(node.value)}")
+    return None
+
+
 _ACTION_TABLE: Table = {
     "action": ("action", string),
     "channel": ("channels", _channels),
     "payload": ("payload", _payload),
-    "send_time": ("send_time", one_of("send_time", (BEST,))),
+    "send_time": ("send_time", _send_time_choice),
 }
 _ACTION_EXAMPLE = "{action: cart-reminder, channel: email}"
 
@@ -283,6 +296,8 @@ def _action(scope: Scope, key: str, node: Node) -> Action | None:
     if fields is None:
         return None
     channels = fields.pop("channels")
+    if "send_time" in fields:
+        fields["send_time"], fields["send_time_holdout"] = fields["send_time"]
     if BEST in channels and len(channels) > 1:
         scope.error(node.value["channel"].line, f"'channel: {BEST}' chooses among the policy's channels"
                     " (responses_by_channel): give it alone, not in a list")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import struct
 from datetime import datetime
+from functools import lru_cache
 
 from engine.core.calendar import zone
 
@@ -132,9 +133,22 @@ def read(blob: bytes, now: int, half_life: int) -> dict[int, ChannelStats]:
     return channels
 
 
+def peek(blob: bytes, channel: int) -> tuple[int, tuple[int, ...]] | None:
+    """(responses counted, the 24 stored hour bytes) of one channel, without decoding the rest:
+    a uniform decay changes no hour's rank, so the best hour needs no arithmetic."""
+    for offset in range(_HEAD.size, len(blob) - _CHANNEL.size + 1, _CHANNEL.size):
+        if blob[offset] == channel:
+            _, _, _, count, *hours = _CHANNEL.unpack_from(blob, offset)
+            return count, tuple(hours)
+    return None
+
+
 def local_hour(ts: int, tz_name: object) -> int:
     """The hour of the day (0-23) at `ts` in the customer's zone (UTC when unknown)."""
     return datetime.fromtimestamp(ts / 1000, zone(tz_name)).hour
+
+
+_QUARTER_MS = 15 * 60_000   # every zone's offset is a multiple of 15 minutes: local hours start on these
 
 
 def next_hour_start(ts: int, tz_name: object, hour: int) -> int:
@@ -142,19 +156,28 @@ def next_hour_start(ts: int, tz_name: object, hour: int) -> int:
 
     Built as a local wall time, so 10:00 stays 10:00 across daylight-saving changes; a local
     hour that a change skips (02:00 on a spring-forward night) is the instant the clocks jump.
+    Computed once per zone, quarter of an hour and target hour (every send asks).
     """
+    due = _next_start(tz_name if isinstance(tz_name, str) else None, ts // _QUARTER_MS, hour)
+    return ts if due is None else due
+
+
+@lru_cache(maxsize=65536)
+def _next_start(tz_name: str | None, quarter: int, hour: int) -> int | None:
+    """None: the quarter of an hour lies in local hour `hour`; else when that hour next starts."""
     tz = zone(tz_name)
+    ts = quarter * _QUARTER_MS
     local = datetime.fromtimestamp(ts / 1000, tz)
     if local.hour == hour:
-        return ts
+        return None
     for days in (0, 1, 2):
         d = datetime.fromordinal(local.toordinal() + days).date()
         start = datetime(d.year, d.month, d.day, hour, tzinfo=tz)
         due = int(start.timestamp() * 1000)
         if due > ts:
             return due
-    return ts   # unreachable: a local hour recurs within two days
+    return None   # unreachable: a local hour recurs within two days
 
 
-__all__ = ["ChannelStats", "decode", "encode", "local_hour", "next_hour_start", "read", "record_response",
+__all__ = ["ChannelStats", "decode", "encode", "local_hour", "next_hour_start", "peek", "read", "record_response",
            "record_send"]

@@ -292,3 +292,52 @@ def test_without_a_preferred_hour_the_best_hour_is_no_better_than_at_once(tmp_pa
     assert t.responded > 1000
     best, once = t.hour_hits / t.responded, t.hour_hits_at_once / t.responded
     assert 0.02 < best < 0.08 and 0.02 < once < 0.08   # about 1 in 24 either way
+
+
+def test_a_journey_step_waits_for_the_best_hour_and_its_next_wait_starts_then(tmp_path):
+    rules = compile_yaml(tmp_path, """
+policy:
+  responses_by_channel: {email: [email_opened]}
+rules:
+  - id: j
+    type: journey
+    on: signup
+    steps:
+      - {id: hello, then: {action: hello, channel: email, send_time: best}}
+      - {id: pause, wait: 1d}
+      - {id: again, then: {action: again, channel: email}}
+""")
+    events = opener("c1", ["2026-01-05T06:12:00Z", "2026-01-06T06:40:00Z", "2026-01-07T06:05:00Z"])
+    events.append(ev(0, "signup", "c1", "2026-01-08T09:00:00Z"))
+    out, _ = run(rules, events)
+    assert [(t.step, t.fired_at) for t in out] == [("hello", "2026-01-09T06:00:00.000Z"),
+                                                    ("again", "2026-01-10T06:00:00.000Z")]
+
+
+def test_a_timing_experiment_sends_a_share_at_once_and_report_compares_the_arms(tmp_path):
+    from bench.planted_hours import generate
+    from engine.cli.report import build_report
+    from engine.offline.backtest import backtest_file
+    from engine.policy.contact import at_once
+
+    d = tmp_path / "exp"
+    d.mkdir()
+    (d / "rules.yaml").write_text(RULES.replace("CHANNEL", "email").replace("send_time: best",
+                                                                            "send_time: {best, holdout: 30%}"))
+    events = d / "events.jsonl"
+    events.write_bytes(b"\n".join(msgspec.json.encode(e) for e in generate(customers=200, days=30, seed=5)))
+    out: list[Trigger] = []
+    summary = backtest_file(load_and_compile(d), events, out.extend, lambda dead: None, progress=False)
+    sent = [t for t in out if t.status == "sent"]
+    held = {t.customer_id for t in sent if at_once(t.customer_id, "restock", "", 0.3)}
+    arm = summary.by_customer["restock (send time)"]
+    assert arm.control.customers <= len(held)
+    assert arm.contacted.customers <= len({t.customer_id for t in sent}) - len(held)
+    assert 0.15 < arm.control.customers / (arm.control.customers + arm.contacted.customers) < 0.45
+    # the best-hour arm is sent on the hour (deferred to its start), the at-once arm when the rule fired
+    on_the_hour = [parse_ts(t.fired_at) % HOUR == 0 for t in sent if t.customer_id not in held]
+    assert sum(on_the_hour) > 0.8 * len(on_the_hour)
+    at_once_sends = [t for t in sent if t.customer_id in held]
+    assert sum(1 for t in at_once_sends if parse_ts(t.fired_at) % HOUR) > 0.9 * len(at_once_sends)
+    report = build_report(summary)
+    assert "restock (send time)" in [r.rule_id for r in report.rules]
