@@ -341,3 +341,31 @@ def test_a_timing_experiment_sends_a_share_at_once_and_report_compares_the_arms(
     assert sum(1 for t in at_once_sends if parse_ts(t.fired_at) % HOUR) > 0.9 * len(at_once_sends)
     report = build_report(summary)
     assert "restock (send time)" in [r.rule_id for r in report.rules]
+
+
+# -- the timing experiment, in a closed loop (bench.timing_experiment) -------------------------------------
+
+def test_the_timing_experiment_finds_a_planted_effect_and_covers_the_true_one():
+    """Customers buy after a restock message with 30% in their planted hour, 10% otherwise."""
+    from bench.timing_experiment import simulate, timing_lift, true_effect
+
+    covered = excluded = 0
+    for seed in (1, 2, 3):
+        c = timing_lift(simulate(400, 30, seed, 0.3, 0.1)).conversion
+        truth = true_effect(400, 30, seed, 0.3, 0.1)
+        assert c.ci is not None and truth > 0.1
+        covered += c.ci[0] <= truth <= c.ci[1]
+        excluded += c.ci[0] > 0
+    assert excluded == 3 and covered >= 2
+
+
+def test_the_timing_experiment_rarely_excludes_zero_without_an_effect():
+    """The same loop, 20% whatever the hour: the interval should hold zero (about 95% of the time)."""
+    from bench.timing_experiment import simulate, timing_lift
+
+    excludes = 0
+    for seed in range(20):
+        c = timing_lift(simulate(300, 30, seed, 0.2, 0.2)).conversion
+        assert c.ci is not None
+        excludes += not (c.ci[0] <= 0 <= c.ci[1])
+    assert excludes <= 3   # 2 of these 20 (2 of 50 seeds in all: 4%); 3 or fewer has a 98% chance at 5%
