@@ -59,7 +59,8 @@ def format_duration(ms: int) -> str:
 
 @lru_cache(maxsize=4096)
 def _day_prefix(day: int) -> str:
-    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
+    d = datetime.fromtimestamp(day * 86_400, tz=UTC)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"   # strftime's %Y drops the zeros of years before 1000
 
 
 def format_ts(ms: int) -> str:

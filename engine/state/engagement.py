@@ -4,7 +4,8 @@ they respond on each channel, and how many sends they got there (for response ra
 The per-customer state budget is a few hundred bytes, so this is one blob per customer
 (`CustomerState.engagement`), every channel together, not a mapping of lists:
 
-    uint32       the hour the values were last decayed to (hours since the epoch, UTC)
+    int32        the hour the values were last decayed to (hours since the epoch, UTC; negative
+                 before 1970: event times run from year 1 to 9000, about ±70 million hours)
     per channel, in no particular order:
     uint8        the channel's index (in the policy's `responses_by_channel` order)
     uint8        scale exponent e: a stored hour byte q is worth q * 2**e / 16 responses
@@ -28,7 +29,7 @@ from functools import lru_cache
 from engine.core.calendar import zone
 
 HOUR_MS = 3_600_000
-_HEAD = struct.Struct(">I")
+_HEAD = struct.Struct(">i")
 _CHANNEL = struct.Struct(">BBHB24B")
 _MAX_SENDS = 0xFFFF
 
@@ -144,8 +145,12 @@ def peek(blob: bytes, channel: int) -> tuple[int, tuple[int, ...]] | None:
 
 
 def local_hour(ts: int, tz_name: object) -> int:
-    """The hour of the day (0-23) at `ts` in the customer's zone (UTC when unknown)."""
-    return datetime.fromtimestamp(ts / 1000, zone(tz_name)).hour
+    """The hour of the day (0-23) at `ts` in the customer's zone (UTC when unknown, and at the
+    edges of the calendar, where a zone's offset would leave datetime's range)."""
+    try:
+        return datetime.fromtimestamp(ts / 1000, zone(tz_name)).hour
+    except (OverflowError, ValueError, OSError):
+        return ts // HOUR_MS % 24
 
 
 _QUARTER_MS = 15 * 60_000   # every zone's offset is a multiple of 15 minutes: local hours start on these
@@ -158,7 +163,10 @@ def next_hour_start(ts: int, tz_name: object, hour: int) -> int:
     hour that a change skips (02:00 on a spring-forward night) is the instant the clocks jump.
     Computed once per zone, quarter of an hour and target hour (every send asks).
     """
-    due = _next_start(tz_name if isinstance(tz_name, str) else None, ts // _QUARTER_MS, hour)
+    try:
+        due = _next_start(tz_name if isinstance(tz_name, str) else None, ts // _QUARTER_MS, hour)
+    except (OverflowError, ValueError, OSError):   # the edges of the calendar: no deferral
+        return ts
     return ts if due is None else due
 
 

@@ -369,3 +369,16 @@ def test_the_timing_experiment_rarely_excludes_zero_without_an_effect():
         assert c.ci is not None
         excludes += not (c.ci[0] <= 0 <= c.ci[1])
     assert excludes <= 3   # 2 of these 20 (2 of 50 seeds in all: 4%); 3 or fewer has a 98% chance at 5%
+
+
+def test_responses_and_sends_at_the_edges_of_the_calendar_are_learned_without_error(tmp_path):
+    """Found by the fuzz stream: an event time before 1970 (or near year 9000) overflowed the
+    engagement header; every time the decoder accepts must be learned, in any zone."""
+    assert format_ts(parse_ts("0001-01-01T00:30:00Z")) == "0001-01-01T00:30:00.000Z"   # RFC 3339: four digits
+    rules = compile_yaml(tmp_path, RULES.replace("CHANNEL", "email"))
+    for ts in ("0001-01-01T00:30:00Z", "1969-12-31T23:00:00Z", "8999-12-31T23:30:00Z"):
+        events = [ev(0, "identify", "c1", ts, timezone="Pacific/Kiritimati"), ev(1, "email_opened", "c1", ts),
+                  ev(2, "email_opened", "c1", ts), ev(3, "email_opened", "c1", ts), ev(4, "back_in_stock", "c1", ts)]
+        out, replay = run(rules, events)
+        assert replay.dead_letters == 0 and [t.status for t in out] == ["sent"], ts
+        assert decode(replay.store.states["c1"].engagement)[1][0].count == 3
