@@ -32,7 +32,7 @@ import msgspec
 
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Status
 from engine.core.calendar import quiet_until
-from engine.policy.timing import HourChoice, Timing
+from engine.policy.timing import ChannelChoice, HourChoice, Timing
 from engine.rules.kinds import CompiledAction, CompiledRule
 from engine.rules.model import BEST, FrequencyCap, Policy
 from engine.state.customer import Contact, CustomerState
@@ -88,10 +88,11 @@ class Decision:
     - `no_consent`: the channel's recorded `Consent`, or None (none recorded);
     - `cooldown`: the epoch ms of the rule's last contact;
     - `priority`: the `Candidate` that won the moment;
-    - `quiet_hours_dropped` and DEFERRED: the customer's time zone then (None: UTC);
+    - `quiet_hours_dropped` and DEFERRED by quiet hours: the customer's time zone then (None: UTC);
+    - DEFERRED by `send_time: best`: the `HourChoice` (engine.policy.timing);
     - `frequency_cap`: the `FrequencyCap` reached;
     - HELD_OUT: (share, "rule" or "global"), the control group the customer is in;
-    - SENT: None.
+    - SENT: the `ChannelChoice` of a `channel: best` send; None otherwise.
 
     Recorded as the policy decides (no extra work: each is a value it already holds), so an
     explanation is told the detail instead of rebuilding it from the triggers afterwards.
@@ -183,7 +184,7 @@ class ContactPolicy:
             if not eligible:
                 return (options[0] if options else BEST), None
             channel, learned = self.timing.best_channel(state, eligible, c.at)
-            return channel, ("best", learned, eligible)
+            return channel, ChannelChoice(learned, eligible)
         for channel in action.channels:
             if self._possible(state, channel, c.at):
                 return channel, None

@@ -30,6 +30,21 @@ POPULATION_DAYS = 30      # the days of responses the population's hour is compu
 MIN_SENDS = 3             # `channel: best` compares channels with at least this many (decayed) sends
 
 
+class ChannelChoice:
+    """How `channel: best` chose (the decision detail of its send, for explain and the evaluation)."""
+
+    __slots__ = ("learned", "eligible")
+
+    def __init__(self, learned: bool, eligible: list[str]) -> None:
+        self.learned = learned      # by response rates; False: too few sends, the first eligible
+        self.eligible = eligible    # the channels the customer could be contacted on, in the policy's order
+
+    @property
+    def default(self) -> str:
+        """The channel sending without a choice would have used."""
+        return self.eligible[0]
+
+
 class HourChoice:
     """A best hour and where it came from, for the policy's decision detail and explain."""
 
@@ -176,7 +191,7 @@ class Timing:
         """A send that chose its hour or channel: scored against the customer's next response."""
         assert self.evaluation is not None
         tz = state.profile.get("timezone")
-        default = detail[2][0] if isinstance(detail, tuple) and len(detail) == 3 and detail[0] == "best" else channel
+        default = detail.default if isinstance(detail, ChannelChoice) else channel
         first = c.first_at or c.at
         self.evaluation.picked(customer_id, _Pick(c.rule.id, channel, default, first, local_hour(c.at, tz),
                                                   local_hour(first, tz)))
@@ -216,4 +231,4 @@ class Timing:
         return best[0], True
 
 
-__all__ = ["HourChoice", "Population", "Timing", "TimingEvaluation", "TimingScore", "hour_words"]
+__all__ = ["ChannelChoice", "HourChoice", "Population", "Timing", "TimingEvaluation", "TimingScore", "hour_words"]

@@ -29,6 +29,7 @@ from engine.offline.explain.model import (
 from engine.offline.explain.render import fmt
 from engine.offline.explain.trace import RuleTrace, Trace
 from engine.policy.contact import COOLDOWN, FREQUENCY_CAP, NO_CONSENT, PRIORITY, QUIET_HOURS_DROPPED, Decision
+from engine.policy.timing import ChannelChoice
 from engine.rules.compiler import CompiledRules
 from engine.rules.expr import Env
 from engine.rules.journey import JourneyRule
@@ -252,8 +253,8 @@ def _fallback(t: Trigger, decision: Decision | None) -> str:
     """A send of a fallback list (`channel: [push, sms]`) on another channel than the first, or of
     `channel: best`, in words."""
     detail = decision.detail if decision is not None else None
-    if isinstance(detail, tuple) and len(detail) == 3 and detail[0] == "best":
-        _, learned, eligible = detail
+    if isinstance(detail, ChannelChoice):
+        learned, eligible = detail.learned, detail.eligible
         if learned:
             return f" on {t.channel}: the best decayed response rate of {', '.join(eligible)} (channel: best)"
         return (f" on {t.channel}: the first of {', '.join(eligible)} the customer may be contacted on (channel:"
