@@ -23,8 +23,7 @@ from engine.rules.aggregates import (
 )
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
-from engine.rules.journey import END_AT, JourneyRule, compile_targets
-from engine.rules.journey import CompiledStep as JourneyStep
+from engine.rules.journey import END_AT, CompiledJourneyStep, JourneyRule, compile_targets
 from engine.rules.kinds import (
     AbsenceRule,
     CompiledAction,
@@ -359,7 +358,7 @@ class _Collector:
         return CompiledUnless(frozenset(unless.events), tuple(props), tuple(values))
 
 
-def _journey_steps(rule: Rule, col: _Collector) -> tuple[JourneyStep, ...]:
+def _journey_steps(rule: Rule, col: _Collector) -> tuple[CompiledJourneyStep, ...]:
     """A journey's steps with their targets resolved to indices and their expressions compiled."""
     assert rule.journey is not None
     steps = rule.journey.steps
@@ -376,7 +375,7 @@ def _journey_steps(rule: Rule, col: _Collector) -> tuple[JourneyStep, ...]:
             split.append((cumulative, targets[f"split.{target}"], target))
         if split:   # the last bucket takes the rounding: every draw in [0, 1) falls in one
             split[-1] = (1.0, split[-1][1], split[-1][2])
-        out.append(JourneyStep(
+        out.append(CompiledJourneyStep(
             s.id, s.kind, col.action(s.then) if s.then is not None else None, targets.get("next", END_AT), s.wait,
             col.unless(s.wait_for), targets.get("yes", END_AT), targets.get("no", END_AT), cond, tuple(split)))
     return tuple(out)

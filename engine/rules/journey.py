@@ -35,7 +35,7 @@ _SEP = "\x1f"   # between the values of a wait's key (engine.rules.kinds.Compile
 _EMPTY: dict = {}
 
 
-class CompiledStep:
+class CompiledJourneyStep:
     """One step, its targets resolved to indices (`END_AT`: the end)."""
 
     __slots__ = ("id", "kind", "then", "next", "wait", "wait_for", "yes", "no", "cond", "split")
@@ -59,7 +59,7 @@ class JourneyRule(CompiledRule):
     kind = Kind.JOURNEY
     __slots__ = ("steps", "index", "exit_on", "watches", "reenter", "reenter_after", "continue_if_suppressed")
 
-    def __init__(self, rule: Rule, cond: Fn | None, steps: tuple[CompiledStep, ...],
+    def __init__(self, rule: Rule, cond: Fn | None, steps: tuple[CompiledJourneyStep, ...],
                  ctx_props: tuple[str, ...] = ()) -> None:
         super().__init__(rule, cond, ctx_props)
         journey = rule.journey
