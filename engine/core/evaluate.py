@@ -36,6 +36,7 @@ from engine.core.times import format_ts
 from engine.events.model import Event
 from engine.policy.attribution import Attributor, RuleOutcome
 from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
+from engine.policy.timing import Population
 from engine.rules.compiler import MAX_TIMERS_PER_RULE, CompiledRules
 from engine.rules.kinds import CompiledAction, CompiledRule, InactiveRule, RecurringRule, SeriesRule
 from engine.state.customer import Consent, CustomerState, Deferred, Timer
@@ -64,11 +65,15 @@ def new_state() -> CustomerState:
 class Evaluator:
     """Applies compiled rules to one customer at a time. Not thread-safe: one per worker."""
 
-    def __init__(self, rules: CompiledRules, observer: Observer | None = None) -> None:
+    def __init__(self, rules: CompiledRules, observer: Observer | None = None,
+                 population: Population | None = None) -> None:
+        """`population`: the responses over all customers, for the best hour's fallback (kept
+        across reloads by the `Session`; live, shared by all partitions through the store)."""
         self.rules = rules
         self.observer = observer   # told what happens (explain); None on the hot path
         self.counters = Counters()
-        self.policy = ContactPolicy(rules.ruleset.policy)
+        self.policy = ContactPolicy(rules.ruleset.policy, population)
+        self.late_event = False    # the event being applied arrived behind the frontier (set by the `Session`)
         self.attributor = Attributor(rules.attribution, rules.attribution_windows)
         self.outcomes: dict[str, RuleOutcome] = {r.id: RuleOutcome(suppressed={}) for r in rules.rules}
         self.funnels: dict[str, Funnel] = {}   # journey id -> its funnel over the run (engine.core.funnel)
@@ -200,7 +205,7 @@ class Evaluator:
                 self._mark_idle_of(state, ev, plan.idle_of)
             if plan.engagement >= 0:   # a response on a channel: the customer's hours and the population's
                 self.policy.timing.response(state, ev.customer_id, plan.engagement, ts,
-                                            local_hour(ts, state.profile.get("timezone")))
+                                            local_hour(ts, state.profile.get("timezone")), self.late_event)
             if plan.journeys and state.journeys:
                 for journey in plan.journeys:   # exits and answered waits, before new entries
                     journey.observes(self, state, ev, out)

@@ -26,6 +26,13 @@ Event time under disorder (SPEC §6), one definition for all three:
   fired, nor a wait armed by a newer cause (`engine.rules.kinds`).
 With D = 0 nothing is held: events are applied as they arrive.
 
+A *ceiling* (`cap`, live only, set by the partition worker) holds events and deadlines after it
+back even once the frontier passed them: the population's best hour (SPEC §3b) on a day needs
+the responses of every partition up to two days before, so no partition gets more than a day
+ahead of the slowest one's committed frontier (`engine.operators.population`). Held back this
+way, events are still applied in the sorted order, only later; the clock a partition commits
+(`applied_through`) is what it applied, so other partitions never count on what it holds.
+
 The states mapping is the caller's (the backtest's in-memory store, the live worker's cache):
 the session reads and writes it, the caller loads into it (`loaded`) and evicts from it
 (`forget`). Loading from a store, commits and offsets stay with the caller; for exactly-once
@@ -48,13 +55,14 @@ from engine.core.observe import Observer
 from engine.core.schedule import DeadlineIndex
 from engine.events.decode import DeadLetter
 from engine.events.model import Event
+from engine.policy.timing import Population
 from engine.rules.compiler import CompiledRules
 from engine.state.customer import CustomerState
 
 BEGINNING = -(2**62)     # the frontier and clock before any event
 MAX_HELD = 1_000_000     # events held for ordering at most; past it the oldest are applied early
 
-_TS, _ID, _SEQ, _EVENT, _OFFSET, _DONE = range(6)   # a held entry: [ts, event id, seq, event, offset, applied]
+_TS, _ID, _SEQ, _EVENT, _OFFSET, _DONE, _LATE = range(7)   # a held entry: [ts, event id, seq, event, offset, applied, late]
 
 
 class Session:
@@ -62,16 +70,20 @@ class Session:
 
     __slots__ = ("evaluator", "isolated", "states", "deadlines", "until", "stopped", "newest", "frontier",
                  "lateness", "held", "_arrivals", "_seq", "late", "early", "max_held", "fired", "rejected",
-                 "observer")
+                 "observer", "population", "cap")
 
     def __init__(self, rules: CompiledRules, where: str, states: dict[str, CustomerState] | None = None, *,
-                 until: int | None = None, observer: Observer | None = None, max_held: int = MAX_HELD) -> None:
+                 until: int | None = None, observer: Observer | None = None, max_held: int = MAX_HELD,
+                 population: Population | None = None) -> None:
         """`where` names the input in dead letters; `until`: an event after it stops the session
         (`stopped`), as a backtest's end of period; `observer`: told what the evaluator and the
         policy do (explain), None on the hot path; `max_held`: the most events held for
-        ordering (past it the oldest are applied early, counted in `early`)."""
+        ordering (past it the oldest are applied early, counted in `early`); `population`: the
+        responses of all customers (live: shared through the store), kept across reloads."""
         self.observer = observer
-        self.evaluator = Evaluator(rules, observer)
+        self.population = population if population is not None else Population()
+        self.cap: int | None = None     # live: events and deadlines after it wait (see above)
+        self.evaluator = Evaluator(rules, observer, self.population)
         self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.states: dict[str, CustomerState] = states if states is not None else {}
         self.deadlines = DeadlineIndex()
@@ -106,16 +118,40 @@ class Session:
 
         Returns how many events the core refused (dead-lettered into `rejected`). Stops at the
         first event applied after `until`, which sets `stopped`."""
-        if self.lateness == 0 and not self.held:
+        if self.lateness == 0 and not self.held and self.cap is None:
             refused = self._apply_in_arrival_order(events, out)
         else:
             refused = self._apply_held(events, out, offsets)
-        frontier = self.frontier
+        limit = self.limit
         if not self.stopped:
             due = self.deadlines.next_due()
-            if due is not None and due < frontier:
-                self._fire_in_order(frontier - 1, out, None)
+            if due is not None and due < limit:
+                self._fire_in_order(limit - 1, out, None)
         return refused
+
+    @property
+    def limit(self) -> int:
+        """What may be applied and fired: the frontier, or the ceiling before it."""
+        cap = self.cap
+        return self.frontier if cap is None or cap >= self.frontier else cap
+
+    @property
+    def applied_through(self) -> int:
+        """The clock to commit: events at or before it are applied (the frontier, unless events
+        before it wait for the ceiling)."""
+        held = self.held
+        if held and held[0][_TS] <= self.frontier:
+            return held[0][_TS] - 1
+        return self.frontier
+
+    def set_cap(self, cap: int, out: list[Trigger]) -> None:
+        """Raise the ceiling (live): what it held back and the frontier passed is applied and fired."""
+        if self.cap is not None and cap <= self.cap:
+            return
+        self.cap = cap
+        if self.held:
+            self._release(out)
+        self.catch_up(out)
 
     def _apply_in_arrival_order(self, events: Iterable[Event], out: list[Trigger]) -> int:
         """D = 0: every event is applied as it arrives (the frontier is the newest time)."""
@@ -126,7 +162,8 @@ class Session:
         one = self._apply_one
         for ev in events:
             ts = ev.ts
-            if ts < newest:
+            late = ts < newest
+            if late:
                 self.late += 1
             else:
                 newest = ts
@@ -137,9 +174,20 @@ class Session:
             if due is not None and due < ts:
                 self.frontier = self.newest = newest
                 self._fire_in_order(ts - 1, out, None)
-            refused += one(ev, out)
+            if late:
+                refused += self._apply_late(ev, out)
+            else:
+                refused += one(ev, out)
         self.frontier = self.newest = newest
         return refused
+
+    def _apply_late(self, ev: Event, out: list[Trigger]) -> int:
+        evaluator = self.evaluator
+        evaluator.late_event = True
+        try:
+            return self._apply_one(ev, out)
+        finally:
+            evaluator.late_event = False
 
     def _apply_held(self, events: Iterable[Event], out: list[Trigger], offsets: Sequence[int] | None) -> int:
         held, arrivals, lateness = self.held, self._arrivals, self.lateness
@@ -148,9 +196,10 @@ class Session:
             if self.stopped:
                 break
             ts = ev.ts
-            if ts < self.frontier:
+            late = ts < self.frontier
+            if late:
                 self.late += 1   # behind what was applied already: at once (it sorts first anyway)
-            entry = [ts, ev.event_id, self._seq, ev, offsets[i] if offsets is not None else -1, False]
+            entry = [ts, ev.event_id, self._seq, ev, offsets[i] if offsets is not None else -1, False, late]
             self._seq += 1
             heapq.heappush(held, entry)
             arrivals.append(entry)
@@ -164,8 +213,9 @@ class Session:
         return refused
 
     def _release(self, out: list[Trigger], everything: bool = False) -> int:
-        """Apply held events at or before the frontier (`everything`: all of them), in order."""
-        held, frontier, until = self.held, self.frontier, self.until
+        """Apply held events at or before the frontier and the ceiling (`everything`: all of
+        them), in order."""
+        held, frontier, until = self.held, self.limit, self.until
         refused = 0
         while held and (everything or held[0][_TS] <= frontier):
             entry = heapq.heappop(held)
@@ -181,7 +231,7 @@ class Session:
             due = self.deadlines.next_due()
             if due is not None and due < ts:
                 self._fire_in_order(ts - 1, out, None)
-            refused += self._apply_one(entry[_EVENT], out)
+            refused += self._apply_late(entry[_EVENT], out) if entry[_LATE] else self._apply_one(entry[_EVENT], out)
         arrivals = self._arrivals
         while arrivals and arrivals[0][_DONE]:
             arrivals.popleft()
@@ -192,6 +242,8 @@ class Session:
         oldest = self.held[0][_TS]
         if oldest > self.frontier:
             self.frontier = oldest
+        if self.cap is not None and oldest > self.cap:
+            self.cap = oldest   # the ceiling gives way too (counted in `early` as well)
 
     def _apply_one(self, ev: Event, out: list[Trigger]) -> int:
         """One event through the isolated evaluator; 1 if the core refused it."""
@@ -224,9 +276,10 @@ class Session:
     def catch_up(self, out: list[Trigger]) -> None:
         """Fire the deadlines before the frontier of customers loaded since (live: customers
         found due in the store's deadline index)."""
+        limit = self.limit
         due = self.deadlines.next_due()
-        if due is not None and due < self.frontier:
-            self._fire_in_order(self.frontier - 1, out, None)
+        if due is not None and due < limit:
+            self._fire_in_order(limit - 1, out, None)
 
     def advance(self, now: int | None, out: list[Trigger], recurring_until: int | None = None) -> None:
         """The end of the input: every held event is applied (there is nothing left to wait for),
@@ -320,7 +373,7 @@ class Session:
         """Evaluate with other rules from now on (a reload); the journal is checkpointed first.
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
         re-indexed."""
-        self.evaluator = Evaluator(rules, self.observer)
+        self.evaluator = Evaluator(rules, self.observer, self.population)
         self.lateness = rules.lateness
         if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
             self.frontier = self.newest - self.lateness

@@ -10,16 +10,19 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from connectors.base import Record, retry_forever
 from engine.actions.trigger import Trigger
-from engine.core.session import Session
+from engine.core.session import BEGINNING, Session
 from engine.errors import EngineError
 from engine.events.decode import DeadLetter, EventDecoder
 from engine.operators import metrics
 from engine.operators.event_log import EventLog
+from engine.operators.population import PopulationSync
 from engine.operators.shutdown import SHUTDOWN
+from engine.policy.timing import DAY_MS, Population
+from engine.rules.compiler import CompiledRules
 from engine.rules.reload import LiveRules
 from engine.state.customer import CustomerState, decode_state
 from engine.state.outbox import OutboxTail, encode_items
@@ -70,12 +73,14 @@ class PartitionStats:
 class PartitionWorker:
     def __init__(self, event_log: EventLog, store: PartitionStore, rules: LiveRules, start_offset: int,
                  cache_size: int = 200_000, has_offset: bool | None = None,
-                 clock: PartitionClock | None = None) -> None:
+                 clock: PartitionClock | None = None, partitions: Sequence[str] | None = None) -> None:
         """`has_offset`: the store holds `start_offset` for this partition (default: when it is
         not 0); a commit expects to find it there, or stops with `StateLost`. `clock`: the
         partition's committed clock; the event log then starts at its `replay_from` (at or
         before `start_offset`), and records before `start_offset` are taken only if they were
-        held back for ordering (after the committed frontier), since the states have the rest."""
+        held back for ordering (after the committed frontier), since the states have the rest.
+        `partitions`: every partition of the input (default: this one), whose committed clocks
+        the population's best hour waits for (`engine.operators.population`)."""
         if has_offset is None:
             has_offset = start_offset > 0
         self.event_log = event_log
@@ -83,7 +88,12 @@ class PartitionWorker:
         self.store = store
         self.live_rules = rules
         self.rules_version = rules.version
-        self.session = Session(rules.rules, event_log.where)
+        self.population = Population(shared=True)   # SPEC §3b: every partition's responses, through the store
+        self.session = Session(rules.rules, event_log.where, population=self.population)
+        self.partitions = list(partitions) if partitions is not None else [self.name]
+        self.population_sync: PopulationSync | None = None
+        self._use_population(rules.rules)
+        self._clock_day: int | None = None   # the UTC day of the clock committed last
         self.cache: dict[str, CustomerState] = self.session.states   # the session's states are the cache
         self.decoder = EventDecoder()
         self.cache_size = cache_size
@@ -143,6 +153,7 @@ class PartitionWorker:
             # cached customers are re-indexed now (inactivity deadlines follow from the rules),
             # the others as their states are written next
             self.session.use(self.live_rules.rules)
+            self._use_population(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
         out: list = []
         if batch.records and self.first_record_at is None:
@@ -154,6 +165,9 @@ class PartitionWorker:
         dead += session.take_rejected()   # found by the last commit's storability check
         refused = 0   # events the core refused (dead-lettered too)
         late = session.late
+        sync = self.population_sync
+        if sync is not None and sync.wanted(session):
+            sync.refresh(session, out)
         if events:
             self._load({e.customer_id for e in events})
             refused = session.apply(events, out, offsets)
@@ -178,6 +192,14 @@ class PartitionWorker:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self._maybe_log_stats()
         return out
+
+    def _use_population(self, rules: CompiledRules) -> None:
+        """Rules that send at a best hour wait for the population's days (else no ceiling)."""
+        if rules.uses_population and self.population_sync is None:
+            self.population_sync = PopulationSync(self.store, self.partitions, self.population, self._redis)
+        elif not rules.uses_population and self.population_sync is not None:
+            self.population_sync = None
+            self.session.cap = None
 
     def _decode(self, records: list[Record]) -> tuple[list, list[DeadLetter], list[int] | None]:
         """Events, dead letters and the events' offsets, which only holding events for ordering
@@ -252,10 +274,13 @@ class PartitionWorker:
         session = self.session
         self.dirty.update(session.isolated.journal)   # every customer an event or a deadline changed
         held_from = session.replay_from
-        clock = PartitionClock(session.frontier, session.newest, offset if held_from is None else min(held_from, offset))
+        applied = session.applied_through
+        clock = PartitionClock(applied, session.newest, offset if held_from is None else min(held_from, offset))
         # The clock alone moving (an idle partition's wall clock) is not worth a commit: with no
-        # state changed, no event lies between the stored frontier and this one.
-        if not self.dirty and offset == self.committed_offset and not self.orphans and not self.outbox:
+        # state changed, no event lies between the stored frontier and this one. Unless it
+        # entered a new day and the other partitions wait for that (the population's best hour).
+        new_day = self.population_sync is not None and applied != BEGINNING and applied // DAY_MS != self._clock_day
+        if not self.dirty and offset == self.committed_offset and not self.orphans and not self.outbox and not new_day:
             return False
         started = time.perf_counter()
         entries = encode_items(self.outbox)
@@ -264,9 +289,16 @@ class PartitionWorker:
         due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
-        tail = self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
-                                                     expected_offset=expected, outbox=entries, clock=clock),
-                           "commit")
+        population = self.population.take_pending()
+        try:
+            tail = self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
+                                                         expected_offset=expected, outbox=entries, clock=clock,
+                                                         population=population),
+                               "commit")
+        except BaseException:
+            self.population.pending = population   # not written: goes with the next commit, if any
+            raise
+        self._clock_day = applied // DAY_MS if applied != BEGINNING else None
         self.outbox = []
         if tail is not None:
             self.outbox_tail = tail

@@ -82,7 +82,7 @@ class EngineSource(FixedPartitionedSource):
         event_log = self.open_log(for_part, read_from)
         log.info("partition %s: starting at offset %s", for_part, start if start is not None else "0 (beginning)")
         worker = PartitionWorker(event_log, store, self.rules, start or 0, self.cache_size,
-                                 has_offset=start is not None, clock=clock)
+                                 has_offset=start is not None, clock=clock, partitions=self.partitions)
         worker.outbox_tail = retry_forever(lambda: store.outbox_tail(for_part), f"partition {for_part}: Redis outbox",
                                            REDIS_ERRORS, log, fatal=REDIS_FATAL)
         if self.relays is not None:

@@ -32,7 +32,7 @@ import msgspec
 
 from engine.actions.trigger import HELD_OUT, SENT, SUPPRESSED, Status
 from engine.core.calendar import quiet_until
-from engine.policy.timing import ChannelChoice, HourChoice, Timing
+from engine.policy.timing import ChannelChoice, HourChoice, Population, Timing
 from engine.rules.kinds import CompiledAction, CompiledRule
 from engine.rules.model import BEST, FrequencyCap, Policy
 from engine.state.customer import Contact, CustomerState
@@ -129,7 +129,7 @@ def in_control_group(customer_id: str, scope: str, salt: str, share: float) -> b
 
 
 class ContactPolicy:
-    def __init__(self, policy: Policy | None) -> None:
+    def __init__(self, policy: Policy | None, population: Population | None = None) -> None:
         self.policy = policy
         self.consent_required = policy is not None and policy.consent == "required"
         self.caps = policy.frequency_caps if policy is not None else ()
@@ -137,7 +137,7 @@ class ContactPolicy:
         self.quiet = policy.quiet_hours if policy is not None else None
         self.salt = policy.control_group_salt if policy is not None else ""
         self.global_share = policy.control_group if policy is not None else 0.0
-        self.timing = Timing(policy)   # each customer's best hour and channel (SPEC §3b)
+        self.timing = Timing(policy, population)   # each customer's best hour and channel (SPEC §3b)
 
     def decide(self, state: CustomerState, customer_id: str, moment: list[Candidate],
                allow_defer: bool = True) -> list[Decision]:

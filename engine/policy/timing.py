@@ -135,20 +135,55 @@ class TimingEvaluation:
 
 
 class Population:
-    """Responses per channel, UTC day and local hour, over all customers of the run."""
+    """Responses per channel, UTC day and local hour, over all customers; the hour in force per
+    channel and day.
 
-    def __init__(self) -> None:
-        self.counts: dict[tuple[int, int], list[int]] = {}   # (channel, day) -> 24 counts
-        self._best: dict[tuple[int, int], tuple[int, tuple[float, ...]] | None] = {}
+    The hour in force on day D comes from days D-1-POPULATION_DAYS .. D-2, decayed: it needs
+    only days every part of the input has passed, so it never depends on the order the events
+    of the current day (or of the day before) arrive in.
 
-    def record(self, channel: int, day: int, hour: int) -> None:
-        counts = self.counts.get((channel, day))
+    A backtest records into `counts` directly (one clock: every earlier day is complete). Live
+    (`shared`), each partition only sees its own customers: what it records waits in `pending`
+    until its next commit writes it to the store, and `counts` holds the days every partition has
+    passed (`final_before`), read back from the store summed over all partitions
+    (`engine.operators.population`). A day is not final until then, and a value that needs one
+    is taken from the last day that is (counted in `stale`); the partition worker holds its
+    events and deadlines back so that this only happens when a partition is a day behind for
+    longer than `MAX_HELD` events."""
+
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared
+        self.counts: dict[tuple[str, int], list[int]] = {}    # (channel, day) -> 24 counts
+        self.pending: dict[tuple[str, int], list[int]] = {}   # live: recorded since the last commit
+        self.final_before: int | None = None   # live: days before it are complete in `counts`
+        self.stale = 0                         # live: values taken from an earlier day (not final yet)
+        self._best: dict[tuple[str, int], tuple[int, tuple[float, ...]] | None] = {}
+
+    def record(self, channel: str, day: int, hour: int) -> None:
+        into = self.pending if self.shared else self.counts
+        counts = into.get((channel, day))
         if counts is None:
-            counts = self.counts[channel, day] = [0] * 24
+            counts = into[channel, day] = [0] * 24
         counts[hour] += 1
 
-    def best(self, channel: int, day: int, half_life_days: float) -> tuple[int, tuple[float, ...]] | None:
-        """The hour in force on `day`: from days day-1-POPULATION_DAYS .. day-2, decayed; None: no data."""
+    def take_pending(self) -> dict[tuple[str, int], list[int]]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def add_final(self, counts: dict[tuple[str, int], list[int]], final_before: int) -> None:
+        """Live: the days before `final_before` are complete; `counts` are those not had yet."""
+        for key, hours in counts.items():
+            self.counts[key] = hours
+        self.final_before = final_before
+
+    def best(self, channel: str, day: int, half_life_days: float) -> tuple[int, tuple[float, ...]] | None:
+        """The hour in force on `day` (and the decayed histogram it came from); None: no data."""
+        final = self.final_before
+        if self.shared and (final is None or day - 2 >= final):
+            if final is None:
+                return None
+            self.stale += 1
+            day = final + 1   # the latest day whose value is known everywhere
         key = (channel, day)
         if key in self._best:
             return self._best[key]
@@ -180,10 +215,13 @@ class Timing:
         self.population = population if population is not None else Population()
         self.evaluation: TimingEvaluation | None = None   # a backtest's scores of the picks; None live
 
-    def response(self, state: CustomerState, customer_id: str, channel: int, ts: int, hour: int) -> None:
-        """A response event on `channel` at `ts`, in the customer's local `hour`."""
+    def response(self, state: CustomerState, customer_id: str, channel: int, ts: int, hour: int,
+                 late: bool = False) -> None:
+        """A response event on `channel` at `ts`, in the customer's local `hour`; `late`: it
+        arrived behind the frontier (`engine.core.session`)."""
         state.engagement = record_response(state.engagement, channel, hour, ts, self.half_life)
-        self.population.record(channel, ts // DAY_MS, hour)
+        if not late:   # a late response teaches the customer, not the population (its day may be final)
+            self.population.record(self.channels[channel], ts // DAY_MS, hour)
         if self.evaluation is not None:
             self.evaluation.responded(customer_id, self.channels[channel], ts, hour)
 
@@ -210,7 +248,7 @@ class Timing:
         if own is not None and responses >= self.min_responses:
             hours = own[1]
             return HourChoice(max(range(24), key=lambda h: (hours[h], -h)), "customer", responses, hours)
-        found = self.population.best(index, at // DAY_MS, self.half_life / DAY_MS)
+        found = self.population.best(channel, at // DAY_MS, self.half_life / DAY_MS)
         if found is None:
             return None
         return HourChoice(found[0], "population", responses, found[1])

@@ -101,6 +101,8 @@ class CompiledRules:
         self.attribution_windows = {r.id: r.policy.attribution_window for r in rules if r.policy.attribution_window}
         self._response_types = frozenset(self.attribution.responses) | frozenset(self.attribution.conversions)
         self.cancel_types = frozenset(t for r in rules for u in r.unlesses() for t in u.events)
+        # `send_time: best` falls back on the population's hour: live, partitions wait for each other's days
+        self.uses_population = any(a.best_time for r in rules for a in r.actions())
         self.drain_span = max((_span(r.rule) for r in rules if not r.dated), default=0)
         self._plans: dict[str, EventPlan] = {}
 

@@ -17,7 +17,7 @@ import msgspec
 
 from engine.state.customer import CustomerState, decode_state, encode_state
 from engine.state.outbox import OutboxEntry, OutboxTail
-from engine.state.store import PartitionClock, StateLost
+from engine.state.store import PartitionClock, PopulationCounts, StateLost
 
 
 class InMemoryStore:
@@ -40,7 +40,7 @@ class InMemoryStore:
       under one lock (a commit's entries appear to a relay all at once, as Redis's script makes them).
     """
 
-    __slots__ = ("states", "_offsets", "_index", "_clocks", "_outbox", "_last_seq", "_cursors", "_lock")
+    __slots__ = ("states", "_offsets", "_index", "_clocks", "_outbox", "_last_seq", "_cursors", "_lock", "_population")
 
     def __init__(self) -> None:
         # Public so the backtest's per-event loop reads and writes it without a call per event.
@@ -51,6 +51,7 @@ class InMemoryStore:
         self._outbox: dict[str, deque[OutboxEntry]] = {}
         self._last_seq: dict[str, int] = {}
         self._cursors: dict[str, dict[str, int]] = {}   # partition -> sink -> seq passed
+        self._population: dict[tuple[str, int], PopulationCounts] = {}   # (partition, day) -> its counts
         self._lock = threading.Lock()
 
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
@@ -77,6 +78,21 @@ class InMemoryStore:
     def load_clock(self, partition: str) -> PartitionClock | None:
         return self._clocks.get(partition)
 
+    def load_clocks(self, partitions: Sequence[str]) -> dict[str, PartitionClock]:
+        with self._lock:
+            return {p: c for p in partitions if (c := self._clocks.get(p)) is not None}
+
+    def load_population(self, partitions: Sequence[str], days: Sequence[int]) -> PopulationCounts:
+        counts: PopulationCounts = {}
+        with self._lock:
+            for day in days:
+                for partition in partitions:
+                    for key, hours in self._population.get((partition, day), {}).items():
+                        into = counts.setdefault(key, [0] * 24)
+                        for h, n in enumerate(hours):
+                            into[h] += n
+        return counts
+
     def load_many_encoded(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
         """The states of these customers as `encode_state` bytes; customers without state are absent."""
         get = self.states.get
@@ -94,15 +110,16 @@ class InMemoryStore:
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
                expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
-               clock: PartitionClock | None = None) -> OutboxTail | None:
+               clock: PartitionClock | None = None, population: PopulationCounts | None = None) -> OutboxTail | None:
         """The Redis store's commit (`engine.state.store.PartitionStore.commit`), in memory."""
         with self._lock:
-            return self._commit(partition, images, offset, next_due, unindex, expected_offset, outbox, clock)
+            return self._commit(partition, images, offset, next_due, unindex, expected_offset, outbox, clock,
+                                population)
 
     def _commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                 next_due: Mapping[str, int | None], unindex: list[str] | None,
                 expected_offset: int | None, outbox: Sequence[OutboxEntry],
-                clock: PartitionClock | None) -> OutboxTail | None:
+                clock: PartitionClock | None, population: PopulationCounts | None) -> OutboxTail | None:
         stored = self._offsets.get(partition)
         if stored != expected_offset:
             raise StateLost(partition, expected_offset, stored)
@@ -121,6 +138,10 @@ class InMemoryStore:
             self._offsets[partition] = offset
         if clock is not None:
             self._clocks[partition] = clock
+        for (channel, day), hours in (population or {}).items():
+            into = self._population.setdefault((partition, day), {}).setdefault((channel, day), [0] * 24)
+            for h, n in enumerate(hours):
+                into[h] += n
         if not outbox:
             return None
         log = self._outbox.setdefault(partition, deque())

@@ -15,7 +15,10 @@ Keys (the layout other tools and operators rely on):
     (`engine.state.outbox`), fields ``kind``, ``status`` and ``data`` (the item as JSON);
   - relay cursors: ``{prefix}:r:{{{partition}}}``, a hash: sink name -> the seq it passed;
   - event-time clock: ``{prefix}:c:{{{partition}}}``, JSON ``[frontier, newest, replay_from]``
-    (`engine.state.store.PartitionClock`), written with the offset.
+    (`engine.state.store.PartitionClock`), written with the offset;
+  - the population's responses (SPEC §3b) the partition's customers gave on a UTC day:
+    ``{prefix}:p:{{{partition}}}:{day}``, a hash ``<channel>:<local hour>`` -> count, written with
+    the offset (so counted exactly once), expiring `POPULATION_TTL_S` after its last write.
   Engines before the outbox kept the offset and the index under ``{prefix}:o:{partition}`` and
   ``{prefix}:t:{partition}``, ``{prefix}:c:{partition}`` (no braces); `load_offset` (`load_clock`
   for the clock) renames them the first time it finds them.
@@ -43,7 +46,7 @@ from redis.cluster import RedisCluster
 
 from engine.state.customer import CustomerState, decode_state, encode_state
 from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail
-from engine.state.store import PartitionClock, StateLost, decode_clock, encode_clock
+from engine.state.store import PartitionClock, PopulationCounts, StateLost, decode_clock, encode_clock
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 """What a caller retries: Redis is unreachable, timing out or loading its data."""
@@ -65,12 +68,14 @@ local function last_seq(key)
 end
 """
 
-# KEYS: offset key, deadline index key, outbox key, clock key. ARGV: expected stored offset ("" =
-# none), new offset ("" = leave it), clock ("" = leave it), n, n state key/value pairs, m, m index score/member pairs, k, k
-# outbox kind/status/data triples, members to unindex. Returns {1, "", last seq, outbox length}
+# KEYS: offset key, deadline index key, outbox key, clock key, then the population's day keys.
+# ARGV: expected stored offset ("" = none), new offset ("" = leave it), clock ("" = leave it), n, n
+# state key/value pairs, m, m index score/member pairs, k, k outbox kind/status/data triples, q, q
+# population key index/field/increment triples, members to unindex. Returns {1, "", last seq, outbox length}
 # ({..., -1, -1} without entries), or {0, stored offset} when the offset is not the expected one.
 # Arguments go to MSET/ZADD/ZREM in chunks: Lua's unpack() has a stack limit of a few thousand.
-_COMMIT_LUA = _LAST_SEQ_LUA + """
+POPULATION_TTL_S = 90 * 86_400   # a day's population counts are read for 32 days after it (wall clock here)
+_COMMIT_LUA = _LAST_SEQ_LUA + f"local POPULATION_TTL_S = {POPULATION_TTL_S}\n" + """
 local stored = redis.call('GET', KEYS[1]) or ''
 if stored ~= ARGV[1] then return {0, stored} end
 local function chunked(cmd, key, from, to, step)
@@ -100,6 +105,14 @@ if k > 0 then
     at = at + 3
   end
   length = redis.call('XLEN', KEYS[3])
+end
+local q = tonumber(ARGV[at])
+at = at + 1
+for _ = 1, q do
+  local key = KEYS[tonumber(ARGV[at])]
+  redis.call('HINCRBY', key, ARGV[at + 1], ARGV[at + 2])
+  redis.call('EXPIRE', key, POPULATION_TTL_S)
+  at = at + 3
 end
 chunked('ZREM', KEYS[2], at, #ARGV, 1000)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
@@ -248,6 +261,34 @@ class RedisStore:
                 self.client.delete(legacy)
         return None if value is None else decode_clock(value)
 
+    def load_clocks(self, partitions: Sequence[str]) -> dict[str, PartitionClock]:
+        """The committed clocks of these partitions (those without one are absent); one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.get(self.clock_key(partition))
+        return {p: decode_clock(v) for p, v in zip(partitions, pipe.execute()) if v is not None}
+
+    def population_key(self, partition: str, day: int) -> str:
+        return f"{self.prefix}:p:{{{partition}}}:{day}"
+
+    def load_population(self, partitions: Sequence[str], days: Sequence[int]) -> PopulationCounts:
+        """The population's counts of these days, summed over these partitions; one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for day in days:
+            for partition in partitions:
+                pipe.hgetall(self.population_key(partition, day))
+        counts: PopulationCounts = {}
+        replies = iter(pipe.execute())
+        for day in days:
+            for _ in partitions:
+                for field, n in next(replies).items():
+                    channel, hour = field.decode().rsplit(":", 1)
+                    hours = counts.get((channel, day))
+                    if hours is None:
+                        hours = counts[channel, day] = [0] * 24
+                    hours[int(hour)] += int(n)
+        return counts
+
     def load_offset(self, partition: str) -> int | None:
         """The partition's next offset; an engine's older keys (no hash tag) are renamed first."""
         keys = [self.offset_key(partition), self.deadline_key(partition),
@@ -271,9 +312,10 @@ class RedisStore:
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
                expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
-               clock: PartitionClock | None = None) -> OutboxTail | None:
-        """A partition's batch: its encoded states, its next offset, its clock, its deadline index
-        and its outbox entries, at once; the outbox's tail after it when entries were written.
+               clock: PartitionClock | None = None, population: PopulationCounts | None = None) -> OutboxTail | None:
+        """A partition's batch: its encoded states, its next offset, its clock, its deadline index,
+        its outbox entries and its population counts, at once; the outbox's tail after it when
+        entries were written.
 
         `images` are the customers' states as `encode_state` bytes. `next_due` is each
         customer's earliest deadline (None: none pending), which decides its place in the
@@ -300,6 +342,12 @@ class RedisStore:
             self.save_many_encoded(images, {partition: offset} if offset is not None else None)
             if clock is not None:
                 self.client.set(self.clock_key(partition), encode_clock(clock))
+            for (channel, day), hours in (population or {}).items():
+                day_key = self.population_key(partition, day)
+                for hour, n in enumerate(hours):
+                    if n:
+                        self.client.hincrby(day_key, f"{channel}:{hour}", n)
+                self.client.expire(day_key, POPULATION_TTL_S)
             if due:
                 self.client.zadd(key, due)
             if idle:
@@ -319,10 +367,18 @@ class RedisStore:
         args.append(len(outbox))
         for entry in outbox:
             args += (entry.kind.value, entry.status, entry.data)
+        keys = [offset_key, key, self.outbox_key(partition), self.clock_key(partition)]
+        at = len(args)
+        args.append(0)
+        for (channel, day), hours in (population or {}).items():
+            keys.append(self.population_key(partition, day))
+            for hour, n in enumerate(hours):
+                if n:
+                    args += (len(keys), f"{channel}:{hour}", n)
+                    args[at] += 1
         args.extend(idle)
         assert self._commit_script is not None   # registered in __init__ unless cluster
-        ok, stored, *tail = self._commit_script(
-            keys=[offset_key, key, self.outbox_key(partition), self.clock_key(partition)], args=args)
+        ok, stored, *tail = self._commit_script(keys=keys, args=args)
         if not ok:
             raise StateLost(partition, expected_offset, int(stored) if stored else None)
         return OutboxTail(tail[0], tail[1]) if outbox else None

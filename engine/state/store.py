@@ -56,6 +56,9 @@ class PartitionClock(msgspec.Struct, array_like=True, frozen=True):
     replay_from: int
 
 
+PopulationCounts = dict[tuple[str, int], list[int]]
+"""The population's responses (SPEC §3b): (channel, UTC day) -> 24 counts by local hour."""
+
 _clock_json = msgspec.json.Encoder()
 _clock_decoder = msgspec.json.Decoder(PartitionClock)
 
@@ -98,9 +101,10 @@ class PartitionStore(Protocol):
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
                expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
-               clock: PartitionClock | None = None) -> OutboxTail | None:
+               clock: PartitionClock | None = None, population: PopulationCounts | None = None) -> OutboxTail | None:
         """Write the batch's encoded states, the partition's next `offset` (None: leave it), its
-        `clock` (None: leave it), its deadline index and its `outbox` entries at once: each customer of `images` is indexed at
+        `clock` (None: leave it), its deadline index, its `outbox` entries and the `population`
+        counts its customers added (summed into the stored ones) at once: each customer of `images` is indexed at
         its `next_due` (None: taken out), `unindex` are taken out, the entries are appended in
         order and numbered after the outbox's last. Conditional: when the partition's stored
         offset is not `expected_offset` (None: no offset), raise `StateLost` and write nothing.
@@ -109,6 +113,15 @@ class PartitionStore(Protocol):
 
     def outbox_tail(self, partition: str) -> OutboxTail:
         """Where the partition's outbox stands (its last `seq`, its length)."""
+        ...
+
+    def load_clocks(self, partitions: Sequence[str]) -> dict[str, PartitionClock]:
+        """The committed clocks of these partitions (all of the input's, not only this worker's);
+        partitions without one are absent."""
+        ...
+
+    def load_population(self, partitions: Sequence[str], days: Sequence[int]) -> PopulationCounts:
+        """The population counts these partitions committed for these days, summed."""
         ...
 
 

@@ -264,6 +264,26 @@ def test_explain_says_why_that_hour_and_that_channel(tmp_path):
     assert t.channel == "push" and "the best decayed response rate of email, push (channel: best)" in t.why
 
 
+def test_explain_shows_the_populations_hour_from_every_customer(tmp_path):
+    """Explain replays one customer; the population's hour needs every customer's responses (it
+    sent the newcomer at once before: from its own events there was no population)."""
+    from engine.offline.explain import explain_customer
+
+    rules = compile_yaml(tmp_path, RULES.replace("CHANNEL", "email"))
+    crowd = [e for i in range(20) for e in opener(f"p{i}", [f"2026-01-0{2 + i % 3}T18:{10 + i:02d}:00Z"])]
+    newcomer = [ev(0, "identify", "n", "2026-01-01T00:00:00Z", timezone=BERLIN),
+                ev(0, "back_in_stock", "n", "2026-01-08T09:00:00Z")]
+    events = sorted(crowd + newcomer, key=lambda x: x.ts)
+    e = explain_customer(rules, "n", events=events, at="2026-01-09T00:00:00Z")
+    (r,) = e.rules
+    assert any("deferred to 2026-01-08T18:00:00.000Z: 19:00 local, the population's best hour" in n
+               for n in r.notes), r.notes
+    path = tmp_path / "events.jsonl"   # the same from a file
+    path.write_bytes(b"\n".join(msgspec.json.encode(x) for x in events))
+    (r,) = explain_customer(rules, "n", events=path, at="2026-01-09T00:00:00Z").rules
+    assert any("the population's best hour" in n for n in r.notes)
+
+
 # -- evaluation on generated data ------------------------------------------------------------------------
 
 def planted_summary(tmp_path: Path, **kwargs: object):

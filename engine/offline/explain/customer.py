@@ -3,7 +3,9 @@ state, assembled from the trace (what the evaluator told) and the views.
 
 Customers are independent, so replaying only this customer's events gives what a full
 `triggers backtest` computes for them; an events file is pre-filtered on its raw bytes, so only
-the lines that can be the customer's are decoded.
+the lines that can be the customer's are decoded. The one exception is the population's best
+hour (`send_time: best`, SPEC §3b), which counts every customer's responses: with such a rule
+the whole input is replayed once first to count them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 from engine.core.times import format_ts, now_ms, parse_ts
 from engine.events.decode import decode_jsonl
 from engine.events.model import Event
+from engine.offline.backtest import Replay
 from engine.offline.explain.conditions import condition_env
 from engine.offline.explain.model import ExplainError, Explanation, UnknownCustomer
 from engine.offline.explain.trace import Trace
 from engine.offline.explain.views import explain_rule, state_view, timer_views
+from engine.policy.timing import Population
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import did_you_mean
 from engine.state.customer import CustomerState
@@ -82,6 +86,10 @@ def explain_customer(
 def _replay(rules: CompiledRules, customer_id: str, events: str | Path | Iterable[Event], until: int | None,
             at: int | None, where: str) -> tuple[Trace, int, str]:
     """The customer's events replayed up to the explain time; (trace, explain time, its basis)."""
+    if not isinstance(events, (str, Path)):
+        events = list(events)   # read twice when the population is counted
+    elif str(events) == "-" and rules.uses_population:
+        events = [e for batch in decode_jsonl(events) for e in batch.events]
     evs = _customer_events(events, customer_id)
     if until is not None:
         evs = _before(evs, until)
@@ -91,9 +99,28 @@ def _replay(rules: CompiledRules, customer_id: str, events: str | Path | Iterabl
     if at is None:
         at = until if until is not None else max(e.ts for e in evs)
     evs = _before(evs, at)
-    trace = Trace(rules, customer_id, where)
+    population = _population(rules, events, at) if rules.uses_population else None
+    trace = Trace(rules, customer_id, where, population)
     trace.replay(evs, at)
     return trace, at, basis
+
+
+def _population(rules: CompiledRules, events: str | Path | list[Event], at: int) -> Population:
+    """`send_time: best` falls back on every customer's responses, not only this one's: the whole
+    input is replayed up to the explain time (as the backtest does) to count them."""
+    out: list = []
+    replay = Replay(rules, out.extend, until=at)
+    if isinstance(events, (str, Path)):
+        for batch in decode_jsonl(events):
+            replay.feed(batch.events)
+            if replay.stopped:
+                break
+    else:
+        replay.feed(events)
+    counts = replay.session.population.counts
+    frozen = Population(shared=True)   # read only: the customer's replay records nothing more into it
+    frozen.add_final(counts, 2**62)
+    return frozen
 
 
 def _ms(value: int | str | None, what: str) -> int | None:

@@ -19,7 +19,7 @@ from engine.events.model import Event
 from engine.offline.explain.journey import awaited, step_id, wait_match
 from engine.offline.explain.model import JourneyMove
 from engine.policy.contact import Decision
-from engine.policy.timing import HourChoice, hour_words
+from engine.policy.timing import HourChoice, Population, hour_words
 from engine.rules.compiler import CompiledRules
 from engine.rules.journey import JourneyRule
 from engine.rules.kinds import CompiledRule, Kind
@@ -58,10 +58,12 @@ class RuleTrace:
 class Trace(Observer):
     """Replays one customer's events (`replay`), recording why each rule did what it did."""
 
-    def __init__(self, rules: CompiledRules, customer_id: str, where: str = "explain") -> None:
+    def __init__(self, rules: CompiledRules, customer_id: str, where: str = "explain",
+                 population: Population | None = None) -> None:
+        """`population`: every customer's responses (the best hour's fallback); default: this one's."""
         self.rules = rules
         self.customer_id = customer_id
-        self.session = Session(rules, where, observer=self)
+        self.session = Session(rules, where, observer=self, population=population)
         self.events = 0                            # events replayed
         self.triggers: list[Trigger] = []
         self.decisions: dict[str, Decision] = {}   # trigger id -> the policy decision it came from
