@@ -14,10 +14,13 @@ and /healthz) goes through the `logger` and `waiting` hooks it is given.
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.base import Record, Waiting, retry_forever
+
+RECORD_EVERY_S = 1.0   # the consumer group's record of the committed offset, at most this often
 
 __all__ = ["KafkaPartitionLog"]
 
@@ -71,6 +74,9 @@ class KafkaPartitionLog:
         self._position = start if start is not None else low
         self._eof = False
         self._unhealthy = False
+        self._to_record: int | None = None     # the latest committed offset, recorded or not
+        self._recorded: int | None = None
+        self._recorded_at = -RECORD_EVERY_S
 
     def read(self, max_records: int) -> list[Record]:
         records: list[Record] = []
@@ -121,11 +127,29 @@ class KafkaPartitionLog:
         return max(0, high - self._position)
 
     def record_committed(self, offset: int) -> None:
+        """Record the offset in the consumer group, at most every `RECORD_EVERY_S` (each one is a
+        request the broker handles: a commit every few milliseconds cost it more than the
+        events); the latest is recorded on `close`. The record only has to trail Redis's offset
+        (`engine.operators.resume`); trailing by a second weakens the state-loss check by that."""
+        self._to_record = offset
+        now = time.monotonic()
+        if now - self._recorded_at >= RECORD_EVERY_S:
+            self._recorded_at = now
+            self._record(offset)
+
+    def _record(self, offset: int) -> None:
         try:
             self._consumer.commit(offsets=[TopicPartition(self._tp.topic, self._tp.partition, offset)],
                                   asynchronous=True)
+            self._recorded = offset
         except KafkaException as e:   # only the check at the next start is weaker: say so, go on
             log.warning("%s: could not record offset %d in the consumer group: %s", self.name, offset, e)
 
     def close(self) -> None:
+        if self._to_record is not None and self._to_record != self._recorded:
+            try:   # the latest, before the consumer goes
+                self._consumer.commit(offsets=[TopicPartition(self._tp.topic, self._tp.partition, self._to_record)],
+                                      asynchronous=False)
+            except KafkaException as e:
+                log.warning("%s: could not record offset %d in the consumer group: %s", self.name, self._to_record, e)
         self._consumer.close()

@@ -58,6 +58,16 @@ and that batch is sent again after the restart (at most one batch, as after a cr
 
 LOG_EVERY_S = 5.0   # a relay that keeps failing logs one line per this many seconds, with a count
 
+SKIP_SAVE_S = 0.25
+"""A relay told that a commit holds nothing for its sink (the dead-letter file's relay, with no
+dead letters) moves its cursor past it without reading, and saves that cursor at most this often:
+the outbox is trimmed below it only then, and a crash re-reads at most this much (to skip it
+again)."""
+MAX_SKIPS = 1000    # ranges remembered per partition; past it the oldest are read after all
+
+Contents = frozenset[tuple[ItemKind, str]]
+"""What a commit wrote to an outbox: its entries' (kind, status) pairs."""
+
 
 def default_dead_letter_path(sink: str) -> str:
     """Where a sink's refused items go unless its settings say `dead_letter_path`."""
@@ -78,6 +88,10 @@ class SinkSpec(msgspec.Struct, frozen=True):
 
     def wants(self, entry: OutboxEntry) -> bool:
         return entry.kind is self.kind and (self.statuses is None or entry.status in self.statuses)
+
+    def wants_any(self, contents: Contents) -> bool:
+        statuses = self.statuses
+        return any(kind is self.kind and (statuses is None or status in statuses) for kind, status in contents)
 
 
 class SinkDeadLetter(msgspec.Struct):
@@ -200,6 +214,10 @@ class Relay:
         self._read_ahead: dict[str, tuple[int, tuple[list[OutboxEntry], OutboxTail]]] = {}
         self._lock = threading.Lock()
         self._notified: set[str] = set()     # partitions committed to since the relay last looked
+        # partition -> seq ranges (first, last) committed with nothing for this sink, in order: passed unread
+        self._skips: dict[str, list[tuple[int, int]]] = {}
+        self._skip_saved: dict[str, float] = {}   # partition -> when a skipped cursor was last saved
+        self._unsaved: set[str] = set()           # partitions whose cursor moved by skips only, not saved yet
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connector: Sink | None = None
@@ -228,9 +246,19 @@ class Relay:
             self._cursors.pop(partition, None)
             self._read_ahead.pop(partition, None)
 
-    def notify(self, partition: str) -> None:
-        """Something was committed to the partition's outbox."""
+    def notify(self, partition: str, first: int = 0, last: int = 0, contents: Contents | None = None) -> None:
+        """Something was committed to the partition's outbox: entries `first`..`last` holding
+        `contents` (None: unknown). A commit with nothing for this sink is passed without a read."""
         with self._lock:
+            if contents is not None and first and not self.spec.wants_any(contents):
+                skips = self._skips.setdefault(partition, [])
+                if skips and skips[-1][1] + 1 == first:
+                    skips[-1] = (skips[-1][0], last)
+                else:
+                    skips.append((first, last))
+                    if len(skips) > MAX_SKIPS:
+                        del skips[0]
+                return   # nothing to wake up for: the next look at the partition passes it
             self._notified.add(partition)
         self._wake.set()
 
@@ -295,6 +323,13 @@ class Relay:
             cursor = self._redis(lambda: store.load_cursors(partition).get(self.name, 0))
             if cursor is None:
                 return False
+        skipped = self._skip(partition, cursor)
+        if skipped != cursor:
+            cursor = self._cursors[partition] = skipped
+            self._read_ahead.pop(partition, None)   # read after the old cursor
+            if cursor >= self._tails.get(partition, 0):   # nothing after the skipped: no read
+                self._save_skipped(partition, store, False)
+                return False
         size = self._batch_size
         scan = self._scan.get(partition, size)
         ahead = self._read_ahead.pop(partition, None)
@@ -321,6 +356,7 @@ class Relay:
         if tail.last_seq > committed:
             self._tails[partition] = tail.last_seq
         if not entries:
+            self._save_skipped(partition, store, False)
             return False
         batch: list[OutboxEntry] = []
         last = cursor
@@ -343,9 +379,40 @@ class Relay:
         scan = self._scan.get(partition, size)
         while (saved := self._redis(lambda: store.advance(partition, self.name, last, self._sinks, scan))) is None:
             self._pause()
+        self._unsaved.discard(partition)
         self._cursors[partition] = last
         self._read_ahead[partition] = (known, saved)
         return True
+
+    def _skip(self, partition: str, cursor: int) -> int:
+        """The cursor moved past the ranges told to hold nothing for this sink that follow it."""
+        with self._lock:
+            skips = self._skips.get(partition)
+            if not skips:
+                return cursor
+            moved = cursor
+            while skips and skips[0][0] <= moved + 1:
+                moved = max(moved, skips.pop(0)[1])
+        if moved != cursor:
+            self._unsaved.add(partition)
+        return moved
+
+    def _save_skipped(self, partition: str, store: OutboxStore, now: bool) -> None:
+        """Save a cursor that moved by skips alone, at most every `SKIP_SAVE_S` (`now`: at once)."""
+        if partition not in self._unsaved:
+            return
+        at = time.monotonic()
+        if not now and at - self._skip_saved.get(partition, 0.0) < SKIP_SAVE_S:
+            return
+        cursor = self._cursors[partition]
+
+        def save() -> bool:
+            store.save_cursor(partition, self.name, cursor, self._sinks)
+            return True
+
+        if self._redis(save):
+            self._skip_saved[partition] = at
+            self._unsaved.discard(partition)
 
     def _deliver(self, partition: str, batch: list[OutboxEntry]) -> None:
         """Deliver the batch: transient failures again and again with capped backoff, permanent
@@ -461,6 +528,12 @@ class Relay:
         return self._connector
 
     def _close(self) -> None:
+        if self._unsaved and self._store is not None:   # cursors moved by skips: saved once, best effort
+            for partition in list(self._unsaved):
+                try:
+                    self._store.save_cursor(partition, self.name, self._cursors[partition], self._sinks)
+                except (*REDIS_ERRORS, KeyError):
+                    pass
         for closing in (self._connector, self._dead_letters):
             if closing is not None:
                 try:
@@ -506,12 +579,13 @@ class RelayGroup:
         if last:
             self.stop()
 
-    def notify(self, partition: str, last_seq: int) -> None:
-        """A commit wrote the partition's outbox up to `last_seq`."""
+    def notify(self, partition: str, last_seq: int, first_seq: int = 0, contents: Contents | None = None) -> None:
+        """A commit wrote the partition's outbox up to `last_seq`: entries `first_seq`..`last_seq`
+        holding `contents` (unknown when not given: every relay looks)."""
         if last_seq > self.tails.get(partition, 0):
             self.tails[partition] = last_seq
         for relay in self.relays:
-            relay.notify(partition)
+            relay.notify(partition, first_seq, last_seq, contents)
 
     def passed(self, partition: str) -> int:
         """The seq every relay has passed in the partition (0 when one has not read it yet)."""

@@ -120,7 +120,8 @@ class PartitionWorker:
         # with that commit; where the partition's outbox stands; who relays it (told at commits).
         self.outbox: list[Trigger | DeadLetter] = []
         self.outbox_tail = OutboxTail(0, 0)
-        self.on_outbox: Callable[[str, int], None] | None = None
+        # (partition, last seq, first seq, the entries' (kind, status) pairs), after each commit with entries
+        self.on_outbox: Callable[[str, int, int, frozenset], None] | None = None
 
     # -- evaluate step ----------------------------------------------------------------------
 
@@ -303,7 +304,8 @@ class PartitionWorker:
         if tail is not None:
             self.outbox_tail = tail
             if self.on_outbox is not None:
-                self.on_outbox(self.name, tail.last_seq)
+                self.on_outbox(self.name, tail.last_seq, tail.last_seq - len(entries) + 1,
+                               frozenset((e.kind, e.status) for e in entries))
         self.has_committed = True
         self.event_log.record_committed(offset)   # the record outside Redis that state loss is checked against
         self.orphans.clear()

@@ -233,6 +233,61 @@ def test_a_commit_to_one_partition_makes_the_relay_read_that_partition_only() ->
     assert set(reads) == {"events-2"}
 
 
+def test_a_commit_with_nothing_for_a_sink_is_passed_without_a_read() -> None:
+    """Issue 11, latency: the dead letters' relay read the outbox after every commit to skip its
+    triggers (a Redis round trip and the interpreter, twice per commit). Told what a commit holds,
+    it moves its cursor past commits without dead letters unread, saves it now and then (so the
+    outbox is trimmed), and still reads the commits that hold something for it."""
+    reads: dict[str, int] = {}   # relay thread -> outbox reads
+
+    class Counting(InMemoryStore):
+        def read_outbox(self, partition: str, after: int, count: int):
+            name = threading.current_thread().name
+            reads[name] = reads.get(name, 0) + 1
+            return super().read_outbox(partition, after, count)
+
+        def advance(self, partition, sink, seq, sinks, count):
+            name = threading.current_thread().name
+            reads[name] = reads.get(name, 0) + 1
+            return super().advance(partition, sink, seq, sinks, count)
+
+    store = Counting()
+    dead: list = []
+    triggers: list = []
+    group = RelayGroup([SinkSpec("kafka", lambda: ListSink(triggers)),
+                        SinkSpec("dead", lambda: ListSink(dead), ItemKind.DEAD_LETTER)], lambda: store,
+                       batch_size=50, backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
+    dead_relay = group.relays[1]
+    group.attach(P)
+    wait_for(lambda: group.passed(P) == 0)
+    offset = None
+
+    def commit(items: list) -> None:
+        nonlocal offset
+        entries = encode_items(items)
+        tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
+        offset = (offset or 0) + 1
+        assert tail is not None
+        group.notify(P, tail.last_seq, tail.last_seq - len(entries) + 1, frozenset((e.kind, e.status) for e in entries))
+
+    reads.clear()
+    started = time.monotonic()
+    for n in range(0, 200, 2):
+        commit([trigger(n), trigger(n + 1)])
+        time.sleep(0.001)
+    wait_for(lambda: len(triggers) == 200)
+    wait_for(lambda: dead_relay.passed(P) == 200)          # passed unread, at its next look
+    wait_for(lambda: store.load_cursors(P).get("dead") == 200)   # and saved: the outbox is trimmed
+    wait_for(lambda: store.outbox_tail(P).length == 0)
+    looks = (time.monotonic() - started) / 0.05
+    dead_reads = reads.get("relay-dead", 0)
+    commit([trigger(200), DeadLetter("not JSON", "x@9", "{")])
+    wait_for(lambda: len(dead) == 1 and group.passed(P) == 202)
+    group.detach(P)
+    # the kafka relay reads after about every commit; the dead letters' relay about once per look
+    assert reads["relay-kafka"] >= 50 and dead_reads <= 2 * looks + 4, (reads, looks)
+
+
 def test_a_batch_that_read_everything_commits_at_once_and_a_backlog_waits_for_the_interval(tmp_path: Path) -> None:
     """Issue 11, latency: a trigger leaves only once committed. A batch that drained the log
     commits its triggers at once; a full batch (more records waiting) shares a commit per
