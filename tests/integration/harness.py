@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -189,6 +190,37 @@ class Receiver:
         self._answering.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def run_against_backtest(kafka_bootstrap: str, redis_url: str, tmp_path: Path, name: str, rules_yaml: str,
+                         lines: list[bytes], kafka_extra: str = "") -> tuple[list[dict], list[dict], str, str, Any]:
+    """`rules_yaml` as the rules, `lines` produced to a new 4-partition topic, one bounded
+    `triggers run` with Redis state (`kafka_extra`: lines added to its [kafka] table), and a
+    backtest of the same lines up to now. Returns (triggers in the sink topic, the backtest's as
+    dicts, the Redis prefix, the topic, the backtest's `Replay`)."""
+    import msgspec
+
+    from engine.core.times import now_ms
+    from engine.events.decode import EventDecoder
+    from engine.offline.backtest import Replay
+    from engine.rules.compiler import load_and_compile
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "rules.yaml").write_text(rules_yaml)
+    topic = create_topic(kafka_bootstrap, unique(f"{name}-events"))
+    produce(kafka_bootstrap, topic, lines)
+    prefix, sink, dead = unique(name), unique(f"{name}-triggers"), unique(f"{name}-dead")
+    config = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
+                          dead_topic=dead, rules=rules_dir)
+    if kafka_extra:
+        config.write_text(config.read_text().replace("[kafka]\n", f"[kafka]\n{kafka_extra}\n"))
+    run_engine(config)
+    expected: list = []
+    replay = Replay(load_and_compile(rules_dir), expected.extend, until=now_ms())
+    replay.feed(EventDecoder().decode_batch((raw, "test") for raw in lines)[0])
+    replay.finish()
+    return read_topic(kafka_bootstrap, sink), [msgspec.to_builtins(t) for t in expected], prefix, topic, replay
 
 
 def trigger_key(t: dict) -> bytes:

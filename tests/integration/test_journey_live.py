@@ -5,12 +5,9 @@ produced to Kafka, run by `triggers run` with Redis state, give the backtest's t
 from __future__ import annotations
 
 import msgspec
-from harness import create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
+from harness import run_against_backtest, trigger_key
 
 from engine.core.times import now_ms
-from engine.events.decode import EventDecoder
-from engine.offline.backtest import Replay
-from engine.rules.compiler import load_and_compile
 from engine.state.customer import encode_state
 from engine.state.redis import RedisStore
 
@@ -91,28 +88,13 @@ def cases(start: int) -> list[dict]:
 
 def test_journeys_through_kafka_and_redis_give_the_backtests_triggers(kafka_bootstrap, redis_url, redis_client,
                                                                       tmp_path):
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    (rules_dir / "rules.yaml").write_text(RULES)
     lines = [msgspec.json.encode(e) for e in cases(now_ms() - 20 * DAY)]   # every deadline is due by now
-    topic = create_topic(kafka_bootstrap, unique("journey-events"))
-    produce(kafka_bootstrap, topic, lines)
-    prefix, sink, dead = unique("journey"), unique("journey-triggers"), unique("journey-dead")
-    config = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
-                          dead_topic=dead, rules=rules_dir)
-    run_engine(config)
-
-    expected: list = []
-    replay = Replay(load_and_compile(rules_dir), expected.extend, until=now_ms())
-    replay.feed(EventDecoder().decode_batch((raw, "test") for raw in lines)[0])
-    replay.finish()
-    want = [msgspec.to_builtins(t) for t in expected]
+    got, want, prefix, _, replay = run_against_backtest(kafka_bootstrap, redis_url, tmp_path, "journey", RULES, lines)
     # every situation happened: each step sent, the fallback used, suppressions, held-out walks
     assert {t["step"] for t in want} == {"hello", "recommend", "remind", "a", "issued", "thanks", "nudge"}
     assert {t["channel"] for t in want if t["step"] == "remind"} >= {"push", "sms"}
     assert {t["status"] for t in want} == {"sent", "held_out", "suppressed"}
 
-    got = read_topic(kafka_bootstrap, sink)
     assert sorted(map(trigger_key, got)) == sorted(map(trigger_key, want))
     live = RedisStore(redis_url, prefix).load_many(list(replay.store.states))
     assert {c: encode_state(s) for c, s in live.items()} == {

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from harness import create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
+from harness import run_against_backtest, trigger_key
 
 from engine.core.times import format_ts, now_ms
-from engine.events.decode import EventDecoder
-from engine.offline.backtest import Replay
-from engine.rules.compiler import load_and_compile
 from engine.state.redis import RedisStore
 
 HOUR = 3_600_000
@@ -79,28 +76,12 @@ def events(start: int) -> list[dict]:
 @pytest.mark.parametrize("batch", [None, 3])
 def test_best_hours_through_kafka_and_redis_give_the_backtests(kafka_bootstrap, redis_url, redis_client, tmp_path,
                                                                batch):
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    (rules_dir / "rules.yaml").write_text(RULES)
     lines = [msgspec.json.encode(e) for e in events(now_ms() - 25 * DAY)]   # every deferral is due by now
-    topic = create_topic(kafka_bootstrap, unique("timing-events"))
-    produce(kafka_bootstrap, topic, lines)
-    prefix, sink, dead = unique("timing"), unique("timing-triggers"), unique("timing-dead")
-    config = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
-                          dead_topic=dead, rules=rules_dir)
-    if batch:   # tiny poll batches: the partitions move at their own pace
-        config.write_text(config.read_text().replace("[kafka]\n", f"[kafka]\nbatch_size = {batch}\n"))
-    run_engine(config)
-
-    expected: list = []
-    replay = Replay(load_and_compile(rules_dir), expected.extend, until=now_ms())
-    replay.feed(EventDecoder().decode_batch((raw, "test") for raw in lines)[0])
-    replay.finish()
-    want = [msgspec.to_builtins(t) for t in expected]
+    got, want, prefix, topic, _ = run_against_backtest(kafka_bootstrap, redis_url, tmp_path, "timing", RULES, lines,
+                                                       f"batch_size = {batch}" if batch else "")
     # every basis happened: deferred to the customer's hour and the population's, sent at once, push chosen
     hours = {t["fired_at"][11:13] for t in want if t["rule_id"] == "restock"}
     assert {"06", "18", "09"} <= hours and "push" in {t["channel"] for t in want}
-    got = read_topic(kafka_bootstrap, sink)
     assert sorted(map(trigger_key, got)) == sorted(map(trigger_key, want))
     # the population's responses are in Redis, each counted once over the four partitions
     store = RedisStore(redis_url, prefix)
