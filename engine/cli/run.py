@@ -57,7 +57,9 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka bootstrap servers (kafka.brokers)")
     run.add_argument("--topic", help="Kafka topic of the events, keyed by customer id (kafka.topic)")
     run.add_argument("--redis-url", metavar="URL", help="Redis for state and offsets (redis.url)")
-    run.add_argument("--workers", type=int, help="worker threads in this process (workers)")
+    run.add_argument("--processes", type=int, help="engine processes on this machine, one cluster (processes); "
+                     "what makes the engine faster, since worker threads share one interpreter")
+    run.add_argument("--workers", type=int, help="worker threads in each process (workers); they do not add speed")
     run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster (process_id)")
     run.add_argument("--addresses", metavar="HOST:PORT;...", help="every process of the cluster (addresses)")
     run.add_argument("--exit-at-end", action="store_true", default=None,
@@ -75,11 +77,16 @@ def run_live(args: argparse.Namespace) -> int:
     from engine.operators.logs import setup_logging
 
     settings = _settings(args)
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format,
+                  (settings.process_id or 0) if settings.addresses else None)
     log = logging.getLogger("engine")
     rules = load_rules(settings.rules)
     if rules is None:
         return 1
+    if settings.processes > 1 and not settings.addresses:
+        from engine.cli.processes import supervise
+
+        return supervise(_argv(args), settings.processes)
     flow = _start(settings, rules, args.accept_state_loss, log)
     if flow is None:
         return 0
@@ -87,7 +94,9 @@ def run_live(args: argparse.Namespace) -> int:
     from engine.operators.shutdown import install_signal_handlers
 
     install_signal_handlers()
-    stage = _Stage(settings) if settings.kafka.repartition_from and not settings.exit_at_end else None
+    # the repartition stage runs once per cluster: in its first process
+    stage = (_Stage(settings) if settings.kafka.repartition_from and not settings.exit_at_end
+             and not settings.process_id else None)
     log.info("running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules),
              settings.rules, settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.shown(),
              settings.workers)
@@ -95,6 +104,20 @@ def run_live(args: argparse.Namespace) -> int:
     if stage is not None:
         stage.stop()
     return _stopped(log)
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The `run` command line of these arguments, for the processes of `--processes`."""
+    argv = ["run"]
+    for flag, value in (("--config", args.config), ("--rules", args.rules), ("--brokers", args.brokers),
+                        ("--topic", args.topic), ("--redis-url", args.redis_url), ("--workers", args.workers)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.exit_at_end:
+        argv.append("--exit-at-end")
+    if args.accept_state_loss:
+        argv.append("--accept-state-loss")
+    return argv
 
 
 def _settings(args: argparse.Namespace):
@@ -107,6 +130,7 @@ def _settings(args: argparse.Namespace):
         "kafka.topic": args.topic,
         "redis.url": args.redis_url,
         "workers": args.workers,
+        "processes": args.processes,
         "process_id": args.process_id,
         "addresses": args.addresses.split(";") if args.addresses else None,
         "exit_at_end": args.exit_at_end,

@@ -57,13 +57,19 @@ def redact_url(url: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, process: int | None = None) -> None:
+        super().__init__()
+        self.process = process
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.process is not None:
+            entry["process"] = self.process
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -123,9 +129,13 @@ def kafka_logger() -> logging.Logger:
     return _kafka_logger
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
+def setup_logging(level: str, fmt: str = "text", process: int | None = None) -> None:
+    """`process`: a cluster process's index, in every line (the processes of `--processes`
+    share one stderr)."""
     handler = logging.StreamHandler(sys.stderr)
-    inner = JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tag = f" [process {process}]" if process is not None else ""
+    inner = (JsonFormatter(process) if fmt == "json"
+             else logging.Formatter(f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s"))
     handler.setFormatter(_Redacting(inner))
     root = logging.getLogger()
     root.handlers[:] = [handler]

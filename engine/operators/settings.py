@@ -198,7 +198,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     relay: Annotated[RelaySettings, Doc(
         "how triggers go from the outbox to each sink: batches, retries, the outbox's bound")] = msgspec.field(
         default_factory=RelaySettings)
-    workers: Annotated[int, Doc("worker threads in this process")] = 1
+    processes: Annotated[int, msgspec.Meta(ge=1), Doc(
+        "engine processes `triggers run` starts on this machine as one cluster (each on part of the "
+        "partitions); processes add speed, worker threads do not (they share one interpreter)")] = 1
+    workers: Annotated[int, Doc("worker threads in each process")] = 1
     process_id: Annotated[int | None, Doc("with `addresses`: this process's index in the cluster")] = None
     addresses: Annotated[list[str], Doc("host:port of every process of a multi-process cluster")] = []
     commit_interval_ms: Annotated[int, Doc(

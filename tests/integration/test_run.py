@@ -104,3 +104,42 @@ def test_two_processes_give_the_same_triggers_as_one(kafka_bootstrap, redis_url,
     ids_one = sorted(t["trigger_id"] for t in read_topic(kafka_bootstrap, sink1))
     ids_two = sorted(t["trigger_id"] for t in read_topic(kafka_bootstrap, sink2))
     assert ids_one == ids_two and len(ids_one) > 500
+
+
+def test_processes_flag_runs_one_cluster_of_processes_and_stops_them_together(kafka_bootstrap, redis_url,
+                                                                              redis_client, tmp_path, sample_lines):
+    """Issue 15: `--processes 2` starts the cluster itself (threads do not add speed); its
+    triggers are one process's, its processes split the partitions, and a SIGTERM to it stops
+    them all with exit 0."""
+    import signal
+    import time
+
+    topic = create_topic(kafka_bootstrap, unique("events"))
+    produce(kafka_bootstrap, topic, sample_lines)
+    expected, _ = backtest(sample_lines, until=now_ms())
+    sink = unique("t")
+    config = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=unique("procs"),
+                          sink_topic=sink, dead_topic=unique("d"))
+    res = run_engine(config, "--processes", "2")
+    assert "started 2 engine processes" in res.stderr
+    starts = [line for line in res.stderr.splitlines() if "starting at offset" in line]
+    by_process = {line.split("[process ")[1][0] for line in starts}
+    assert len(starts) == 4 and by_process == {"0", "1"}   # the partitions were split between them
+    assert sorted(map(trigger_key, read_topic(kafka_bootstrap, sink))) == sorted(map(trigger_key, expected))
+
+    # unbounded: SIGTERM to the supervisor stops both processes, which commit and exit 0
+    endless = write_config(tmp_path / "e.toml", topic=topic, redis_url=redis_url, prefix=unique("procs"),
+                           sink_topic=unique("t"), dead_topic=unique("d"))
+    endless.write_text(endless.read_text().replace("exit_at_end = true", "exit_at_end = false"))
+    proc = subprocess.Popen(engine_cmd(endless, "--processes", "2"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    assert proc.stderr is not None
+    while sum("starting at offset" in line for line in lines) < 4:
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)[-3000:]
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest[-3000:]
+    assert rest.count("committed and closed") == 2

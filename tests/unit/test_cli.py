@@ -230,3 +230,13 @@ def test_validate_the_bundled_rules_against_the_bundled_sample_has_no_warning(ca
     assert main(["validate", str(ROOT / "rules"), "--events", str(SAMPLE)]) == 0
     out, err = capsys.readouterr()
     assert "warning" not in err and "0 warning(s)" in out
+
+
+def test_processes_that_fail_make_the_supervisor_fail_with_their_status(tmp_path):
+    """`triggers run --processes 2` passes a process's error on (here: both refuse a settings file
+    that does not parse, exit 2)."""
+    from engine.cli.processes import supervise
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml\n")
+    assert supervise(["run", "--config", str(bad), "--rules", str(ROOT / "rules")], 2) == 2
