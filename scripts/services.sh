@@ -4,7 +4,9 @@
 #   Kafka  - an Apache Kafka broker in KRaft mode (one node, broker + controller), its jars
 #            resolved from Maven Central with scripts/kafka/pom.xml and cached per version.
 #
-# usage: scripts/services.sh {install|start|stop|status} [redis|kafka|all]     (default: all)
+# usage: scripts/services.sh {install|start|stop|status} [redis|kafka|all|redis-cluster]   (default: all)
+#        (`--redis-cluster` is accepted for `redis-cluster`: a real 3-primary Redis Cluster on
+#        127.0.0.1:7000-7002, made with redis-cli --cluster create; not part of `all`)
 #
 #   install  installs what is missing (apt package, Kafka jars); a no-op when present
 #   start    reuses a server that already answers on the port, else starts one and waits until
@@ -13,7 +15,7 @@
 #   status   prints up/down for each; exit 0 when all asked-for services are up, else 1
 #
 # Every action is idempotent and works from any directory. Settings (environment):
-#   REDIS_PORT (6379)  KAFKA_PORT (9092)  KAFKA_CONTROLLER_PORT (9093)  KAFKA_VERSION (4.1.0)
+#   REDIS_PORT (6379)  REDIS_CLUSTER_PORTS ("7000 7001 7002")  KAFKA_PORT (9092)  KAFKA_CONTROLLER_PORT (9093)  KAFKA_VERSION (4.1.0)
 #   TE_SERVICES_DIR (<repo>/.services)   XDG_CACHE_HOME (~/.cache): Kafka jars cache
 #   REDIS_START_TIMEOUT (30 s)  KAFKA_START_TIMEOUT (120 s)
 # To throw away Kafka's topics and data: stop, then remove $TE_SERVICES_DIR/kafka.
@@ -25,6 +27,8 @@ SERVICES_DIR="${TE_SERVICES_DIR:-$REPO_ROOT/.services}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 REDIS_DIR="$SERVICES_DIR/redis"
 REDIS_START_TIMEOUT="${REDIS_START_TIMEOUT:-30}"
+read -r -a REDIS_CLUSTER_PORTS <<<"${REDIS_CLUSTER_PORTS:-7000 7001 7002}"
+REDIS_CLUSTER_DIR="$SERVICES_DIR/redis-cluster"
 
 # 4.1.0: a 4.x release (no ZooKeeper, KRaft only) whose broker runs on Java 17.
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.0}"
@@ -97,8 +101,8 @@ stop_pid() {
 
 # Speak RESP over bash's /dev/tcp, so the check needs neither redis-cli nor Python.
 redis_ping() {
-    local reply=""
-    { exec 8<>"/dev/tcp/127.0.0.1/$REDIS_PORT"; } 2>/dev/null || return 1
+    local reply="" port="${1:-$REDIS_PORT}"
+    { exec 8<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
     printf 'PING\r\n' >&8
     IFS= read -r -t 2 reply <&8 || true
     exec 8<&- 8>&-
@@ -437,10 +441,83 @@ kafka_status() {
     return 1
 }
 
+# ---------------------------------------------------------------- Redis Cluster
+
+cluster_ok() {
+    redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'
+}
+
+redis-cluster_install() { redis_install; }
+
+redis-cluster_start() {
+    redis_install
+    command -v redis-cli >/dev/null 2>&1 || die "redis-cli is missing (it comes with redis-server's package: redis-tools)"
+    local port dir i
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        dir="$REDIS_CLUSTER_DIR/$port"
+        if redis_ping "$port"; then
+            continue
+        fi
+        mkdir -p "$dir"
+        rm -f "$dir/redis.pid"
+        : >"$dir/redis.log"
+        # The same persistence and eviction settings as the single node (see redis_start).
+        redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+            --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+            --save '' --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+            9>&- >>"$dir/redis.log" 2>&1 || { tail_log "$dir/redis.log"; die "redis-server on port $port failed to start"; }
+    done
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        for ((i = 0; i < REDIS_START_TIMEOUT * 5; i++)); do
+            redis_ping "$port" && break
+            sleep 0.2
+        done
+        redis_ping "$port" || { tail_log "$REDIS_CLUSTER_DIR/$port/redis.log"; die "redis-server did not answer on port $port"; }
+    done
+    if ! cluster_ok; then
+        local nodes=()
+        for port in "${REDIS_CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
+        # Nodes that were a cluster before (their nodes.conf) find each other again by themselves;
+        # a node that knows only itself is new: the cluster is created.
+        if redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_known_nodes:1'; then
+            log "redis-cluster: creating the cluster of ${nodes[*]}"
+            redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+                >"$REDIS_CLUSTER_DIR/create.log" 2>&1 || true
+        fi
+        for ((i = 0; i < REDIS_START_TIMEOUT * 5; i++)); do
+            cluster_ok && break
+            sleep 0.2
+        done
+        cluster_ok || { cat "$REDIS_CLUSTER_DIR/create.log" >&2 2>/dev/null; die "the Redis Cluster on ${nodes[*]} is not ok"; }
+    fi
+    log "redis-cluster: up on 127.0.0.1:${REDIS_CLUSTER_PORTS[*]} (state under $REDIS_CLUSTER_DIR)"
+}
+
+redis-cluster_stop() {
+    local port pid
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        if pid="$(live_pid "$REDIS_CLUSTER_DIR/$port/redis.pid" redis-server)"; then
+            stop_pid "$pid" "redis $port" 20
+            rm -f "$REDIS_CLUSTER_DIR/$port/redis.pid"
+        fi
+    done
+    log "redis-cluster: stopped"
+}
+
+redis-cluster_status() {
+    if cluster_ok; then
+        echo "redis-cluster: up   127.0.0.1:${REDIS_CLUSTER_PORTS[*]}"
+        return 0
+    fi
+    echo "redis-cluster: down 127.0.0.1:${REDIS_CLUSTER_PORTS[*]}"
+    return 1
+}
+
 # ---------------------------------------------------------------- main
 
 usage() {
-    sed -n '7,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '7,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -450,6 +527,7 @@ case "$target" in
     redis) services=(redis) ;;
     kafka) services=(kafka) ;;
     all) services=(redis kafka) ;;
+    redis-cluster | --redis-cluster) services=(redis-cluster) ;;
     *) usage ;;
 esac
 

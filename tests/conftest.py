@@ -61,6 +61,15 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """URL of a node of the real 3-primary Redis Cluster (127.0.0.1:7000-7002); tests keep apart
+    by key prefix (a cluster has one database)."""
+    _start_service("redis-cluster")
+    port = os.environ.get("REDIS_CLUSTER_PORTS", "7000").split()[0]
+    return f"redis://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """bootstrap.servers of the real Kafka broker."""
     _start_service("kafka")
