@@ -321,6 +321,15 @@ class Session:
         """Customers with a held event (a cache must keep their states until it is applied)."""
         return {entry[_EVENT].customer_id for entry in self.held}
 
+    def held_offsets(self) -> dict[str, int]:
+        """Customer -> the smallest source offset of its held events (live: a state holds none of them)."""
+        low: dict[str, int] = {}
+        for entry in self.held:
+            cid, offset = entry[_EVENT].customer_id, entry[_OFFSET]
+            if offset < low.get(cid, offset + 1):
+                low[cid] = offset
+        return low
+
     def take_fired(self) -> list[str]:
         fired, self.fired = self.fired, []
         return fired

@@ -63,11 +63,13 @@ class Batch:
 
 
 class PartitionStats:
-    __slots__ = ("events", "dead_letters", "late", "triggers", "commits", "redis_retries", "deadline_customers")
+    __slots__ = ("events", "dead_letters", "late", "triggers", "commits", "redis_retries", "deadline_customers",
+                 "fenced")
 
     def __init__(self) -> None:
         self.events = self.dead_letters = self.late = self.triggers = self.commits = 0
         self.redis_retries = self.deadline_customers = 0
+        self.fenced = 0   # re-read events a state held already (a crash in a non-atomic commit)
 
 
 class PartitionWorker:
@@ -88,6 +90,9 @@ class PartitionWorker:
         self.store = store
         self.live_rules = rules
         self.rules_version = rules.version
+        # a store that commits slot by slot (Redis Cluster): states carry the offset they were
+        # committed at, and re-read events they already hold are skipped (`_skip_fenced`)
+        self.fencing = not getattr(store, "atomic", True)
         self.population = Population(shared=True)   # SPEC §3b: every partition's responses, through the store
         self.session = Session(rules.rules, event_log.where, population=self.population)
         self.partitions = list(partitions) if partitions is not None else [self.name]
@@ -171,6 +176,8 @@ class PartitionWorker:
             sync.refresh(session, out)
         if events:
             self._load({e.customer_id for e in events})
+            if self.fencing and offsets is not None:
+                events, offsets = self._skip_fenced(events, offsets)
             refused = session.apply(events, out, offsets)
             dead += session.take_rejected()
         self._fire_due(batch, out, dead)
@@ -208,10 +215,22 @@ class PartitionWorker:
         where = self.event_log.where
         keys = [r[2] for r in records] if self.event_log.keyed else None
         session = self.session
-        positions: list[int] | None = [] if session.lateness or session.held or self.reread_below else None
+        positions: list[int] | None = ([] if session.lateness or session.held or self.reread_below or self.fencing
+                                       else None)
         events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys,
                                                  positions)
         return events, dead, None if positions is None else [records[i][1] for i in positions]
+
+    def _skip_fenced(self, events: list, offsets: list[int]) -> tuple[list, list[int]]:
+        """Events a state holds already: committed to a store whose commit is not atomic, a
+        state can be ahead of the partition's offset after a crash (written, the offset not)."""
+        cache = self.cache
+        keep = [i for i, (e, o) in enumerate(zip(events, offsets))
+                if (st := cache.get(e.customer_id)) is None or o >= st.fence]
+        if len(keep) == len(events):
+            return events, offsets
+        self.stats.fenced += len(events) - len(keep)
+        return [events[i] for i in keep], [offsets[i] for i in keep]
 
     def _skip_applied(self, records: list[Record], events: list, dead: list[DeadLetter], offsets: list[int] | None
                       ) -> tuple[list, list[DeadLetter], list[int]]:
@@ -285,6 +304,13 @@ class PartitionWorker:
             return False
         started = time.perf_counter()
         entries = encode_items(self.outbox)
+        if self.fencing:
+            # the offset the state holds every event before: the commit's, or the customer's first
+            # event still held back for ordering (with `lateness`; it is re-read after a crash)
+            cache, held = self.cache, session.held_offsets() if session.held else {}
+            for cid in self.dirty:
+                if (st := cache.get(cid)) is not None:
+                    st.fence = min(offset, held.get(cid, offset))
         states = session.checkpoint(self.dirty)   # its dead letters go out with the next commit
         next_due = session.next_due
         due = {cid: next_due(cid) for cid in states}

@@ -109,6 +109,8 @@ class CustomerState(msgspec.Struct, array_like=True):
     #                                 `inactive: D, of: TYPES` rule names (only those: it stays small)
     journeys: dict[str, Position] = {}   # journey rule id -> the customer's position (or latest walk's end)
     engagement: bytes = b""         # responses per channel and local hour, sends per channel (engine.state.engagement)
+    fence: int = 0                  # a store whose commits are not atomic (Redis Cluster): the source offset
+    #                                 the state was committed at; a re-read event before it is in it already
 
     def next_due(self) -> int | None:
         """The earliest stored deadline or deferred send; inactivity deadlines are implicit

@@ -40,6 +40,8 @@ class InMemoryStore:
       under one lock (a commit's entries appear to a relay all at once, as Redis's script makes them).
     """
 
+    atomic = True   # one lock around each commit
+
     __slots__ = ("states", "_offsets", "_index", "_clocks", "_outbox", "_last_seq", "_cursors", "_lock", "_population")
 
     def __init__(self) -> None:

@@ -175,14 +175,15 @@ class RedisStore:
 
     Cluster mode: keys are grouped by hash slot and each slot gets its own MGET or MSET
     (redis-py's ``mget_nonatomic``/``mset_nonatomic``, pipelined per node). One customer's
-    state is always written whole, but **a batch across customers is not atomic**, and neither
-    are the partition's keys (offset, index, outbox) with the states nor, today, with each other:
-    a crash between the writes can leave some states of a batch written and its offsets not, or
-    outbox entries written twice (triggers re-sent). The partition's keys share one slot (their
-    hash tag), so a later cluster commit can write them in one script; the states cannot join it. Exactly-once state effects in cluster mode
-    then rely on per-customer fencing (each state remembering the last source position
-    applied to it, so a replayed event is recognized and skipped); this store does not build
-    that fencing.
+    state is always written whole, but **a commit is not atomic** (`atomic` is False): it
+    writes the outbox entries, then the states, then the index, clock and offset. A crash
+    between two writes leaves states ahead of the offset, which the partition worker's fencing
+    handles (each state carries the offset it holds every event before, `CustomerState.fence`,
+    and a re-read event before it is skipped: state effects stay exactly-once), or outbox
+    entries written twice (that commit's triggers re-sent, with their ids). Population counts
+    (`population`) written before a crash are counted again. The partition's keys share one
+    slot (their hash tag), so a later cluster commit could write outbox and offset in one
+    script.
 
     Not thread-safe in the sense of batching: use one store per worker (the redis-py client
     underneath has a connection pool and may be shared).
@@ -194,6 +195,7 @@ class RedisStore:
         password, TLS files), so credentials need not be written into the URL."""
         self.prefix = prefix
         self.cluster = cluster
+        self.atomic = not cluster   # a cluster commit writes slot after slot (see `commit`)
         # States are msgpack bytes: responses must stay bytes whatever the URL says.
         # hiredis parses the replies when it is installed (a project dependency).
         options = {**(connection or {}), "decode_responses": False}
@@ -335,13 +337,14 @@ class RedisStore:
         key = self.deadline_key(partition)
         offset_key = self.offset_key(partition)
         if self.cluster:
+            # In this order, so that a crash between two steps loses nothing: the outbox first (a
+            # crash after it re-sends this commit's triggers, with their ids), then the states
+            # (fenced by the worker: a re-read event they hold is skipped), the offset last.
             stored = self.load_offset(partition)
             if stored != expected_offset:
                 raise StateLost(partition, expected_offset, stored)
             tail = self._append_nonatomic(partition, outbox)
-            self.save_many_encoded(images, {partition: offset} if offset is not None else None)
-            if clock is not None:
-                self.client.set(self.clock_key(partition), encode_clock(clock))
+            self.save_many_encoded(images)
             for (channel, day), hours in (population or {}).items():
                 day_key = self.population_key(partition, day)
                 for hour, n in enumerate(hours):
@@ -352,6 +355,10 @@ class RedisStore:
                 self.client.zadd(key, due)
             if idle:
                 self.client.zrem(key, *idle)
+            if clock is not None:
+                self.client.set(self.clock_key(partition), encode_clock(clock))
+            if offset is not None:
+                self.client.set(offset_key, offset)
             return tail
         head = self._state_key_head
         args: list[Any] = ["" if expected_offset is None else str(expected_offset),

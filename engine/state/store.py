@@ -79,7 +79,14 @@ class PartitionStore(Protocol):
     so a store never holds an object the worker still mutates. Every call is one round trip
     and fails with the store's own transient errors (Redis: `engine.state.redis.REDIS_ERRORS`),
     which the caller retries; the store does not retry.
+
+    `atomic`: whether a commit is one atomic step. When it is not (Redis Cluster: the slots are
+    written one after the other), the states are written before the offset, each stamped with
+    the offset it was committed at (`CustomerState.fence`), and the worker skips a re-read event
+    that a state already holds: a crash in the middle of a commit applies nothing twice.
     """
+
+    atomic: bool
 
     def load_offset(self, partition: str) -> int | None:
         """The partition's committed next offset; None when nothing was committed for it."""

@@ -82,7 +82,7 @@ ALL_STATUSES = 'statuses = ["sent", "held_out", "suppressed"]'
 
 def write_config(path: Path, *, topic: str, redis_url: str, prefix: str, sink_topic: str,
                  dead_topic: str, webhook: str | None = None, extra: str = "", all_statuses: bool = True,
-                 rules: Path | None = None) -> Path:
+                 rules: Path | None = None, extra_redis: str = "") -> Path:
     """A settings file for one test run. `all_statuses`: the sinks get every trigger (as an
     analytics sink would), so they can be compared with the backtest's output; False keeps
     the sinks' default (sent only)."""
@@ -102,6 +102,7 @@ topic = "{topic}"
 [redis]
 url = "{redis_url}"
 prefix = "{prefix}"
+{extra_redis}
 [sinks.kafka]
 brokers = ["127.0.0.1:9092"]
 topic = "{sink_topic}"

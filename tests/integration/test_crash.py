@@ -2,7 +2,9 @@
 consumes the shared real data (27,189 events, about 31,000 triggers) and relays its triggers,
 restarted until done, ends with the same Redis state and the same set of trigger ids as an
 uninterrupted run; the engine re-sends nothing, a relay at most its batch in flight, so each
-kill re-sends at most `MAX_RESENT_PER_KILL` triggers at the Kafka sink."""
+kill re-sends at most `MAX_RESENT_PER_KILL` triggers at the Kafka sink. The same on a real Redis
+Cluster, whose commits are not atomic: the states are fenced (issue 15), and a kill inside a
+commit re-sends that commit's triggers."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import subprocess
 import time
 from collections import Counter
 
+import msgspec
 import orjson
+import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from harness import ROOT, create_topic, engine_cmd, produce, read_topic, run_engine, trigger_key, unique, write_config
 
@@ -44,8 +48,17 @@ def duplicates(bootstrap: str, topic: str) -> int:
     return sum(n - 1 for n in counts.values())
 
 
-def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(kafka_bootstrap, redis_url,
-                                                                              redis_client, shared_data, tmp_path):
+@pytest.mark.parametrize("redis_kind", ["single", "cluster"])
+def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(kafka_bootstrap, request, redis_kind,
+                                                                              shared_data, tmp_path):
+    """On a single Redis node a commit is atomic; on the 3-primary Redis Cluster it is written slot
+    by slot, the states first (fenced: `CustomerState.fence`), the offset last (issue 15)."""
+    cluster = redis_kind == "cluster"
+    if cluster:
+        redis_url = request.getfixturevalue("redis_cluster_url")
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        request.getfixturevalue("redis_client")   # a flushed test database
     lines = [raw for name in DATA for raw, _ in read_jsonl(shared_data / name)]
     topic = create_topic(kafka_bootstrap, unique("crash-events"))
     produce(kafka_bootstrap, topic, lines)
@@ -53,7 +66,7 @@ def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(ka
 
     ref_sink, ref_prefix = unique("ref-triggers"), unique("ref")
     ref = write_config(tmp_path / "ref.toml", topic=topic, redis_url=redis_url, prefix=ref_prefix,
-                       sink_topic=ref_sink, dead_topic=unique("d"))
+                       sink_topic=ref_sink, dead_topic=unique("d"), extra_redis="cluster = true" if cluster else "")
     started = time.monotonic()
     run_engine(ref)
     ref_seconds = time.monotonic() - started
@@ -62,7 +75,7 @@ def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(ka
 
     sink, prefix = create_topic(kafka_bootstrap, unique("crash-triggers")), unique("crash")
     cfg = write_config(tmp_path / "crash.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
-                       dead_topic=unique("d"))
+                       dead_topic=unique("d"), extra_redis="cluster = true" if cluster else "")
     rng = random.Random(20261201)
     # Kill points: once the triggers delivered at the sink pass each of these shares, after a further
     # random 0-150 ms, so the kill lands anywhere in the read/evaluate/commit/relay cycle (the engine
@@ -108,12 +121,20 @@ def test_kill_9_at_random_points_changes_nothing_and_re_sends_at_most_a_batch(ka
     by_id: dict[str, bytes] = {}
     for t in got:                                       # a duplicate is a re-send of the same trigger
         assert by_id.setdefault(t["trigger_id"], trigger_key(t)) == trigger_key(t)
-    assert len(resent) == kills and all(n <= MAX_RESENT_PER_KILL for n in resent), resent
+    # On the cluster a kill between the outbox and the offset re-sends that commit's triggers (the
+    # batches of one commit interval, here 100 ms of a backlog), with their ids: not bounded by the
+    # relay's batch. Atomic outbox-and-offset commits on the cluster are not built yet (issue 15).
+    bound = MAX_RESENT_PER_KILL if not cluster else 5_000
+    assert len(resent) == kills and all(n <= bound for n in resent), resent
     assert len(got) - len(expected) == sum(resent)
 
-    ref_states = RedisStore(redis_url, ref_prefix).load_many(customers)
-    crash_states = RedisStore(redis_url, prefix).load_many(customers)
+    ref_states = RedisStore(redis_url, ref_prefix, cluster=cluster).load_many(customers)
+    crash_states = RedisStore(redis_url, prefix, cluster=cluster).load_many(customers)
     assert len(ref_states) == len(customers)
-    assert {c: encode_state(s) for c, s in crash_states.items()} == {c: encode_state(s) for c, s in ref_states.items()}
+
+    def image(state) -> bytes:   # the offset a state was committed at differs between two runs' commits
+        return encode_state(msgspec.structs.replace(state, fence=0))
+
+    assert {c: image(s) for c, s in crash_states.items()} == {c: image(s) for c, s in ref_states.items()}
     print(f"{len(lines)} events, {len(expected)} triggers (uninterrupted run {ref_seconds:.1f} s); {kills} kills, "
           f"re-sent per kill {resent}")

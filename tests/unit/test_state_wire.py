@@ -102,15 +102,16 @@ def test_an_old_state_decodes_field_by_field():
 
 
 def test_the_new_engine_writes_the_old_bytes_plus_the_appended_fields():
-    """Every record keeps its bytes; the state array has four more elements, `deferred` (an empty
+    """Every record keeps its bytes; the state array has five more elements, `deferred` (an empty
     list), `latest_of` (an empty map: no `inactive … of:` rule has seen its types), `journeys`
-    (an empty map: no journey position) and `engagement` (empty bytes: no response learned). With
-    16 elements the array's header is an array16 (0xdc 0x0010), no longer a fixarray."""
+    (an empty map: no journey position), `engagement` (empty bytes: no response learned) and
+    `fence` (0: not committed to a Redis Cluster). With 17 elements the array's header is an
+    array16 (0xdc 0x0011), no longer a fixarray."""
     old_bytes = (FIXTURES / "state_no_deferred.msgpack").read_bytes()
     st = decode_state(old_bytes)
     assert st.deferred == [] and st.latest_of == {}
     assert old_bytes[0] == 0x9C   # a 12-element array
-    assert encode_state(st) == b"\xdc\x00\x10" + old_bytes[1:] + b"\x90\x80\x80\xc4\x00"
+    assert encode_state(st) == b"\xdc\x00\x11" + old_bytes[1:] + b"\x90\x80\x80\xc4\x00\x00"
 
 
 def test_the_old_engine_decodes_a_new_state(old):
