@@ -86,12 +86,14 @@ class SinkSpec(msgspec.Struct, frozen=True):
     dead_letter_path: str | None = None
     backoff: tuple[float, float] | None = None
 
+    def takes(self, kind: ItemKind, status: str) -> bool:
+        return kind is self.kind and (self.statuses is None or status in self.statuses)
+
     def wants(self, entry: OutboxEntry) -> bool:
-        return entry.kind is self.kind and (self.statuses is None or entry.status in self.statuses)
+        return self.takes(entry.kind, entry.status)
 
     def wants_any(self, contents: Contents) -> bool:
-        statuses = self.statuses
-        return any(kind is self.kind and (statuses is None or status in statuses) for kind, status in contents)
+        return any(self.takes(kind, status) for kind, status in contents)
 
 
 class SinkDeadLetter(msgspec.Struct):
@@ -328,7 +330,7 @@ class Relay:
             cursor = self._cursors[partition] = skipped
             self._read_ahead.pop(partition, None)   # read after the old cursor
             if cursor >= self._tails.get(partition, 0):   # nothing after the skipped: no read
-                self._save_skipped(partition, store, False)
+                self._save_skipped(partition, store)
                 return False
         size = self._batch_size
         scan = self._scan.get(partition, size)
@@ -356,7 +358,7 @@ class Relay:
         if tail.last_seq > committed:
             self._tails[partition] = tail.last_seq
         if not entries:
-            self._save_skipped(partition, store, False)
+            self._save_skipped(partition, store)
             return False
         batch: list[OutboxEntry] = []
         last = cursor
@@ -397,12 +399,12 @@ class Relay:
             self._unsaved.add(partition)
         return moved
 
-    def _save_skipped(self, partition: str, store: OutboxStore, now: bool) -> None:
-        """Save a cursor that moved by skips alone, at most every `SKIP_SAVE_S` (`now`: at once)."""
+    def _save_skipped(self, partition: str, store: OutboxStore) -> None:
+        """Save a cursor that moved by skips alone, at most every `SKIP_SAVE_S` (and once at `_close`)."""
         if partition not in self._unsaved:
             return
         at = time.monotonic()
-        if not now and at - self._skip_saved.get(partition, 0.0) < SKIP_SAVE_S:
+        if at - self._skip_saved.get(partition, 0.0) < SKIP_SAVE_S:
             return
         cursor = self._cursors[partition]
 

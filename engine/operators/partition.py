@@ -92,7 +92,7 @@ class PartitionWorker:
         self.rules_version = rules.version
         # a store that commits slot by slot (Redis Cluster): states carry the offset they were
         # committed at, and re-read events they already hold are skipped (`_skip_fenced`)
-        self.fencing = not getattr(store, "atomic", True)
+        self.fencing = not store.atomic
         self.population = Population(shared=True)   # SPEC §3b: every partition's responses, through the store
         self.session = Session(rules.rules, event_log.where, population=self.population)
         self.partitions = list(partitions) if partitions is not None else [self.name]
@@ -316,15 +316,11 @@ class PartitionWorker:
         due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
-        population = self.population.take_pending()
-        try:
-            tail = self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
-                                                         expected_offset=expected, outbox=entries, clock=clock,
-                                                         population=population),
-                               "commit")
-        except BaseException:
-            self.population.pending = population   # not written: goes with the next commit, if any
-            raise
+        population = self.population.take_pending()   # a commit that fails for good stops the run
+        tail = self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
+                                                     expected_offset=expected, outbox=entries, clock=clock,
+                                                     population=population),
+                           "commit")
         self._clock_day = applied // DAY_MS if applied != BEGINNING else None
         self.outbox = []
         if tail is not None:

@@ -17,7 +17,7 @@ Running in real time this never holds anything back (every partition is within s
 wall clock; the ceiling is a day ahead). A partition more than a day ahead of the slowest one (a
 replay, a partition whose process is not running) waits for it, holding its events like lateness
 does, up to the session's `max_held`, after which they are applied anyway (counted as `early`)
-and the hour used is the last final day's (counted in `Population.stale`).
+and the hour used is the last final day's.
 """
 
 from __future__ import annotations
@@ -45,9 +45,7 @@ class PopulationSync:
         self.partitions = list(partitions)
         self.population = population
         self.call = call
-        self.loaded_before: int | None = None   # the days before it are in `population.counts`
-        self._at = 0.0                          # monotonic time of the last refresh
-        self.refreshes = 0
+        self._at = 0.0   # monotonic time of the last refresh
 
     def wanted(self, session: Session) -> bool:
         """Whether to read the other partitions' clocks now: never yet, or the ceiling holds
@@ -59,7 +57,6 @@ class PopulationSync:
     def refresh(self, session: Session, out: list[Trigger]) -> None:
         """Read every partition's committed clock; load the days that became final; raise the ceiling."""
         self._at = time.monotonic()
-        self.refreshes += 1
         clocks = self.call(lambda: self.store.load_clocks(self.partitions), "clocks of all partitions")
         low = min((clocks[p].frontier if p in clocks else BEGINNING for p in self.partitions), default=BEGINNING)
         if low == BEGINNING:   # a partition has committed nothing yet: no day is final
@@ -68,15 +65,11 @@ class PopulationSync:
             return
         final_before = (low + 1) // DAY_MS   # every day that ends at or before `low` is complete
         start = final_before - POPULATION_DAYS - 2
-        if self.loaded_before is not None:
-            start = max(start, self.loaded_before)
-        days = list(range(start, final_before))
+        loaded = self.population.final_before   # the days before it are in `population.counts`
+        days = list(range(start if loaded is None else max(start, loaded), final_before))
         if days:
             counts = self.call(lambda: self.store.load_population(self.partitions, days), "population counts")
             self.population.add_final(counts, final_before)
-            self.loaded_before = final_before
-        elif self.population.final_before is None or final_before > self.population.final_before:
-            self.population.add_final({}, final_before)
         # an event or deadline on day D needs days up to D-2 final: D may be final_before + 1
         session.set_cap((final_before + 2) * DAY_MS - 1, out)
 

@@ -147,16 +147,14 @@ class Population:
     until its next commit writes it to the store, and `counts` holds the days every partition has
     passed (`final_before`), read back from the store summed over all partitions
     (`engine.operators.population`). A day is not final until then, and a value that needs one
-    is taken from the last day that is (counted in `stale`); the partition worker holds its
-    events and deadlines back so that this only happens when a partition is a day behind for
-    longer than `MAX_HELD` events."""
+    is taken from the last day that is; the partition worker holds its events and deadlines back
+    so that this only happens when a partition is a day behind for longer than `MAX_HELD` events."""
 
     def __init__(self, shared: bool = False) -> None:
         self.shared = shared
         self.counts: dict[tuple[str, int], list[int]] = {}    # (channel, day) -> 24 counts
         self.pending: dict[tuple[str, int], list[int]] = {}   # live: recorded since the last commit
         self.final_before: int | None = None   # live: days before it are complete in `counts`
-        self.stale = 0                         # live: values taken from an earlier day (not final yet)
         self._best: dict[tuple[str, int], tuple[int, tuple[float, ...]] | None] = {}
 
     def record(self, channel: str, day: int, hour: int) -> None:
@@ -182,7 +180,6 @@ class Population:
         if self.shared and (final is None or day - 2 >= final):
             if final is None:
                 return None
-            self.stale += 1
             day = final + 1   # the latest day whose value is known everywhere
         key = (channel, day)
         if key in self._best:
