@@ -135,21 +135,20 @@ class KafkaPartitionLog:
         now = time.monotonic()
         if now - self._recorded_at >= RECORD_EVERY_S:
             self._recorded_at = now
-            self._record(offset)
+            self._record(offset, asynchronous=True)
 
-    def _record(self, offset: int) -> None:
+    def _record(self, offset: int, asynchronous: bool) -> None:
+        offsets = [TopicPartition(self._tp.topic, self._tp.partition, offset)]
         try:
-            self._consumer.commit(offsets=[TopicPartition(self._tp.topic, self._tp.partition, offset)],
-                                  asynchronous=True)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:   # close: the record must be out before the consumer goes
+                self._consumer.commit(offsets=offsets, asynchronous=False)
             self._recorded = offset
         except KafkaException as e:   # only the check at the next start is weaker: say so, go on
             log.warning("%s: could not record offset %d in the consumer group: %s", self.name, offset, e)
 
     def close(self) -> None:
         if self._to_record is not None and self._to_record != self._recorded:
-            try:   # the latest, before the consumer goes
-                self._consumer.commit(offsets=[TopicPartition(self._tp.topic, self._tp.partition, self._to_record)],
-                                      asynchronous=False)
-            except KafkaException as e:
-                log.warning("%s: could not record offset %d in the consumer group: %s", self.name, self._to_record, e)
+            self._record(self._to_record, asynchronous=False)   # the latest, before the consumer goes
         self._consumer.close()

@@ -30,6 +30,11 @@ log = logging.getLogger("engine.processes")
 POLL_S = 0.2
 
 
+def exit_status(code: int) -> int:
+    """A child's return code as a shell reports it: killed by signal N is 128 + N."""
+    return code if code >= 0 else 128 - code
+
+
 def free_ports(n: int) -> list[int]:
     """`n` ports of 127.0.0.1 free now (each bound and released; the OS does not hand them out again at once)."""
     socks = [socket.socket() for _ in range(n)]
@@ -71,7 +76,7 @@ def supervise(argv: Sequence[str], processes: int) -> int:
             for c in children:
                 code = c.poll()
                 if code not in (None, 0) and status == 0:
-                    status = code if code > 0 else 128 - code   # killed by a signal: 128 + its number
+                    status = exit_status(code)
                     log.error("engine process %d (pid %d) exited with %d: stopping the others (a cluster cannot run "
                               "without one of its processes; a restart resumes every partition from Redis)",
                               children.index(c), c.pid, code)
@@ -81,7 +86,7 @@ def supervise(argv: Sequence[str], processes: int) -> int:
             time.sleep(POLL_S)
         for c in children:
             if c.returncode and status == 0:
-                status = c.returncode if c.returncode > 0 else 128 - c.returncode
+                status = exit_status(c.returncode)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

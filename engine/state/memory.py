@@ -53,7 +53,7 @@ class InMemoryStore:
         self._outbox: dict[str, deque[OutboxEntry]] = {}
         self._last_seq: dict[str, int] = {}
         self._cursors: dict[str, dict[str, int]] = {}   # partition -> sink -> seq passed
-        self._population: dict[tuple[str, int], PopulationCounts] = {}   # (partition, day) -> its counts
+        self._population: dict[str, PopulationCounts] = {}   # partition -> its (channel, day) counts
         self._lock = threading.Lock()
 
     def load_many(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
@@ -86,11 +86,12 @@ class InMemoryStore:
 
     def load_population(self, partitions: Sequence[str], days: Sequence[int]) -> PopulationCounts:
         counts: PopulationCounts = {}
+        wanted = set(days)
         with self._lock:
-            for day in days:
-                for partition in partitions:
-                    for key, hours in self._population.get((partition, day), {}).items():
-                        into = counts.setdefault(key, [0] * 24)
+            for partition in partitions:
+                for (channel, day), hours in self._population.get(partition, {}).items():
+                    if day in wanted:
+                        into = counts.setdefault((channel, day), [0] * 24)
                         for h, n in enumerate(hours):
                             into[h] += n
         return counts
@@ -140,8 +141,8 @@ class InMemoryStore:
             self._offsets[partition] = offset
         if clock is not None:
             self._clocks[partition] = clock
-        for (channel, day), hours in (population or {}).items():
-            into = self._population.setdefault((partition, day), {}).setdefault((channel, day), [0] * 24)
+        for key, hours in (population or {}).items():
+            into = self._population.setdefault(partition, {}).setdefault(key, [0] * 24)
             for h, n in enumerate(hours):
                 into[h] += n
         if not outbox:

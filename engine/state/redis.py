@@ -108,10 +108,11 @@ if k > 0 then
 end
 local q = tonumber(ARGV[at])
 at = at + 1
-for _ = 1, q do
+local expiring = nil
+for _ = 1, q do   -- a day key's triples come together: one EXPIRE each
   local key = KEYS[tonumber(ARGV[at])]
   redis.call('HINCRBY', key, ARGV[at + 1], ARGV[at + 2])
-  redis.call('EXPIRE', key, POPULATION_TTL_S)
+  if key ~= expiring then redis.call('EXPIRE', key, POPULATION_TTL_S); expiring = key end
   at = at + 3
 end
 chunked('ZREM', KEYS[2], at, #ARGV, 1000)
@@ -345,12 +346,15 @@ class RedisStore:
                 raise StateLost(partition, expected_offset, stored)
             tail = self._append_nonatomic(partition, outbox)
             self.save_many_encoded(images)
-            for (channel, day), hours in (population or {}).items():
-                day_key = self.population_key(partition, day)
-                for hour, n in enumerate(hours):
-                    if n:
-                        self.client.hincrby(day_key, f"{channel}:{hour}", n)
-                self.client.expire(day_key, POPULATION_TTL_S)
+            if population:   # the partition's slot: one pipeline
+                pipe = self.client.pipeline(transaction=False)
+                for (channel, day), hours in population.items():
+                    day_key = self.population_key(partition, day)
+                    for hour, n in enumerate(hours):
+                        if n:
+                            pipe.hincrby(day_key, f"{channel}:{hour}", n)
+                    pipe.expire(day_key, POPULATION_TTL_S)
+                pipe.execute()
             if due:
                 self.client.zadd(key, due)
             if idle:

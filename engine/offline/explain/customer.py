@@ -108,8 +108,7 @@ def _replay(rules: CompiledRules, customer_id: str, events: str | Path | Iterabl
 def _population(rules: CompiledRules, events: str | Path | list[Event], at: int) -> Population:
     """`send_time: best` falls back on every customer's responses, not only this one's: the whole
     input is replayed up to the explain time (as the backtest does) to count them."""
-    out: list = []
-    replay = Replay(rules, out.extend, until=at)
+    replay = Replay(rules, lambda _triggers: None, until=at)   # only its counts matter
     if isinstance(events, (str, Path)):
         for batch in decode_jsonl(events):
             replay.feed(batch.events)
