@@ -15,6 +15,7 @@ import msgspec
 import orjson
 import pytest
 
+from bench.planted_hours import RULES  # one email channel, a restock rule with `send_time: best`
 from engine.actions.trigger import Trigger
 from engine.core.session import Session
 from engine.core.times import format_ts, parse_ts
@@ -30,17 +31,6 @@ from engine.testing import InMemoryStore, MemoryLog
 DAY = 86_400_000
 BERLIN = "Europe/Berlin"
 
-RULES = """
-policy:
-  responses_by_channel:
-    email: [email_opened]
-  send_time: {within: 24h, min_responses: 3, half_life: 30d}
-rules:
-  - id: restock
-    type: transactional
-    on: back_in_stock
-    then: {action: restock, channel: email, send_time: best}
-"""
 
 
 @pytest.fixture(scope="module")
