@@ -58,17 +58,24 @@ class ChannelStats:
         return sorted(((h, v) for h, v in enumerate(self.hours) if v > 0), key=lambda x: (-x[1], x[0]))[:n]
 
 
-def decode(blob: bytes) -> tuple[int, dict[int, ChannelStats]]:
-    """(the hour the values are decayed to, channel index -> stats)."""
+def decode(blob: bytes, factor: float = 1.0) -> tuple[int, dict[int, ChannelStats]]:
+    """(the hour the values are decayed to, channel index -> stats), each value times `factor`
+    (a decay: `(q * unit) * factor`, the same float operations as decoding, then decaying)."""
     if not blob:
         return 0, {}
     (at,) = _HEAD.unpack_from(blob, 0)
     out = {}
     for offset in range(_HEAD.size, len(blob) - _CHANNEL.size + 1, _CHANNEL.size):
         index, exp, sends, count, *hours = _CHANNEL.unpack_from(blob, offset)
-        unit = 2.0 ** exp / 16
-        out[index] = ChannelStats([q * unit for q in hours], sends / 16, count)
+        unit = _UNITS[exp]
+        if factor == 1.0:
+            out[index] = ChannelStats([q * unit for q in hours], sends / 16, count)
+        else:
+            out[index] = ChannelStats([q * unit * factor for q in hours], sends / 16 * factor, count)
     return at, out
+
+
+_UNITS = [2.0 ** e / 16 for e in range(256)]   # what a stored hour byte is worth, per scale exponent
 
 
 def encode(at: int, channels: dict[int, ChannelStats]) -> bytes:
@@ -77,32 +84,26 @@ def encode(at: int, channels: dict[int, ChannelStats]) -> bytes:
         s = channels[index]
         top = max(s.hours)
         exp = max(0, math.ceil(math.log2(top * 16 / 255))) if top > 255 / 16 else 0
-        unit = 2.0 ** exp / 16
-        hours = [min(255, round(v / unit)) for v in s.hours]
+        scale = 16 / 2.0 ** exp   # v / unit, exactly: the unit is a power of two
+        hours = [round(v * scale) for v in s.hours]
+        if top * scale > 255:   # float rounding at the scale's edge: the byte saturates
+            hours = [min(255, q) for q in hours]
         sends = min(_MAX_SENDS, round(s.sends * 16))
         parts.append(_CHANNEL.pack(index, exp, sends, min(255, s.count), *hours))
     return b"".join(parts)
 
 
-def _decay(channels: dict[int, ChannelStats], factor: float) -> None:
-    if factor >= 1.0:
-        return
-    for s in channels.values():
-        s.hours = [v * factor for v in s.hours]
-        s.sends *= factor
-
-
 def _update(blob: bytes, ts: int, half_life: int) -> tuple[int, dict[int, ChannelStats], float]:
     """Decayed to `ts`'s hour when it is newer; else the weight an older update counts with."""
-    at, channels = decode(blob)
     hour = ts // HOUR_MS
-    if not channels:
-        return hour, channels, 1.0
+    if len(blob) < _HEAD.size + _CHANNEL.size:   # no channel yet
+        return hour, {}, 1.0
+    (at,) = _HEAD.unpack_from(blob, 0)
     half_life_h = max(1.0, half_life / HOUR_MS)
     if hour >= at:
-        _decay(channels, 0.5 ** ((hour - at) / half_life_h))
-        return hour, channels, 1.0
-    return at, channels, 0.5 ** ((at - hour) / half_life_h)
+        factor = 0.5 ** ((hour - at) / half_life_h)
+        return hour, decode(blob, factor if factor < 1.0 else 1.0)[1], 1.0
+    return at, decode(blob)[1], 0.5 ** ((at - hour) / half_life_h)
 
 
 def record_response(blob: bytes, channel: int, local_hour: int, ts: int, half_life: int) -> bytes:
@@ -128,10 +129,11 @@ def record_send(blob: bytes, channel: int, ts: int, half_life: int) -> bytes:
 
 def read(blob: bytes, now: int, half_life: int) -> dict[int, ChannelStats]:
     """Every channel's stats decayed to `now` (read-only: the blob is not changed)."""
-    at, channels = decode(blob)
-    if channels and now // HOUR_MS > at:
-        _decay(channels, 0.5 ** ((now // HOUR_MS - at) / max(1.0, half_life / HOUR_MS)))
-    return channels
+    if not blob:
+        return {}
+    (at,) = _HEAD.unpack_from(blob, 0)
+    factor = 0.5 ** ((now // HOUR_MS - at) / max(1.0, half_life / HOUR_MS)) if now // HOUR_MS > at else 1.0
+    return decode(blob, factor if factor < 1.0 else 1.0)[1]
 
 
 def peek(blob: bytes, channel: int) -> tuple[int, tuple[int, ...]] | None:

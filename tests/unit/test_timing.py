@@ -402,3 +402,31 @@ def test_responses_and_sends_at_the_edges_of_the_calendar_are_learned_without_er
         out, replay = run(rules, events)
         assert replay.dead_letters == 0 and [t.status for t in out] == ["sent"], ts
         assert decode(replay.store.states["c1"].engagement)[1][0].count == 3
+
+
+def test_engagement_bytes_are_those_of_every_earlier_release_over_a_long_random_history():
+    """The bytes (and what `read` decays them to) after 3,000 random responses and sends, late ones
+    and gaps included, pinned by digest: a faster encoding must not move a single bit, or a live
+    engine would disagree with the states it wrote before an upgrade."""
+    import hashlib
+    import random
+
+    from engine.state import engagement as eng
+
+    def digest(seed: int) -> str:
+        rnd, h, blob, ts = random.Random(seed), hashlib.sha256(), b"", 1_767_225_600_000
+        for _ in range(3000):
+            ts += (rnd.choice([0, 1, 60_000, 3_600_000, 86_400_000, 40 * 86_400_000]) if rnd.random() > 0.1
+                   else -rnd.randrange(0, 5 * 86_400_000))
+            half_life = rnd.choice([3_600_000, 86_400_000, 30 * 86_400_000])
+            if rnd.random() < 0.6:
+                blob = eng.record_response(blob, rnd.randrange(3), rnd.randrange(24), ts, half_life)
+            else:
+                blob = eng.record_send(blob, rnd.randrange(3), ts, half_life)
+            h.update(blob)
+            seen = eng.read(blob, ts + rnd.randrange(0, 10 * 86_400_000), half_life)
+            h.update(repr(sorted((k, v.hours, v.sends, v.count) for k, v in seen.items())).encode())
+        return h.hexdigest()[:16]
+
+    assert [digest(s) for s in range(4)] == ["4f66eb1194619452", "209862cbe20ae2cc", "be54b44f07c1c586",
+                                             "02c2b5006298f158"]
