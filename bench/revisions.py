@@ -5,6 +5,7 @@ baseline measured in the same minutes: each round runs the baseline revision, th
 tree, on the same input, and the ratio of each round is reported with the median.
 
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl              # backtest
+    python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --same-rules # both on c75ce00's rules
     python -m bench.revisions --baseline c75ce00 --live --events-live 200000          # live, Redis state
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
     python -m bench.revisions --baseline 11e591f --kafka-latency --rounds 3    # through Kafka, 20,000 events/s
@@ -32,6 +33,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each tree's modules compiled once and kept, as an installed engine has them: with
+# PYTHONDONTWRITEBYTECODE (set on some machines) every run would compile its tree's source again,
+# a fixed cost that grows with the code and is no part of the engine's speed.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def extract(revision: str, into: Path) -> Path:
@@ -42,11 +47,13 @@ def extract(revision: str, into: Path) -> Path:
     return tree
 
 
-def backtest(tree: Path, events: str, work: Path) -> float:
+def backtest(tree: Path, events: str, work: Path, rules: Path | None = None) -> float:
+    """Events/s of the tree's backtest over `events` with `rules` (default: the tree's own)."""
     summary = work / "summary.json"
-    subprocess.run([sys.executable, "-m", "engine.cli", "backtest", "--rules", str(tree / "rules"), "--events",
+    rules = rules if rules is not None else tree / "rules"
+    subprocess.run([sys.executable, "-m", "engine.cli", "backtest", "--rules", str(rules), "--events",
                     events, "--out", os.devnull, "--dead-letters", os.devnull, "--summary", str(summary),
-                    "--no-progress", "--quiet"], cwd=tree, check=True, env={**os.environ, "PYTHONPATH": str(tree)})
+                    "--no-progress", "--quiet"], cwd=tree, check=True, env={**ENV, "PYTHONPATH": str(tree)})
     data = json.loads(summary.read_text())
     return data["events"] / data["elapsed_s"]
 
@@ -91,7 +98,7 @@ def live(tree: Path, events: int, work: Path) -> float:
     skip = "backtest,kafka,kafka2,naive,floor,latency,kafka_latency"
     subprocess.run([sys.executable, "-m", "bench.e2e", "--events", str(events), "--customers", str(events // 3),
                     "--skip", skip, "--out", str(out)], cwd=tree, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(tree)})
+                   env={**ENV, "PYTHONPATH": str(tree)})
     return json.loads(out.read_text())["live"]["events_per_s"]
 
 
@@ -104,7 +111,7 @@ def kafka_latency(tree: Path, events: int, rate: float, work: Path) -> dict:
     subprocess.run([sys.executable, "-m", "bench.e2e", "--events", str(events), "--customers", str(events // 3),
                     "--latency-events", str(events), "--rate", str(rate), "--skip", skip, "--out", str(out),
                     "--engine-tree", str(tree)], cwd=ROOT, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                   env={**ENV, "PYTHONPATH": str(ROOT)})
     return json.loads(out.read_text())["kafka_latency"]
 
 
@@ -112,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. c75ce00)")
     parser.add_argument("--events", help="JSONL events for the backtest runs (python -m bench.workload)")
+    parser.add_argument("--same-rules", action="store_true", help="both backtests run the baseline's rules/ (the "
+                        "bundled rules change over time; the current engine reads older rules files)")
     parser.add_argument("--live", action="store_true", help="also the live run: in-process source, Redis state")
     parser.add_argument("--events-live", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -134,7 +143,8 @@ def main() -> None:
             return
         runs = []
         if args.events:
-            runs.append(("backtest", lambda tree: backtest(tree, args.events, work)))
+            rules = trees["baseline"] / "rules" if args.same_rules else None
+            runs.append(("backtest", lambda tree: backtest(tree, args.events, work, rules)))
         if args.live:
             runs.append(("live", lambda tree: live(tree, args.events_live, work)))
         for name, run in runs:

@@ -497,13 +497,14 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[bytes, str]]:
     is dropped, since spreadsheet exports add one and it is not part of the JSON.
     """
     if str(path) == "-":
-        yield from _lines(sys.stdin.buffer, "<stdin>")
+        yield from lines_of(sys.stdin.buffer, "<stdin>")
         return
     with open(path, "rb") as fh:
-        yield from _lines(fh, str(path))
+        yield from lines_of(fh, str(path))
 
 
-def _lines(fh: Any, name: str) -> Iterator[tuple[bytes, str]]:
+def lines_of(fh: Any, name: str) -> Iterator[tuple[bytes, str]]:
+    """`read_jsonl` of an open binary file named `name` in the sources."""
     for number, line in enumerate(fh, 1):
         if number == 1 and line.startswith(b"\xef\xbb\xbf"):
             line = line[3:]

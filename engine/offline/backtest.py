@@ -29,7 +29,8 @@ from engine.core.evaluate import Evaluator
 from engine.core.funnel import Funnel
 from engine.core.isolation import JOURNAL_LIMIT
 from engine.core.session import Session
-from engine.events.decode import JSONL_BATCH, DeadLetter, decode_jsonl
+from engine.events.ahead import decode_jsonl_ahead
+from engine.events.decode import JSONL_BATCH, DeadLetter
 from engine.events.model import Event
 from engine.offline.funnel_table import StepShape, journey_shapes
 from engine.offline.progress import Progress
@@ -219,7 +220,7 @@ def backtest_file(
     bar = Progress(path.stat().st_size if progress and str(path) != "-" else 0, "backtest") if progress else None
     dead = 0
     done_bytes = 0
-    for batch in decode_jsonl(path, BATCH):
+    for batch in decode_jsonl_ahead(path, BATCH):
         if batch.dead:
             dead += len(batch.dead)
             dead_letter(batch.dead)
