@@ -13,7 +13,7 @@ import io
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import msgspec
 
@@ -30,9 +30,11 @@ class FileSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     triggers a live run writes here (the backtest's output keeps every status).
     """
 
-    path: str
-    append: bool = False
-    statuses: tuple[Status, ...] = DEFAULT_STATUSES
+    path: Annotated[str, msgspec.Meta(description="the JSONL file; - is stdout")]
+    append: Annotated[bool, msgspec.Meta(
+        description="keep what the file holds and write after it (a live run's relay always appends)")] = False
+    statuses: Annotated[tuple[Status, ...], msgspec.Meta(
+        description="which triggers go here: sent only unless it lists held_out, suppressed")] = DEFAULT_STATUSES
 
 
 class FileSink(Sink):

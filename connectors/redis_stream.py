@@ -50,11 +50,14 @@ class RedisStreamSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     stream key; `maxlen` the approximate length the stream is trimmed to (None: never
     trimmed); `retry_for_s` how long one batch keeps retrying while Redis is unreachable."""
 
-    url: str
-    stream: str = "triggers"
-    maxlen: Annotated[int, msgspec.Meta(ge=1)] | None = 1_000_000
-    retry_for_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
-    statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
+    url: Annotated[str, msgspec.Meta(description="redis:// or rediss:// (TLS); a password in it is never logged")]
+    stream: Annotated[str, msgspec.Meta(description="the stream key")] = "triggers"
+    maxlen: Annotated[Annotated[int, msgspec.Meta(ge=1)] | None, msgspec.Meta(
+        description="the approximate length the stream is trimmed to (unset: never trimmed)")] = 1_000_000
+    retry_for_s: Annotated[float, msgspec.Meta(
+        ge=0, description="how long one batch keeps retrying while Redis is unreachable")] = 300.0
+    statuses: Annotated[tuple[Status, ...], msgspec.Meta(
+        description="which triggers go here: sent only unless it lists held_out, suppressed")] = DEFAULT_STATUSES
     dead_letter_path: Annotated[str | None, msgspec.Meta(
         description="where a live run writes the triggers this stream refuses for good (an error Redis "
                     "answers); unset: redis_stream-dead-letters.jsonl")] = None

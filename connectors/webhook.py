@@ -127,8 +127,12 @@ _MAX_READ = 64 * 1024  # a longer response body is not read to its end; the conn
 _USER_AGENT = "trigger-engine-webhook/0.1"
 _OWN_HEADERS = frozenset({"idempotency-key", "x-trigger-signature", "x-trigger-timestamp", "content-length"})
 
-_Positive = Annotated[float, msgspec.Meta(gt=0)]
-_NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+def _doc(text: str) -> msgspec.Meta:
+    """A setting's one-line description: `triggers run --help` prints it (engine.cli.settings_help)."""
+    return msgspec.Meta(description=text)
+
 
 
 class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -144,17 +148,31 @@ class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     `statuses`: which triggers a live run sends here (SPEC §4: only `sent` unless asked).
     """
 
-    url: str
-    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 1
-    timeout_s: _Positive = 5.0
-    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 6
-    backoff_base_s: _NonNegative = 0.2
-    backoff_max_s: _NonNegative = 10.0
-    secret: str | None = None
-    headers: dict[str, str] = {}
-    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 4
-    dead_letter_path: str | None = None
-    statuses: tuple[Status, ...] = DEFAULT_STATUSES
+    url: Annotated[str, _doc("the receiver, http:// or https://; credentials in it are never logged")]
+    batch_size: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "triggers per request: 1 posts one JSON object, more post a JSON array")] = 1
+    timeout_s: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "deadline of one whole attempt, connect to last byte (a hanging receiver costs one timeout, then "
+        "a retry)")] = 5.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0), _doc(
+        "retries of the sink used on its own; a live run's relay retries transient failures for as long as "
+        "they last")] = 6
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0), _doc(
+        "first wait before a failed request is tried again (doubling, with jitter)")] = 0.2
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0), _doc("longest wait between two tries")] = 10.0
+    secret: Annotated[str | None, _doc(
+        "HMAC-SHA256 key: X-Trigger-Signature sha256=<hex> over \"<X-Trigger-Timestamp>.<body>\"; best set "
+        "by its variable (never logged)")] = None
+    headers: Annotated[dict[str, str], _doc(
+        "extra request headers, e.g. Authorization (masked in logs); not Idempotency-Key, Content-Length or "
+        "the X-Trigger-* signature headers, which the sink sets")] = {}
+    concurrency: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "requests of a batch in flight at once, each on its own keep-alive connection")] = 4
+    dead_letter_path: Annotated[str | None, _doc(
+        "where triggers the receiver refuses for good (4xx other than 408/429) go, JSONL, appended; unset: "
+        "webhook-dead-letters.jsonl")] = None
+    statuses: Annotated[tuple[Status, ...], _doc(
+        "which triggers go here: sent only unless it lists held_out, suppressed")] = DEFAULT_STATUSES
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)

@@ -90,14 +90,20 @@ class KafkaSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     batch again, for as long as the broker is down, and a stop waits at most that long.
     """
 
-    brokers: list[str]
-    topic: str
-    extra: dict[str, str] = {}
-    delivery_timeout_s: float = 30.0
+    brokers: Annotated[list[str], msgspec.Meta(description="bootstrap servers, host:port")]
+    topic: Annotated[str, msgspec.Meta(description="where triggers go, keyed by customer id, trigger_id header")]
+    extra: Annotated[dict[str, str], msgspec.Meta(
+        description="librdkafka producer settings, applied last: security.protocol, sasl.*, ssl.*, linger.ms")] = {}
+    delivery_timeout_s: Annotated[float, msgspec.Meta(
+        description="how long one delivery attempt may take (0: wait for the broker for ever); the relay then "
+                    "tries again")] = 30.0
     # False: `write_batch` returns once the items are queued, and the caller calls `settle()`
     # before it relies on them being delivered (standalone use; a live run's relay calls `deliver`).
-    wait_for_delivery: bool = True
-    statuses: tuple[Status, ...] = DEFAULT_STATUSES   # which triggers a live run sends here
+    wait_for_delivery: Annotated[bool, msgspec.Meta(
+        description="the sink used on its own: wait for each batch's delivery reports (a live run's relay "
+                    "always does)")] = True
+    statuses: Annotated[tuple[Status, ...], msgspec.Meta(
+        description="which triggers go here: sent only unless it lists held_out, suppressed")] = DEFAULT_STATUSES
     dead_letter_path: Annotated[str | None, msgspec.Meta(
         description="where a live run writes the triggers this topic refuses for good (message too "
                     "large, not authorized); unset: kafka-dead-letters.jsonl")] = None

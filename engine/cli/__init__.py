@@ -12,9 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import backtest, diff, repartition, report, resend, run, validate
+from engine.cli import backtest, diff, produce, repartition, report, resend, run, validate
 from engine.cli import explain as explain_cmd
-from engine.cli.common import CommandError
+from engine.cli.common import BROKEN_PIPE, CommandError
+from engine.cli.version import PrintVersion
 
 __all__ = ["main"]
 
@@ -24,12 +25,27 @@ EPILOG = """examples:
   triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl --summary s.json
   triggers report s.json
   triggers resend webhook-dead-letters.jsonl --sink webhook --config triggers.toml
+  triggers produce --events examples/sample-events.jsonl --topic customer-events
+
+Each command's --help lists its exit status (README: "Exit status").
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # the reader went away (`triggers diff ... | head`): stop quietly, as Unix tools do; the
+        # output still buffered would raise again at exit, so it goes to /dev/null
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)   # --help and --version print here: a closed pipe is caught in main
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -38,13 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as e:
         print(f"triggers {args.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except BrokenPipeError:
-        # the reader went away (`triggers diff ... | head`): stop quietly, as Unix tools do; the
-        # output still buffered would raise again at exit, so it goes to /dev/null
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141   # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
                     "per-customer state, triggers out.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=PrintVersion,
+                        help="the engine's version (and its main libraries'), for bug reports; "
+                             "`triggers validate` prints the rules' content hash")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for command in (validate, backtest, run, resend, repartition, report, diff):
+    for command in (validate, backtest, run, produce, resend, repartition, report, diff):
         command.add_parser(sub)
     explain_cmd.add_parser(sub)
     return parser

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from engine.cli.common import check_events_file, load_rules, parse_until
+from engine.cli.common import check_events_file, exit_status, load_rules, parse_until
 from engine.core.times import format_duration, format_ts
 from engine.offline.backtest import BacktestSummary, backtest_file, pending_note
 from engine.offline.funnel_table import funnel_lines
@@ -27,10 +27,16 @@ DESCRIPTION = (
 )
 
 
+EXIT_STATUS = {0: "replayed (dead letters do not change it: they are counted and written out)",
+               1: "the rules are invalid: every error printed as file:line",
+               2: "bad usage (an unknown option, no such events file, a bad --until)"}
+
+
 def add_parser(subparsers: Any) -> None:
     b = subparsers.add_parser(
         "backtest", help="replay an event file through the rules, in event time", description=DESCRIPTION,
-        epilog="example:\n  triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl",
+        epilog="examples:\n  triggers backtest --rules rules/ --events examples/sample-events.jsonl --out triggers.jsonl\n"
+               "  zcat events.jsonl.gz | triggers backtest --rules rules/ --events - | head\n\n" + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--rules", required=True, metavar="RULES_DIR", help="rules directory (or one file)")

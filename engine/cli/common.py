@@ -9,15 +9,20 @@ cannot work; 1: invalid rules). Rules errors are printed here, every one as
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import TextIO
 
 from engine.core.times import parse_ts
 from engine.errors import EngineError
-from engine.rules.compiler import CompiledRules, load_and_compile
+from engine.rules.check import check_rules
+from engine.rules.compiler import CompiledRules
 from engine.rules.errors import MAX_ERRORS, RulesInvalid
 
-__all__ = ["CommandError", "check_events_file", "load_rules", "parse_until", "print_rules_invalid"]
+__all__ = ["BROKEN_PIPE", "CommandError", "check_events_file", "exit_status", "load_rules", "parse_until",
+           "print_rules_invalid", "read_input"]
+
+BROKEN_PIPE = 141   # 128 + SIGPIPE: what a shell reports for a tool whose reader went away (`| head`)
 
 
 class CommandError(EngineError):
@@ -41,9 +46,10 @@ def print_rules_invalid(error: RulesInvalid, path: str, prog: str | None = None,
 
 
 def load_rules(path: str, prog: str | None = None, label: str = "") -> CompiledRules | None:
-    """The compiled rules of `path`, or None once every error was printed (the command exits 1)."""
+    """The compiled rules of `path`, or None once every error was printed (the command exits 1):
+    structural and expression errors alike, in one pass (engine.rules.check)."""
     try:
-        return load_and_compile(path)
+        return check_rules(path)
     except RulesInvalid as e:
         print_rules_invalid(e, path, prog, label)
         return None
@@ -57,6 +63,28 @@ def parse_until(text: str | None) -> int | None:
         return parse_ts(text)
     except ValueError as e:
         raise CommandError(f"--until: {e}") from None
+
+
+def exit_status(codes: dict[int, str]) -> str:
+    """The `exit status:` lines of a command's `--help` epilog, one per code, with the codes every
+    command shares (bad usage, a reader that went away). The README's "Exit status" section lists
+    the same (tests/unit/test_cli_help.py compares them)."""
+    shared = {2: "bad usage (an unknown option, a missing file)", BROKEN_PIPE: "the reader of stdout went away "
+              "(`| head`): stopped quietly"}
+    lines = ["exit status:"]
+    for code, text in sorted({**shared, **codes}.items()):
+        lines += textwrap.wrap(text, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+    return "\n".join(lines) + "\n"
+
+
+def read_input(path: str) -> bytes:
+    """A whole input file's bytes; `-` is stdin. Refuses (exit 2) with the OS's reason."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def check_events_file(path: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from engine.cli.common import CommandError, check_events_file, load_rules, parse_until
+from engine.cli.common import CommandError, check_events_file, exit_status, load_rules, parse_until
 from engine.offline.diff import diff_backtests, print_diff, write_changes
 
 DESCRIPTION = """\
@@ -30,16 +30,17 @@ examples:
   triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --out changes.jsonl
   triggers diff --rules rules/ --rules rules-new/ --events events.jsonl --report diff.html
 
-exit status: 0 when the diff ran (whatever it found), 1 when a rules directory is invalid,
-2 on bad usage (not exactly two --rules, a missing events file, a bad --until).
 """
+EXIT_STATUS = {0: "the diff ran (whatever it found)", 1: "a rules directory is invalid",
+               2: "bad usage (not exactly two --rules, no such events file, a bad --until)"}
 
 
 def add_parser(subparsers: Any) -> None:
     """Register `triggers diff` on the `triggers` command's subparsers."""
     p = subparsers.add_parser(
         "diff", help="what a rules change adds and removes: two backtests over the same events, compared",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, epilog=EPILOG + exit_status(EXIT_STATUS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rules", action="append", required=True, metavar="RULES_DIR",
                    help="give it twice: the OLD rules directory, then the NEW one")

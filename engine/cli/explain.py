@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from engine.cli.common import load_rules
+from engine.cli.common import exit_status, load_rules
 from engine.offline.explain import ExplainError, UnknownCustomer, explain_customer, print_explanation
 from engine.state.customer import CustomerState
 
@@ -35,17 +35,17 @@ examples:
   triggers explain --rules rules/ --events events.jsonl --customer c-31 --rule cart-abandoned --json
   triggers explain --rules rules/ --events events.jsonl --customer c-31 --until 2026-02-01T00:00:00Z
   triggers explain --rules rules/ --redis-url redis://127.0.0.1:6379/0 --prefix te --customer c-31
-
-exit status: 0 explained, 1 no such customer (no events / no state) or invalid rules,
-2 bad usage (no such rule, events file, bad time, Redis unreachable).
 """
+EXIT_STATUS = {0: "explained", 1: "no such customer (no events, no state) or invalid rules",
+               2: "bad usage (no such rule or events file, a bad time, Redis unreachable)"}
 
 
 def add_parser(subparsers: Any) -> None:
     """Register `triggers explain` on the `triggers` command's subparsers."""
     p = subparsers.add_parser(
         "explain", help="why a customer got (or did not get) each trigger: state, timers, conditions, policy",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, epilog=EPILOG + "\n" + exit_status(EXIT_STATUS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rules", required=True, metavar="RULES_DIR", help="rules directory (or one file)")
     source = p.add_mutually_exclusive_group(required=True)

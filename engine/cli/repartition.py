@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.cli.common import CommandError
+from engine.cli.common import CommandError, exit_status
 
 DESCRIPTION = (
     "For event topics not keyed by customer id: consume RAW_TOPIC in a consumer group and write "
@@ -17,13 +17,17 @@ DESCRIPTION = (
     "stage in a thread when kafka.repartition_from is set; this command runs it on its own."
 )
 
+EXIT_STATUS = {0: "stopped by SIGTERM or Ctrl-C (the batch in flight committed), or --exit-at-end done",
+               2: "bad usage, invalid settings, or the stage failed (one line says why)"}
+
 
 def add_parser(subparsers: Any) -> None:
     rp = subparsers.add_parser(
         "repartition", help="re-key a raw topic by customer id into the engine's topic, exactly once",
         description=DESCRIPTION,
         epilog="example:\n  triggers repartition --from raw-events --to customer-events\n"
-               "  triggers run --config triggers.toml      # with kafka.repartition_from = \"raw-events\"",
+               "  triggers run --config triggers.toml      # with kafka.repartition_from = \"raw-events\"\n\n"
+               + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("--config", metavar="FILE", help="settings file (TOML), as for `triggers run`")
     rp.add_argument("--from", dest="from_topic", metavar="RAW_TOPIC", help="the raw topic (kafka.repartition_from)")

@@ -7,12 +7,11 @@ import argparse
 import math
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
-from engine.cli.common import CommandError
+from engine.cli.common import CommandError, exit_status, read_input
 from engine.core.funnel import Funnel
 from engine.core.times import format_ts
 from engine.offline.backtest import BacktestSummary
@@ -39,6 +38,10 @@ class Report(msgspec.Struct):
     journeys: list[JourneyFunnel] = []      # one per journey of the rules, in file order
 
 
+EXIT_STATUS = {0: "reported", 2: "bad usage, or SUMMARY.json cannot be read (not a backtest summary, or one written "
+               "by an older engine)"}
+
+
 def add_parser(subparsers: Any) -> None:
     r = subparsers.add_parser(
         "report", help="per-rule lift: contacted vs control customers, conversion and revenue, 95%% intervals",
@@ -54,11 +57,12 @@ def add_parser(subparsers: Any) -> None:
                     "incremental revenues. Then each journey's funnel (walks entered, reaching each step, taking "
                     "each branch, ending by reason, contacted and held out side by side) with the journey's lift "
                     "as a whole (its row of the table). Reads the JSON written by `triggers backtest --summary FILE`.",
-        epilog="example:\n  triggers backtest --rules rules/ --events events.jsonl --out t.jsonl --summary s.json\n"
-               "  triggers report s.json",
+        epilog="examples:\n  triggers backtest --rules rules/ --events events.jsonl --out t.jsonl --summary s.json\n"
+               "  triggers report s.json\n  triggers report - < s.json\n\n" + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("summary", metavar="SUMMARY.json", help="a backtest summary (triggers backtest --summary)")
+    r.add_argument("summary", metavar="SUMMARY.json", help="a backtest summary (triggers backtest --summary); "
+                   "'-' = stdin")
     r.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table "
                    "(README: `triggers report --json`)")
     r.set_defaults(handler=run_report)
@@ -78,9 +82,9 @@ def build_report(summary: BacktestSummary) -> Report:
 
 def run_report(args: argparse.Namespace) -> int:
     try:
-        summary = msgspec.json.decode(Path(args.summary).read_bytes(), type=BacktestSummary)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise CommandError(f"cannot read {args.summary}: {e}") from None
+        summary = msgspec.json.decode(read_input(args.summary), type=BacktestSummary)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise CommandError(f"cannot read {'<stdin>' if args.summary == '-' else args.summary}: {e}") from None
     if summary.triggers and not summary.by_customer and any(o.sent + o.held_out for o in summary.per_rule.values()):
         raise CommandError(f"{args.summary} has no per-customer outcomes (written by an older engine): "
                            "run the backtest again")

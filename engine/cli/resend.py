@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import CommandError
+from engine.cli.common import CommandError, exit_status
 
 DESCRIPTION = """\
 Deliver again the triggers a sink refused for good: FILE is that sink's dead-letter file
@@ -18,23 +18,28 @@ dead-letter files are read too). Each trigger goes out through the sink NAME of 
 (kafka, webhook, redis_stream or file), with its own trigger_id, so a receiver that already has
 it de-duplicates it; a trigger whose status that sink does not take (its `statuses`) is skipped.
 Transient failures are tried again for up to --retry-for seconds; what the sink refuses again
-is listed. FILE is not changed. Exit 0 when every trigger was delivered (or, with --dry-run,
-could be), 1 when some were not or lines could not be read, 2 on bad usage.
+is listed. FILE ('-' = stdin) is not changed.
 """
 
 EPILOG = """examples:
   triggers resend webhook-dead-letters.jsonl --sink webhook --config triggers.toml --dry-run
   triggers resend webhook-dead-letters.jsonl --sink webhook --config triggers.toml
+  grep c-1029 webhook-dead-letters.jsonl | triggers resend - --sink webhook --config triggers.toml
 """
+EXIT_STATUS = {0: "every trigger was delivered (with --dry-run: could be)",
+               1: "some were not delivered (refused again, or still failing after --retry-for), or lines of "
+                  "FILE hold no trigger",
+               2: "bad usage (no such sink in the settings, no such FILE, invalid settings)"}
 
 SHOWN = 5   # refusals and unreadable lines printed one by one; the rest are counted
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "resend", help="deliver a sink's dead-lettered triggers again", description=DESCRIPTION, epilog=EPILOG,
+        "resend", help="deliver a sink's dead-lettered triggers again", description=DESCRIPTION,
+        epilog=EPILOG + "\n" + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", metavar="FILE", help="a sink's dead-letter file (JSONL)")
+    p.add_argument("file", metavar="FILE", help="a sink's dead-letter file (JSONL); '-' = stdin")
     p.add_argument("--sink", required=True, metavar="NAME",
                    help="the configured sink to deliver through: kafka, webhook, redis_stream or file")
     p.add_argument("--config", metavar="FILE", help="settings file (TOML), as for `triggers run`")
@@ -59,11 +64,11 @@ def run_resend(args: argparse.Namespace) -> int:
     if spec is None:
         raise CommandError(f"no sink {args.sink!r} in the settings{f' ({args.config})' if args.config else ''}; "
                            f"configured: {', '.join(sorted(specs))}")
-    path = Path(args.file)
-    if not path.is_file():
+    path = Path(args.file) if args.file != "-" else Path("<stdin>")   # as messages show it
+    if args.file != "-" and not path.is_file():
         raise CommandError(f"no such dead-letter file: {path}")
     try:
-        triggers, unreadable = read_dead_letters(path)
+        triggers, unreadable = read_dead_letters(args.file)
     except OSError as e:
         raise CommandError(f"cannot read {path}: {e.strerror or e}") from None
     for line, why in unreadable[:SHOWN]:

@@ -12,7 +12,9 @@ import logging
 import signal
 from typing import Any
 
-from engine.cli.common import CommandError, load_rules
+from engine.cli.common import CommandError, exit_status, load_rules
+from engine.cli.version import engine_version
+from engine.rules.digest import rules_digest
 
 RUN_DESCRIPTION = """\
 Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id;
@@ -28,6 +30,16 @@ A Redis that lost the engine's state is detected (at start and at each commit): 
 with exit 2 instead of resuming over it; --accept-state-loss overrides that at start.
 SIGTERM / Ctrl-C: finish the epoch in hand, commit, stop the relays after their batch, exit 0.
 """
+EXIT_STATUS = {
+    0: "stopped by SIGTERM or Ctrl-C (the epoch in hand committed), or --exit-at-end done",
+    1: "the rules are invalid: every error printed as file:line",
+    2: "invalid settings, or a start or run that cannot go on, in one line: state lost in Redis, "
+       "credentials refused, a committed offset beyond the topic's end, a failed repartition stage",
+    130: "a second SIGTERM or Ctrl-C: exited at once, without the final commit",
+}
+RUN_EPILOG = ("examples:\n  triggers run --config triggers.toml\n  triggers run --rules rules/ --topic customer-events "
+              "--exit-at-end\n\n" + exit_status(EXIT_STATUS)
+              + "with --processes N: the status of the first process that failed, else 0\n")
 
 
 class _HelpWithSettings(argparse.Action):
@@ -50,7 +62,8 @@ class _HelpWithSettings(argparse.Action):
 def add_parser(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run", help="the live engine: Kafka in, Redis state, configured sinks out",
-        description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+        description=RUN_DESCRIPTION, epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False)
     run.add_argument("-h", "--help", action=_HelpWithSettings)
     run.add_argument("--config", metavar="FILE", help="settings file (TOML); see below for its keys")
     run.add_argument("--rules", metavar="RULES_DIR", help="rules directory (settings: rules)")
@@ -80,6 +93,7 @@ def run_live(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format,
                   (settings.process_id or 0) if settings.addresses else None)
     log = logging.getLogger("engine")
+    digest = rules_digest(settings.rules)   # of the files as they are read, for the start-up line
     rules = load_rules(settings.rules)
     if rules is None:
         return 1
@@ -97,9 +111,9 @@ def run_live(args: argparse.Namespace) -> int:
     # the repartition stage runs once per cluster: in its first process
     stage = (_Stage(settings) if settings.kafka.repartition_from and not settings.exit_at_end
              and not settings.process_id else None)
-    log.info("running: %d rules from %s, topic %s on %s, state in %s, %d worker(s)", len(rules.rules),
-             settings.rules, settings.kafka.topic, ",".join(settings.kafka.brokers), settings.redis.shown(),
-             settings.workers)
+    log.info("running: triggers %s, %d rules from %s (%s), topic %s on %s, state in %s, %d worker(s)",
+             engine_version(), len(rules.rules), settings.rules, digest, settings.kafka.topic,
+             ",".join(settings.kafka.brokers), settings.redis.shown(), settings.workers)
     run(flow, settings)
     if stage is not None:
         stage.stop()

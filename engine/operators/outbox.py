@@ -23,7 +23,9 @@ again).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -119,14 +121,14 @@ class _WebhookDeadLetter(msgspec.Struct):
 
 def read_dead_letters(path: str | Path) -> tuple[list[Trigger], list[tuple[int, str]]]:
     """The triggers of a sink's dead-letter file, in file order, and the lines that hold none
-    ((line number, why)): `triggers resend`'s input. Reads the relay's lines (`SinkDeadLetter`)
-    and the webhook sink's older ones (a request's `triggers`)."""
+    ((line number, why)): `triggers resend`'s input (`-`: stdin). Reads the relay's lines
+    (`SinkDeadLetter`) and the webhook sink's older ones (a request's `triggers`)."""
     triggers: list[Trigger] = []
     unreadable: list[tuple[int, str]] = []
     decode_letter = msgspec.json.Decoder(SinkDeadLetter).decode
     decode_trigger = msgspec.json.Decoder(Trigger).decode
     decode_legacy = msgspec.json.Decoder(_WebhookDeadLetter).decode
-    with open(path, "rb") as f:
+    with open(path, "rb") if str(path) != "-" else contextlib.nullcontext(sys.stdin.buffer) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -24,7 +24,7 @@ from engine.rules.scope import Scope, TooManyErrors
 from engine.rules.values import alternatives, check_keys, describe
 from engine.rules.yaml_lines import Node, compose
 
-__all__ = ["RULES_SUFFIXES", "load_rules"]
+__all__ = ["RULES_SUFFIXES", "PartialRules", "load_rules", "read_rules"]
 
 RULES_SUFFIXES = (".yaml", ".yml")
 
@@ -160,6 +160,20 @@ def _rules_files(path: Path, shown: str) -> list[tuple[Path, str]]:
     return [(path / name, os.path.join(shown, name)) for name in names]
 
 
+@dataclass(frozen=True)
+class PartialRules:
+    """What a directory's files add up to when some of it is invalid: the `RuleSet` of what did
+    validate (a rule or aggregate with an error is left out), the errors (sorted by file and line,
+    the limit's own last), and what was declared though left out, so that compiling the rest can
+    tell an error of its own from one the left-out part causes (engine.rules.check)."""
+
+    ruleset: RuleSet
+    errors: list[RuleError]
+    declared_aggregates: frozenset[str]   # every aggregate name declared, valid or not
+    policy_invalid: bool                  # a policy section was declared and left out
+    limit_reached: bool                   # MAX_ERRORS: the reading stopped
+
+
 def load_rules(path: str | Path) -> RuleSet:
     """Reads and validates a rules directory (or one file) as a whole.
 
@@ -168,6 +182,15 @@ def load_rules(path: str | Path) -> RuleSet:
     rules in place. It raises nothing else, whatever the files hold: an unexpected failure
     becomes an error of the file being read.
     """
+    partial = read_rules(path)
+    if partial.errors:
+        raise RulesInvalid(partial.errors)
+    return partial.ruleset
+
+
+def read_rules(path: str | Path) -> PartialRules:
+    """`load_rules` without raising for the errors of the files: they come with what validated.
+    Raises `RulesInvalid` only when there is nothing to read (no such directory, no files)."""
     collected = _Collected()
     limit_reached = False
     for file_path, name in _rules_files(Path(path), os.fspath(path)):
@@ -181,14 +204,16 @@ def load_rules(path: str | Path) -> RuleSet:
                                               " please report this as a bug of the rules loader"))
         if collected.tally.full:
             break   # a directory-wide limit was passed: reading on would only cost time
-    if collected.errors:
-        errors = sorted(collected.errors, key=lambda error: (error.file, error.line))
-        raise RulesInvalid(errors + [error_limit(errors[-1])] if limit_reached else errors)
-    return RuleSet(
+    errors = sorted(collected.errors, key=lambda error: (error.file, error.line))
+    if limit_reached and errors:
+        errors.append(error_limit(errors[-1]))
+    ruleset = RuleSet(
         aggregates=collected.aggregates,
         rules=tuple(collected.rules),
         policy=collected.policy,
         files=tuple(collected.files),
         time=collected.time,
     )
+    return PartialRules(ruleset, errors, frozenset(collected.aggregate_at),
+                        collected.policy_at is not None and collected.policy is None, limit_reached)
 

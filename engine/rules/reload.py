@@ -20,7 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from engine.rules.compiler import CompiledRules, load_and_compile
+from engine.rules.check import check_rules
+from engine.rules.compiler import CompiledRules
+from engine.rules.digest import rules_digest
 from engine.rules.errors import RulesInvalid, exception_text
 
 log = logging.getLogger("engine.rules")
@@ -76,10 +78,11 @@ class LiveRules:
             if current == self._fingerprint:
                 return
             self._fingerprint = current
+            digest = rules_digest(self.path)   # before reading: a change meanwhile is caught next time
             try:
-                rules = load_and_compile(self.path)
+                rules = check_rules(self.path)   # every error in the log, structural and expression
             except Exception as e:
-                # load_and_compile raises RulesInvalid whatever the files hold; anything else would
+                # check_rules raises RulesInvalid whatever the files hold; anything else would
                 # be a bug, and is rejected all the same: nothing in a rules file may stop the dataflow
                 errors = ([str(err) for err in e.errors] if isinstance(e, RulesInvalid)
                           else [f"{self.path}: cannot load the rules ({exception_text(e)})"])
@@ -90,7 +93,7 @@ class LiveRules:
             self.rules = rules
             self.version += 1
             self.reloads += 1
-            log.info("rules reloaded from %s: %d rules, %d aggregates (version %d)", self.path, len(rules.rules),
-                     len(rules.ruleset.aggregates), self.version)
+            log.info("rules reloaded from %s: %d rules, %d aggregates (version %d, %s)", self.path,
+                     len(rules.rules), len(rules.ruleset.aggregates), self.version, digest)
         finally:
             self._lock.release()

@@ -126,6 +126,35 @@ def test_kafka_down_at_start_is_waited_out_quietly(kafka_bootstrap, redis_url, r
     print(f"Kafka down 12 s at start: {len(waiting)} log lines about it, {len(err.splitlines())} lines in all")
 
 
+def test_sigterm_while_kafka_is_unreachable_at_start_is_a_few_clear_lines_and_exit_0(redis_url, tmp_path):
+    """Issue 16: no broker at all (nothing listens on the port) for 10 s, then SIGTERM: the start-up
+    waits with a handful of lines that name the broker, then stops at once, exit 0, no traceback
+    (the test above covers a broker that comes back)."""
+    port = free_port()                                         # nothing listens there
+    cfg = write_config(tmp_path / "c.toml", topic="customer-events", redis_url=redis_url, prefix=unique("nokafka"),
+                       sink_topic=unique("t"), dead_topic=unique("d"), extra="metrics_port = 0")
+    proc = start(cfg, "--brokers", f"127.0.0.1:{port}")
+    try:
+        time.sleep(10)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]  # it waits; it does not crash-loop
+        proc.send_signal(signal.SIGTERM)
+        sent_at = time.monotonic()
+        err = proc.communicate(timeout=30)[1]
+        stopped_in = time.monotonic() - sent_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert_clean(err)
+    assert stopped_in < 5
+    lines = err.strip().splitlines()
+    assert 2 <= len(lines) <= 6, err                            # a handful in 10 s, not a flood
+    assert lines[-1].endswith("engine: stopped by SIGTERM while starting up"), lines
+    assert all(f"127.0.0.1:{port}" in line for line in lines[:-1]), lines   # each names the broker
+    assert any(f"waiting for Kafka at 127.0.0.1:{port}" in line for line in lines), lines
+    print(f"Kafka unreachable 10 s, then SIGTERM: exit 0 {stopped_in:.1f} s after it, {len(lines)} lines in all")
+
+
 def test_no_credential_in_any_log_line_and_a_wrong_password_fails_fast(kafka_bootstrap, tmp_path):
     password = "S3cr3t-pw-9f2"
     own = OwnRedis(tmp_path, password=password).start()

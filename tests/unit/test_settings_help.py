@@ -73,6 +73,17 @@ def test_every_field_of_the_settings_module_has_a_doc():
             assert key.doc, f"{'.'.join(key.path)} has no Doc"
 
 
+def test_every_key_of_the_sinks_has_a_doc_too(run_help):
+    """Issue 16: the webhook's timeout_s, concurrency, headers and backoff_* were listed without a
+    word on what they do; every sink's key now says it, in the help."""
+    undocumented = [".".join(k.path) for k in settings_keys() if not k.doc]
+    assert undocumented == []
+    sections = _sections(run_help)
+    for key in ("timeout_s", "concurrency", "headers", "backoff_base_s", "backoff_max_s"):
+        env = f"TRIGGERS_SINKS__WEBHOOK__{key.upper()}"
+        assert f"{env}: " in sections["sinks.webhook"][key], key          # the env var, then what it does
+
+
 def test_help_defaults_are_the_loaders_defaults(run_help):
     """The TOML the help shows, loaded back, is the default settings (sections without
     required keys, i.e. everything but the optional sinks)."""

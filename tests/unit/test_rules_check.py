@@ -1,0 +1,101 @@
+"""`triggers validate` reports structural and expression errors in one pass (issue 16): a rules
+engineer sees every mistake at once, not the expression errors only after fixing the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.rules.check import check_rules
+from engine.rules.compiler import load_and_compile
+from engine.rules.errors import MAX_ERRORS, RulesInvalid
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MIXED = """\
+aggregates:
+  spend: {sum: amount, on: purchase}
+  broken: {sum: amount, on: purchase, window: 3 days}
+rules:
+  - id: typo
+    type: threshold
+    on: purchase
+    if: spnd >= 5
+    then: {action: x, channel: email}
+  - id: slow
+    type: transactional
+    on: add_to_cart
+    unless: {event: [purchase], within: 30 minutes}
+    then: {action: y, channel: email}
+  - id: syntax
+    type: threshold
+    if: spend >=
+    then: {action: w, channel: email}
+  - id: reads-the-broken-one
+    type: threshold
+    if: broken > 1
+    then: {action: w, channel: email}
+"""
+
+
+def test_structural_and_expression_errors_come_in_one_pass(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(MIXED)
+    assert main(["validate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    f = tmp_path / "r.yaml"
+    assert err == [
+        f"{f}:3: aggregate 'broken': 'window': bad duration '3 days': write a number and a unit, e.g. 30m, 24h, "
+        "7d, 1h30m (units: ms, s, m, h, d, w)",
+        f"{f}:8: rule 'typo': if (column 1): unknown aggregate 'spnd' (did you mean 'spend'?)",
+        f"{f}:13: rule 'slow': 'within': bad duration '30 minutes': write a number and a unit, e.g. 30m, 24h, 7d, "
+        "1h30m (units: ms, s, m, h, d, w)",
+        f"{f}:17: rule 'syntax': if (column 9): syntax error: invalid syntax",
+        f"4 error(s) in {tmp_path}",
+    ]
+    # the loader alone stops at the structural errors: this is what one pass adds
+    with pytest.raises(RulesInvalid) as e:
+        load_and_compile(tmp_path)
+    assert len(e.value.errors) == 2
+
+
+def test_an_error_caused_by_a_left_out_policy_is_not_reported(tmp_path):
+    """`channel: best` needs the policy's responses_by_channel: with a policy that has an error
+    of its own, that error alone is reported, not a second one on every rule using `best`."""
+    (tmp_path / "r.yaml").write_text(
+        "policy:\n  responses_by_channel: {email: [email_opened]}\n  consent: sometimes\n"
+        "rules:\n  - id: r\n    type: transactional\n    on: back_in_stock\n"
+        "    then: {action: restock, channel: best}\n  - id: s\n    type: threshold\n    if: nope > 1\n"
+        "    then: {action: a, channel: email}\n")
+    with pytest.raises(RulesInvalid) as e:
+        check_rules(tmp_path)
+    messages = [str(err) for err in e.value.errors]
+    assert len(messages) == 2, messages
+    assert "policy: " in messages[0] and "consent" in messages[0]
+    assert "unknown aggregate 'nope'" in messages[1]
+
+
+def _pairs(n: int) -> str:
+    """n rules with a structural error, n with an expression error."""
+    return "rules:\n" + "".join(
+        f"  - id: s{i}\n    type: transactional\n    on: x\n    delay: 3 days\n    then: {{action: a, channel: email}}\n"
+        f"  - id: e{i}\n    type: threshold\n    if: nope{i} > 1\n    then: {{action: a, channel: email}}\n"
+        for i in range(n))
+
+
+@pytest.mark.parametrize("pairs,shown", [(40, 80), (60, MAX_ERRORS + 1)])
+def test_both_kinds_count_against_the_error_limit(tmp_path, pairs, shown):
+    (tmp_path / "r.yaml").write_text(_pairs(pairs))
+    with pytest.raises(RulesInvalid) as e:
+        check_rules(tmp_path)
+    errors = e.value.errors
+    assert len(errors) == shown
+    assert {"bad duration" in err.message for err in errors[:-1]} == {True, False}     # both kinds
+    assert errors[-1].message.startswith("stopped after") == (shown > MAX_ERRORS)
+    assert [err.line for err in errors[:-1]] == sorted(err.line for err in errors[:-1])
+
+
+def test_valid_rules_are_the_compilers():
+    rules = check_rules(ROOT / "rules")
+    assert [r.id for r in rules.rules] == [r.id for r in load_and_compile(ROOT / "rules").rules]
