@@ -32,3 +32,27 @@ def test_dockerfile_installs_pinned_versions_as_non_root():
     assert pins["bytewax"] == "0.21.1"
     from importlib.metadata import version
     assert version("msgspec") == pins["msgspec"]
+
+
+def test_the_scale_out_compose_file_is_one_cluster_of_valid_settings_on_enough_partitions():
+    """deploy/compose-scale.yaml: every engine replica loads as valid settings, the replicas are
+    process 0..N-1 of one address list naming them in order, share one Redis Cluster and prefix,
+    publish their own metrics port, and the topic has at least a partition per process."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose-scale.yaml").read_text())
+    services = compose["services"]
+    engines = sorted(name for name in services if name.startswith("engine-"))
+    assert len(engines) >= 2
+    loaded = [load_settings(env={k: str(v) for k, v in services[name]["environment"].items()}) for name in engines]
+    assert [s.process_id for s in loaded] == list(range(len(engines)))
+    for name, settings in zip(engines, loaded):
+        assert [a.split(":")[0] for a in settings.addresses] == [services[e]["hostname"] for e in engines]
+        assert settings.redis.cluster and settings.redis.prefix == loaded[0].redis.prefix
+        assert settings.redis.url.split("//")[1].split(":")[0] in services   # a node of the cluster
+        port = settings.metrics_port + settings.process_id
+        assert services[name]["ports"] == [f"{port}:{port}"] and settings.metrics_host == "0.0.0.0"
+    topics = services["topics"]["command"][0]
+    assert loaded[0].kafka.topic in topics
+    assert int(topics.split("--partitions")[1].split(";")[0]) >= len(engines)
+    create = services["redis-cluster"]["command"][0]
+    nodes = [n for n in services if n.startswith("redis-") and n != "redis-cluster"]
+    assert len(nodes) >= 3 and all(f"getent hosts {n}" in create for n in nodes)
