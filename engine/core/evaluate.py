@@ -83,6 +83,10 @@ class Evaluator:
         # Deadlines that only move later need no update: a stale, earlier wake-up finds nothing
         # due and is re-indexed then.
         self.earlier_deadline = False
+        # Set by a `Session`, which fires every customer's deadlines due before an event before
+        # applying it (from its deadline index): `on_event` need not look for them again. Callers
+        # of the bare evaluator (tests, the naive benchmark) keep the look.
+        self.due_fired_before = False
         self._idle_min_wait = min((r.wait for r in rules.inactive if not r.of), default=0)
         self._idle_of = rules.inactive_of   # their stretch starts at the latest event of their types
         self._idle_of_ids = frozenset(r.id for r in self._idle_of)
@@ -154,22 +158,8 @@ class Evaluator:
             del seen[0]
         ts = ev.ts
         last_ts = state.last_ts
-        # deadlines strictly before the event fire first
-        due_before = self._idle_min_wait and last_ts and last_ts + self._idle_min_wait < ts
-        if not due_before and state.timers:
-            for t in state.timers:
-                if t.due < ts:
-                    due_before = True
-                    break
-        if not due_before and state.deferred:
-            for d in state.deferred:
-                if d.due < ts:
-                    due_before = True
-                    break
-        if not due_before and self._idle_of:
-            due_before = self._idle_of_due(state, ts)
-        if due_before:
-            self.on_time(state, ev.customer_id, ts - 1, out)
+        if not self.due_fired_before:
+            self._fire_before(state, ev.customer_id, ts, out)
         # An older event (a late one, counted by the Session) leaves the customer's last time.
         if ts > last_ts:
             state.last_ts = ts
@@ -212,6 +202,25 @@ class Evaluator:
         if plan.rules:
             self._run_rules(state, ev, plan.rules, out)
         return state
+
+    def _fire_before(self, state: CustomerState, customer_id: str, ts: int, out: list[Trigger]) -> None:
+        """Deadlines strictly before an event fire first."""
+        last_ts = state.last_ts
+        due_before = self._idle_min_wait and last_ts and last_ts + self._idle_min_wait < ts
+        if not due_before and state.timers:
+            for t in state.timers:
+                if t.due < ts:
+                    due_before = True
+                    break
+        if not due_before and state.deferred:
+            for d in state.deferred:
+                if d.due < ts:
+                    due_before = True
+                    break
+        if not due_before and self._idle_of:
+            due_before = self._idle_of_due(state, ts)
+        if due_before:
+            self.on_time(state, customer_id, ts - 1, out)
 
     def _run_rules(self, state: CustomerState, ev: Event, rules: tuple[CompiledRule, ...], out: list[Trigger]) -> None:
         """The rules of the event's type: conditions, then what the rule's kind does (`matched`)."""

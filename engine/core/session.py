@@ -84,6 +84,7 @@ class Session:
         self.population = population if population is not None else Population()
         self.cap: int | None = None     # live: events and deadlines after it wait (see above)
         self.evaluator = Evaluator(rules, observer, self.population)
+        self.evaluator.due_fired_before = True   # every apply path fires what is due before an event first
         self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.states: dict[str, CustomerState] = states if states is not None else {}
         self.deadlines = DeadlineIndex()
@@ -383,6 +384,7 @@ class Session:
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
         re-indexed."""
         self.evaluator = Evaluator(rules, self.observer, self.population)
+        self.evaluator.due_fired_before = True
         self.lateness = rules.lateness
         if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
             self.frontier = self.newest - self.lateness
