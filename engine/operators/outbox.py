@@ -28,9 +28,11 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 
 import msgspec
@@ -38,6 +40,7 @@ import msgspec
 from connectors.base import Backoff, Failure, Sink
 from connectors.file import FileSink, FileSinkConfig
 from engine.actions.trigger import Trigger
+from engine.events.decode import DeadLetter
 from engine.operators.shutdown import SHUTDOWN
 from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail, decode_item
 from engine.state.redis import REDIS_ERRORS
@@ -67,8 +70,18 @@ the outbox is trimmed below it only then, and a crash re-reads at most this much
 again)."""
 MAX_SKIPS = 1000    # ranges remembered per partition; past it the oldest are read after all
 
+HANDED_BATCHES = 32
+"""A commit in this process hands its entries, and the items they encode, to the relays with its
+`notify`: a relay whose cursor is where they start delivers them without reading the outbox back
+and without decoding them (the outbox stays the record: a relay behind them, or restarted, reads
+it). At most this many batches' worth are kept per partition; past it the oldest are dropped, to
+be read from the outbox."""
+
 Contents = frozenset[tuple[ItemKind, str]]
 """What a commit wrote to an outbox: its entries' (kind, status) pairs."""
+
+Handed = Sequence[tuple[OutboxEntry, "Trigger | DeadLetter"]]
+"""A commit's entries as written (`seq` numbered) with the items they encode."""
 
 
 def default_dead_letter_path(sink: str) -> str:
@@ -222,6 +235,10 @@ class Relay:
         self._skips: dict[str, list[tuple[int, int]]] = {}
         self._skip_saved: dict[str, float] = {}   # partition -> when a skipped cursor was last saved
         self._unsaved: set[str] = set()           # partitions whose cursor moved by skips only, not saved yet
+        # partition -> the latest contiguous entries commits handed over (see HANDED_BATCHES)
+        self._handed: dict[str, deque[tuple[OutboxEntry, Trigger | DeadLetter]]] = {}
+        self._handed_max = HANDED_BATCHES * batch_size
+        self._drained: set[str] = set()   # partitions whose last step delivered handed entries
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connector: Sink | None = None
@@ -249,10 +266,14 @@ class Relay:
                 self._partitions.remove(partition)
             self._cursors.pop(partition, None)
             self._read_ahead.pop(partition, None)
+            self._handed.pop(partition, None)
+            self._drained.discard(partition)
 
-    def notify(self, partition: str, first: int = 0, last: int = 0, contents: Contents | None = None) -> None:
+    def notify(self, partition: str, first: int = 0, last: int = 0, contents: Contents | None = None,
+               handed: Handed = ()) -> None:
         """Something was committed to the partition's outbox: entries `first`..`last` holding
-        `contents` (None: unknown). A commit with nothing for this sink is passed without a read."""
+        `contents` (None: unknown), `handed` (when given) those entries with their items. A commit
+        with nothing for this sink is passed without a read."""
         with self._lock:
             if contents is not None and first and not self.spec.wants_any(contents):
                 skips = self._skips.setdefault(partition, [])
@@ -263,6 +284,13 @@ class Relay:
                     if len(skips) > MAX_SKIPS:
                         del skips[0]
                 return   # nothing to wake up for: the next look at the partition passes it
+            if handed:
+                kept = self._handed.setdefault(partition, deque())
+                if kept and kept[-1][0].seq + 1 != handed[0][0].seq:
+                    kept.clear()   # a gap (a skipped commit): what follows it is kept
+                kept.extend(handed)
+                while len(kept) > self._handed_max:
+                    kept.popleft()
             self._notified.add(partition)
         self._wake.set()
 
@@ -339,7 +367,18 @@ class Relay:
         ahead = self._read_ahead.pop(partition, None)
         if ahead is not None and ahead[1][1].last_seq < self._tails.get(partition, 0):
             ahead = None   # a commit came after that read: it would hide the commit's entries (and use up its wake-up)
-        if ahead is not None:
+        handed = self._take_handed(partition, cursor, scan)
+        items: dict[int, Trigger | DeadLetter] = {}
+        if not handed and partition in self._drained:
+            self._drained.discard(partition)
+            if cursor >= self._tails.get(partition, 0):
+                return False   # the look after delivering what was handed over: nothing since, no read
+        if handed:
+            committed = self._tails.get(partition, 0)
+            entries = [entry for entry, _ in handed]
+            items = {entry.seq: item for entry, item in handed}
+            tail = OutboxTail(max(committed, entries[-1].seq), 0)
+        elif ahead is not None:
             committed, (entries, tail) = ahead
         else:
             committed = self._tails.get(partition, 0)   # before the read: a commit after it is not in it
@@ -378,15 +417,38 @@ class Relay:
         elif len(entries) == scan:   # all read were passed and more are there: read more next time
             self._scan[partition] = min(size * SCAN_FACTOR, scan * 2)
         if batch:
-            self._deliver(partition, batch)
+            self._deliver(partition, batch, items)
         known = self._tails.get(partition, 0)
         scan = self._scan.get(partition, size)
-        while (saved := self._redis(lambda: store.advance(partition, self.name, last, self._sinks, scan))) is None:
-            self._pause()
+        if handed:
+            # entries handed over come with a notify: the cursor is saved without reading ahead
+            # (entries not handed over, if any, are read by the next step)
+            def save() -> bool:
+                store.save_cursor(partition, self.name, last, self._sinks)
+                return True
+
+            while self._redis(save) is None:
+                self._pause()
+            self._drained.add(partition)
+        else:
+            while (saved := self._redis(lambda: store.advance(partition, self.name, last, self._sinks, scan))) is None:
+                self._pause()
+            self._read_ahead[partition] = (known, saved)
         self._unsaved.discard(partition)
         self._cursors[partition] = last
-        self._read_ahead[partition] = (known, saved)
         return True
+
+    def _take_handed(self, partition: str, cursor: int, count: int) -> list[tuple[OutboxEntry, Trigger | DeadLetter]]:
+        """Up to `count` handed entries right after `cursor`; none when they do not start there."""
+        with self._lock:
+            kept = self._handed.get(partition)
+            if not kept:
+                return []
+            while kept and kept[0][0].seq <= cursor:
+                kept.popleft()
+            if not kept or kept[0][0].seq != cursor + 1:
+                return []
+            return list(islice(kept, count))
 
     def _skip(self, partition: str, cursor: int) -> int:
         """The cursor moved past the ranges told to hold nothing for this sink that follow it."""
@@ -418,10 +480,11 @@ class Relay:
             self._skip_saved[partition] = at
             self._unsaved.discard(partition)
 
-    def _deliver(self, partition: str, batch: list[OutboxEntry]) -> None:
-        """Deliver the batch: transient failures again and again with capped backoff, permanent
-        ones to the dead-letter file (durable before the cursor moves past them)."""
-        items = [decode_item(e) for e in batch]
+    def _deliver(self, partition: str, batch: list[OutboxEntry], known: dict[int, Trigger | DeadLetter]) -> None:
+        """Deliver the batch (`known`: seq -> the item, handed over by its commit): transient
+        failures again and again with capped backoff, permanent ones to the dead-letter file
+        (durable before the cursor moves past them)."""
+        items = [known[e.seq] if e.seq in known else decode_item(e) for e in batch]
         pending = list(range(len(items)))
         attempts = [0] * len(items)
         refused: list[tuple[int, Failure]] = []
@@ -583,13 +646,15 @@ class RelayGroup:
         if last:
             self.stop()
 
-    def notify(self, partition: str, last_seq: int, first_seq: int = 0, contents: Contents | None = None) -> None:
+    def notify(self, partition: str, last_seq: int, first_seq: int = 0, contents: Contents | None = None,
+               handed: Handed = ()) -> None:
         """A commit wrote the partition's outbox up to `last_seq`: entries `first_seq`..`last_seq`
-        holding `contents` (unknown when not given: every relay looks)."""
+        holding `contents` (unknown when not given: every relay looks), `handed` those entries
+        with their items (see HANDED_BATCHES)."""
         if last_seq > self.tails.get(partition, 0):
             self.tails[partition] = last_seq
         for relay in self.relays:
-            relay.notify(partition, first_seq, last_seq, contents)
+            relay.notify(partition, first_seq, last_seq, contents, handed)
 
     def passed(self, partition: str) -> int:
         """The seq every relay has passed in the partition (0 when one has not read it yet)."""

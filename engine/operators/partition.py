@@ -25,7 +25,7 @@ from engine.policy.timing import DAY_MS, Population
 from engine.rules.compiler import CompiledRules
 from engine.rules.reload import LiveRules
 from engine.state.customer import CustomerState, decode_state
-from engine.state.outbox import OutboxTail, encode_items
+from engine.state.outbox import OutboxEntry, OutboxTail, encode_items
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
 from engine.state.store import PartitionClock, PartitionStore, StateLost
 
@@ -125,8 +125,9 @@ class PartitionWorker:
         # with that commit; where the partition's outbox stands; who relays it (told at commits).
         self.outbox: list[Trigger | DeadLetter] = []
         self.outbox_tail = OutboxTail(0, 0)
-        # (partition, last seq, first seq, the entries' (kind, status) pairs), after each commit with entries
-        self.on_outbox: Callable[[str, int, int, frozenset], None] | None = None
+        # (partition, last seq, first seq, the entries' (kind, status) pairs, the entries with their items),
+        # after each commit with entries
+        self.on_outbox: Callable[[str, int, int, frozenset, list], None] | None = None
 
     # -- evaluate step ----------------------------------------------------------------------
 
@@ -322,12 +323,16 @@ class PartitionWorker:
                                                      population=population),
                            "commit")
         self._clock_day = applied // DAY_MS if applied != BEGINNING else None
-        self.outbox = []
+        items, self.outbox = self.outbox, []
         if tail is not None:
             self.outbox_tail = tail
             if self.on_outbox is not None:
-                self.on_outbox(self.name, tail.last_seq, tail.last_seq - len(entries) + 1,
-                               frozenset((e.kind, e.status) for e in entries))
+                first = tail.last_seq - len(entries) + 1
+                # the relays deliver these without reading them back (engine.operators.outbox.HANDED_BATCHES)
+                handed = [(OutboxEntry(e.kind, e.status, e.data, first + i), item)
+                          for i, (e, item) in enumerate(zip(entries, items))]
+                self.on_outbox(self.name, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries),
+                               handed)
         self.has_committed = True
         self.event_log.record_committed(offset)   # the record outside Redis that state loss is checked against
         self.orphans.clear()

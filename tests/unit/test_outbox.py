@@ -397,3 +397,57 @@ def test_a_commit_after_the_relays_read_ahead_is_not_missed() -> None:
     wait_for(lambda: any(t.trigger_id == "t2" for t in out), timeout_s=1.5)
     group.detach("a")
     group.detach("b")
+
+
+def test_entries_handed_over_by_their_commit_go_out_unread_and_a_relay_behind_them_reads_the_outbox() -> None:
+    """Issue 15, live CPU: a relay read every commit's entries back from Redis and decoded them,
+    right after the commit in the same process had them in hand. Handed over with `notify`, they
+    are delivered as they are (the very item objects, no read of the outbox); entries the relay
+    was not handed (written before it started, or past a gap) are read from the outbox as before,
+    so it delivers everything, in order, once."""
+    reads = {"read": 0}
+
+    class Counting(InMemoryStore):
+        def read_outbox(self, partition: str, after: int, count: int):
+            reads["read"] += 1
+            return super().read_outbox(partition, after, count)
+
+        def advance(self, partition, sink, seq, sinks, count):
+            reads["read"] += 1
+            return super().advance(partition, sink, seq, sinks, count)
+
+    store = Counting()
+    out: list = []
+    group = RelayGroup([SinkSpec("list", lambda: ListSink(out))], lambda: store, batch_size=5,
+                       backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
+    offset = None
+
+    def commit(items: list, hand: bool = True) -> None:
+        nonlocal offset
+        entries = encode_items(items)
+        tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
+        offset = (offset or 0) + 1
+        assert tail is not None
+        first = tail.last_seq - len(entries) + 1
+        handed = [(msgspec.structs.replace(e, seq=first + i), item) for i, (e, item) in enumerate(zip(entries, items))]
+        group.notify(P, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries), handed if hand else [])
+
+    before = [trigger(n) for n in range(12)]
+    commit(before, hand=False)          # before the relay started: only the outbox has them
+    group.attach(P)
+    wait_for(lambda: len(out) == 12)
+    reads["read"] = 0
+    handed = [trigger(n) for n in range(12, 112)]
+    for i in range(0, 100, 4):
+        commit(handed[i:i + 4])
+        time.sleep(0.002)
+    wait_for(lambda: len(out) == 112)
+    handed_reads = reads["read"]
+    commit([trigger(112)], hand=False)  # a commit not handed over: a gap
+    commit([trigger(113), trigger(114)])
+    wait_for(lambda: len(out) == 115)
+    group.detach(P)
+    assert [t.trigger_id for t in out] == [f"t{n}" for n in range(115)]   # all, in order, once
+    assert all(a is b for a, b in zip(out[12:112], handed))               # the objects handed over, not decoded
+    assert handed_reads <= 3, handed_reads                                 # 25 commits, 100 triggers: next to no read
+    assert store.load_cursors(P)["list"] == 115 and store.outbox_tail(P).length == 0   # cursor saved, outbox trimmed
