@@ -16,6 +16,7 @@ as `undrained`); recurring dates never fire after the end.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -149,6 +150,10 @@ class Replay:
         live commit makes, and what bounds the journal's memory (engine.core.isolation)."""
         self._checkpointed_at = self.evaluator.counters.events
         self.session.checkpoint_changed()
+        # As the live worker does after each commit: the states are many small containers without
+        # reference cycles, which every full collection of the cyclic GC would walk again (a tenth
+        # of a backtest's time on 10,000 customers); frozen, they are still freed by refcount.
+        gc.freeze()
 
     def finish(self) -> None:
         """End of data: held events are applied and the deadlines due by the end fire; those
