@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import backtest, diff, produce, repartition, report, resend, run, validate
+from engine.cli import backfill, backtest, diff, export, produce, repartition, report, resend, run, validate
 from engine.cli import explain as explain_cmd
 from engine.cli.common import BROKEN_PIPE, CommandError
 from engine.cli.version import PrintVersion
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the engine's version (and its main libraries'), for bug reports; "
                              "`triggers validate` prints the rules' content hash")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for command in (validate, backtest, run, produce, resend, repartition, report, diff):
+    for command in (validate, backtest, run, produce, resend, repartition, report, diff, export, backfill):
         command.add_parser(sub)
     explain_cmd.add_parser(sub)
     return parser

@@ -26,6 +26,7 @@ from engine.operators.logs import kafka_logger
 from engine.operators.metrics import serve, track_rules
 from engine.operators.outbox import RelayGroup
 from engine.operators.partition import Batch
+from engine.operators.profile_api import CUSTOMERS, PATH
 from engine.operators.settings import Settings
 from engine.operators.sinks import NoOutput, SinkFactory, dead_letter_spec, given_specs, trigger_specs
 from engine.operators.source import EngineSource, OpenLog, StoreFactory
@@ -126,6 +127,7 @@ def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] |
         specs = [*trigger_specs(settings), dead]
     else:
         specs = given_specs(sinks, dead_letters)
+    CUSTOMERS.configure(live_rules, open_store, settings.profile_api_token)
     relay = settings.relay
     relays = RelayGroup(specs, cast(Callable[[], OutboxStore], open_store), relay.batch_size, relay.backoff_base_s,
                         relay.backoff_max_s, relay.idle_check_ms / 1000)
@@ -156,7 +158,7 @@ def serve_metrics(settings: Settings) -> None:
         return
     port = settings.metrics_port + (settings.process_id or 0)
     try:
-        serve(settings.metrics_host, port)
+        serve(settings.metrics_host, port, {PATH: CUSTOMERS.answer})
     except OSError as e:   # the engine matters more than its metrics: run on, say so loudly
         logging.getLogger("engine.metrics").error("cannot serve metrics on %s:%d: %s", settings.metrics_host, port, e)
 

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -210,20 +211,33 @@ class Health:
 HEALTH = Health()
 
 
-def serve(host: str, port: int) -> ThreadingHTTPServer:
-    """Start /metrics and /healthz in a daemon thread; returns the server (port 0: any free port)."""
+Route = Callable[[str, Mapping[str, str]], tuple[int, bytes, dict[str, str]]]
+"""(path, request headers) -> (status, JSON body, extra headers): another JSON endpoint on this server."""
+
+
+def serve(host: str, port: int, routes: Mapping[str, Route] | None = None) -> ThreadingHTTPServer:
+    """Start /metrics, /healthz and `routes` (path prefix -> its handler, e.g. the profile API's
+    /customers/) in a daemon thread; returns the server (port 0: any free port)."""
+    table: dict[str, Route] = dict(routes or {})
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path.startswith("/metrics"):
+            extra: dict[str, str] = {}
+            route = next((r for prefix, r in table.items() if self.path.startswith(prefix)), None)
+            if route is not None:
+                (status, body, extra), ctype = route(self.path, dict(self.headers.items())), "application/json"
+            elif self.path.startswith("/metrics"):
                 body, status, ctype = generate_latest(REGISTRY), 200, CONTENT_TYPE_LATEST
             elif self.path.startswith("/healthz"):
                 ok, report = HEALTH.report()
                 body, status, ctype = json.dumps(report).encode(), 200 if ok else 503, "application/json"
             else:
-                body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                paths = ", ".join(["/metrics", "/healthz", *(f"{p}..." for p in table)])
+                body, status, ctype = f"not found: try {paths}\n".encode(), 404, "text/plain"
             self.send_response(status)
             self.send_header("Content-Type", ctype)
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

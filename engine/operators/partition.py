@@ -1,14 +1,17 @@
 """One source partition's share of the engine: its customers' states, cached; its deadlines;
 the evaluation of its batches; and its commits to Redis, with the outbox of what it produced.
 
-Everything here runs on the worker that reads the partition, so the cache needs no locks and
-no other worker ever writes these customers (Kafka keys events by customer).
+Everything here runs on the worker that reads the partition, and no other worker ever writes
+these customers (Kafka keys events by customer). One other thread reads the cache: the profile
+API's (`engine.operators.profile_api`), under `PartitionWorker.lock`, which the worker holds
+for each batch and each commit.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -114,6 +117,7 @@ class PartitionWorker:
         self.has_committed = has_offset         # the store holds an offset for this partition
         self.stats = PartitionStats()
         self.failed = False                     # a fatal error stopped this partition's work
+        self.lock = threading.RLock()           # held while states change; the profile API reads under it
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
@@ -140,11 +144,12 @@ class PartitionWorker:
         if self.failed:
             return
         try:
-            self.outbox += self._process(batch)
-            if self.outbox and (not batch.backlog or time.monotonic() - self._committed_at >= EAGER_COMMIT_S):
-                # Everything before this batch's end is evaluated (batches come in order on this
-                # worker): its states and the offset after it commit together, as at an epoch's end.
-                self.commit(batch.records[-1][1] + 1 if batch.records else self.committed_offset)
+            with self.lock:
+                self.outbox += self._process(batch)
+                if self.outbox and (not batch.backlog or time.monotonic() - self._committed_at >= EAGER_COMMIT_S):
+                    # Everything before this batch's end is evaluated (batches come in order on this
+                    # worker): its states and the offset after it commit together, as at an epoch's end.
+                    self.commit(batch.records[-1][1] + 1 if batch.records else self.committed_offset)
         except Fatal as e:
             SHUTDOWN.request(str(e), fatal=True)
         except StateLost as e:
@@ -291,6 +296,10 @@ class PartitionWorker:
     def commit(self, offset: int) -> bool:
         """Write dirty states, the offset, the clock, the deadline index and the outbox entries at
         once; True if anything changed. Nothing waits for a sink: the relays deliver from the outbox."""
+        with self.lock:
+            return self._commit(offset)
+
+    def _commit(self, offset: int) -> bool:
         offset = max(offset, self.committed_offset)   # an epoch's snapshot may trail a batch's own commit
         session = self.session
         self.dirty.update(session.isolated.journal)   # every customer an event or a deadline changed

@@ -214,6 +214,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     reload_interval_ms: Annotated[int, Doc("how often the rules directory is checked")] = 500
     metrics_host: Annotated[str, Doc("/metrics (Prometheus) and /healthz (0.0.0.0 in a container)")] = "127.0.0.1"
     metrics_port: Annotated[int, Doc("+ process_id in a multi-process cluster; 0 turns them off")] = 9464
+    profile_api_token: Annotated[str | None, Doc(
+        "GET /customers/{id} on the metrics port (the profile API) asks `Authorization: Bearer <it>`; "
+        "unset: no token asked (set it whenever metrics_host is reachable from outside)")] = None
     log_level: Annotated[str, Doc("DEBUG, INFO, WARNING or ERROR")] = "INFO"
     log_format: Annotated[str, Doc("text, or json: one JSON object per line")] = "text"
 
@@ -259,6 +262,7 @@ _SECRET_WORDS = ("password", "secret", "token", "key", "credential")
 def declare_secrets(settings: Settings) -> None:
     """Every credential of the settings is masked in the log (engine.logs.add_secret)."""
     r = settings.redis
+    add_secret(settings.profile_api_token)
     add_secret(r.password)
     add_secret(urlsplit(r.url).password)
     extras = [settings.kafka.extra]

@@ -30,6 +30,7 @@ from engine.operators import metrics
 from engine.operators.event_log import EventLog
 from engine.operators.outbox import RelayGroup
 from engine.operators.partition import Batch, Fatal, PartitionWorker
+from engine.operators.profile_api import CUSTOMERS
 from engine.operators.shutdown import SHUTDOWN
 from engine.rules.reload import LiveRules
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL
@@ -83,6 +84,7 @@ class EngineSource(FixedPartitionedSource):
         log.info("partition %s: starting at offset %s", for_part, start if start is not None else "0 (beginning)")
         worker = PartitionWorker(event_log, store, self.rules, start or 0, self.cache_size,
                                  has_offset=start is not None, clock=clock, partitions=self.partitions)
+        CUSTOMERS.watch(worker)   # the profile API reads its cache
         worker.outbox_tail = retry_forever(lambda: store.outbox_tail(for_part), f"partition {for_part}: Redis outbox",
                                            REDIS_ERRORS, log, fatal=REDIS_FATAL)
         if self.relays is not None:
@@ -221,6 +223,7 @@ class EnginePartition(StatefulSourcePartition):
         return self._pending
 
     def close(self) -> None:
+        CUSTOMERS.forget(self.worker)
         metrics.HEALTH.forget(self.worker.name)
         if self.relays is not None:
             self.relays.detach(self.worker.name)

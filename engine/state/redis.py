@@ -38,7 +38,7 @@ round trip once and lets redis-py's exceptions through (`REDIS_ERRORS` are worth
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -464,6 +464,27 @@ class RedisStore:
             self.client.mset_nonatomic(mapping)
         else:
             self.client.mset(mapping)
+
+    def scan_states(self, batch: int = 500) -> Iterator[list[tuple[str, bytes]]]:
+        """Every customer's stored state, as (customer id, `encode_state` bytes), `batch` at a time:
+        SCAN over the prefix's state keys (every primary of a cluster) and one MGET per batch, so
+        memory stays constant whatever the number of customers. A key written or deleted while
+        it runs may or may not be seen (SCAN's guarantee); none is seen twice in one batch."""
+        pattern = self._state_key_head.translate(_GLOB_SPECIALS) + "*"
+        skip = len(self._state_key_head)
+        keys: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=max(batch, 100)):
+            keys.append(key)
+            if len(keys) >= batch:
+                yield self._states_of(keys, skip)
+                keys = []
+        if keys:
+            yield self._states_of(keys, skip)
+
+    def _states_of(self, keys: list[bytes], skip: int) -> list[tuple[str, bytes]]:
+        keys = list(dict.fromkeys(keys))   # SCAN may return a key twice
+        values = self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
+        return [(key.decode()[skip:-1], value) for key, value in zip(keys, values) if value is not None]
 
     def load_offsets(self) -> dict[str, int]:
         """The saved source offsets (partition -> next offset), found by SCAN over the prefix.

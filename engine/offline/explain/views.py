@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from engine.actions.trigger import HELD_OUT, SENT, Trigger
 from engine.core.calendar import parse_date
 from engine.core.times import format_duration, format_ts
@@ -67,14 +69,35 @@ def _agg_kind_definition(agg: Any) -> str:
 
 
 
+class Unreadable(msgspec.Struct, frozen=True):
+    """An aggregate whose stored value these rules' reader cannot read (a state written by other
+    rules, e.g. before a reload changed the aggregate's kind)."""
+
+    error: str   # the exception's type name
+
+
+def read_aggregates(rules: CompiledRules, st: CustomerState, at: int) -> dict[str, Any]:
+    """Every aggregate of the rules by name, as the rules read it at `at` (epoch ms): windowed
+    sums over the window ending then, decayed counts decayed to then (`CompiledRules.readers`).
+    One definition for `triggers explain`, `triggers export` and the profile API, so they cannot
+    disagree; a value that cannot be read is an `Unreadable`, never an exception."""
+    values: dict[str, Any] = {}
+    for name, read in rules.readers.items():
+        try:
+            values[name] = read(st, at)
+        except Exception as e:   # a state written by other rules: show it, do not fail the caller
+            values[name] = Unreadable(type(e).__name__)
+    return values
+
+
 def state_view(rules: CompiledRules, st: CustomerState, at: int) -> StateView:
     aggs = []
+    values = read_aggregates(rules, st, at)
     for agg in rules.ruleset.aggregates.values():
-        try:
-            value = rules.readers[agg.name](st, at)
-        except Exception as e:   # a state written by other rules: show it, do not fail the explanation
+        value = values[agg.name]
+        if isinstance(value, Unreadable):
+            display = f"unreadable ({value.error})"
             value = None
-            display = f"unreadable ({type(e).__name__})"
         else:
             display = fmt(value)
             if agg.kind == "last" and agg.field == "ts" and isinstance(value, int):
