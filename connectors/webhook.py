@@ -422,7 +422,8 @@ class WebhookSink(Sink):
             attempt = 0
             while True:
                 attempt += 1
-                status, reason, retry, retry_after = self._attempt(conn, path, body, key)
+                status, reason, retry, retry_after = (
+                    self._attempt(conn, body, key) if path == self._path else self._attempt(conn, body, key, path))
                 if status is not None and 200 <= status < 300:
                     self._answered()
                     return _Outcome(chunk, key, attempt, attempt - 1, True, status, start=start)
@@ -470,10 +471,11 @@ class WebhookSink(Sink):
         with self._health_lock:
             self.stats.failing(reason)
 
-    def _attempt(self, conn: _Connection, path: str, body: bytes,
-                 key: str) -> tuple[int | None, str, bool, float | None]:
-        """One POST within one deadline: (status or None, reason, whether to retry,
-        Retry-After seconds or None)."""
+    def _attempt(self, conn: _Connection, body: bytes, key: str,
+                 path: str | None = None) -> tuple[int | None, str, bool, float | None]:
+        """One POST within one deadline (to `path`, else the url's): (status or None, reason,
+        whether to retry, Retry-After seconds or None). `bench.webhook_client` overrides it with
+        the first three arguments, which is all it is given for a url without placeholders."""
         headers = dict(self._base_headers)
         headers["Idempotency-Key"] = key
         if self._secret is not None:
@@ -485,7 +487,7 @@ class WebhookSink(Sink):
         for fresh in (False, True):
             reused = conn.sock is not None
             try:
-                conn.request("POST", path, body, headers)
+                conn.request("POST", path or self._path, body, headers)
                 resp = conn.getresponse()
                 data = resp.read(_MAX_READ)
                 # Keep-alive needs the body read to its end; a longer one is not worth reading.
