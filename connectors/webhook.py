@@ -10,6 +10,12 @@ with ``b"trigger-batch"``) of the batch's trigger ids, sorted and joined by ``"\
 same set of triggers always gets the same key, but a replay after a crash may cut batches
 differently, so a receiver of batched bodies should de-duplicate per `trigger_id`.
 
+In the receiver's own format (`connectors.webhook_body`): `body` is a JSON template that
+replaces the trigger object, `batch_body` wraps a request's items (`{"events": "{items}"}`,
+even with `batch_size=1`), and placeholders in `url`'s path or query give each request its own
+target (`/customers/{customer_id}/events`; then `batch_size` must be 1). The idempotency key
+and the signature are as above: the signature is over the rendered body, as sent.
+
 Every request has `Content-Type: application/json`; headers from the config (for example
 `Authorization`) are added, but cannot replace the idempotency and signature headers.
 
@@ -115,6 +121,7 @@ import msgspec
 
 from connectors.base import DEFAULT_STATUSES, Backoff, Failure, Sink, SinkError, Status
 from connectors.file import FileSink, FileSinkConfig
+from connectors.webhook_body import BatchTemplate, BodyTemplate, UrlTemplate, has_placeholder
 from engine.actions.trigger import Trigger
 
 __all__ = ["WebhookSinkConfig", "WebhookSink", "WebhookDeadLetter", "batch_idempotency_key"]
@@ -148,9 +155,12 @@ class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
     `statuses`: which triggers a live run sends here (SPEC §4: only `sent` unless asked).
     """
 
-    url: Annotated[str, _doc("the receiver, http:// or https://; credentials in it are never logged")]
+    url: Annotated[str, _doc(
+        "the receiver, http:// or https://; placeholders in its path or query (/customers/{customer_id}/events, "
+        "percent-encoded) give each request its own, with batch_size 1; credentials in it are never logged")]
     batch_size: Annotated[int, msgspec.Meta(ge=1), _doc(
-        "triggers per request: 1 posts one JSON object, more post a JSON array")] = 1
+        "most triggers per request (a request holds at most relay.batch_size too): 1 posts one JSON object, "
+        "more post a JSON array or batch_body")] = 1
     timeout_s: Annotated[float, msgspec.Meta(gt=0), _doc(
         "deadline of one whole attempt, connect to last byte (a hanging receiver costs one timeout, then "
         "a retry)")] = 5.0
@@ -173,11 +183,29 @@ class WebhookSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
         "webhook-dead-letters.jsonl")] = None
     statuses: Annotated[tuple[Status, ...], _doc(
         "which triggers go here: sent only unless it lists held_out, suppressed")] = DEFAULT_STATUSES
+    body: Annotated[str | None, _doc(
+        "the receiver's body for one trigger: JSON text with \"{field}\" placeholders (trigger_id, "
+        "customer_id, action, fired_at, fired_at_unix, payload, payload.KEY, ...; a whole-string one keeps "
+        "the value's JSON type; {{ }} are literal braces); unset: the trigger object (connectors/webhook_body.py)"
+        )] = None
+    batch_body: Annotated[str | None, _doc(
+        "the body of a request around its items (body, or trigger objects), e.g. '{\"events\": \"{items}\"}'; "
+        "unset: one item per request, or a JSON array with batch_size > 1")] = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
+        if has_placeholder(parts.netloc) or has_placeholder(parts.scheme):
+            raise ValueError(f"url: a placeholder may only be in the path or query, not the host: {self.url!r}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url must be an http:// or https:// URL with a host, got {self.url!r}")
+        url = UrlTemplate(_target(parts))   # raises on a placeholder that is not a field
+        if url.names and self.batch_size > 1:
+            raise ValueError(f"url has {', '.join('{' + n + '}' for n in url.names)}, so a request is one "
+                             f"trigger's: batch_size must be 1, not {self.batch_size}")
+        if self.body is not None:
+            BodyTemplate(self.body)
+        if self.batch_body is not None:
+            BatchTemplate(self.batch_body)
         try:
             _ = parts.port   # raises on a port that is not a number
         except ValueError:
@@ -263,7 +291,10 @@ class WebhookSink(Sink):
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port if parts.port is not None else (443 if self._https else 80)
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._url = UrlTemplate(_target(parts))
+        self._path = self._url.path(_NO_TRIGGER) if not self._url.names else ""   # constant, or per request
+        self._body = BodyTemplate(config.body) if config.body is not None else None
+        self._batch = BatchTemplate(config.batch_body) if config.batch_body is not None else None
         host_port = self._host if parts.port is None else f"{self._host}:{parts.port}"
         if ":" in self._host:  # an IPv6 literal
             host_port = f"[{self._host}]" + ("" if parts.port is None else f":{parts.port}")
@@ -376,11 +407,14 @@ class WebhookSink(Sink):
     def _deliver(self, chunk: Sequence[Trigger], max_retries: int, start: int = 0) -> _Outcome:
         """One request, with up to `max_retries` retries. Runs in a pool thread; never raises
         for what the network or the receiver does."""
-        if self.config.batch_size == 1:
-            trigger = chunk[0]
-            body, key = self._encoder.encode(trigger), trigger.trigger_id
-        else:
-            body, key = self._encoder.encode(chunk), batch_idempotency_key([t.trigger_id for t in chunk])
+        one = self.config.batch_size == 1
+        key = chunk[0].trigger_id if one else batch_idempotency_key([t.trigger_id for t in chunk])
+        try:
+            body, path = self._request(chunk, one)
+        except Exception as exc:   # a value the template cannot render: this request can never be sent
+            reason = f"body template: {type(exc).__name__}: {exc}"
+            log.error("%s: idempotency key %s not sent: %s", self.name, key, reason)
+            return _Outcome(chunk, key, 0, 0, False, None, reason, start, permanent=True)
         cfg = self.config
         conn = self._checkout()
         backoff = Backoff(cfg.backoff_base_s, cfg.backoff_max_s)
@@ -388,7 +422,8 @@ class WebhookSink(Sink):
             attempt = 0
             while True:
                 attempt += 1
-                status, reason, retry, retry_after = self._attempt(conn, body, key)
+                status, reason, retry, retry_after = (
+                    self._attempt(conn, body, key) if path == self._path else self._attempt(conn, body, key, path))
                 if status is not None and 200 <= status < 300:
                     self._answered()
                     return _Outcome(chunk, key, attempt, attempt - 1, True, status, start=start)
@@ -415,6 +450,16 @@ class WebhookSink(Sink):
         finally:
             self._idle.put(conn)
 
+    def _request(self, chunk: Sequence[Trigger], one: bool) -> tuple[bytes, str]:
+        """The body as sent (what the signature covers) and the request target."""
+        items: Sequence[Any] = chunk if self._body is None else [self._body.render(t) for t in chunk]
+        if self._batch is not None:
+            payload: Any = self._batch.wrap(list(items))
+        else:
+            payload = items[0] if one else items
+        path = self._path or self._url.path(chunk[0])   # per request: batch_size is 1 then
+        return self._encoder.encode(payload), path
+
     def _answered(self) -> None:
         """The receiver gave a final answer (a 2xx or a refusal): it is not waited for."""
         if self.stats.waiting_since is None:
@@ -426,9 +471,11 @@ class WebhookSink(Sink):
         with self._health_lock:
             self.stats.failing(reason)
 
-    def _attempt(self, conn: _Connection, body: bytes, key: str) -> tuple[int | None, str, bool, float | None]:
-        """One POST within one deadline: (status or None, reason, whether to retry,
-        Retry-After seconds or None)."""
+    def _attempt(self, conn: _Connection, body: bytes, key: str,
+                 path: str | None = None) -> tuple[int | None, str, bool, float | None]:
+        """One POST within one deadline (to `path`, else the url's): (status or None, reason,
+        whether to retry, Retry-After seconds or None). `bench.webhook_client` overrides it with
+        the first three arguments, which is all it is given for a url without placeholders."""
         headers = dict(self._base_headers)
         headers["Idempotency-Key"] = key
         if self._secret is not None:
@@ -440,7 +487,7 @@ class WebhookSink(Sink):
         for fresh in (False, True):
             reused = conn.sock is not None
             try:
-                conn.request("POST", self._path, body, headers)
+                conn.request("POST", path or self._path, body, headers)
                 resp = conn.getresponse()
                 data = resp.read(_MAX_READ)
                 # Keep-alive needs the body read to its end; a longer one is not worth reading.
@@ -503,6 +550,14 @@ class WebhookSink(Sink):
             self._all.clear()
         if self._dead_letters is not None:
             self._dead_letters.close()
+
+
+def _target(parts: Any) -> str:
+    """A URL's request target: its path (`/` when empty) and query."""
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+_NO_TRIGGER = cast(Trigger, None)   # for a URL without placeholders, which reads no field
 
 
 def _remaining(deadline: float) -> float:

@@ -282,8 +282,9 @@ def segment_event_type(name: str) -> str:
 
 
 def _segment(obj: dict[str, Any]) -> Event:
-    """Segment spec message -> native event. The engine keys state by known customers, so a
-    message without `userId` (anonymous traffic) is a dead letter, not an event."""
+    """Segment spec message -> native event. The customer is `userId`, else `anonymousId`
+    (anonymous traffic: a visitor's state of its own, not merged into the known customer's
+    when they log in); a message with neither is a dead letter, not an event."""
     stype = obj.get("type")
     if stype is None:
         raise _Invalid("segment message: missing field 'type'")
@@ -292,10 +293,12 @@ def _segment(obj: dict[str, Any]) -> Event:
     if stype not in ("track", "identify", "page"):
         raise _Invalid(f"unsupported Segment message type {_show(stype)}")
 
-    user_id = obj.get("userId")
-    if user_id is None or user_id == "":
-        raise _Invalid("segment message has no userId")
-    customer_id = _id(user_id, "userId")
+    for id_field in ("userId", "anonymousId"):
+        if obj.get(id_field) is not None and obj[id_field] != "":
+            customer_id = _id(obj[id_field], id_field)
+            break
+    else:
+        raise _Invalid("segment message has no userId and no anonymousId")
     if obj.get("messageId") is None:
         raise _Invalid("segment message: missing field 'messageId'")
     event_id = _id(obj["messageId"], "messageId")

@@ -138,6 +138,7 @@ class Receiver:
         self.fail_all = fail_all
         self.refuse = refuse if refuse is not None else set()
         self.requests: list[tuple[str, dict]] = []     # successful: (Idempotency-Key, body)
+        self.received: list[tuple[str, dict[str, str], bytes]] = []   # successful: (path, headers, raw body)
         self.failed = 0
         self.refused = 0
         self.hung = 0                                  # requests held without an answer
@@ -167,6 +168,7 @@ class Receiver:
                         receiver.refused += 1
                     else:
                         receiver.requests.append((self.headers["Idempotency-Key"], decoded))
+                        receiver.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 status = (503 if receiver.fail_all else 500) if fail else 400 if refused else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

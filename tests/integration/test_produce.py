@@ -103,7 +103,7 @@ def test_produce_then_run_gives_the_backtests_triggers(kafka_bootstrap, redis_ur
     assert [line.split(": not JSON: ")[0] for line in reported] == [
         f"{events_file}:101: not an event, not sent",
         f"{events_file}:5001: not an event, not sent: missing fields 'event_id', 'ts'",
-        f"{events_file}:9001: not an event, not sent: segment message has no userId",
+        f"{events_file}:9001: not an event, not sent: segment message has no userId and no anonymousId",
     ]
     n = len(native)
     assert res.stdout.startswith(f"{events_file}: {n:,} events sent to {topic} (4 partitions) on {kafka_bootstrap}, "

@@ -159,6 +159,23 @@ def test_segment_integer_user_id_and_timestamp_fallbacks() -> None:
     assert isinstance(ev, Event) and ev.ts == 1795183391250
 
 
+def test_segment_anonymous_id_alone_is_the_customer() -> None:
+    """Anonymous traffic (no userId yet) gets a state of its own, under the anonymousId."""
+    ev = dec(segment(userId=_DROP, anonymousId="anon-7f3c"))
+    assert ev == Event("m-1", "purchase", "anon-7f3c", 1795183391250, {"order_id": "o-1"})
+    for user_id in (None, ""):
+        ev = dec(segment(userId=user_id, anonymousId="anon-7f3c"))
+        assert isinstance(ev, Event) and ev.customer_id == "anon-7f3c"
+    ev = dec({"type": "identify", "anonymousId": 99, "messageId": "m-2", "timestamp": "2026-11-20T14:03:11Z",
+              "traits": {"timezone": "Europe/Berlin"}})
+    assert isinstance(ev, Event) and ev.customer_id == "99" and ev.type == "identify"
+
+
+def test_segment_user_id_wins_over_anonymous_id() -> None:
+    ev = dec(segment(userId="u-1", anonymousId="anon-7f3c"))
+    assert isinstance(ev, Event) and ev.customer_id == "u-1"
+
+
 def test_segment_identify_traits_become_properties() -> None:
     msg = {
         "type": "identify",
@@ -206,8 +223,12 @@ BAD = [
     pytest.param(native(customer_id=""), "field 'customer_id' is an empty string", id="empty-customer_id"),
     pytest.param(native(event_id=""), "field 'event_id' is an empty string", id="empty-event_id"),
     pytest.param(native(type=""), "field 'type' is an empty string", id="empty-type"),
-    pytest.param(segment(userId=_DROP), "segment message has no userId", id="segment-no-userId"),
-    pytest.param(segment(userId=None), "segment message has no userId", id="segment-null-userId"),
+    pytest.param(segment(userId=_DROP, anonymousId=_DROP), "segment message has no userId and no anonymousId",
+                 id="segment-no-id"),
+    pytest.param(segment(userId=None, anonymousId=""), "segment message has no userId and no anonymousId",
+                 id="segment-null-ids"),
+    pytest.param(segment(userId=_DROP, anonymousId=True),
+                 "field 'anonymousId': expected a string or integer, got boolean", id="segment-bool-anonymousId"),
     pytest.param(segment(type="alias"), "unsupported Segment message type 'alias'", id="segment-alias"),
     pytest.param(segment(type="group"), "unsupported Segment message type 'group'", id="segment-group"),
     pytest.param(segment(type="screen"), "unsupported Segment message type 'screen'", id="segment-screen"),

@@ -79,9 +79,11 @@ def test_every_key_of_the_sinks_has_a_doc_too(run_help):
     undocumented = [".".join(k.path) for k in settings_keys() if not k.doc]
     assert undocumented == []
     sections = _sections(run_help)
-    for key in ("timeout_s", "concurrency", "headers", "backoff_base_s", "backoff_max_s"):
+    for key in ("timeout_s", "concurrency", "headers", "backoff_base_s", "backoff_max_s", "body", "batch_body"):
         env = f"TRIGGERS_SINKS__WEBHOOK__{key.upper()}"
         assert f"{env}: " in sections["sinks.webhook"][key], key          # the env var, then what it does
+    assert "placeholders" in sections["sinks.webhook"]["body"] and "{items}" in sections["sinks.webhook"]["batch_body"]
+    assert "{customer_id}" in sections["sinks.webhook"]["url"]
 
 
 def test_help_defaults_are_the_loaders_defaults(run_help):

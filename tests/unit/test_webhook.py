@@ -37,6 +37,7 @@ class Request(msgspec.Struct):
     body: bytes
     client_port: int
     at: float  # time.monotonic() when the whole request had arrived
+    path: str = ""  # the request target, path and query
 
 
 class Reply(msgspec.Struct):
@@ -77,6 +78,7 @@ class Receiver:
                         body,
                         self.client_address[1],
                         time.monotonic(),
+                        self.path,
                     )
                     receiver.requests.append(req)
                     receiver.in_flight += 1
@@ -688,3 +690,86 @@ def test_deliver_to_a_receiver_that_never_answers_is_a_transient_timeout() -> No
             assert time.monotonic() - started < 1.0
     assert not failure.permanent and "timed out" in failure.reason
     assert sink.stats.waiting_since is not None and "timed out" in (sink.stats.last_error or "")
+
+
+# --- Bodies in the receiver's own format (connectors.webhook_body) ---------------------------------
+
+CIO_BODY = '{"name": "{action}", "timestamp": "{fired_at_unix}", "data": {"rule": "{rule_id}", "sku": "{payload.sku}"}}'
+
+
+def test_a_body_template_is_what_arrives_signed_over_the_body_as_sent(receiver: Receiver) -> None:
+    """Per-trigger requests to a URL per customer; the signature verifies over the rendered bytes."""
+    secret = "s3cr3t"
+    triggers = [_trigger(n) for n in range(3)] + [msgspec.structs.replace(_trigger(3), customer_id="a/b c")]
+    url = receiver.url.split("/hook")[0] + "/api/v1/customers/{customer_id}/events?src=engine"
+    with WebhookSink(_config(url, secret=secret, body=CIO_BODY, concurrency=2)) as sink:
+        sink.write_batch(triggers)
+    assert sorted(r.path for r in receiver.requests) == sorted(
+        [f"/api/v1/customers/c-{n}/events?src=engine" for n in range(3)] + ["/api/v1/customers/a%2Fb%20c/events?src=engine"])
+    by_key = {r.headers["idempotency-key"]: r for r in receiver.requests}
+    assert set(by_key) == {t.trigger_id for t in triggers}
+    for req in receiver.requests:
+        assert msgspec.json.decode(req.body) == {"name": "cart-reminder", "timestamp": 1795185191,
+                                                 "data": {"rule": "cart-abandoned", "sku": "A-77"}}
+        ts = req.headers["x-trigger-timestamp"]
+        expected = hmac.new(secret.encode(), ts.encode() + b"." + req.body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(req.headers["x-trigger-signature"], f"sha256={expected}")
+    assert sink.endpoint.endswith("/api/v1/customers/{customer_id}/events")   # no customer id in logs
+
+
+def test_a_batch_body_wraps_up_to_batch_size_items(receiver: Receiver) -> None:
+    triggers = [_trigger(n) for n in range(7)]
+    cfg = _config(receiver.url, batch_size=3, body='{"external_id": "{customer_id}", "name": "{action}"}',
+                  batch_body='{"events": "{items}"}')
+    with WebhookSink(cfg) as sink:
+        sink.write_batch(triggers)
+    bodies = [msgspec.json.decode(r.body) for r in receiver.requests]
+    assert sorted(len(b["events"]) for b in bodies) == [1, 3, 3] and all(list(b) == ["events"] for b in bodies)
+    assert sorted(e["external_id"] for b in bodies for e in b["events"]) == sorted(f"c-{n}" for n in range(7))
+    for req, body in zip(receiver.requests, bodies, strict=True):
+        ids = [t.trigger_id for t in triggers if t.customer_id in {e["external_id"] for e in body["events"]}]
+        assert req.headers["idempotency-key"] == batch_idempotency_key(ids)
+
+
+def test_a_batch_body_alone_wraps_trigger_objects(receiver: Receiver) -> None:
+    with WebhookSink(_config(receiver.url, batch_body='{"triggers": "{items}", "source": "engine"}')) as sink:
+        sink.write_batch([_trigger(1)])
+    (req,) = receiver.requests
+    assert msgspec.json.decode(req.body) == {"triggers": [msgspec.to_builtins(_trigger(1))], "source": "engine"}
+    assert req.headers["idempotency-key"] == _trigger(1).trigger_id
+
+
+def test_templated_requests_are_retried_and_dead_lettered_as_triggers(receiver: Receiver, tmp_path: Path) -> None:
+    """A receiver refusing a rendered body: the dead letter keeps the triggers (resend renders again)."""
+    receiver.respond = lambda n, req: Reply(503) if n == 0 else Reply(400, body=b"bad event")
+    dead = tmp_path / "dead.jsonl"
+    with WebhookSink(_config(receiver.url, body=CIO_BODY, dead_letter_path=str(dead), max_retries=2)) as sink:
+        sink.write_batch([_trigger(1)])
+    assert len(receiver.requests) == 2 and receiver.requests[0].body == receiver.requests[1].body
+    (letter,) = _dead_letters(dead)
+    assert letter.triggers == [_trigger(1)] and letter.status == 400 and letter.attempts == 2
+    assert (sink.stats.retries, sink.stats.dead_lettered) == (1, 1)
+
+
+def test_a_value_the_template_cannot_render_is_refused_not_raised(receiver: Receiver) -> None:
+    bad = msgspec.structs.replace(_trigger(1), fired_at="not a time")
+    with WebhookSink(_config(receiver.url, body=CIO_BODY)) as sink:
+        (failure,) = sink.deliver([bad])
+    assert failure.permanent and failure.reason.startswith("body template:") and receiver.requests == []
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"body": '{"name": "{acton}"}'}, "body at $.name, character 1: unknown field '{acton}' (did you mean 'action'?)"),
+    ({"body": '{"name": '}, "body is not JSON: Expecting value at line 1, column 10"),
+    ({"batch_body": '{"events": "{customer_id}"}'}, "batch_body at $.events, character 1: '{customer_id}' is a "
+                                                     "trigger's field"),
+    ({"batch_body": '{"events": []}'}, 'batch_body must hold "{items}" exactly once'),
+    ({"url": "http://h/customers/{customer_id}/events", "batch_size": 75},
+     "url has {customer_id}, so a request is one trigger's: batch_size must be 1, not 75"),
+    ({"url": "http://{customer_id}.example.com/x"}, "url: a placeholder may only be in the path or query"),
+    ({"url": "http://h/customers/{customerid}"}, "url, character 12: unknown field '{customerid}'"),
+])
+def test_templates_are_validated_when_the_config_is_loaded(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert({"url": "http://h/x", **settings}, WebhookSinkConfig)
+    assert message in str(info.value)
