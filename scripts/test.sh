@@ -18,6 +18,9 @@ bash scripts/services.sh install all
 step "installing chromium (the HTML report's browser test), if missing"
 bash scripts/chromium.sh
 
+step "unpacking promtool (the alert rules' checks), if missing"
+bash scripts/promtool.sh >/dev/null
+
 step "starting the services (or reusing running ones)"
 bash scripts/services.sh start all
 

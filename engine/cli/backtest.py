@@ -108,7 +108,7 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
               f"{s.pending.get(rule_id, 0):>8,}  {reasons}", file=stream)
     print_funnels(s, stream)
     print_timing(s, stream)
-    print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {s.late:,} late), "
+    print(f"{s.events:,} events ({s.dead_letters:,} dead letters, {s.duplicates:,} duplicates, {late_text(s)}), "
           f"{s.customers:,} customers, {s.triggers:,} triggers in {s.elapsed_s:.2f} s "
           f"({s.events_per_s:,.0f} events/s)" + (f"; end of data {format_ts(s.ended_at)}" if s.ended_at else ""),
           file=stream)
@@ -120,8 +120,7 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
         print(f"note: {s.undrained:,} deadlines of journeys that loop through a wait fall past the drain's horizon"
               " (each rule's waits passed once, after the end) and were not fired", file=stream)
     if s.late:
-        allowed = f"more than {format_duration(s.lateness)} behind" if s.lateness else "behind"
-        print(f"note: {s.late:,} events arrived {allowed} a newer one and were applied out of time order; "
+        print("note: late events are applied at once, out of time order; "
               "`time: {lateness: D}` in the rules applies events up to D late in time order", file=stream)
         if s.late_causes:
             print(f"note: {s.late_causes:,} late events did not start a wait or series: a newer cause's was pending",
@@ -132,6 +131,14 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
     if s.timers_dropped:
         print(f"warning: {s.timers_dropped:,} deadlines not armed: more than 8 pending per rule and customer",
               file=stream)
+
+
+def late_text(s: BacktestSummary) -> str:
+    """`N late`, and what late means when there are some (SPEC §6: behind the frontier)."""
+    if not s.late:
+        return "0 late"
+    allowed = f"more than {format_duration(s.lateness)} " if s.lateness else ""
+    return f"{s.late:,} late: arrived {allowed}behind the newest event already read"
 
 
 def print_timing(s: BacktestSummary, stream: TextIO) -> None:

@@ -21,12 +21,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from engine.operators.outbox import Relay, RelayState
+from engine.rules.reload import LiveRules
 
 log = logging.getLogger("engine.metrics")
 
 EVENTS = Counter("triggers_events", "Events decoded and applied to customer state", ["partition"])
 LATE_EVENTS = Counter("triggers_late_events", "Events that arrived more than the rules' time.lateness behind the "
                       "newest event before them (applied at once, out of event-time order)", ["partition"])
+DUPLICATE_EVENTS = Counter("triggers_duplicate_events", "Events whose event_id was among the customer's last 4 "
+                           "(re-deliveries): counted in triggers_events too, their effects applied once", ["partition"])
 DEAD_LETTERS = Counter("triggers_dead_letters", "Messages sent to dead letters, by partition and by the stage that "
                        "refused them (decode, key, evaluate, store)", ["partition", "stage"])
 
@@ -40,14 +43,38 @@ REDIS_ERRORS = Counter("triggers_redis_errors", "Redis calls that failed and wer
 KAFKA_ERRORS = Counter("triggers_kafka_errors", "Kafka consumer errors (transient ones are retried by librdkafka)",
                        ["partition"])
 CONSUMER_LAG = Gauge("triggers_consumer_lag", "Messages in the partition not read yet", ["partition"])
-RULES_VERSION = Gauge("triggers_rules_version", "Rules reloads applied since start (0: the rules of the start)")
-RULES_REJECTED = Gauge("triggers_rules_rejected", "Rules changes rejected since start (invalid: old rules kept)")
 
 
-def track_rules(live_rules) -> None:
-    """Report a run's reloads (read when scraped: nothing to update on the hot path)."""
-    RULES_VERSION.set_function(lambda: live_rules.version)
-    RULES_REJECTED.set_function(lambda: live_rules.rejected)
+class _Rules(Collector):
+    """`triggers_rules_*`, read from the run's `LiveRules` when scraped: a reload updates plain
+    fields under its own lock, nothing on the hot path. A process that ran several dataflows
+    (tests) reports the latest one's rules."""
+
+    def __init__(self) -> None:
+        self.live_rules: LiveRules | None = None
+
+    def collect(self):
+        version = GaugeMetricFamily("triggers_rules_version", "Rules reloads applied since start (0: the rules "
+                                    "of the start)")
+        valid = GaugeMetricFamily("triggers_rules_valid", "1 when the rules files on disk are the rules applied, "
+                                  "0 after a rejected change (the old rules still run): fix the files")
+        rejected = CounterMetricFamily("triggers_rules_rejected", "Rules changes rejected since start (invalid: "
+                                       "the old rules kept)")
+        live = self.live_rules
+        if live is not None:   # before a run: the families without samples, so /metrics always names them
+            version.add_metric([], live.version)
+            valid.add_metric([], 1 if live.valid else 0)
+            rejected.add_metric([], live.rejected)
+        yield from (version, valid, rejected)
+
+
+RULES = _Rules()
+REGISTRY.register(RULES)
+
+
+def track_rules(live_rules: LiveRules) -> None:
+    """Report a run's rules and reloads on /metrics."""
+    RULES.live_rules = live_rules
 
 
 def count_triggers(items: list) -> None:

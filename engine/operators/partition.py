@@ -125,6 +125,7 @@ class PartitionWorker:
         self._m_events = metrics.EVENTS.labels(self.name)
         self._m_commits = metrics.COMMITS.labels(self.name)
         self._m_late = metrics.LATE_EVENTS.labels(self.name)
+        self._m_duplicates = metrics.DUPLICATE_EVENTS.labels(self.name)
         # The transactional outbox: what this partition produced since its last commit, written
         # with that commit; where the partition's outbox stands; who relays it (told at commits).
         self.outbox: list[Trigger | DeadLetter] = []
@@ -177,6 +178,8 @@ class PartitionWorker:
         dead += session.take_rejected()   # found by the last commit's storability check
         refused = 0   # events the core refused (dead-lettered too)
         late = session.late
+        counters = session.evaluator.counters   # replaced only by a reload, above
+        duplicates = counters.duplicates
         sync = self.population_sync
         if sync is not None and sync.wanted(session):
             sync.refresh(session, out)
@@ -196,6 +199,8 @@ class PartitionWorker:
         if session.late != late:
             stats.late += session.late - late
             self._m_late.inc(session.late - late)
+        if counters.duplicates != duplicates:
+            self._m_duplicates.inc(counters.duplicates - duplicates)
         if applied:
             self._m_events.inc(applied)
         if out:

@@ -40,6 +40,7 @@ from typing import Any, NoReturn, cast
 
 import msgspec
 
+from engine.actions.numbers import without_float_noise
 from engine.core.times import parse_ts
 from engine.errors import EngineError
 from engine.events.model import Event
@@ -568,13 +569,18 @@ def _syntax_col(text: str, e: SyntaxError) -> int:
     return min(starts[line - 1] + max((e.offset or 1) - 1, 0), len(text))
 
 
-def _compile_source(text: str, env: Env, base: int) -> tuple[str, _Compiler]:
+def _compile_source(text: str, env: Env, base: int) -> tuple[str, _Compiler, ast.expr]:
     body, lead = _parse(text, base)
     compiler = _Compiler(text[lead:], env, base + lead)
     try:
-        return compiler.emit(body), compiler
+        return compiler.emit(body), compiler, body
     except RecursionError:
         raise ExprError("expression is nested too deeply", base + lead) from None
+
+
+def _passes_through(body: ast.expr) -> bool:
+    """`event.x` or `profile.x`: a value as it came in, whose digits a payload keeps as they are."""
+    return isinstance(body, ast.Attribute) and isinstance(body.value, ast.Name) and body.value.id in ("event", "profile")
 
 
 def _build(body: str, bindings: dict[str, Any], source: str) -> ExprFn:
@@ -607,7 +613,7 @@ def compile_expr(text: str, env: Env) -> CompiledExpr:
     """
     if not isinstance(text, str):
         raise ExprError(f"an expression must be a string, got {type(text).__name__}", 0)
-    source, c = _compile_source(text, env, 0)
+    source, c, _ = _compile_source(text, env, 0)
     fn = _build(_guarded(source, " " * 8, None), c.bindings, text)
     return CompiledExpr(fn, text, frozenset(c.aggregates), frozenset(c.event_props), frozenset(c.profile_attrs))
 
@@ -667,6 +673,9 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
     - exactly `"{expr}"`: the typed value of the expression (`"{event.cart_value}"` -> 129.8);
     - otherwise: the text with each `{expr}` interpolated (None -> "", booleans -> true/false),
       a failing piece renders as "" instead of failing the whole payload.
+    A float an expression computes (an aggregate, arithmetic) is rendered without binary noise
+    (`engine.actions.numbers`: `{lifetime_spend}` -> 1108.67, not 1108.6699999999998); a plain
+    `event.x` / `profile.x` keeps the value as it came in.
     Expressions use the `if:` language; ExprError columns are offsets into the whole string.
     """
     if not isinstance(value, str):
@@ -684,7 +693,10 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
             pieces.append(repr(part))
             continue
         offset, inner = part
-        source, c = _compile_source(inner, env, offset)
+        source, c, body = _compile_source(inner, env, offset)
+        if not _passes_through(body):
+            source = f"_clean({source})"
+            bindings["_clean"] = without_float_noise
         bindings.update(c.bindings)
         aggregates |= c.aggregates
         props |= c.event_props

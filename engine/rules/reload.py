@@ -51,6 +51,9 @@ def fingerprint(path: str | Path) -> Fingerprint:
 class LiveRules:
     """The rules a live run evaluates now; `version` changes when a reload is applied.
 
+    `valid` says whether the files on disk are the rules applied: False from a rejected
+    change until a change that validates (an operator's fix, or the old files put back).
+
     `poll()` is called by the workers (cheap: it only looks at the files every `interval_s`);
     the first caller after a change recompiles, under a lock, and publishes the result.
     """
@@ -63,6 +66,7 @@ class LiveRules:
         self.watch = watch
         self.reloads = 0
         self.rejected = 0
+        self.valid = True
         self._fingerprint = fingerprint(path)
         self._next_check = time.monotonic() + interval_s
         self._lock = threading.Lock()
@@ -87,10 +91,12 @@ class LiveRules:
                 errors = ([str(err) for err in e.errors] if isinstance(e, RulesInvalid)
                           else [f"{self.path}: cannot load the rules ({exception_text(e)})"])
                 self.rejected += 1
+                self.valid = False
                 log.error("rules reload rejected, the running rules stay (%d error(s)):\n%s", len(errors),
                           "\n".join(errors), exc_info=not isinstance(e, RulesInvalid))
                 return
             self.rules = rules
+            self.valid = True
             self.version += 1
             self.reloads += 1
             log.info("rules reloaded from %s: %d rules, %d aggregates (version %d, %s)", self.path,

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from engine.actions.numbers import without_float_noise
 from engine.offline.explain.model import (
     ConditionCheck,
     Explanation,
@@ -24,11 +25,15 @@ Print = Callable[..., None]
 _WORDS = {None: "missing", True: "true", False: "false"}
 
 
-def fmt(value: Any) -> str:
-    """A value for people: numbers without float noise, null as `missing`, JSON otherwise."""
+def fmt(value: Any, amount: bool = False) -> str:
+    """A value for people: numbers without float noise, null as `missing`, JSON otherwise.
+    Floats show 6 significant digits, an `amount` (a `sum` aggregate) every one a payload shows
+    (`engine.actions.numbers`): a spend of 17096.92 is not 17096.9."""
     if value is None or value is True or value is False:
         return _WORDS[value]
     if isinstance(value, float):
+        if amount:
+            return repr(without_float_noise(value))
         return f"{value:.6g}" if abs(value) < 1e15 else repr(value)
     if isinstance(value, int):
         return str(value)
@@ -37,9 +42,9 @@ def fmt(value: Any) -> str:
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: (-kv[1], str(kv[0]))) if all(
             isinstance(v, (int, float)) for v in value.values()) else list(value.items())
-        return "{" + ", ".join(f"{fmt(str(k))}: {fmt(v)}" for k, v in items) + "}"
+        return "{" + ", ".join(f"{fmt(str(k))}: {fmt(v, amount)}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt(v) for v in value) + "]"
+        return "[" + ", ".join(fmt(v, amount) for v in value) + "]"
     return str(value)
 
 

@@ -99,7 +99,7 @@ def state_view(rules: CompiledRules, st: CustomerState, at: int) -> StateView:
             display = f"unreadable ({value.error})"
             value = None
         else:
-            display = fmt(value)
+            display = fmt(value, amount=agg.kind == "sum")
             if agg.kind == "last" and agg.field == "ts" and isinstance(value, int):
                 display = f"{format_ts(value)} ({value})"
         aggs.append(AggregateValue(agg.name, _agg_definition(agg), value, display))
