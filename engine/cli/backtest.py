@@ -119,6 +119,9 @@ def print_summary(s: BacktestSummary, stream: TextIO) -> None:
     if s.undrained:
         print(f"note: {s.undrained:,} deadlines of journeys that loop through a wait fall past the drain's horizon"
               " (each rule's waits passed once, after the end) and were not fired", file=stream)
+    for attr, n in s.unusable_dates.items():
+        print(f"note: {n:,} customers' profile.{attr} is not a usable date (YYYY-MM-DD, README \"Dates of recurring "
+              "rules\"): their recurring rules never fire", file=stream)
     if s.late:
         print("note: late events are applied at once, out of time order; "
               "`time: {lateness: D}` in the rules applies events up to D late in time order", file=stream)

@@ -26,6 +26,7 @@ from pathlib import Path
 import msgspec
 
 from engine.actions.trigger import Trigger
+from engine.core.calendar import parse_date
 from engine.core.evaluate import Evaluator
 from engine.core.funnel import Funnel
 from engine.core.isolation import JOURNAL_LIMIT
@@ -70,6 +71,7 @@ class BacktestSummary(msgspec.Struct):
     rule_events: dict[str, list[str]] = {}  # rule id -> the event types that run it ([]: run by the clock)
     funnels: dict[str, Funnel] = {}         # journey id -> its funnel (engine.core.funnel), every journey of the rules
     journey_steps: dict[str, list[StepShape]] = {}   # journey id -> its steps' kinds and targets, for the funnel's rows
+    unusable_dates: dict[str, int] = {}     # profile attribute of a recurring rule -> customers whose value is no date
 
     @property
     def events_per_s(self) -> float:
@@ -196,8 +198,21 @@ class Replay:
             event_types=dict(sorted(self.event_types.items())),
             rule_events={r.id: list(r.rule.on) if r.on_events else [] for r in self.session.rules.rules},
             funnels=self.funnels(), journey_steps=journey_shapes(self.session.rules),
-            timing=dict(self.timing.scores),
+            timing=dict(self.timing.scores), unusable_dates=self.unusable_dates(),
         )
+
+    def unusable_dates(self) -> dict[str, int]:
+        """Per profile attribute a recurring rule reads, the customers who have one that is no date
+        (README "Dates of recurring rules"): their rule never fires, which a summary must say.
+        Counted once at the end, over the final states, not per event."""
+        attrs = sorted({r.date_attr for r in self.session.rules.recurring})
+        counts = {}
+        for attr in attrs:
+            n = sum(1 for st in self.session.states.values()
+                    if st.profile.get(attr) is not None and parse_date(st.profile.get(attr)) is None)
+            if n:
+                counts[attr] = n
+        return counts
 
     def funnels(self) -> dict[str, Funnel]:
         """Every journey's funnel over the run, drained moves included, in file order; a journey

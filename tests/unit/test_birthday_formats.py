@@ -32,3 +32,27 @@ def test_every_quoted_example_in_the_section_is_tested() -> None:
     quoted = set(re.findall(r'`"([^"`]+)"`', SECTION))
     assert quoted <= {"1990-03-15", "1990-03-15T23:30:00-05:00", "1990-W11-4", "15.03.1990", "03/15/1990",
                       "1990/03/15", "1990-3-15", "19900315", "--03-15", "1990-02-29"}, quoted
+
+
+def test_the_backtest_summary_counts_customers_whose_birthday_is_no_date(tmp_path) -> None:
+    """Issue 16: an unusable `profile.birthday` ("15.03.1990") silently kept a customer's birthday
+    rule from ever firing; the summary now says how many customers have one, once per customer."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    lines = (root / "examples" / "sample-events.jsonl").read_text().splitlines()
+    bad = [f'{{"event_id":"bad-{i}-{j}","type":"identify","customer_id":"c-bad-{i}","ts":"2026-01-0{j}T10:00:00Z",'
+           f'"properties":{{"birthday":"{value}"}}}}'
+           for i, value in enumerate(["15.03.1990", "1990-02-29", "03/15/1990"]) for j in (1, 2)]
+    good = '{"event_id":"ok-1","type":"identify","customer_id":"c-ok","ts":"2026-01-01T10:00:00Z",' \
+           '"properties":{"birthday":"1990-03-15"}}'
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(bad + [good] + lines) + "\n")
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "backtest", "--rules", "rules", "--events", str(events),
+                          "--out", str(tmp_path / "t.jsonl"), "--dead-letters", str(tmp_path / "d.jsonl"),
+                          "--no-progress", "--summary", str(tmp_path / "s.json")],
+                         cwd=root, capture_output=True, text=True, check=True)
+    assert "note: 3 customers' profile.birthday is not a usable date" in run.stdout + run.stderr
+    import json
+    assert json.loads((tmp_path / "s.json").read_text())["unusable_dates"] == {"birthday": 3}
