@@ -289,3 +289,15 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass(check):
     res = subprocess.run([binary, *check], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout + res.stderr
+
+
+def test_compose_produces_with_the_engines_own_producer():
+    """`docker compose run --rm produce` sends the sample through `triggers produce` (keyed by
+    customer_id as the engine reads it), not a console producer with a key cut out by sed."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    produce = compose["services"]["produce"]
+    assert produce["build"] == compose["services"]["engine"]["build"]
+    command = produce["command"]
+    assert command[0] == "produce" and command[command.index("--topic") + 1] == "customer-events"
+    events = command[command.index("--events") + 1]
+    assert (ROOT / "examples" / Path(events).name).is_file() and "./examples:/examples:ro" in produce["volumes"]
