@@ -1,5 +1,6 @@
 """The container files say what the code accepts: compose's engine settings load, the image
-installs what CI tested. (No Docker engine runs here, so the image itself is not built.)
+installs what CI tested. (The image itself is built and run by scripts/container_check.sh, opt-in:
+tests/integration/test_container.py.)
 The Grafana dashboard and the Prometheus alert rules under deploy/ are valid for their tools and
 read only metrics the engine exports."""
 
