@@ -54,6 +54,7 @@ from engine.testing import MemoryLog
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT   # the tree whose `triggers run` the Kafka runs start (--engine-tree: another revision's)
+RULES: Path | None = None   # the rules those runs evaluate (--engine-rules; default: the engine tree's own)
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 BOOTSTRAP = os.environ.get("BENCH_KAFKA", "127.0.0.1:9092")
 PARTITIONS = 4
@@ -252,7 +253,7 @@ def kafka_config(path: Path, topic: str, sink: str, prefix: str, exit_at_end: bo
                  statuses: str = "") -> Path:
     """`statuses`: the sink's (default: sent only, as a messaging system's)."""
     path.write_text(f"""
-rules = "{ENGINE / 'rules'}"
+rules = "{RULES or ENGINE / 'rules'}"
 exit_at_end = {str(exit_at_end).lower()}
 metrics_port = {metrics_port}
 log_level = "INFO"
@@ -428,10 +429,14 @@ def main() -> None:
                                                     "latency,kafka_latency")
     parser.add_argument("--engine-tree", help="run the Kafka steps on this source tree's engine (another revision, "
                         "e.g. extracted by bench.revisions), with this harness")
+    parser.add_argument("--engine-rules", help="the rules directory the Kafka steps' engine runs (default: its "
+                        "tree's rules/)")
     args = parser.parse_args()
+    global ENGINE, RULES
     if args.engine_tree:
-        global ENGINE
         ENGINE = Path(args.engine_tree).resolve()
+    if args.engine_rules:
+        RULES = Path(args.engine_rules).resolve()
     skip = set(filter(None, args.skip.split(",")))
     rules = load_and_compile(ROOT / "rules")
     print(f"generating {args.events:,} events for {args.customers:,} customers ...", flush=True)

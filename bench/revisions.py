@@ -7,6 +7,7 @@ tree, on the same input, and the ratio of each round is reported with the median
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl              # backtest
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --same-rules # both on c75ce00's rules
     python -m bench.revisions --baseline c75ce00 --live --events-live 200000          # live, Redis state
+    python -m bench.revisions --baseline c75ce00 --kafka --events-live 100000 --same-rules   # through Kafka
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
     python -m bench.revisions --baseline 11e591f --kafka-latency --rounds 3    # through Kafka, 20,000 events/s
 
@@ -102,6 +103,19 @@ def live(tree: Path, events: int, work: Path) -> float:
     return json.loads(out.read_text())["live"]["events_per_s"]
 
 
+def kafka(tree: Path, events: int, work: Path, rules: Path | None = None) -> float:
+    """Events/s of the tree's `triggers run` through Kafka, one process (`bench.e2e`'s kafka step:
+    the topic filled first, from the first record read to the last commit), with `rules`
+    (default: the tree's own)."""
+    out = work / "results.json"
+    skip = "backtest,live,kafka2,naive,floor,latency,kafka_latency"
+    extra = ["--engine-rules", str(rules)] if rules is not None else []
+    subprocess.run([sys.executable, "-m", "bench.e2e", "--events", str(events), "--customers", str(events // 3),
+                    "--skip", skip, "--out", str(out), "--engine-tree", str(tree), *extra], cwd=ROOT, check=True,
+                   capture_output=True, env={**ENV, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.read_text())["kafka"]["events_per_s"]
+
+
 def kafka_latency(tree: Path, events: int, rate: float, work: Path) -> dict:
     """Event-to-trigger latency through Kafka at a fixed rate (`bench.e2e`'s kafka_latency): the
     tree's `triggers run`, measured by this tree's harness (the same producer, consumer and
@@ -123,6 +137,8 @@ def main() -> None:
                         "bundled rules change over time; the current engine reads older rules files)")
     parser.add_argument("--live", action="store_true", help="also the live run: in-process source, Redis state")
     parser.add_argument("--events-live", type=int, default=200_000)
+    parser.add_argument("--kafka", action="store_true", help="also `triggers run` through Kafka, one process "
+                        "(--events-live events; with --same-rules, both on the baseline's rules)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kafka-latency", action="store_true", help="also event-to-trigger latency through Kafka "
                         "at --rate events/s (p50 and p99 per round, ratio of p99)")
@@ -147,6 +163,9 @@ def main() -> None:
             runs.append(("backtest", lambda tree: backtest(tree, args.events, work, rules)))
         if args.live:
             runs.append(("live", lambda tree: live(tree, args.events_live, work)))
+        if args.kafka:
+            kafka_rules = trees["baseline"] / "rules" if args.same_rules else None
+            runs.append(("kafka", lambda tree: kafka(tree, args.events_live, work, kafka_rules)))
         for name, run in runs:
             ratios = []
             for i in range(args.rounds):
