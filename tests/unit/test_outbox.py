@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from test_metrics import RULES as ONE_RULE  # one threshold rule on purchases (tests/unit is on the path)
 
 from engine.actions.trigger import Status, Trigger
 from engine.events.decode import DeadLetter
@@ -297,15 +298,7 @@ def test_a_batch_that_read_everything_commits_at_once_and_a_backlog_waits_for_th
     from engine.rules.reload import LiveRules
     from engine.testing import MemoryLog
 
-    (tmp_path / "rules.yaml").write_text("""aggregates:
-  purchases: {count: purchase}
-rules:
-  - id: first-purchase
-    type: threshold
-    on: purchase
-    if: purchases == 1
-    then: {action: thanks, channel: email}
-""")
+    (tmp_path / "rules.yaml").write_text(ONE_RULE)
     rules = load_and_compile(tmp_path)
     lines = [b'{"event_id": "p%d", "type": "purchase", "customer_id": "c%d", "ts": %d, "properties": {}}'
              % (i, i, 1_000 + i) for i in range(4)]
