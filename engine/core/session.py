@@ -88,6 +88,8 @@ class Session:
         self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.states: dict[str, CustomerState] = states if states is not None else {}
         self.deadlines = DeadlineIndex()
+        for cid, state in self.states.items():   # states handed in: their deadlines fire before their events
+            self.deadlines.update(cid, self.evaluator.next_due(state))
         self.until = until
         self.stopped = False            # an event passed `until`: nothing after it is applied
         self.newest = BEGINNING         # the newest event time seen (or wall clock ticked), epoch ms

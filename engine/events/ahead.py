@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from engine.events.decode import DecodedBatch, EventDecoder, decode_jsonl, lines
 __all__ = ["decode_jsonl_ahead", "worth_a_reader"]
 
 MIN_BYTES = 4 << 20   # below this a file decodes faster than a process starts
+STOP_WAIT_S = 2.0     # after the consumer stopped: how long the reader has to notice, before it is killed
 _BATCH, _RAW, _END, _FAILED = b"B", b"R", b"E", b"F"
 
 
@@ -69,7 +71,7 @@ def decode_jsonl_ahead(path: str | Path, batch_size: int, decoder: EventDecoder 
     source = os.dup(0) if stdin else os.open(path, os.O_RDONLY)
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
-    reader = ctx.Process(target=_read, args=(send, source, "<stdin>" if stdin else str(path), batch_size,
+    reader = ctx.Process(target=_read, args=(send, receive, source, "<stdin>" if stdin else str(path), batch_size,
                                              decoder.max_bytes), daemon=True, name="triggers-decode")
     try:
         reader.start()
@@ -83,6 +85,7 @@ def decode_jsonl_ahead(path: str | Path, batch_size: int, decoder: EventDecoder 
             try:
                 message = receive.recv_bytes()
             except EOFError:
+                reader.join(5)
                 raise RuntimeError(f"the process decoding {path} ended without a word (exit code "
                                    f"{reader.exitcode}): killed, or out of memory?") from None
             tag, body = message[:1], memoryview(message)[1:]
@@ -97,14 +100,18 @@ def decode_jsonl_ahead(path: str | Path, batch_size: int, decoder: EventDecoder 
             else:   # the reader failed (an engine bug, or the file went away): its traceback
                 raise RuntimeError(f"decoding {path} failed in the reader process:\n{bytes(body).decode()}")
     finally:
-        receive.close()
+        receive.close()   # a reader blocked on a full pipe gets a broken pipe and ends
+        reader.join(STOP_WAIT_S)
         if reader.is_alive():
-            reader.terminate()
-        reader.join()
+            reader.kill()
+            reader.join()
 
 
-def _read(send, source: int, name: str, batch_size: int, max_bytes: int) -> None:
+def _read(send, receive, source: int, name: str, batch_size: int, max_bytes: int) -> None:
     """The reader process: batches in file order, then `_END` (or `_FAILED` with the error)."""
+    receive.close()   # only the consumer holds the read end: when it stops, a send fails at once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not a handler of the parent's (a live run's)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     encode = msgspec.msgpack.Encoder().encode
     try:
         lines: list[tuple[bytes, str]] = []

@@ -170,6 +170,9 @@ class Replay:
             self.undrained = sum(self.session.pending().values())
         self._checkpoint()
         self._write(out)
+        # what the checkpoints froze goes back to the collector: a process that runs several
+        # replays (tests, diff, a library user) must not keep cyclic garbage of theirs for ever
+        gc.unfreeze()
 
     def _write(self, out: list[Trigger]) -> None:
         rejected = self.session.take_rejected()

@@ -48,6 +48,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return status, msgspec.json.encode({"error": message}), headers or {}
 
 
+LOCK_WAIT_S = 0.5   # the longest a request waits for a worker busy with a batch (or stuck retrying Redis)
+
 class LiveCustomers:
     """What this process can answer about customers: its workers' caches, then the store."""
 
@@ -78,10 +80,17 @@ class LiveCustomers:
         with self._lock:
             workers = list(self._workers)
         for worker in workers:
-            with worker.lock:   # see the module docstring: a copy, under the worker's lock
+            # See the module docstring: a copy, under the worker's lock. The worker holds it for a
+            # batch, Redis retries included: a request does not wait out an outage behind it, but
+            # asks Redis (whose own error then answers 503) after LOCK_WAIT_S.
+            if not worker.lock.acquire(timeout=LOCK_WAIT_S):
+                continue
+            try:
                 state = worker.cache.get(customer_id)
                 if state is not None:
                     return encode_state(state)
+            finally:
+                worker.lock.release()
         return None
 
     def _stored(self, customer_id: str) -> bytes | None:

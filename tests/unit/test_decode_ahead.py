@@ -73,3 +73,24 @@ def test_a_backtest_from_stdin_reads_through_the_reader_and_matches_the_file(sha
                        stdin=stdin)
     assert (tmp_path / "stdin.jsonl").read_bytes() == (tmp_path / "file.jsonl").read_bytes()
     assert (tmp_path / "file.jsonl").stat().st_size > 0
+
+
+def test_an_early_stop_ends_the_reader_even_under_a_sigterm_handler(shared_data):
+    """Review of issue 15: the reader held its own copy of the pipe's read end, so a stop relied on
+    terminate(), which a parent's SIGTERM handler (a live run installs one) turned into a no-op:
+    the reader blocked on the full pipe and join() never returned. In a subprocess, so that the old
+    behaviour fails by timeout instead of hanging the suite."""
+    script = f"""
+import signal, sys, multiprocessing
+signal.signal(signal.SIGTERM, lambda *a: None)
+from engine.events import ahead
+ahead.MIN_BYTES = 0
+it = ahead.decode_jsonl_ahead({str(shared_data / "online-retail-orders.jsonl")!r}, 50)
+next(it)
+it.close()
+assert not multiprocessing.active_children(), multiprocessing.active_children()
+print("stopped")
+"""
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and "stopped" in run.stdout, run.stderr

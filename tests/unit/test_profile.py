@@ -163,3 +163,26 @@ def test_the_reader_waits_for_the_batch_in_hand(tmp_path):
         assert not answers, "the profile was read while the worker held its lock"
     reader.join(5)
     assert answers and answers[0][0] == 200
+
+
+def test_a_worker_stuck_in_its_batch_does_not_hold_requests_forever(tmp_path):
+    """Review of issue 16: the worker holds its lock across a batch's Redis retries, so during an
+    outage a request waited behind it for as long as the outage lasted (threads piling up). After
+    `LOCK_WAIT_S` it asks the store instead: here the last commit's state, marked `redis`."""
+    from engine.operators.profile_api import LOCK_WAIT_S
+
+    worker, store, live = _worker(tmp_path)
+    api = LiveCustomers()
+    api.configure(live, lambda: store, None)
+    api.watch(worker)
+    worker.process(Batch(worker, worker.event_log.read(100), False, T0, False))
+    worker.commit(len(EVENTS))
+    answers: list = []
+    with worker.lock:   # as a batch stuck retrying Redis holds it
+        reader = threading.Thread(target=lambda: answers.append(api.answer("/customers/c-1", {})))
+        started = time.monotonic()
+        reader.start()
+        reader.join(LOCK_WAIT_S + 5)
+        waited = time.monotonic() - started
+    assert answers and answers[0][0] == 200 and orjson.loads(answers[0][1])["source"] == "redis"
+    assert LOCK_WAIT_S <= waited < LOCK_WAIT_S + 5

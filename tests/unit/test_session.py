@@ -176,3 +176,27 @@ def test_an_observer_changes_nothing(tmp_path):
     session.apply(events, observed)
     session.advance(None, observed, recurring_until=session.clock)
     assert observed == plain and plain
+
+
+def test_states_handed_to_a_new_session_have_their_deadlines_fire_before_their_next_event(rules):
+    """Review of issue 15: a Session's evaluator relies on the session's deadline index for what is
+    due before an event; states passed to the constructor were not in it, so a pending cart
+    reminder stayed unfired past the customer's next event."""
+    first = Session(rules, "test")
+    first.apply([ev(1, "add_to_cart", T0)], [])
+    second = Session(rules, "test", states=dict(first.states))
+    out: list = []
+    second.apply([ev(2, "page_view", T0 + HOUR)], out)
+    assert [t.rule_id for t in out] == ["cart"]
+
+
+def test_a_finished_replay_leaves_nothing_frozen_out_of_the_collectors_sight(rules):
+    """Review of issue 15: the backtest freezes its objects after each checkpoint (the cyclic GC
+    walked every state again); a process that runs several replays (tests, diff, a library user)
+    must get them back to the collector at the end, or their cyclic garbage is kept for ever."""
+    import gc
+
+    replay = Replay(rules, lambda out: None)
+    replay.feed([ev(i, "add_to_cart", T0 + i * MIN, cid=f"c{i}") for i in range(3000)])
+    replay.finish()
+    assert gc.get_freeze_count() == 0
