@@ -66,9 +66,12 @@ class Evaluator:
     """Applies compiled rules to one customer at a time. Not thread-safe: one per worker."""
 
     def __init__(self, rules: CompiledRules, observer: Observer | None = None,
-                 population: Population | None = None) -> None:
+                 population: Population | None = None, due_fired_before: bool = False) -> None:
         """`population`: the responses over all customers, for the best hour's fallback (kept
-        across reloads by the `Session`; live, shared by all partitions through the store)."""
+        across reloads by the `Session`; live, shared by all partitions through the store).
+        `due_fired_before`: the caller (a `Session`, from its deadline index) fires every
+        customer's deadlines due before an event before applying it, so `on_event` need not look
+        for them again; callers of the bare evaluator (tests, the naive benchmark) keep the look."""
         self.rules = rules
         self.observer = observer   # told what happens (explain); None on the hot path
         self.counters = Counters()
@@ -83,10 +86,7 @@ class Evaluator:
         # Deadlines that only move later need no update: a stale, earlier wake-up finds nothing
         # due and is re-indexed then.
         self.earlier_deadline = False
-        # Set by a `Session`, which fires every customer's deadlines due before an event before
-        # applying it (from its deadline index): `on_event` need not look for them again. Callers
-        # of the bare evaluator (tests, the naive benchmark) keep the look.
-        self.due_fired_before = False
+        self.due_fired_before = due_fired_before
         self._idle_min_wait = min((r.wait for r in rules.inactive if not r.of), default=0)
         self._idle_of = rules.inactive_of   # their stretch starts at the latest event of their types
         self._idle_of_ids = frozenset(r.id for r in self._idle_of)

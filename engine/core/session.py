@@ -83,8 +83,8 @@ class Session:
         self.observer = observer
         self.population = population if population is not None else Population()
         self.cap: int | None = None     # live: events and deadlines after it wait (see above)
-        self.evaluator = Evaluator(rules, observer, self.population)
-        self.evaluator.due_fired_before = True   # every apply path fires what is due before an event first
+        # every apply path below fires what is due before an event first
+        self.evaluator = Evaluator(rules, observer, self.population, due_fired_before=True)
         self.isolated = IsolatedEvaluator(self.evaluator, where)
         self.states: dict[str, CustomerState] = states if states is not None else {}
         self.deadlines = DeadlineIndex()
@@ -385,8 +385,7 @@ class Session:
         """Evaluate with other rules from now on (a reload); the journal is checkpointed first.
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
         re-indexed."""
-        self.evaluator = Evaluator(rules, self.observer, self.population)
-        self.evaluator.due_fired_before = True
+        self.evaluator = Evaluator(rules, self.observer, self.population, due_fired_before=True)
         self.lateness = rules.lateness
         if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
             self.frontier = self.newest - self.lateness
