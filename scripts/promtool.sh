@@ -39,9 +39,12 @@ if ! (cd "$download" && apt-get download -qq prometheus) >"$download/apt.log" 2>
     fi
 fi
 rm -rf "$TARGET.tmp"
-dpkg-deb -x "$download"/prometheus_*.deb "$TARGET.tmp"
-mkdir -p "$TARGET/usr/bin"
-mv "$TARGET.tmp/usr/bin/promtool" "$BINARY"
+if ! { dpkg-deb -x "$download"/prometheus_*.deb "$TARGET.tmp" && mkdir -p "$TARGET/usr/bin" &&
+        mv "$TARGET.tmp/usr/bin/promtool" "$BINARY"; }; then
+    rm -rf "$TARGET.tmp"
+    log "warning: the prometheus package holds no usr/bin/promtool: the promtool checks will be skipped"
+    exit 0
+fi
 rm -rf "$TARGET.tmp"
 log "$("$BINARY" --version 2>&1 | head -n 1)"
 printf '%s\n' "$BINARY"
