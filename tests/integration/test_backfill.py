@@ -11,7 +11,13 @@ import msgspec
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from harness import (
+
+from engine.core.times import format_ts, now_ms, parse_ts
+from engine.events.decode import EventDecoder
+from engine.offline.backfill import Partitioner, partition_of
+from engine.offline.backtest import Replay
+from engine.rules.compiler import load_and_compile
+from tests.integration.harness import (
     ROOT,
     create_topic,
     produce,
@@ -21,12 +27,6 @@ from harness import (
     unique,
     write_config,
 )
-
-from engine.core.times import format_ts, now_ms, parse_ts
-from engine.events.decode import EventDecoder
-from engine.offline.backfill import Partitioner, partition_of
-from engine.offline.backtest import Replay
-from engine.rules.compiler import load_and_compile
 
 CUT = parse_ts("2011-06-01T00:00:00Z")
 
