@@ -10,6 +10,7 @@ tree, on the same input, and the ratio of each round is reported with the median
     python -m bench.revisions --baseline c75ce00 --kafka --events-live 100000 --same-rules   # through Kafka
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
     python -m bench.revisions --baseline 11e591f --kafka-latency --rounds 3    # through Kafka, 20,000 events/s
+    python -m bench.revisions --baseline 11e591f --kafka-latency --same-rules  # the same, both on 11e591f's rules
 
 `--callgrind N` counts, instead of timing, what one backtest event costs at event N of the file:
 valgrind's callgrind (with its cache simulation) runs each revision on the first N and the first
@@ -116,15 +117,17 @@ def kafka(tree: Path, events: int, work: Path, rules: Path | None = None) -> flo
     return json.loads(out.read_text())["kafka"]["events_per_s"]
 
 
-def kafka_latency(tree: Path, events: int, rate: float, work: Path) -> dict:
+def kafka_latency(tree: Path, events: int, rate: float, work: Path, rules: Path | None = None) -> dict:
     """Event-to-trigger latency through Kafka at a fixed rate (`bench.e2e`'s kafka_latency): the
-    tree's `triggers run`, measured by this tree's harness (the same producer, consumer and
-    matching for both), from the event's produce time to the trigger's in the sink topic."""
+    tree's `triggers run` with `rules` (default: the tree's own), measured by this tree's harness
+    (the same producer, consumer and matching for both), from the event's produce time to the
+    trigger's in the sink topic."""
     out = work / "results.json"
     skip = "backtest,live,kafka,kafka2,naive,floor,latency"
+    extra = ["--engine-rules", str(rules)] if rules is not None else []
     subprocess.run([sys.executable, "-m", "bench.e2e", "--events", str(events), "--customers", str(events // 3),
                     "--latency-events", str(events), "--rate", str(rate), "--skip", skip, "--out", str(out),
-                    "--engine-tree", str(tree)], cwd=ROOT, check=True, capture_output=True,
+                    "--engine-tree", str(tree), *extra], cwd=ROOT, check=True, capture_output=True,
                    env={**ENV, "PYTHONPATH": str(ROOT)})
     return json.loads(out.read_text())["kafka_latency"]
 
@@ -133,8 +136,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. c75ce00)")
     parser.add_argument("--events", help="JSONL events for the backtest runs (python -m bench.workload)")
-    parser.add_argument("--same-rules", action="store_true", help="both backtests run the baseline's rules/ (the "
-                        "bundled rules change over time; the current engine reads older rules files)")
+    parser.add_argument("--same-rules", action="store_true", help="both revisions run the baseline's rules/ in the "
+                        "backtest, --kafka and --kafka-latency runs (the bundled rules change over time; the "
+                        "current engine reads older rules files)")
     parser.add_argument("--live", action="store_true", help="also the live run: in-process source, Redis state")
     parser.add_argument("--events-live", type=int, default=200_000)
     parser.add_argument("--kafka", action="store_true", help="also `triggers run` through Kafka, one process "
@@ -178,9 +182,10 @@ def main() -> None:
                   f"range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
         if args.kafka_latency:
             ratios = []
+            latency_rules = trees["baseline"] / "rules" if args.same_rules else None
             for i in range(args.rounds):
-                base = kafka_latency(trees["baseline"], args.events_latency, args.rate, work)
-                now = kafka_latency(trees["current"], args.events_latency, args.rate, work)
+                base = kafka_latency(trees["baseline"], args.events_latency, args.rate, work, latency_rules)
+                now = kafka_latency(trees["current"], args.events_latency, args.rate, work, latency_rules)
                 ratios.append(now["p99_ms"] / base["p99_ms"])
                 print(f"kafka latency round {i + 1} at {args.rate:,.0f} events/s: baseline {args.baseline} p50 "
                       f"{base['p50_ms']} ms p99 {base['p99_ms']} ms (n={base['n']}), current p50 {now['p50_ms']} ms "
