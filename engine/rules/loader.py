@@ -19,7 +19,7 @@ from pathlib import Path
 from engine.rules import schema
 from engine.rules.errors import RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.limits import MAX_FILES, Tally, printable, read_text
-from engine.rules.model import Aggregate, Policy, Rule, RuleSet, Source, TimeSettings
+from engine.rules.model import Aggregate, LeftOut, Policy, Rule, RuleSet, Source, TimeSettings
 from engine.rules.scope import Scope, TooManyErrors
 from engine.rules.values import alternatives, check_keys, describe
 from engine.rules.yaml_lines import Node, compose
@@ -169,9 +169,8 @@ class PartialRules:
 
     ruleset: RuleSet
     errors: list[RuleError]
-    declared_aggregates: frozenset[str]   # every aggregate name declared, valid or not
-    policy_invalid: bool                  # a policy section was declared and left out
-    limit_reached: bool                   # MAX_ERRORS: the reading stopped
+    left_out: LeftOut      # the aggregates and policy declared with an error, by name
+    limit_reached: bool    # MAX_ERRORS: the reading stopped
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -214,6 +213,7 @@ def read_rules(path: str | Path) -> PartialRules:
         files=tuple(collected.files),
         time=collected.time,
     )
-    return PartialRules(ruleset, errors, frozenset(collected.aggregate_at),
-                        collected.policy_at is not None and collected.policy is None, limit_reached)
+    left_out = LeftOut(frozenset(collected.aggregate_at) - frozenset(collected.aggregates),
+                       collected.policy_at is not None and collected.policy is None)
+    return PartialRules(ruleset, errors, left_out, limit_reached)
 
