@@ -7,14 +7,15 @@ expression errors only after fixing the others. `check_rules` compiles what did 
 and adds its errors. The loader says what it left out (`LeftOut`), and the compiler takes that
 as known, so an error that only follows from a left-out part never arises: an `if:` reading an
 aggregate whose declaration has an error, a `send_time: best` needing a policy that has one.
-The rules returned, when there is no error at all, are `load_and_compile`'s.
+The rules returned, when there is no error at all, are `load_and_compile`'s, compiled from
+the one reading whose errors were looked for: a file changed meanwhile cannot slip in.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine.rules.compiler import CompiledRules, compile_rules, load_and_compile
+from engine.rules.compiler import CompiledRules, compile_read, compile_rules
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit
 from engine.rules.loader import PartialRules, read_rules
 
@@ -24,9 +25,9 @@ __all__ = ["check_rules"]
 def check_rules(path: str | Path) -> CompiledRules:
     """The compiled rules of `path`, or `RulesInvalid` with every error found, sorted by file and
     line (at most `MAX_ERRORS`). Raises nothing else."""
-    partial = read_rules(path)   # RulesInvalid only when there is nothing to read
+    partial = read_rules(path)   # RulesInvalid only when there is nothing to read; read once
     if not partial.errors:
-        return load_and_compile(path)
+        return compile_read(partial.ruleset, path)
     if partial.limit_reached:
         raise RulesInvalid(partial.errors)
     errors = partial.errors + _compile_errors(partial)

@@ -166,12 +166,28 @@ def load_and_compile(path: str | Path) -> CompiledRules:
     it): a failure nobody foresaw becomes an error naming the directory.
     """
     try:
-        return compile_rules(load_rules(path))
+        ruleset = load_rules(path)
     except RulesInvalid:
         raise
     except Exception as exc:
-        raise RulesInvalid([RuleError(str(path), 0, f"cannot load the rules ({exception_text(exc)}):"
-                                      " please report this as a bug of the rules compiler")]) from exc
+        raise _unforeseen(path, exc) from exc
+    return compile_read(ruleset, path)
+
+
+def compile_read(ruleset: RuleSet, path: str | Path) -> CompiledRules:
+    """`load_and_compile` of a `RuleSet` already read from `path`: the rules compiled are those
+    read, not a second reading's (engine.rules.check). Raises nothing but RulesInvalid."""
+    try:
+        return compile_rules(ruleset)
+    except RulesInvalid:
+        raise
+    except Exception as exc:
+        raise _unforeseen(path, exc) from exc
+
+
+def _unforeseen(path: str | Path, exc: Exception) -> RulesInvalid:
+    return RulesInvalid([RuleError(str(path), 0, f"cannot load the rules ({exception_text(exc)}):"
+                                   " please report this as a bug of the rules compiler")])
 
 
 def _no_read(st: Any, now: int) -> None:

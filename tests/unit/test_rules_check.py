@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from engine.cli import main
+from engine.rules import check
 from engine.rules.check import check_rules
 from engine.rules.compiler import compile_rules, load_and_compile
 from engine.rules.errors import MAX_ERRORS, RulesInvalid
@@ -100,8 +101,39 @@ def test_both_kinds_count_against_the_error_limit(tmp_path, pairs, shown):
 
 
 def test_valid_rules_are_the_compilers():
-    rules = check_rules(ROOT / "rules")
-    assert [r.id for r in rules.rules] == [r.id for r in load_and_compile(ROOT / "rules").rules]
+    rules, compiled = check_rules(ROOT / "rules"), load_and_compile(ROOT / "rules")
+    assert rules.ruleset == compiled.ruleset
+    assert [r.id for r in rules.rules] == [r.id for r in compiled.rules]
+    assert (rules.readers.keys(), rules.profile_attrs, rules.channels, rules.cancel_types) == (
+        compiled.readers.keys(), compiled.profile_attrs, compiled.channels, compiled.cancel_types)
+
+
+def test_valid_rules_are_read_once(monkeypatch):
+    opened: list[str] = []
+    real_open = Path.open
+
+    def counting_open(self, *args, **kwargs):
+        opened.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    check_rules(ROOT / "rules")
+    files = sorted(p.name for p in (ROOT / "rules").glob("*.yaml"))
+    assert sorted(opened) == files
+
+
+def test_the_rules_compiled_are_those_read(tmp_path, monkeypatch):
+    """A file changed after the reading (here: broken) does not change what is compiled."""
+    (tmp_path / "r.yaml").write_text("rules:\n  - id: r\n    type: transactional\n    on: x\n"
+                                     "    then: {action: a, channel: email}\n")
+
+    def read_then_change(path):
+        partial = read_rules(path)
+        (tmp_path / "r.yaml").write_text("rules: [")
+        return partial
+
+    monkeypatch.setattr(check, "read_rules", read_then_change)
+    assert [r.id for r in check_rules(tmp_path).rules] == ["r"]
 
 
 BAD_POLICY = "policy:\n  responses_by_channel: {email: [email_opened]}\n  consent: sometimes\n"
