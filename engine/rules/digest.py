@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from engine.rules.loader import RULES_SUFFIXES
+from engine.rules.files import rules_files
 
 __all__ = ["DIGEST_CHARS", "rules_digest"]
 
@@ -29,7 +29,7 @@ def rules_digest(path: str | Path) -> str:
     p = Path(path)
     h = hashlib.sha256()
     try:
-        files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix in RULES_SUFFIXES and f.is_file())
+        files = rules_files(p)
     except OSError:
         files = []
     for f in files:

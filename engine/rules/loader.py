@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.rules import schema
 from engine.rules.errors import RuleError, RulesInvalid, error_limit, exception_text
+from engine.rules.files import RULES_SUFFIXES, rules_files
 from engine.rules.limits import MAX_FILES, Tally, printable, read_text
 from engine.rules.model import Aggregate, LeftOut, Policy, Rule, RuleSet, Source, TimeSettings
 from engine.rules.scope import Scope, TooManyErrors
@@ -25,8 +26,6 @@ from engine.rules.values import alternatives, check_keys, describe
 from engine.rules.yaml_lines import Node, compose
 
 __all__ = ["RULES_SUFFIXES", "PartialRules", "load_rules", "read_rules"]
-
-RULES_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -140,14 +139,13 @@ def _read_rules(scope: Scope, node: Node, into: _Collected) -> None:
 
 
 def _rules_files(path: Path, shown: str) -> list[tuple[Path, str]]:
-    """(path, name in messages) of each rules file: a directory's *.yaml/*.yml by name, not
-    recursively, or the one file given."""
+    """(path, name in messages) of each rules file (engine.rules.files), or `RulesInvalid`."""
     try:
         if path.is_file():
             return [(path, shown)]
         if not path.is_dir():
             raise RulesInvalid([RuleError(shown, 0, "no such rules directory or file")])
-        names = sorted(entry.name for entry in path.iterdir() if entry.suffix in RULES_SUFFIXES and entry.is_file())
+        names = [f.name for f in rules_files(path)]
     except OSError as exc:
         raise RulesInvalid([RuleError(shown, 0, f"cannot read the rules directory: {exc.strerror or exc}")]) from None
     if not names:

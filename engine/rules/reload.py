@@ -24,6 +24,7 @@ from engine.rules.check import check_rules
 from engine.rules.compiler import CompiledRules
 from engine.rules.digest import rules_digest
 from engine.rules.errors import RulesInvalid, exception_text
+from engine.rules.files import rules_files
 
 log = logging.getLogger("engine.rules")
 
@@ -31,11 +32,11 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def fingerprint(path: str | Path) -> Fingerprint:
-    """Names, sizes and modification times of the rules files: cheap to take every half second.
-    An unreadable directory has no files (and the reload it causes is rejected, saying why)."""
-    p = Path(path)
+    """Names, sizes and modification times of the rules files, those the loader reads: cheap to
+    take every half second. An unreadable directory has no files (and the reload it causes is
+    rejected, saying why)."""
     try:
-        files = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
+        files = rules_files(Path(path))
     except OSError:
         files = []
     out = []
