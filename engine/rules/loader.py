@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.rules import schema
+from engine.rules.digest import ContentHash
 from engine.rules.errors import RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.files import RULES_SUFFIXES, rules_files
-from engine.rules.limits import MAX_FILES, Tally, printable, read_text
+from engine.rules.limits import MAX_FILES, Tally, decode_text, printable, read_bytes
 from engine.rules.model import Aggregate, LeftOut, Policy, Rule, RuleSet, Source, TimeSettings
 from engine.rules.scope import Scope, TooManyErrors
 from engine.rules.values import alternatives, check_keys, describe
@@ -47,6 +48,7 @@ class _Collected:
     time: TimeSettings | None = None
     time_at: Source | None = None
     tally: Tally = field(default_factory=Tally)   # what counts against the directory's limits
+    content: ContentHash = field(default_factory=ContentHash)   # of the bytes read (engine.rules.digest)
 
     def add_aggregate(self, scope: Scope, name: str, line: int, aggregate: Aggregate | None) -> None:
         if name in self.aggregate_at:
@@ -93,7 +95,9 @@ _SECTIONS = ("aggregates", "rules", "policy", "time")
 def _read_file(path: Path, name: str, into: _Collected) -> None:
     scope = Scope(name, into.errors)
     into.files.append(name)
-    text = read_text(path, scope, into.tally)
+    data = read_bytes(path, scope, into.tally)
+    into.content.add(path.name, b"" if data is None else data)   # a file not read is an error: it hashes as empty
+    text = None if data is None else decode_text(data, scope)
     if text is None or not printable(text, scope):
         return
     root = compose(text, scope, into.tally)
@@ -210,6 +214,7 @@ def read_rules(path: str | Path) -> PartialRules:
         policy=collected.policy,
         files=tuple(collected.files),
         time=collected.time,
+        digest=collected.content.shown(),
     )
     left_out = LeftOut(frozenset(collected.aggregate_at) - frozenset(collected.aggregates),
                        collected.policy_at is not None and collected.policy is None)

@@ -229,6 +229,7 @@ class RuleSet(msgspec.Struct, frozen=True):
     policy: Policy | None = None
     files: tuple[str, ...] = ()
     time: TimeSettings | None = None
+    digest: str = ""   # `sha256:…` of the files' names and bytes as the loader read them (engine.rules.digest)
 
     @property
     def lateness(self) -> int:
