@@ -14,7 +14,6 @@ from typing import Any
 
 from engine.cli.common import CommandError, exit_status, load_rules
 from engine.cli.version import engine_version
-from engine.rules.digest import rules_digest
 
 RUN_DESCRIPTION = """\
 Run the live engine as a Bytewax dataflow: events from a Kafka topic (keyed by customer id;
@@ -93,7 +92,6 @@ def run_live(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format,
                   (settings.process_id or 0) if settings.addresses else None)
     log = logging.getLogger("engine")
-    digest = rules_digest(settings.rules)   # of the files as they are read, for the start-up line
     rules = load_rules(settings.rules)
     if rules is None:
         return 1
@@ -112,7 +110,7 @@ def run_live(args: argparse.Namespace) -> int:
     stage = (_Stage(settings) if settings.kafka.repartition_from and not settings.exit_at_end
              and not settings.process_id else None)
     log.info("running: triggers %s, %d rules from %s (%s), topic %s on %s, state in %s, %d worker(s)",
-             engine_version(), len(rules.rules), settings.rules, digest, settings.kafka.topic,
+             engine_version(), len(rules.rules), settings.rules, rules.ruleset.digest, settings.kafka.topic,
              ",".join(settings.kafka.brokers), settings.redis.shown(), settings.workers)
     run(flow, settings)
     if stage is not None:

@@ -9,7 +9,6 @@ from typing import Any
 
 from engine.cli.common import check_events_file, exit_status, load_rules
 from engine.events.decode import JSONL_BATCH, decode_jsonl
-from engine.rules.digest import rules_digest
 from engine.rules.model import RuleSet
 from engine.rules.usage import missing_types
 
@@ -41,7 +40,7 @@ def run_validate(args: argparse.Namespace) -> int:
         return 1
     rs = rules.ruleset
     print(f"{args.rules_dir}: OK ({len(rs.rules)} rules, {len(rs.aggregates)} aggregates, "
-          f"{len(rs.files)} file(s){', contact policy' if rs.policy else ''}; {rules_digest(args.rules_dir)})")
+          f"{len(rs.files)} file(s){', contact policy' if rs.policy else ''}; {rs.digest})")
     if args.events:
         _check_types(rs, args.events)
     return 0

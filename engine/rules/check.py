@@ -4,34 +4,33 @@ The loader finds the structural errors (a bad duration, a key a rule type does n
 compiler finds the expression errors (an unknown aggregate in `if:`, a syntax error) but runs
 only on a directory that loaded cleanly. A rules engineer fixing a directory would then see the
 expression errors only after fixing the others. `check_rules` compiles what did validate as well,
-and adds its errors, except those that only follow from a part left out: an `if:` reading an
+and adds its errors. The loader says what it left out (`LeftOut`), and the compiler takes that
+as known, so an error that only follows from a left-out part never arises: an `if:` reading an
 aggregate whose declaration has an error, a `send_time: best` needing a policy that has one.
-The rules returned, when there is no error at all, are `load_and_compile`'s.
+The rules returned, when there is no error at all, are `load_and_compile`'s, compiled from
+the one reading whose errors were looked for: a file changed meanwhile cannot slip in.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from engine.rules.compiler import CompiledRules, compile_rules, load_and_compile
+from engine.rules.compiler import CompiledRules, compile_read, compile_rules
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit
 from engine.rules.loader import PartialRules, read_rules
 
 __all__ = ["check_rules"]
 
-_UNKNOWN_AGGREGATE = re.compile(r"unknown aggregate '([^']*)'")
-
 
 def check_rules(path: str | Path) -> CompiledRules:
     """The compiled rules of `path`, or `RulesInvalid` with every error found, sorted by file and
     line (at most `MAX_ERRORS`). Raises nothing else."""
-    partial = read_rules(path)   # RulesInvalid only when there is nothing to read
+    partial = read_rules(path)   # RulesInvalid only when there is nothing to read; read once
     if not partial.errors:
-        return load_and_compile(path)
+        return compile_read(partial.ruleset, path)
     if partial.limit_reached:
         raise RulesInvalid(partial.errors)
-    errors = partial.errors + [e for e in _compile_errors(partial) if not _follows_from_left_out(e, partial)]
+    errors = partial.errors + _compile_errors(partial)
     errors.sort(key=lambda error: (error.file, error.line))
     if len(errors) >= MAX_ERRORS:
         errors = errors[:MAX_ERRORS] + [error_limit(errors[MAX_ERRORS - 1])]
@@ -40,16 +39,9 @@ def check_rules(path: str | Path) -> CompiledRules:
 
 def _compile_errors(partial: PartialRules) -> list[RuleError]:
     try:
-        compile_rules(partial.ruleset)
+        compile_rules(partial.ruleset, partial.left_out)
     except RulesInvalid as e:
         return [err for err in e.errors if not err.message.startswith("stopped after")]   # the limit is ours
     except Exception:   # the structural errors are reported; the compiler's bug shows once they are fixed
         return []
     return []
-
-
-def _follows_from_left_out(error: RuleError, partial: PartialRules) -> bool:
-    unknown = _UNKNOWN_AGGREGATE.search(error.message)
-    if unknown is not None and unknown.group(1) in partial.declared_aggregates:
-        return True
-    return partial.policy_invalid and "policy" in error.message

@@ -7,7 +7,7 @@ Each rule becomes the class of its kind (engine.rules.kinds), decided here from 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,20 @@ from engine.rules.kinds import (
     SeriesRule,
 )
 from engine.rules.loader import load_rules
-from engine.rules.model import ANY_EVENT, BEST, Action, Aggregate, Attribution, Rule, RuleSet, RuleType, Source, Unless
+from engine.rules.model import (
+    ANY_EVENT,
+    BEST,
+    NOTHING_LEFT_OUT,
+    Action,
+    Aggregate,
+    Attribution,
+    LeftOut,
+    Rule,
+    RuleSet,
+    RuleType,
+    Source,
+    Unless,
+)
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -153,20 +166,40 @@ def load_and_compile(path: str | Path) -> CompiledRules:
     it): a failure nobody foresaw becomes an error naming the directory.
     """
     try:
-        return compile_rules(load_rules(path))
+        ruleset = load_rules(path)
     except RulesInvalid:
         raise
     except Exception as exc:
-        raise RulesInvalid([RuleError(str(path), 0, f"cannot load the rules ({exception_text(exc)}):"
-                                      " please report this as a bug of the rules compiler")]) from exc
+        raise _unforeseen(path, exc) from exc
+    return compile_read(ruleset, path)
+
+
+def compile_read(ruleset: RuleSet, path: str | Path) -> CompiledRules:
+    """`load_and_compile` of a `RuleSet` already read from `path`: the rules compiled are those
+    read, not a second reading's (engine.rules.check). Raises nothing but RulesInvalid."""
+    try:
+        return compile_rules(ruleset)
+    except RulesInvalid:
+        raise
+    except Exception as exc:
+        raise _unforeseen(path, exc) from exc
+
+
+def _unforeseen(path: str | Path, exc: Exception) -> RulesInvalid:
+    return RulesInvalid([RuleError(str(path), 0, f"cannot load the rules ({exception_text(exc)}):"
+                                   " please report this as a bug of the rules compiler")])
 
 
 def _no_read(st: Any, now: int) -> None:
     return None
 
 
+def _no_keyed_read(st: Any, now: int, key: Any) -> None:
+    return None
+
+
 def _where(agg: Aggregate, errors: list[RuleError], profile_attrs: set[str], budget: _Budget,
-           aggregates: dict[str, Aggregate]) -> Fn | None:
+           aggregates: Collection[str]) -> Fn | None:
     """An aggregate's `where:`, compiled like `if:`; it reads the event, the profile and the
     clock, never aggregates (they are updated one after another, in no promised order)."""
     assert agg.where is not None
@@ -192,7 +225,14 @@ def _where(agg: Aggregate, errors: list[RuleError], profile_attrs: set[str], bud
     return compiled.fn
 
 
-def compile_rules(ruleset: RuleSet) -> CompiledRules:
+def compile_rules(ruleset: RuleSet, left_out: LeftOut = NOTHING_LEFT_OUT) -> CompiledRules:
+    """The compiled rules, or `RulesInvalid` with every error (at most `MAX_ERRORS`).
+
+    `left_out` names what a reading left out for an error already reported (engine.rules.check):
+    expressions may read its aggregates as any aggregate, and `best` needs no policy, so what
+    compiles is the rest's own errors only. Rules compiled with something left out are for their
+    errors: they read nothing of it, and must not run.
+    """
     errors: list[RuleError] = []
     readers: dict[str, Read] = {}
     updates: list[tuple[tuple[str, ...], Update]] = []
@@ -216,7 +256,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             updates.append((agg.on, update))
             continue
         try:
-            where = _where(agg, errors, profile_attrs, budget, ruleset.aggregates)
+            where = _where(agg, errors, profile_attrs, budget, ruleset.aggregates.keys() | left_out.aggregates)
         except _Stop:
             stopped = True
             break
@@ -225,11 +265,13 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     tops = {a.name: decayed_top(a) for a in ruleset.aggregates.values() if a.kind == "decayed_count"}
     keyed = {a.name: keyed_read(a) for a in ruleset.aggregates.values()
              if a.kind in ("sum", "count") and a.by and a.name in readers}
-    env = Env(aggregates=readers, tops=tops, keyed=keyed)
+    stand_ins = sorted(a for a in left_out.aggregates if a not in readers and reserved_name_problem(a) is None)
+    env = Env(aggregates=readers | dict.fromkeys(stand_ins, _no_read), tops=tops,
+              keyed=keyed | dict.fromkeys(stand_ins, _no_keyed_read))   # of any kind: `x`, `top(x)`, `x[key]`
     compiled = []
     for rule in () if stopped else ruleset.rules:
         try:
-            compiled.append(_compile_rule(rule, env, errors, profile_attrs, budget, ruleset))
+            compiled.append(_compile_rule(rule, env, errors, profile_attrs, budget, ruleset, left_out))
         except _Stop:
             break
         except Exception as exc:  # a bug, or the interpreter's own limits: an error of this rule, not a traceback
@@ -280,9 +322,10 @@ class _Collector:
     """Compiles the expressions of one rule, turning ExprErrors into file:line RuleErrors."""
 
     def __init__(self, rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str],
-                 budget: _Budget, ruleset: RuleSet) -> None:
+                 budget: _Budget, ruleset: RuleSet, left_out: LeftOut) -> None:
         self.rule, self.env, self.errors, self.profile_attrs, self.budget = rule, env, errors, profile_attrs, budget
         self.ruleset = ruleset
+        self.left_out = left_out
         self.event_props: set[str] = set()
 
     def _take(self, compiled: CompiledExpr) -> Fn:
@@ -330,6 +373,8 @@ class _Collector:
 
     def _check_timing(self, action: Action) -> None:
         """`channel: best` and `send_time: best` learn from the responses the policy assigns to channels."""
+        if self.left_out.policy:
+            return   # what it assigns is unknown: its own error is reported
         policy = self.ruleset.policy
         by_channel = policy.responses_by_channel if policy is not None else {}
         wanted = [k for k, v in (("channel", action.channel), ("send_time", action.send_time)) if v == BEST]
@@ -384,9 +429,9 @@ def _journey_steps(rule: Rule, col: _Collector) -> tuple[CompiledJourneyStep, ..
 
 
 def _compile_rule(rule: Rule, env: Env, errors: list[RuleError], profile_attrs: set[str],
-                  budget: _Budget, ruleset: RuleSet) -> CompiledRule:
+                  budget: _Budget, ruleset: RuleSet, left_out: LeftOut) -> CompiledRule:
     """The class of the rule's kind, decided from its shape (not its `type:` family)."""
-    col = _Collector(rule, env, errors, profile_attrs, budget, ruleset)
+    col = _Collector(rule, env, errors, profile_attrs, budget, ruleset, left_out)
     cond = None
     if rule.condition is not None:
         line = Source(rule.source.file, rule.condition_line or rule.source.line)

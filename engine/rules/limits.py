@@ -1,7 +1,7 @@
 """The limits of a rules directory (SPEC §6): what a hostile file is stopped by, at its file and
 line, before it costs time or memory.
 
-Sizes are checked before a file is read (`read_text`), characters before it is parsed
+Sizes are checked before a file is read (`read_bytes`), characters before it is parsed
 (`printable`), nesting and alias expansion on the parser's events before anything recursive
 sees the document (`within_limits`), the numbers of rules and aggregates as they are read
 (`Tally`). The compiler adds the limits of expressions (`engine.rules.compiler`).
@@ -21,8 +21,8 @@ from engine.rules.scope import Scope
 
 __all__ = [
     "MAX_AGGREGATES", "MAX_DEPTH", "MAX_DIRECTORY_BYTES", "MAX_EXPRESSION_CHARS", "MAX_FILES", "MAX_FILE_BYTES",
-    "MAX_RULES", "MAX_VALUES", "ZERO_WIDTH", "Tally", "character_name", "printable", "read_text", "too_deep",
-    "within_limits",
+    "MAX_RULES", "MAX_VALUES", "ZERO_WIDTH", "Tally", "character_name", "decode_text", "printable", "read_bytes",
+    "too_deep", "within_limits",
 ]
 # Limits of a rules directory (the compiler adds those of expressions). Real directories are far
 # below them: the bundled rules/ is 5 kB; 1,000 typical rules (bench/rulegen.py) are 146 kB and
@@ -83,8 +83,9 @@ class Tally:
         return False
 
 
-def read_text(path: Path, scope: Scope, tally: Tally) -> str | None:
-    """The file's text, read only when it and the directory stay within their sizes."""
+def read_bytes(path: Path, scope: Scope, tally: Tally) -> bytes | None:
+    """The file's bytes, read only when it and the directory stay within their sizes; None once
+    the reason was reported."""
     too_big = f"a rules file may have at most {MAX_FILE_BYTES:,} bytes ({MAX_FILE_BYTES // 2**20} MiB): split it"
     try:
         size = path.stat().st_size
@@ -106,6 +107,11 @@ def read_text(path: Path, scope: Scope, tally: Tally) -> str | None:
                     f" ({MAX_DIRECTORY_BYTES // 2**20} MiB), the most a rules directory may hold:"
                     " split the rules into several directories")
         return None
+    return data
+
+
+def decode_text(data: bytes, scope: Scope) -> str | None:
+    """The file's text (UTF-8, a byte order mark at its start dropped); None once reported."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.rules import schema
+from engine.rules.digest import ContentHash
 from engine.rules.errors import RuleError, RulesInvalid, error_limit, exception_text
-from engine.rules.limits import MAX_FILES, Tally, printable, read_text
-from engine.rules.model import Aggregate, Policy, Rule, RuleSet, Source, TimeSettings
+from engine.rules.files import RULES_SUFFIXES, rules_files
+from engine.rules.limits import MAX_FILES, Tally, decode_text, printable, read_bytes
+from engine.rules.model import Aggregate, LeftOut, Policy, Rule, RuleSet, Source, TimeSettings
 from engine.rules.scope import Scope, TooManyErrors
 from engine.rules.values import alternatives, check_keys, describe
 from engine.rules.yaml_lines import Node, compose
 
 __all__ = ["RULES_SUFFIXES", "PartialRules", "load_rules", "read_rules"]
-
-RULES_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class _Collected:
     time: TimeSettings | None = None
     time_at: Source | None = None
     tally: Tally = field(default_factory=Tally)   # what counts against the directory's limits
+    content: ContentHash = field(default_factory=ContentHash)   # of the bytes read (engine.rules.digest)
 
     def add_aggregate(self, scope: Scope, name: str, line: int, aggregate: Aggregate | None) -> None:
         if name in self.aggregate_at:
@@ -94,7 +95,9 @@ _SECTIONS = ("aggregates", "rules", "policy", "time")
 def _read_file(path: Path, name: str, into: _Collected) -> None:
     scope = Scope(name, into.errors)
     into.files.append(name)
-    text = read_text(path, scope, into.tally)
+    data = read_bytes(path, scope, into.tally)
+    into.content.add(path.name, b"" if data is None else data)   # a file not read is an error: it hashes as empty
+    text = None if data is None else decode_text(data, scope)
     if text is None or not printable(text, scope):
         return
     root = compose(text, scope, into.tally)
@@ -140,14 +143,13 @@ def _read_rules(scope: Scope, node: Node, into: _Collected) -> None:
 
 
 def _rules_files(path: Path, shown: str) -> list[tuple[Path, str]]:
-    """(path, name in messages) of each rules file: a directory's *.yaml/*.yml by name, not
-    recursively, or the one file given."""
+    """(path, name in messages) of each rules file (engine.rules.files), or `RulesInvalid`."""
     try:
         if path.is_file():
             return [(path, shown)]
         if not path.is_dir():
             raise RulesInvalid([RuleError(shown, 0, "no such rules directory or file")])
-        names = sorted(entry.name for entry in path.iterdir() if entry.suffix in RULES_SUFFIXES and entry.is_file())
+        names = [f.name for f in rules_files(path)]
     except OSError as exc:
         raise RulesInvalid([RuleError(shown, 0, f"cannot read the rules directory: {exc.strerror or exc}")]) from None
     if not names:
@@ -169,9 +171,8 @@ class PartialRules:
 
     ruleset: RuleSet
     errors: list[RuleError]
-    declared_aggregates: frozenset[str]   # every aggregate name declared, valid or not
-    policy_invalid: bool                  # a policy section was declared and left out
-    limit_reached: bool                   # MAX_ERRORS: the reading stopped
+    left_out: LeftOut      # the aggregates and policy declared with an error, by name
+    limit_reached: bool    # MAX_ERRORS: the reading stopped
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -213,7 +214,9 @@ def read_rules(path: str | Path) -> PartialRules:
         policy=collected.policy,
         files=tuple(collected.files),
         time=collected.time,
+        digest=collected.content.shown(),
     )
-    return PartialRules(ruleset, errors, frozenset(collected.aggregate_at),
-                        collected.policy_at is not None and collected.policy is None, limit_reached)
+    left_out = LeftOut(frozenset(collected.aggregate_at) - frozenset(collected.aggregates),
+                       collected.policy_at is not None and collected.policy is None)
+    return PartialRules(ruleset, errors, left_out, limit_reached)
 

@@ -229,7 +229,19 @@ class RuleSet(msgspec.Struct, frozen=True):
     policy: Policy | None = None
     files: tuple[str, ...] = ()
     time: TimeSettings | None = None
+    digest: str = ""   # `sha256:…` of the files' names and bytes as the loader read them (engine.rules.digest)
 
     @property
     def lateness(self) -> int:
         return self.time.lateness if self.time is not None else 0
+
+
+class LeftOut(msgspec.Struct, frozen=True):
+    """What a reading of a rules directory left out of its `RuleSet` for an error of its own:
+    compiling the rest must not report a use of it as a second error (engine.rules.check)."""
+
+    aggregates: frozenset[str] = frozenset()   # declared, but the declaration has an error
+    policy: bool = False                        # a policy section was declared, and has an error
+
+
+NOTHING_LEFT_OUT = LeftOut()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from engine.rules.check import check_rules
 from engine.rules.compiler import CompiledRules
-from engine.rules.digest import rules_digest
 from engine.rules.errors import RulesInvalid, exception_text
+from engine.rules.files import rules_files
 
 log = logging.getLogger("engine.rules")
 
@@ -31,11 +31,11 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def fingerprint(path: str | Path) -> Fingerprint:
-    """Names, sizes and modification times of the rules files: cheap to take every half second.
-    An unreadable directory has no files (and the reload it causes is rejected, saying why)."""
-    p = Path(path)
+    """Names, sizes and modification times of the rules files, those the loader reads: cheap to
+    take every half second. An unreadable directory has no files (and the reload it causes is
+    rejected, saying why)."""
     try:
-        files = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
+        files = rules_files(Path(path))
     except OSError:
         files = []
     out = []
@@ -82,7 +82,6 @@ class LiveRules:
             if current == self._fingerprint:
                 return
             self._fingerprint = current
-            digest = rules_digest(self.path)   # before reading: a change meanwhile is caught next time
             try:
                 rules = check_rules(self.path)   # every error in the log, structural and expression
             except Exception as e:
@@ -100,6 +99,6 @@ class LiveRules:
             self.version += 1
             self.reloads += 1
             log.info("rules reloaded from %s: %d rules, %d aggregates (version %d, %s)", self.path,
-                     len(rules.rules), len(rules.ruleset.aggregates), self.version, digest)
+                     len(rules.rules), len(rules.ruleset.aggregates), self.version, rules.ruleset.digest)
         finally:
             self._lock.release()
