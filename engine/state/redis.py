@@ -469,22 +469,18 @@ class RedisStore:
         """Every customer's stored state, as (customer id, `encode_state` bytes), `batch` at a time:
         SCAN over the prefix's state keys (every primary of a cluster) and one MGET per batch, so
         memory stays constant whatever the number of customers. A key written or deleted while
-        it runs may or may not be seen (SCAN's guarantee); none is seen twice in one batch."""
+        it runs may or may not be seen (SCAN's guarantee); none is seen twice in one batch.
+        Each batch is fetched by `load_many_encoded`, as every other read of states."""
         pattern = self._state_key_head.translate(_GLOB_SPECIALS) + "*"
         skip = len(self._state_key_head)
-        keys: list[bytes] = []
+        ids: dict[str, None] = {}   # SCAN may return a key twice: distinct ids, in SCAN's order
         for key in self.client.scan_iter(match=pattern, count=max(batch, 100)):
-            keys.append(key)
-            if len(keys) >= batch:
-                yield self._states_of(keys, skip)
-                keys = []
-        if keys:
-            yield self._states_of(keys, skip)
-
-    def _states_of(self, keys: list[bytes], skip: int) -> list[tuple[str, bytes]]:
-        keys = list(dict.fromkeys(keys))   # SCAN may return a key twice
-        values = self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
-        return [(key.decode()[skip:-1], value) for key, value in zip(keys, values) if value is not None]
+            ids[key.decode()[skip:-1]] = None
+            if len(ids) >= batch:
+                yield list(self.load_many_encoded(list(ids)).items())
+                ids = {}
+        if ids:
+            yield list(self.load_many_encoded(list(ids)).items())
 
     def load_offsets(self) -> dict[str, int]:
         """The saved source offsets (partition -> next offset), found by SCAN over the prefix.
