@@ -17,8 +17,6 @@ from pathlib import Path
 
 import msgspec
 
-from engine.events.ahead import decode_jsonl_ahead
-from engine.events.decode import JSONL_BATCH
 from engine.events.model import Event
 from engine.offline.backtest import Replay
 from engine.rules.compiler import CompiledRules
@@ -96,11 +94,7 @@ def backfill(rules: CompiledRules, events: str | Path | list[Event], partitions:
     replay = Replay(rules, drop, until=until)
     dead = 0
     if isinstance(events, (str, Path)):
-        for batch in decode_jsonl_ahead(Path(events), JSONL_BATCH):
-            dead += len(batch.dead)
-            replay.feed(batch.events)
-            if replay.stopped:
-                break
+        dead = replay.feed_file(events)
     else:
         replay.feed(events)
     replay.finish()
