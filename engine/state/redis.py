@@ -39,7 +39,7 @@ round trip once and lets redis-py's exceptions through (`REDIS_ERRORS` are worth
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.cluster import RedisCluster
@@ -47,6 +47,9 @@ from redis.cluster import RedisCluster
 from engine.state.customer import CustomerState, decode_state, encode_state
 from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail
 from engine.state.store import PartitionClock, PopulationCounts, StateLost, decode_clock, encode_clock
+
+if TYPE_CHECKING:
+    from engine.operators.settings import RedisSettings
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 """What a caller retries: Redis is unreachable, timing out or loading its data."""
@@ -210,6 +213,12 @@ class RedisStore:
         self._advance_script = self.client.register_script(_ADVANCE_LUA)
         self._state_key_head = f"{prefix}:s:{{"
         self._offset_key_head = f"{prefix}:o:"
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> RedisStore:
+        """The store the `redis` settings name, connected the one way every command connects:
+        the URL (`rediss://` with `tls`), then username, password and TLS files over it."""
+        return cls(settings.client_url(), settings.prefix, settings.cluster, settings.connection())
 
     def state_key(self, customer_id: str) -> str:
         """The key holding a customer's state."""
