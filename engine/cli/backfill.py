@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import CommandError, check_events_file, exit_status, load_rules
+from engine.cli.common import CommandError, check_events_file, exit_status, load_rules, read_settings
+
+if TYPE_CHECKING:
+    from engine.operators.settings import KafkaSource
 
 DESCRIPTION = """\
 Replay a history of events through the rules (the backtest, up to --until or the history's last
@@ -19,13 +22,18 @@ topic not created yet), so `triggers run` reads only what is produced after the 
 Triggers of the past are not sent: a deadline due at or before the end fires in the replay and
 is dropped; one due after it stays pending and fires live. Existing live state under --prefix
 is never written over, unless --force.
+Redis, Kafka and the rules are the live engine's settings, read as `triggers run --config FILE`
+reads them (the file, then TRIGGERS_* variables): Redis's URL, prefix, cluster, username,
+password and TLS, Kafka's brokers, topic and kafka.extra (security.protocol, sasl.*, ssl.*);
+--rules, --redis-url, --prefix, --cluster, --topic and --brokers override them.
 """
 EPILOG = """examples:
+  triggers backfill --config triggers.toml --events history.jsonl --partitions 4 --until 2026-03-01T00:00:00Z
   triggers backfill --rules rules/ --events history.jsonl --redis-url redis://127.0.0.1:6379/0 \\
       --topic customer-events --partitions 4 --until 2026-03-01T00:00:00Z
 """
-EXIT_STATUS = {0: "written", 1: "invalid rules", 2: "bad usage, live state present (without --force), Redis or "
-               "Kafka unreachable, a topic with another number of partitions"}
+EXIT_STATUS = {0: "written", 1: "invalid rules", 2: "bad usage, invalid settings, live state present (without --force), "
+               "Redis or Kafka unreachable, a topic with another number of partitions"}
 CHUNK = 1000   # states per Redis call
 
 
@@ -36,15 +44,20 @@ def add_parser(subparsers: Any) -> None:
         "backfill", help="seed the live state from a history of events (nothing is sent)",
         description=DESCRIPTION, epilog=EPILOG + "\n" + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rules", required=True, metavar="RULES_DIR", help="the rules the live engine will run")
+    p.add_argument("--config", metavar="FILE", help="the live engine's settings file (TOML), as for `triggers run`: "
+                   "rules, redis.* (credentials, TLS) and kafka.* come from it")
+    p.add_argument("--rules", metavar="RULES_DIR", help="the rules the live engine will run; overrides the "
+                   "settings' rules (default: rules)")
     p.add_argument("--events", required=True, metavar="HISTORY", help="JSONL events, native or Segment form")
-    p.add_argument("--redis-url", required=True, metavar="URL", help="the live engine's Redis")
-    p.add_argument("--prefix", default="te", help="the live engine's key prefix (redis.prefix; default: te)")
-    p.add_argument("--cluster", action="store_true", help="--redis-url names a node of a Redis Cluster")
-    p.add_argument("--topic", required=True, help="the live engine's topic (kafka.topic)")
+    p.add_argument("--redis-url", metavar="URL", help="the live engine's Redis; overrides redis.url "
+                   "(default: redis://127.0.0.1:6379/0)")
+    p.add_argument("--prefix", help="the live engine's key prefix; overrides redis.prefix (default: te)")
+    p.add_argument("--cluster", action="store_true", default=None, help="the Redis URL names a node of a Redis "
+                   "Cluster; overrides redis.cluster")
+    p.add_argument("--topic", help="the live engine's topic; overrides kafka.topic (default: customer-events)")
     p.add_argument("--partitions", required=True, type=int, metavar="N", help="the topic's partitions")
-    p.add_argument("--brokers", default="127.0.0.1:9092", metavar="HOST:PORT,...",
-                   help="Kafka, for the topic's current end (default: 127.0.0.1:9092)")
+    p.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka, for the topic's current end; overrides "
+                   "kafka.brokers (default: 127.0.0.1:9092)")
     p.add_argument("--partitioner", choices=[m.value for m in Partitioner], default=Partitioner.CONSISTENT_RANDOM.value,
                    help="how the topic's producers place keys: consistent_random (librdkafka's default, CRC-32: "
                         "`triggers produce` and the Python, Go and C clients), murmur2_random (the Java client's "
@@ -65,33 +78,37 @@ def run_backfill(args: argparse.Namespace) -> int:
 
     if args.partitions < 1:
         raise CommandError("--partitions must be at least 1")
+    settings = read_settings(args.config, {
+        "rules": args.rules, "redis.url": args.redis_url, "redis.prefix": args.prefix, "redis.cluster": args.cluster,
+        "kafka.topic": args.topic, "kafka.brokers": args.brokers.split(",") if args.brokers else None})
+    r, topic = settings.redis, settings.kafka.topic
     check_events_file(args.events)
-    rules = load_rules(args.rules, prog="triggers backfill")
+    rules = load_rules(settings.rules, prog="triggers backfill")
     if rules is None:
         return 1
     until = parse_until(args.until)
-    names = [f"{args.topic}-{p}" for p in range(args.partitions)]
-    ends = _topic_ends(args.brokers, args.topic, args.partitions)
+    names = [f"{topic}-{p}" for p in range(args.partitions)]
+    ends = _topic_ends(settings.kafka, args.partitions)
     try:
-        store = RedisStore(args.redis_url, prefix=args.prefix, cluster=args.cluster)
+        store = RedisStore.from_settings(r)
     except ValueError as e:
-        raise CommandError(f"--redis-url {args.redis_url!r}: {e}") from None
+        raise CommandError(f"Redis at {r.shown()}: {e}") from None
     try:
         stored = {p: o for p in names if (o := store.load_offset(p)) is not None}
         has_states = next(iter(store.scan_states(batch=1)), [])
         if (stored or has_states) and not args.force:
-            raise CommandError(f"Redis at {args.redis_url} already holds live state under prefix {args.prefix!r} "
+            raise CommandError(f"Redis at {r.shown()} already holds live state under prefix {r.prefix!r} "
                                f"({'offsets of ' + ', '.join(sorted(stored)) if stored else 'customer states'}): "
                                "backfill writes only into an empty prefix; --force writes over it")
         result = backfill(rules, args.events, args.partitions, Partitioner(args.partitioner), until)
         _write(store, names, ends, stored, result)
     except redis.RedisError as e:
-        raise CommandError(f"Redis at {args.redis_url}: {type(e).__name__}: {e}") from None
+        raise CommandError(f"Redis at {r.shown()}: {type(e).__name__}: {e}") from None
     finally:
         store.close()
     customers = sum(len(p.images) for p in result.partitions)
     print(f"triggers backfill: {result.events} events up to {format_ts(result.end)}, {customers} customers over "
-          f"{args.partitions} partitions of {args.topic} (starting at offsets "
+          f"{args.partitions} partitions of {topic} (starting at offsets "
           f"{', '.join(str(ends[p]) for p in range(args.partitions))}), {result.pending} deadlines pending for the "
           f"live engine, {result.dropped_triggers} triggers of the past not sent, {result.dead_letters} dead letters",
           file=sys.stderr)
@@ -116,11 +133,14 @@ def _write(store: Any, names: list[str], ends: list[int], stored: dict[str, int]
         store.commit(name, {}, ends[i], {}, expected_offset=expected, clock=clock, population=population)
 
 
-def _topic_ends(brokers: str, topic: str, partitions: int) -> list[int]:
-    """Each partition's current end offset; 0 for a topic not created yet."""
+def _topic_ends(kafka: KafkaSource, partitions: int) -> list[int]:
+    """Each partition's current end offset of `kafka.topic` (with kafka.extra: the engine's
+    security settings); 0 for a topic not created yet."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "triggers-backfill", "enable.auto.commit": False})
+    brokers, topic = ",".join(kafka.brokers), kafka.topic
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "triggers-backfill", "enable.auto.commit": False,
+                         **kafka.extra})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:

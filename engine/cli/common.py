@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.core.times import parse_ts
 from engine.errors import EngineError
@@ -19,8 +20,11 @@ from engine.rules.check import check_rules
 from engine.rules.compiler import CompiledRules
 from engine.rules.errors import MAX_ERRORS, RulesInvalid
 
+if TYPE_CHECKING:
+    from engine.operators.settings import Settings
+
 __all__ = ["BROKEN_PIPE", "CommandError", "check_events_file", "exit_status", "load_rules", "parse_until",
-           "print_rules_invalid", "read_input"]
+           "print_rules_invalid", "read_input", "read_settings"]
 
 BROKEN_PIPE = 141   # 128 + SIGPIPE: what a shell reports for a tool whose reader went away (`| head`)
 
@@ -53,6 +57,19 @@ def load_rules(path: str, prog: str | None = None, label: str = "") -> CompiledR
     except RulesInvalid as e:
         print_rules_invalid(e, path, prog, label)
         return None
+
+
+def read_settings(config: str | None, overrides: Mapping[str, Any]) -> Settings:
+    """The engine's settings as `triggers run` reads them: the `--config` file, then TRIGGERS_*
+    variables, then the command's flags (`overrides`: dotted keys, None where a flag was not
+    given). Invalid settings refuse (exit 2). Imported here: building the parser must not load
+    the connectors the settings name."""
+    from engine.operators.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config, overrides=overrides)
+    except SettingsError as e:
+        raise CommandError(str(e)) from None
 
 
 def parse_until(text: str | None) -> int | None:

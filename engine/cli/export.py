@@ -8,7 +8,7 @@ import sys
 from contextlib import nullcontext
 from typing import IO, Any
 
-from engine.cli.common import CommandError, exit_status, load_rules
+from engine.cli.common import CommandError, exit_status, load_rules, read_settings
 
 DESCRIPTION = """\
 Write the customer states the live engine keeps in Redis as JSONL, one object per customer, in
@@ -18,14 +18,18 @@ their weights, profile, consent, last contact per channel and per rule, pending 
 journey positions, with the customer's id. Streams: the state keys are walked with SCAN (every
 primary of a Redis Cluster) and fetched a batch at a time, so memory stays constant however
 many customers there are; nothing is written to Redis. Customers come in SCAN's order.
+Redis and the rules are the engine's settings, read as `triggers run --config FILE` reads them
+(the file, then TRIGGERS_* variables): URL, prefix, cluster, username, password and TLS;
+--rules, --redis-url, --prefix and --cluster override them.
 """
 EPILOG = """examples:
+  triggers export --config triggers.toml > customers.jsonl
   triggers export --rules rules/ --redis-url redis://127.0.0.1:6379/0 > customers.jsonl
   triggers export --rules rules/ --redis-url redis://127.0.0.1:6379/0 --prefix te --customer c-31
   triggers export --rules rules/ --redis-url redis://127.0.0.1:7000 --cluster --out customers.jsonl
 """
 EXIT_STATUS = {0: "exported (with --customer: that customer)", 1: "invalid rules, or --customer has no state",
-               2: "bad usage (a bad --at, Redis unreachable, an output that cannot be written)"}
+               2: "bad usage (invalid settings, a bad --at, Redis unreachable, an output that cannot be written)"}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -33,11 +37,15 @@ def add_parser(subparsers: Any) -> None:
         "export", help="the live states in Redis as JSONL, as the rules read them",
         description=DESCRIPTION, epilog=EPILOG + "\n" + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rules", required=True, metavar="RULES_DIR", help="the rules the engine runs (they say "
-                   "what the aggregates are and how to read them)")
-    p.add_argument("--redis-url", required=True, metavar="URL", help="the Redis holding the engine's state")
-    p.add_argument("--prefix", default="te", help="the key prefix of the engine's state (default: te)")
-    p.add_argument("--cluster", action="store_true", help="--redis-url names a node of a Redis Cluster")
+    p.add_argument("--config", metavar="FILE", help="the engine's settings file (TOML), as for `triggers run`: "
+                   "rules and redis.* (credentials, TLS) come from it")
+    p.add_argument("--rules", metavar="RULES_DIR", help="the rules the engine runs (they say what the aggregates "
+                   "are and how to read them); overrides the settings' rules (default: rules)")
+    p.add_argument("--redis-url", metavar="URL", help="the Redis holding the engine's state; overrides redis.url "
+                   "(default: redis://127.0.0.1:6379/0)")
+    p.add_argument("--prefix", help="the key prefix of the engine's state; overrides redis.prefix (default: te)")
+    p.add_argument("--cluster", action="store_true", default=None, help="the Redis URL names a node of a Redis "
+                   "Cluster; overrides redis.cluster")
     p.add_argument("--customer", metavar="ID", help="only this customer")
     p.add_argument("--at", metavar="TIME", help="read the values at this time (RFC 3339); default: now")
     p.add_argument("--out", default="-", metavar="FILE", help="where to write ('-' = stdout, the default)")
@@ -47,22 +55,23 @@ def add_parser(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import redis
 
-    from engine.core.times import now_ms
+    from engine.core.times import now_ms, parse_ts
     from engine.state.redis import RedisStore
 
-    rules = load_rules(args.rules, prog="triggers export")
+    settings = read_settings(args.config, {"rules": args.rules, "redis.url": args.redis_url,
+                                           "redis.prefix": args.prefix, "redis.cluster": args.cluster})
+    r = settings.redis
+    rules = load_rules(settings.rules, prog="triggers export")
     if rules is None:
         return 1
-    from engine.core.times import parse_ts
-
     try:
         at = parse_ts(args.at) if args.at else now_ms()
     except ValueError as e:
         raise CommandError(f"--at: {e}") from None
     try:
-        store = RedisStore(args.redis_url, prefix=args.prefix, cluster=args.cluster)
+        store = RedisStore.from_settings(r)
     except ValueError as e:
-        raise CommandError(f"--redis-url {args.redis_url!r}: {e}") from None
+        raise CommandError(f"Redis at {r.shown()}: {e}") from None
     try:
         out: Any = nullcontext(sys.stdout.buffer) if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
     except OSError as e:
@@ -71,12 +80,12 @@ def run_export(args: argparse.Namespace) -> int:
         with out as sink:
             n = _export(rules, store, at, args.customer, sink)
     except redis.RedisError as e:
-        raise CommandError(f"Redis at {args.redis_url}: {type(e).__name__}: {e}") from None
+        raise CommandError(f"Redis at {r.shown()}: {type(e).__name__}: {e}") from None
     finally:
         store.close()
     if args.customer is not None and n == 0:
-        print(f"triggers export: no state for customer '{args.customer}' in Redis at {args.redis_url} "
-              f"(key {store.state_key(args.customer)}; is --prefix {args.prefix!r} the engine's?)", file=sys.stderr)
+        print(f"triggers export: no state for customer '{args.customer}' in Redis at {r.shown()} "
+              f"(key {store.state_key(args.customer)}; is --prefix {r.prefix!r} the engine's?)", file=sys.stderr)
         return 1
     where = "" if args.out == "-" else f" to {args.out}"
     print(f"triggers export: {n} customer(s){where}", file=sys.stderr)

@@ -226,7 +226,7 @@ def _prepare_run(settings, rules, accept_state_loss: bool):
         partitions = kafka_partitions(settings)
         if settings.kafka.repartition_from and settings.exit_at_end:
             _repartition_to_end(settings)   # a bounded run evaluates everything the raw topic holds
-        store = RedisStore(r.client_url(), r.prefix, r.cluster, r.connection())
+        store = RedisStore.from_settings(r)
         try:
             plan_resume(settings, store, partitions, accept_state_loss)
         finally:

@@ -12,13 +12,10 @@ them. A customer's state goes to the partition Kafka's partitioner puts their ke
 from __future__ import annotations
 
 import enum
-import zlib
 from pathlib import Path
 
 import msgspec
 
-from engine.events.ahead import decode_jsonl_ahead
-from engine.events.decode import JSONL_BATCH
 from engine.events.model import Event
 from engine.offline.backtest import Replay
 from engine.rules.compiler import CompiledRules
@@ -33,38 +30,15 @@ class Partitioner(enum.Enum):
     MURMUR2_RANDOM = "murmur2_random"         # the Java client's default (and the repartition stage's)
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's `Utils.murmur2`), as a signed 32-bit int."""
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = length % 4
-    rest = data[length - tail:]
-    if tail == 3:
-        h ^= rest[2] << 16
-    if tail >= 2:
-        h ^= rest[1] << 8
-    if tail >= 1:
-        h ^= rest[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
 def partition_of(customer_id: str, partitions: int, partitioner: Partitioner) -> int:
-    """The partition a message keyed by `customer_id` (UTF-8) lands in."""
-    key = customer_id.encode()
-    if partitioner is Partitioner.MURMUR2_RANDOM:
-        return (murmur2(key) & 0x7FFFFFFF) % partitions
-    return zlib.crc32(key) % partitions
+    """The partition a message keyed by `customer_id` (UTF-8) lands in, computed by librdkafka's
+    own partitioners (confluent_kafka's `murmur2`, Java-compatible: `toPositive(murmur2(key)) %
+    partitions`, and `consistent`, CRC-32), so it cannot drift from what the producers do.
+    Imported here, not at the top: the offline core loads no Kafka client (tests/unit/test_layering.py)."""
+    from confluent_kafka import consistent, murmur2
+
+    place = murmur2 if partitioner is Partitioner.MURMUR2_RANDOM else consistent
+    return place(customer_id.encode(), partitions)
 
 
 class PartitionStart(msgspec.Struct):
@@ -96,11 +70,7 @@ def backfill(rules: CompiledRules, events: str | Path | list[Event], partitions:
     replay = Replay(rules, drop, until=until)
     dead = 0
     if isinstance(events, (str, Path)):
-        for batch in decode_jsonl_ahead(Path(events), JSONL_BATCH):
-            dead += len(batch.dead)
-            replay.feed(batch.events)
-            if replay.stopped:
-                break
+        dead = replay.feed_file(events)
     else:
         replay.feed(events)
     replay.finish()

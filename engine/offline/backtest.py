@@ -125,6 +125,27 @@ class Replay:
         """An event passed `until`: the rest of the file is not replayed."""
         return self.session.stopped
 
+    def feed_file(self, path: str | Path, progress: Progress | None = None) -> int:
+        """Feed a JSONL event file (`-`: stdin) batch by batch, decoded ahead where that pays
+        (engine.events.ahead), until an event passes `until`: the one loop of the backtest, the
+        backfill and explain's population. The file's undecodable lines go to `dead_letter` (when
+        given); their number is returned, since `dead_letters` counts only the core's refusals.
+        `progress` is told the bytes and events done after each batch."""
+        dead = 0
+        done_bytes = 0
+        for batch in decode_jsonl_ahead(Path(path), BATCH):
+            if batch.dead:
+                dead += len(batch.dead)
+                if self.dead_letter is not None:
+                    self.dead_letter(batch.dead)
+            self.feed(batch.events)
+            if progress is not None:
+                done_bytes += batch.size
+                progress.update(done_bytes, self.evaluator.counters.events)
+            if self.stopped:
+                break
+        return dead
+
     def feed(self, events: Iterable[Event]) -> None:
         events = events if isinstance(events, list) else list(events)
         self.customers.events(events)
@@ -241,18 +262,7 @@ def backtest_file(
     replay = Replay(rules, emit, until, dead_letter=dead_letter, where=str(events_path), drain=drain)
     path = Path(events_path)
     bar = Progress(path.stat().st_size if progress and str(path) != "-" else 0, "backtest") if progress else None
-    dead = 0
-    done_bytes = 0
-    for batch in decode_jsonl_ahead(path, BATCH):
-        if batch.dead:
-            dead += len(batch.dead)
-            dead_letter(batch.dead)
-        replay.feed(batch.events)
-        if bar is not None:
-            done_bytes += batch.size
-            bar.update(done_bytes, replay.evaluator.counters.events)
-        if replay.stopped:
-            break
+    dead = replay.feed_file(path, bar)
     replay.finish()
     if bar is not None:
         bar.done()

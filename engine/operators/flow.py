@@ -119,7 +119,7 @@ def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] |
     live_rules = LiveRules(settings.rules, rules, interval_s=settings.reload_interval_ms / 1000,
                            watch=settings.reload_rules)
     track_rules(live_rules)
-    open_store = store or (lambda: RedisStore(r.client_url(), r.prefix, r.cluster, r.connection()))
+    open_store = store or (lambda: RedisStore.from_settings(r))
     if sinks is None:
         dead = dead_letter_spec(settings)
         if dead is None:

@@ -39,7 +39,7 @@ round trip once and lets redis-py's exceptions through (`REDIS_ERRORS` are worth
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.cluster import RedisCluster
@@ -47,6 +47,9 @@ from redis.cluster import RedisCluster
 from engine.state.customer import CustomerState, decode_state, encode_state
 from engine.state.outbox import ItemKind, OutboxEntry, OutboxTail
 from engine.state.store import PartitionClock, PopulationCounts, StateLost, decode_clock, encode_clock
+
+if TYPE_CHECKING:
+    from engine.operators.settings import RedisSettings
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 """What a caller retries: Redis is unreachable, timing out or loading its data."""
@@ -210,6 +213,12 @@ class RedisStore:
         self._advance_script = self.client.register_script(_ADVANCE_LUA)
         self._state_key_head = f"{prefix}:s:{{"
         self._offset_key_head = f"{prefix}:o:"
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> RedisStore:
+        """The store the `redis` settings name, connected the one way every command connects:
+        the URL (`rediss://` with `tls`), then username, password and TLS files over it."""
+        return cls(settings.client_url(), settings.prefix, settings.cluster, settings.connection())
 
     def state_key(self, customer_id: str) -> str:
         """The key holding a customer's state."""
@@ -469,22 +478,18 @@ class RedisStore:
         """Every customer's stored state, as (customer id, `encode_state` bytes), `batch` at a time:
         SCAN over the prefix's state keys (every primary of a cluster) and one MGET per batch, so
         memory stays constant whatever the number of customers. A key written or deleted while
-        it runs may or may not be seen (SCAN's guarantee); none is seen twice in one batch."""
+        it runs may or may not be seen (SCAN's guarantee); none is seen twice in one batch.
+        Each batch is fetched by `load_many_encoded`, as every other read of states."""
         pattern = self._state_key_head.translate(_GLOB_SPECIALS) + "*"
         skip = len(self._state_key_head)
-        keys: list[bytes] = []
+        ids: dict[str, None] = {}   # SCAN may return a key twice: distinct ids, in SCAN's order
         for key in self.client.scan_iter(match=pattern, count=max(batch, 100)):
-            keys.append(key)
-            if len(keys) >= batch:
-                yield self._states_of(keys, skip)
-                keys = []
-        if keys:
-            yield self._states_of(keys, skip)
-
-    def _states_of(self, keys: list[bytes], skip: int) -> list[tuple[str, bytes]]:
-        keys = list(dict.fromkeys(keys))   # SCAN may return a key twice
-        values = self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
-        return [(key.decode()[skip:-1], value) for key, value in zip(keys, values) if value is not None]
+            ids[key.decode()[skip:-1]] = None
+            if len(ids) >= batch:
+                yield list(self.load_many_encoded(list(ids)).items())
+                ids = {}
+        if ids:
+            yield list(self.load_many_encoded(list(ids)).items())
 
     def load_offsets(self) -> dict[str, int]:
         """The saved source offsets (partition -> next offset), found by SCAN over the prefix.

@@ -11,14 +11,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,22 +58,29 @@ def produce(bootstrap: str, topic: str, lines: Iterable[bytes]) -> int:
     return n
 
 
-def read_topic(bootstrap: str, topic: str) -> list[dict]:
-    """Every message of a topic, from the beginning to the current end, as decoded JSON."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"),
-                        "enable.auto.commit": False, "enable.partition.eof": True})
+def json_value(message: Message) -> Any:
+    return json.loads(message.value())
+
+
+def read_topic(bootstrap: str, topic: str, decode: Callable[[Message], Any] = json_value,
+               isolation: str = "read_committed", timeout_s: float = 60) -> list:
+    """Every message of a topic, from the beginning to its current end, each as `decode` makes
+    it (default: its value as decoded JSON); `isolation`: the consumer's isolation.level. Fails
+    when the end is not reached within `timeout_s`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False,
+                         "enable.partition.eof": True, "isolation.level": isolation})
     meta = consumer.list_topics(topic, timeout=30).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    out, eof, deadline = [], set(), time.monotonic() + 60
+    out, eof, deadline = [], set(), time.monotonic() + timeout_s
     while len(eof) < len(meta.partitions) and time.monotonic() < deadline:
         for m in consumer.consume(1000, timeout=1):
             if m.error():
                 assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
                 eof.add(m.partition())
             else:
-                out.append(json.loads(m.value()))
+                out.append(decode(m))
     consumer.close()
-    assert len(eof) == len(meta.partitions), "topic not read to its end"
+    assert len(eof) == len(meta.partitions), f"{topic} not read to its end in {timeout_s:g} s"
     return out
 
 

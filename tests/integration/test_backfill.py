@@ -10,23 +10,14 @@ import sys
 import msgspec
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
+from harness import ROOT, create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 from engine.core.times import format_ts, now_ms, parse_ts
 from engine.events.decode import EventDecoder
 from engine.offline.backfill import Partitioner, partition_of
 from engine.offline.backtest import Replay
 from engine.rules.compiler import load_and_compile
-from tests.integration.harness import (
-    ROOT,
-    create_topic,
-    produce,
-    read_topic,
-    run_engine,
-    trigger_key,
-    unique,
-    write_config,
-)
 
 CUT = parse_ts("2011-06-01T00:00:00Z")
 
@@ -80,18 +71,6 @@ def test_partition_of_places_keys_as_the_producer_does(partitioner, kafka_bootst
     for k in keys:
         producer.produce(topic, key=k.encode(), value=orjson.dumps({"k": k}))
     assert producer.flush(30) == 0
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique("g"),
-                         "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(7)])
-    placed: dict[str, int] = {}
-    eof: set[int] = set()
-    while len(eof) < 7:
-        for m in consumer.consume(500, timeout=2):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF
-                eof.add(m.partition())
-            else:
-                placed[orjson.loads(m.value())["k"]] = m.partition()
-    consumer.close()
+    placed = dict(read_topic(kafka_bootstrap, topic, lambda m: (orjson.loads(m.value())["k"], m.partition())))
     keys = [k for k in keys if k]   # an empty key is placed at random by both
     assert {k: placed[k] for k in keys} == {k: partition_of(k, 7, partitioner) for k in keys}

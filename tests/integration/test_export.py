@@ -9,14 +9,15 @@ import uuid
 
 import orjson
 import pytest
+from harness import ROOT, OwnRedis, create_topic, produce, run_engine, unique, write_config
 
 from engine.core.times import parse_ts
 from engine.events.decode import EventDecoder
 from engine.offline.backtest import Replay
 from engine.offline.profile import customer_profile, encode_profile
 from engine.rules.compiler import load_and_compile
+from engine.state.customer import decode_state
 from engine.state.redis import RedisStore
-from tests.integration.harness import ROOT
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 AT = "2026-03-05T00:00:00.000Z"
@@ -76,3 +77,33 @@ def test_export_streams_in_batches(redis_url, redis_client):
     assert max(len(b) for b in batches) <= 50 and len(batches) >= len(states) // 50
     assert sorted(cid for b in batches for cid, _ in b) == sorted(states)
     store.close()
+
+
+def test_export_with_config_reads_the_state_the_engine_wrote(kafka_bootstrap, tmp_path):
+    """`export --config` with the settings file `triggers run` ran with: the password is in
+    redis.password, not in the URL, so only the settings give export the way in."""
+    password = "Exp0rt-pw-4d1"
+    own = OwnRedis(tmp_path, password=password).start()
+    try:
+        topic = create_topic(kafka_bootstrap, unique("export-events"))
+        produce(kafka_bootstrap, topic, SAMPLE.read_bytes().splitlines())
+        config = write_config(tmp_path / "c.toml", topic=topic, redis_url=own.url, prefix="exp",
+                              sink_topic=unique("export-triggers"), dead_topic=unique("export-dead"),
+                              extra_redis=f'password = "{password}"')
+        run_engine(config)
+        res = export("--config", str(config), "--at", AT)
+        assert res.returncode == 0, res.stderr
+        got = {p["customer_id"]: p for p in map(orjson.loads, res.stdout.splitlines())}
+        rules, backtest = backtest_states()
+        assert set(got) == set(backtest)   # every customer the engine saw
+        store = RedisStore(own.url, "exp", connection={"password": password})
+        written = {cid: decode_state(image) for batch in store.scan_states() for cid, image in batch}
+        store.close()
+        assert got == {cid: orjson.loads(encode_profile(customer_profile(rules, cid, st, parse_ts(AT))))
+                       for cid, st in written.items()}
+        assert password.encode() not in res.stderr
+
+        without = export("--redis-url", own.url, "--prefix", "exp")   # the flags alone: no password
+        assert without.returncode == 2 and b"AuthenticationError" in without.stderr, without.stderr
+    finally:
+        own.close()

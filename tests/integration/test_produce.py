@@ -14,7 +14,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from harness import ROOT, create_topic, read_topic, run_engine, unique, write_config
 
 from engine.cli.version import engine_version
@@ -66,21 +65,11 @@ def produce_cmd(*args: str) -> list[str]:
 
 
 def keys_and_customers(bootstrap: str, topic: str) -> list[tuple[bytes, str]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("keys"), "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, eof, deadline = [], set(), time.monotonic() + 60
-    while len(eof) < len(parts) and time.monotonic() < deadline:
-        for m in consumer.consume(1000, timeout=1):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF
-                eof.add(m.partition())
-                continue
-            value = json.loads(m.value())
-            out.append((m.key(), value.get("customer_id", value.get("userId"))))
-    consumer.close()
-    return out
+    def key_and_customer(m):
+        value = json.loads(m.value())
+        return m.key(), value.get("customer_id", value.get("userId"))
+
+    return read_topic(bootstrap, topic, key_and_customer)
 
 
 @pytest.mark.skipif(not RETAIL.is_file(), reason="the shared real data is not here")

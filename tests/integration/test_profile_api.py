@@ -13,6 +13,7 @@ import uuid
 
 import orjson
 import pytest
+from harness import ROOT, create_topic, free_port, produce, unique, write_config
 
 from bench.profile_api import measure, wait_committed
 from engine.core.times import parse_ts
@@ -23,7 +24,6 @@ from engine.rules.compiler import load_and_compile
 from engine.rules.reload import LiveRules
 from engine.state.customer import decode_state
 from engine.state.redis import RedisStore
-from tests.integration.harness import ROOT, create_topic, free_port, produce, unique, write_config
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 TOKEN = "t0ken"

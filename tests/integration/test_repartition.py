@@ -62,21 +62,8 @@ def _produce_unkeyed(bootstrap: str, topic: str, values: list[bytes], partitions
 def _read(bootstrap: str, topic: str, isolation: str = "read_committed") -> list[tuple[int, int, bytes | None, bytes,
                                                                                          dict[str, bytes]]]:
     """Every message of a topic as (partition, offset, key, value, headers)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False,
-                         "enable.partition.eof": True, "isolation.level": isolation})
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    out, eof, deadline = [], set(), time.monotonic() + 60
-    while len(eof) < len(partitions) and time.monotonic() < deadline:
-        for m in consumer.consume(1000, timeout=1):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                eof.add(m.partition())
-            else:
-                out.append((m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or [])))
-    consumer.close()
-    assert len(eof) == len(partitions), f"{topic} not read to its end"
-    return out
+    return read_topic(bootstrap, topic, lambda m: (m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or [])),
+                      isolation)
 
 
 def _murmur2(data: bytes) -> int:

@@ -110,10 +110,7 @@ def _population(rules: CompiledRules, events: str | Path | list[Event], at: int)
     input is replayed up to the explain time (as the backtest does) to count them."""
     replay = Replay(rules, lambda _triggers: None, until=at)   # only its counts matter
     if isinstance(events, (str, Path)):
-        for batch in decode_jsonl(events):
-            replay.feed(batch.events)
-            if replay.stopped:
-                break
+        replay.feed_file(events)
     else:
         replay.feed(events)
     counts = replay.session.population.counts
