@@ -583,6 +583,42 @@ def _passes_through(body: ast.expr) -> bool:
     return isinstance(body, ast.Attribute) and isinstance(body.value, ast.Name) and body.value.id in ("event", "profile")
 
 
+_NEVER_ROUNDED_CALLS = frozenset({"len", "lower"})   # an int, a str or None, whatever the arguments
+_ONE_OF_THE_ARGUMENTS = frozenset({"abs", "coalesce"})   # their value is (the magnitude of) an argument
+
+
+def _may_round(node: ast.expr) -> bool:
+    """Whether `without_float_noise` can change what this (checked) expression yields: False only
+    when its shape alone makes it something other than a float, a dict or a list (a comparison,
+    text, a tuple, `len()`...), so a template need not ask every value again. True when the value
+    decides (aggregates, event and profile reads, arithmetic on them)."""
+    if isinstance(node, ast.Constant):
+        return type(node.value) is float
+    if isinstance(node, ast.Name):
+        return node.id not in _KEYWORD_CONSTANTS and node.id != "now"
+    if isinstance(node, ast.Attribute):   # inside a larger expression, or a built-in field of the event
+        return not (isinstance(node.value, ast.Name) and node.value.id == "event" and node.attr in _EVENT_FIELDS)
+    if isinstance(node, (ast.Compare, ast.Tuple)):   # a bool; a tuple is not looked into
+        return False
+    if isinstance(node, ast.UnaryOp):
+        return not isinstance(node.op, ast.Not) and _may_round(node.operand)
+    if isinstance(node, ast.BoolOp):   # one of its operands
+        return any(_may_round(v) for v in node.values)
+    if isinstance(node, ast.IfExp):
+        return _may_round(node.body) or _may_round(node.orelse)
+    if isinstance(node, ast.BinOp):   # `/` makes a float of ints; the others keep their operands' kinds
+        return isinstance(node.op, ast.Div) or _may_round(node.left) or _may_round(node.right)
+    if isinstance(node, ast.List):
+        return any(_may_round(e) for e in node.elts)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        name = node.func.id
+        if name in _NEVER_ROUNDED_CALLS or (name == "round" and len(node.args) == 1):   # round(x): an int
+            return False
+        if name in _ONE_OF_THE_ARGUMENTS:
+            return any(_may_round(a) for a in node.args)
+    return True   # subscripts, the other functions (min/max of one argument yield one of its items)
+
+
 def _build(body: str, bindings: dict[str, Any], source: str) -> ExprFn:
     """exec the generated factory once, in a namespace with no builtins, and bind the
     helpers as closure cells: evaluation then does no name lookup by string."""
@@ -675,7 +711,8 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
       a failing piece renders as "" instead of failing the whole payload.
     A float an expression computes (an aggregate, arithmetic) is rendered without binary noise
     (`engine.actions.numbers`: `{lifetime_spend}` -> 1108.67, not 1108.6699999999998); a plain
-    `event.x` / `profile.x` keeps the value as it came in.
+    `event.x` / `profile.x` keeps the value as it came in. Which pieces can hold such a float is
+    decided here, from their shape (`_may_round`): rendering rounds only those.
     Expressions use the `if:` language; ExprError columns are offsets into the whole string.
     """
     if not isinstance(value, str):
@@ -694,7 +731,7 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
             continue
         offset, inner = part
         source, c, body = _compile_source(inner, env, offset)
-        if not _passes_through(body):
+        if not _passes_through(body) and _may_round(body):
             source = f"_clean({source})"
             bindings["_clean"] = without_float_noise
         bindings.update(c.bindings)

@@ -4,13 +4,17 @@ that moving work from rendering to compiling cannot change a payload."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from engine.actions.numbers import without_float_noise
 from engine.events.model import Event
-from engine.rules.expr import Env, compile_template
+from engine.rules.expr import Env, ExprError, compile_expr, compile_template
 from engine.state.customer import CustomerState
 
 NOW = 1_790_000_000_000
@@ -95,3 +99,43 @@ def test_a_template_read_without_an_event_renders_as_before() -> None:
     """A timer fired without an event: every event.* read is None, so text pieces render ""."""
     assert compile_template("{lifetime_spend} / {event.amount * 6} / {lower(event.name)}", ENV).fn(STATE, None, NOW) \
         == "1108.67 /  / "
+
+
+@pytest.mark.parametrize(("template", "rounds"), [
+    ("{lifetime_spend}", True), ("{event.amount * 6} GBP", True), ("{event['noisy']}", True),
+    ("{days_since(profile.signup)}", True), ("{min(tags)}", True), ("{coalesce(event.missing, 0.1)}", True),
+    ("{event.amount > 1}", False), ("{lower(event.name)}", False), ("{len(event.name)} items", False),
+    ("{round(lifetime_spend)}", False), ("{event.ts} {now}", False), ("{(lifetime_spend,)}", False),
+    ("{'a' + lower(event.name)}", False), ("{[orders > 1, 'x']}", False), ("{event.noisy}", False),
+])
+def test_only_pieces_whose_shape_may_hold_a_float_are_rounded_when_rendered(template: str, rounds: bool) -> None:
+    """The decision is taken when the template is compiled: a comparison, text or `len()` is
+    rendered without asking `without_float_noise` about its value (a plain `event.x` never is)."""
+    assert ("_clean" in compile_template(template, ENV).fn.__code__.co_freevars) is rounds
+
+
+_TOKENS = st.sampled_from([
+    "lifetime_spend", "orders", "spend_by_country", "tags", "now", "event.amount", "event.noisy", "event.ts",
+    "event.name", "profile.score", "true", "null", "0", "3", "0.1", "2.5", "'x'", "+", "-", "*", "/", "//", "%",
+    "==", "<", "in", "not", "and", "or", "if", "else", "(", ")", "[", "]", ",", "['UK']", "[0]",
+    "abs(", "coalesce(", "days_since(", "len(", "lower(", "max(", "min(", "round(", "top(",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TOKENS, min_size=1, max_size=10).map(" ".join))
+def test_a_whole_string_template_is_its_expression_without_float_noise(text: str) -> None:
+    """Whatever shape an expression has, `"{expr}"` renders `without_float_noise` of its value
+    (or the value as it came in, for `event.x` / `profile.x`): deciding at compile time which
+    pieces to round changes no payload."""
+    try:
+        expr = compile_expr(text, ENV)
+        template = compile_template("{" + text + "}", ENV)
+    except ExprError:
+        return
+    for event in (EVENT, None):
+        value = expr.fn(STATE, event, NOW)
+        got = template.fn(STATE, event, NOW)
+        assert repr(got) in (repr(without_float_noise(value)), repr(value)), text
+        if repr(got) != repr(without_float_noise(value)):   # kept as it came in: only a plain read
+            assert re.fullmatch(r"\s*(event|profile)\.\w+\s*", text), text
