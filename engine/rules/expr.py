@@ -33,7 +33,7 @@ import keyword
 import math
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NoReturn, cast
@@ -49,7 +49,7 @@ from engine.state.customer import CustomerState
 
 __all__ = [
     "FUNCTIONS", "RESERVED_NAMES", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template",
-    "reserved_name_problem",
+    "reserved_name_problem", "split_template",
 ]
 
 
@@ -654,9 +654,15 @@ def compile_expr(text: str, env: Env) -> CompiledExpr:
     return CompiledExpr(fn, text, frozenset(c.aggregates), frozenset(c.event_props), frozenset(c.profile_attrs))
 
 
-def _split_template(text: str) -> list[str | tuple[int, str]]:
-    """Literal text and (offset, expression) pieces; `{{` and `}}` are literal braces."""
-    parts: list[str | tuple[int, str]] = []
+def split_template(text: str) -> Iterator[str | tuple[int, str]]:
+    """The pieces of a template, in order: literal text (a str) and placeholders (the offset of
+    their inner text, the inner text). `{{` and `}}` are literal braces; inside `{...}` braces
+    nest and quoted strings are skipped, so `{lower("}")}` is one placeholder.
+
+    The one splitter of `{...}` templates (payload values here, webhook bodies and URLs in
+    `connectors.webhook_body`). A mistake is an ExprError at the offset of the brace, raised
+    where the scan meets it: a caller checking each placeholder as it comes reports the first
+    mistake of the text."""
     buf: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -682,11 +688,11 @@ def _split_template(text: str) -> list[str | tuple[int, str]]:
             if j >= n:
                 raise ExprError("'{' is never closed; write '{{' for a literal brace", i)
             if buf:
-                parts.append("".join(buf))
+                yield "".join(buf)
                 buf = []
             if not text[i + 1 : j].strip():
                 raise ExprError("empty '{}' in template; put an expression inside, e.g. {event.sku}", i)
-            parts.append((i + 1, text[i + 1 : j]))
+            yield (i + 1, text[i + 1 : j])
             i = j + 1
             continue
         if c == "}":
@@ -698,8 +704,7 @@ def _split_template(text: str) -> list[str | tuple[int, str]]:
         buf.append(c)
         i += 1
     if buf:
-        parts.append("".join(buf))
-    return parts
+        yield "".join(buf)
 
 
 def compile_template(value: Any, env: Env) -> CompiledExpr:
@@ -718,7 +723,7 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
     if not isinstance(value, str):
         fn = _build(" " * 8 + "return _value", {"_value": value}, repr(value))
         return CompiledExpr(fn, repr(value), frozenset(), frozenset(), frozenset())
-    parts = _split_template(value)
+    parts = list(split_template(value))
     bindings: dict[str, Any] = {}
     aggregates: set[str] = set()
     props: set[str] = set()
