@@ -302,7 +302,9 @@ class Relay:
         relay one commit behind cleared what it was handed at each such commit and read it all
         back from the outbox (nothing lost, a read and a decoding more). Under `_lock`."""
         skips = self._skips.get(partition)
-        return bool(skips) and skips[-1][0] <= before + 1 and skips[-1][1] == after - 1
+        if not skips:
+            return False
+        return skips[-1][0] <= before + 1 and skips[-1][1] == after - 1
 
     def lag(self) -> dict[str, int]:
         """Partition -> outbox entries committed after this relay's cursor."""
