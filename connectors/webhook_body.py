@@ -32,8 +32,8 @@ from urllib.parse import quote
 
 import msgspec
 
+from engine.actions.placeholders import PlaceholderError, split_template
 from engine.actions.trigger import Trigger
-from engine.rules.expr import ExprError, split_template
 
 __all__ = ["FIELDS", "ITEMS", "BatchTemplate", "BodyTemplate", "TemplateError", "UrlTemplate", "has_placeholder"]
 
@@ -145,7 +145,7 @@ def _getter(name: str, where: _Where, at: int, allowed: Sequence[str]) -> Getter
 
 def _parts(text: str, where: _Where, allowed: Sequence[str]) -> list[str | tuple[str, Getter]]:
     """The string as literal text and (name, getter) placeholders, in order: split as the rules'
-    payload templates are (`engine.rules.expr.split_template`), each name checked as it comes."""
+    payload templates are (`engine.actions.placeholders`), each name checked as it comes."""
     parts: list[str | tuple[str, Getter]] = []
     try:
         for piece in split_template(text):
@@ -160,7 +160,7 @@ def _parts(text: str, where: _Where, allowed: Sequence[str]) -> list[str | tuple
                 raise where.error(f"'{{{inner}}}': a placeholder is a field name only (no conversion, format "
                                   "or index)", at)
             parts.append((name, _getter(name, where, at, allowed)))
-    except ExprError as e:
+    except PlaceholderError as e:
         brace = text[e.col]
         if brace == "{" and e.message.startswith("empty"):
             raise where.error("an empty placeholder '{}'", e.col) from None
@@ -290,5 +290,5 @@ def has_placeholder(text: str) -> bool:
     """Whether a string holds a placeholder (not only escaped braces)."""
     try:
         return any(isinstance(piece, tuple) for piece in split_template(text))
-    except ExprError:   # a lone brace: meant as one
+    except PlaceholderError:   # a lone brace: meant as one
         return True

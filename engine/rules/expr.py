@@ -33,7 +33,7 @@ import keyword
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NoReturn, cast
@@ -41,6 +41,8 @@ from typing import Any, NoReturn, cast
 import msgspec
 
 from engine.actions.numbers import without_float_noise
+from engine.actions.placeholders import PlaceholderError, split_template
+from engine.actions.placeholders import skip_string as _skip_string
 from engine.core.times import parse_ts
 from engine.errors import EngineError
 from engine.events.model import Event
@@ -49,7 +51,7 @@ from engine.state.customer import CustomerState
 
 __all__ = [
     "FUNCTIONS", "RESERVED_NAMES", "CompiledExpr", "Env", "ExprError", "compile_expr", "compile_template",
-    "reserved_name_problem", "split_template",
+    "reserved_name_problem",
 ]
 
 
@@ -495,20 +497,6 @@ def _constant_key(node: ast.AST) -> str | int | None:
 _EVENT_DOTDOT = re.compile(r"\b(event|profile)\s*\.\s*\.\s*([A-Za-z_]\w*)?")
 
 
-def _skip_string(text: str, i: int) -> int:
-    """Index just past the string literal starting at `i` (or len(text) when unterminated)."""
-    quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else text[i]
-    j = i + len(quote)
-    while j < len(text):
-        if text[j] == "\\":
-            j += 2
-        elif text.startswith(quote, j):
-            return j + len(quote)
-        else:
-            j += 1
-    return len(text)
-
-
 def _syntax_hint(text: str) -> tuple[int, str] | None:
     """Spot habits from other languages that Python's own message would not explain."""
     i, n = 0, len(text)
@@ -654,59 +642,6 @@ def compile_expr(text: str, env: Env) -> CompiledExpr:
     return CompiledExpr(fn, text, frozenset(c.aggregates), frozenset(c.event_props), frozenset(c.profile_attrs))
 
 
-def split_template(text: str) -> Iterator[str | tuple[int, str]]:
-    """The pieces of a template, in order: literal text (a str) and placeholders (the offset of
-    their inner text, the inner text). `{{` and `}}` are literal braces; inside `{...}` braces
-    nest and quoted strings are skipped, so `{lower("}")}` is one placeholder.
-
-    The one splitter of `{...}` templates (payload values here, webhook bodies and URLs in
-    `connectors.webhook_body`). A mistake is an ExprError at the offset of the brace, raised
-    where the scan meets it: a caller checking each placeholder as it comes reports the first
-    mistake of the text."""
-    buf: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "{":
-            if text.startswith("{{", i):
-                buf.append("{")
-                i += 2
-                continue
-            j, depth = i + 1, 0
-            while j < n:
-                cj = text[j]
-                if cj in "'\"":
-                    j = _skip_string(text, j)
-                    continue
-                if cj == "{":
-                    depth += 1
-                elif cj == "}":
-                    if depth == 0:
-                        break
-                    depth -= 1
-                j += 1
-            if j >= n:
-                raise ExprError("'{' is never closed; write '{{' for a literal brace", i)
-            if buf:
-                yield "".join(buf)
-                buf = []
-            if not text[i + 1 : j].strip():
-                raise ExprError("empty '{}' in template; put an expression inside, e.g. {event.sku}", i)
-            yield (i + 1, text[i + 1 : j])
-            i = j + 1
-            continue
-        if c == "}":
-            if text.startswith("}}", i):
-                buf.append("}")
-                i += 2
-                continue
-            raise ExprError("single '}' in template; write '}}' for a literal brace", i)
-        buf.append(c)
-        i += 1
-    if buf:
-        yield "".join(buf)
-
-
 def compile_template(value: Any, env: Env) -> CompiledExpr:
     """Compile a payload value of a rule once.
 
@@ -723,7 +658,10 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
     if not isinstance(value, str):
         fn = _build(" " * 8 + "return _value", {"_value": value}, repr(value))
         return CompiledExpr(fn, repr(value), frozenset(), frozenset(), frozenset())
-    parts = list(split_template(value))
+    try:
+        parts = list(split_template(value))
+    except PlaceholderError as e:
+        raise ExprError(e.message, e.col) from None
     bindings: dict[str, Any] = {}
     aggregates: set[str] = set()
     props: set[str] = set()
