@@ -9,7 +9,7 @@ query (Customer.io: `/api/v1/customers/{customer_id}/events`).
 Placeholders
 ------------
 `{name}` in any JSON string of the template (keys included), the syntax of the rules' payload
-templates (`"{event.sku}"`); `{{` and `}}` are a literal brace. A string that is exactly one
+templates (`"{event.sku}"`, split by the same function); `{{` and `}}` are a literal brace. A string that is exactly one
 placeholder is replaced by the value with its JSON type (a number stays a number, `payload` an
 object, a missing value `null`); inside a longer string the value is text (a string as it is,
 anything else as its JSON, a missing value as nothing). In `url` the text is percent-encoded.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from engine.actions.placeholders import PlaceholderError, split_template
 from engine.actions.trigger import Trigger
 
 __all__ = ["FIELDS", "ITEMS", "BatchTemplate", "BodyTemplate", "TemplateError", "UrlTemplate", "has_placeholder"]
@@ -44,7 +44,7 @@ FIELDS = ("trigger_id", "rule_id", "customer_id", "action", "channel", "status",
 ITEMS = "items"
 """`batch_body`'s one placeholder: the list of a request's rendered items."""
 
-_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_LONE_BRACE = "a lone '{0}': write '{0}{0}' for a literal brace, or '{{field}}' for a placeholder"
 _MISSING = None            # a value the trigger does not have renders as null / nothing
 
 Getter = Callable[[Trigger], Any]
@@ -144,33 +144,27 @@ def _getter(name: str, where: _Where, at: int, allowed: Sequence[str]) -> Getter
 
 
 def _parts(text: str, where: _Where, allowed: Sequence[str]) -> list[str | tuple[str, Getter]]:
-    """The string as literal text and (name, getter) placeholders, in order."""
+    """The string as literal text and (name, getter) placeholders, in order: split as the rules'
+    payload templates are (`engine.actions.placeholders`), each name checked as it comes."""
     parts: list[str | tuple[str, Getter]] = []
-    pos = 0
-    literal = ""
-    for m in _TOKEN.finditer(text):
-        literal += text[pos:m.start()]
-        pos = m.end()
-        token = m.group(0)
-        if token in ("{{", "}}"):
-            literal += token[0]
-        elif token in ("{", "}"):
-            raise where.error(f"a lone '{token}': write '{token * 2}' for a literal brace, or "
-                              "'{field}' for a placeholder", m.start())
-        else:
-            name = (m.group(1) or "").strip()
-            if not name:
-                raise where.error("an empty placeholder '{}'", m.start())
+    try:
+        for piece in split_template(text):
+            if isinstance(piece, str):
+                parts.append(piece)
+                continue
+            offset, inner = piece
+            at, name = offset - 1, inner.strip()
+            if "{" in name or "}" in name:   # a field name holds no brace: the outer one is alone
+                raise where.error(_LONE_BRACE.format("{"), at)
             if any(c in name for c in "!:[]"):
-                raise where.error(f"'{token}': a placeholder is a field name only (no conversion, format "
-                                  "or index)", m.start())
-            if literal:
-                parts.append(literal)
-                literal = ""
-            parts.append((name, _getter(name, where, m.start(), allowed)))
-    literal += text[pos:]
-    if literal:
-        parts.append(literal)
+                raise where.error(f"'{{{inner}}}': a placeholder is a field name only (no conversion, format "
+                                  "or index)", at)
+            parts.append((name, _getter(name, where, at, allowed)))
+    except PlaceholderError as e:
+        brace = text[e.col]
+        if brace == "{" and e.message.startswith("empty"):
+            raise where.error("an empty placeholder '{}'", e.col) from None
+        raise where.error(_LONE_BRACE.format(brace), e.col) from None
     return parts
 
 
@@ -294,4 +288,7 @@ class UrlTemplate:
 
 def has_placeholder(text: str) -> bool:
     """Whether a string holds a placeholder (not only escaped braces)."""
-    return any(m.group(1) is not None or m.group(0) in "{}" for m in _TOKEN.finditer(text))
+    try:
+        return any(isinstance(piece, tuple) for piece in split_template(text))
+    except PlaceholderError:   # a lone brace: meant as one
+        return True

@@ -68,10 +68,14 @@ class LiveCustomers:
             self._workers = []
 
     def watch(self, worker: PartitionWorker) -> None:
+        """A worker that now owns its partition here; one watched before for that partition no
+        longer does (its cache would answer an old state of the partition's customers)."""
         with self._lock:
+            self._workers = [w for w in self._workers if w.name != worker.name]
             self._workers.append(worker)
 
     def forget(self, worker: PartitionWorker) -> None:
+        """A worker that ended (its partition done here, stopped or failed): its cache is read no more."""
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)

@@ -209,7 +209,9 @@ class EnginePartition(StatefulSourcePartition):
 
     def _end(self) -> NoReturn:
         """This partition is done here: no longer reported, no longer relayed (the relays stop
-        after their batch once no partition is left: Bytewax does not promise to call `close`)."""
+        after their batch once no partition is left: Bytewax does not promise to call `close`), and
+        no longer read by the profile API, whose answer is then the last commit's (Redis)."""
+        CUSTOMERS.forget(self.worker)
         metrics.HEALTH.forget(self.worker.name)
         if self.relays is not None:
             self.relays.detach(self.worker.name)

@@ -41,6 +41,8 @@ from typing import Any, NoReturn, cast
 import msgspec
 
 from engine.actions.numbers import without_float_noise
+from engine.actions.placeholders import PlaceholderError, split_template
+from engine.actions.placeholders import skip_string as _skip_string
 from engine.core.times import parse_ts
 from engine.errors import EngineError
 from engine.events.model import Event
@@ -495,20 +497,6 @@ def _constant_key(node: ast.AST) -> str | int | None:
 _EVENT_DOTDOT = re.compile(r"\b(event|profile)\s*\.\s*\.\s*([A-Za-z_]\w*)?")
 
 
-def _skip_string(text: str, i: int) -> int:
-    """Index just past the string literal starting at `i` (or len(text) when unterminated)."""
-    quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else text[i]
-    j = i + len(quote)
-    while j < len(text):
-        if text[j] == "\\":
-            j += 2
-        elif text.startswith(quote, j):
-            return j + len(quote)
-        else:
-            j += 1
-    return len(text)
-
-
 def _syntax_hint(text: str) -> tuple[int, str] | None:
     """Spot habits from other languages that Python's own message would not explain."""
     i, n = 0, len(text)
@@ -583,6 +571,42 @@ def _passes_through(body: ast.expr) -> bool:
     return isinstance(body, ast.Attribute) and isinstance(body.value, ast.Name) and body.value.id in ("event", "profile")
 
 
+_NEVER_ROUNDED_CALLS = frozenset({"len", "lower"})   # an int, a str or None, whatever the arguments
+_ONE_OF_THE_ARGUMENTS = frozenset({"abs", "coalesce"})   # their value is (the magnitude of) an argument
+
+
+def _may_round(node: ast.expr) -> bool:
+    """Whether `without_float_noise` can change what this (checked) expression yields: False only
+    when its shape alone makes it something other than a float, a dict or a list (a comparison,
+    text, a tuple, `len()`...), so a template need not ask every value again. True when the value
+    decides (aggregates, event and profile reads, arithmetic on them)."""
+    if isinstance(node, ast.Constant):
+        return type(node.value) is float
+    if isinstance(node, ast.Name):
+        return node.id not in _KEYWORD_CONSTANTS and node.id != "now"
+    if isinstance(node, ast.Attribute):   # inside a larger expression, or a built-in field of the event
+        return not (isinstance(node.value, ast.Name) and node.value.id == "event" and node.attr in _EVENT_FIELDS)
+    if isinstance(node, (ast.Compare, ast.Tuple)):   # a bool; a tuple is not looked into
+        return False
+    if isinstance(node, ast.UnaryOp):
+        return not isinstance(node.op, ast.Not) and _may_round(node.operand)
+    if isinstance(node, ast.BoolOp):   # one of its operands
+        return any(_may_round(v) for v in node.values)
+    if isinstance(node, ast.IfExp):
+        return _may_round(node.body) or _may_round(node.orelse)
+    if isinstance(node, ast.BinOp):   # `/` makes a float of ints; the others keep their operands' kinds
+        return isinstance(node.op, ast.Div) or _may_round(node.left) or _may_round(node.right)
+    if isinstance(node, ast.List):
+        return any(_may_round(e) for e in node.elts)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        name = node.func.id
+        if name in _NEVER_ROUNDED_CALLS or (name == "round" and len(node.args) == 1):   # round(x): an int
+            return False
+        if name in _ONE_OF_THE_ARGUMENTS:
+            return any(_may_round(a) for a in node.args)
+    return True   # subscripts, the other functions (min/max of one argument yield one of its items)
+
+
 def _build(body: str, bindings: dict[str, Any], source: str) -> ExprFn:
     """exec the generated factory once, in a namespace with no builtins, and bind the
     helpers as closure cells: evaluation then does no name lookup by string."""
@@ -618,54 +642,6 @@ def compile_expr(text: str, env: Env) -> CompiledExpr:
     return CompiledExpr(fn, text, frozenset(c.aggregates), frozenset(c.event_props), frozenset(c.profile_attrs))
 
 
-def _split_template(text: str) -> list[str | tuple[int, str]]:
-    """Literal text and (offset, expression) pieces; `{{` and `}}` are literal braces."""
-    parts: list[str | tuple[int, str]] = []
-    buf: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "{":
-            if text.startswith("{{", i):
-                buf.append("{")
-                i += 2
-                continue
-            j, depth = i + 1, 0
-            while j < n:
-                cj = text[j]
-                if cj in "'\"":
-                    j = _skip_string(text, j)
-                    continue
-                if cj == "{":
-                    depth += 1
-                elif cj == "}":
-                    if depth == 0:
-                        break
-                    depth -= 1
-                j += 1
-            if j >= n:
-                raise ExprError("'{' is never closed; write '{{' for a literal brace", i)
-            if buf:
-                parts.append("".join(buf))
-                buf = []
-            if not text[i + 1 : j].strip():
-                raise ExprError("empty '{}' in template; put an expression inside, e.g. {event.sku}", i)
-            parts.append((i + 1, text[i + 1 : j]))
-            i = j + 1
-            continue
-        if c == "}":
-            if text.startswith("}}", i):
-                buf.append("}")
-                i += 2
-                continue
-            raise ExprError("single '}' in template; write '}}' for a literal brace", i)
-        buf.append(c)
-        i += 1
-    if buf:
-        parts.append("".join(buf))
-    return parts
-
-
 def compile_template(value: Any, env: Env) -> CompiledExpr:
     """Compile a payload value of a rule once.
 
@@ -675,13 +651,17 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
       a failing piece renders as "" instead of failing the whole payload.
     A float an expression computes (an aggregate, arithmetic) is rendered without binary noise
     (`engine.actions.numbers`: `{lifetime_spend}` -> 1108.67, not 1108.6699999999998); a plain
-    `event.x` / `profile.x` keeps the value as it came in.
+    `event.x` / `profile.x` keeps the value as it came in. Which pieces can hold such a float is
+    decided here, from their shape (`_may_round`): rendering rounds only those.
     Expressions use the `if:` language; ExprError columns are offsets into the whole string.
     """
     if not isinstance(value, str):
         fn = _build(" " * 8 + "return _value", {"_value": value}, repr(value))
         return CompiledExpr(fn, repr(value), frozenset(), frozenset(), frozenset())
-    parts = _split_template(value)
+    try:
+        parts = list(split_template(value))
+    except PlaceholderError as e:
+        raise ExprError(e.message, e.col) from None
     bindings: dict[str, Any] = {}
     aggregates: set[str] = set()
     props: set[str] = set()
@@ -694,7 +674,7 @@ def compile_template(value: Any, env: Env) -> CompiledExpr:
             continue
         offset, inner = part
         source, c, body = _compile_source(inner, env, offset)
-        if not _passes_through(body):
+        if not _passes_through(body) and _may_round(body):
             source = f"_clean({source})"
             bindings["_clean"] = without_float_noise
         bindings.update(c.bindings)

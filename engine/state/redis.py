@@ -186,8 +186,11 @@ class RedisStore:
     and a re-read event before it is skipped: state effects stay exactly-once), or outbox
     entries written twice (that commit's triggers re-sent, with their ids). Population counts
     (`population`) written before a crash are counted again. The partition's keys share one
-    slot (their hash tag), so a later cluster commit could write outbox and offset in one
-    script.
+    slot (their hash tag): the outbox's entries go in one pipeline, and after the states the
+    population, index, clock and offset in another, the offset its last command (a pipeline
+    runs in order on one connection), so a commit is a handful of round trips whatever it
+    holds: the offset's check, the outbox's tail and entries, one MSET per node, the rest. (A
+    later cluster commit could write outbox and offset in one script.)
 
     Not thread-safe in the sense of batching: use one store per worker (the redis-py client
     underneath has a connection pool and may be shared).
@@ -334,7 +337,7 @@ class RedisStore:
         index. `expected_offset` is the partition's offset as this engine last committed it
         (None: none yet); a store holding anything else raises `StateLost` and writes
         nothing. Single node: one Lua script, one round trip, atomic. Cluster: the check,
-        then the writes one after the other (see above).
+        then the outbox, the states and the partition's other keys, each a pipeline (see above).
         """
         due: dict[str, int] = {}
         idle: list[str] = list(unindex or ())
@@ -355,23 +358,25 @@ class RedisStore:
                 raise StateLost(partition, expected_offset, stored)
             tail = self._append_nonatomic(partition, outbox)
             self.save_many_encoded(images)
-            if population:   # the partition's slot: one pipeline
-                pipe = self.client.pipeline(transaction=False)
-                for (channel, day), hours in population.items():
-                    day_key = self.population_key(partition, day)
-                    for hour, n in enumerate(hours):
-                        if n:
-                            pipe.hincrby(day_key, f"{channel}:{hour}", n)
-                    pipe.expire(day_key, POPULATION_TTL_S)
-                pipe.execute()
+            # The rest is the partition's slot (its hash tag): one pipeline, one round trip, in
+            # this order on one connection, the offset last.
+            pipe = self.client.pipeline(transaction=False)
+            for (channel, day), hours in (population or {}).items():
+                day_key = self.population_key(partition, day)
+                for hour, n in enumerate(hours):
+                    if n:
+                        pipe.hincrby(day_key, f"{channel}:{hour}", n)
+                pipe.expire(day_key, POPULATION_TTL_S)
             if due:
-                self.client.zadd(key, due)
+                pipe.zadd(key, due)
             if idle:
-                self.client.zrem(key, *idle)
+                pipe.zrem(key, *idle)
             if clock is not None:
-                self.client.set(self.clock_key(partition), encode_clock(clock))
+                pipe.set(self.clock_key(partition), encode_clock(clock))
             if offset is not None:
-                self.client.set(offset_key, offset)
+                pipe.set(offset_key, offset)
+            if len(pipe):
+                pipe.execute()
             return tail
         head = self._state_key_head
         args: list[Any] = ["" if expected_offset is None else str(expected_offset),
@@ -404,16 +409,17 @@ class RedisStore:
         return OutboxTail(tail[0], tail[1]) if outbox else None
 
     def _append_nonatomic(self, partition: str, outbox: Sequence[OutboxEntry]) -> OutboxTail | None:
-        """Cluster: the entries after the outbox's last, one XADD each (see the class docstring)."""
+        """Cluster: the entries after the outbox's last, their XADDs in one pipeline (see the class docstring)."""
         if not outbox:
             return None
         key = self.outbox_key(partition)
         seq = self.outbox_tail(partition).last_seq
+        pipe = self.client.pipeline(transaction=False)   # one key: one round trip, in order
         for entry in outbox:
             seq += 1
-            self.client.xadd(key, {"kind": entry.kind.value, "status": entry.status, "data": entry.data},
-                             id=f"{seq}-0")
-        return OutboxTail(seq, self.client.xlen(key))
+            pipe.xadd(key, {"kind": entry.kind.value, "status": entry.status, "data": entry.data}, id=f"{seq}-0")
+        pipe.xlen(key)
+        return OutboxTail(seq, pipe.execute()[-1])
 
     # -- the outbox ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ the kill -9 test of `test_crash.py` runs against this cluster too."""
 from __future__ import annotations
 
 import msgspec
+import redis
 from harness import ROOT, create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
 
 from engine.actions.trigger import Status, Trigger
@@ -46,6 +47,49 @@ def test_the_store_commits_reads_and_relays_on_a_real_cluster(redis_cluster_url)
     entries, tail = store.advance("events-0", "kafka", 3, ["kafka"], 10)   # the relays' script: one slot
     assert [e.seq for e in entries] == [4, 5] and tail.length == 2
     assert store.load_offsets() == {"events-0": 7}
+    store.close()
+
+
+def test_a_cluster_commit_writes_the_partitions_keys_in_one_round_trip_after_the_states(redis_cluster_url,
+                                                                                     monkeypatch):
+    """Review of issue 15: after the states a cluster commit set the population, the deadline index
+    (ZADD, ZREM), the clock and the offset one round trip each, and the outbox one XADD per entry.
+    The partition's keys share one slot: each group is one pipeline, the offset its last command
+    (the states' writes come before it, SPEC §6). A round trip is one write to a node's socket."""
+    store = RedisStore(redis_cluster_url, unique("rt"), cluster=True)
+    states = {f"c{i}": encode_state(CustomerState(last_ts=i)) for i in range(50)}
+    nodes = {store.client.get_node_from_key(store.state_key(c)).name for c in states}
+    items = [Trigger(f"t{i}", "r", f"c{i}", "a", "email", Status.SENT, None, "2026-01-01T00:00:00.000Z", f"e{i}")
+             for i in range(5)]
+    # the first commit (no offset stored before it) opens the connections: their handshakes are not counted
+    store.commit("events-1", states, 1, {}, outbox=encode_items(items[:1]), clock=PartitionClock(1, 1, 1))
+    written: list[list[bytes]] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        packed = command if isinstance(command, list) else [command]
+        chunks = [b"".join(p) if isinstance(p, (list, tuple)) else bytes(p) for p in packed]
+        if b"SETINFO" not in chunks[0][:40] and b"HELLO" not in chunks[0][:20]:
+            written.append(chunks)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    tail = store.commit("events-1", states, 8, {"c1": 100, "c2": None}, unindex=["c3"], expected_offset=1,
+                        outbox=encode_items(items), clock=PartitionClock(5, 6, 8),
+                        population={("email", 20000): [1] + [0] * 23})
+    monkeypatch.undo()
+    # the offset's GET and the outbox's tail, the outbox's entries, the states (one MSET per node), the rest
+    assert len(written) == 2 + 1 + len(nodes) + 1, [w[0][:60] for w in written]
+    assert tail is not None and tail.last_seq == 6
+    last = b"".join(written[-1])   # population, index, clock, then the offset: the pipeline's last command
+    offset_key = store.offset_key("events-1").encode()
+    assert [c in last for c in (b"HINCRBY", b"EXPIRE", b"ZADD", b"ZREM", b"SET")] == [True] * 5
+    assert last.endswith(b"SET\r\n$%d\r\n%s\r\n$1\r\n8\r\n" % (len(offset_key), offset_key))
+    assert store.load_offset("events-1") == 8 and store.load_clock("events-1") == PartitionClock(5, 6, 8)
+    assert store.due_customers("events-1", 1000) == ["c1"]
+    assert store.load_population(["events-1"], [20000]) == {("email", 20000): [1] + [0] * 23}
+    assert [decode_item(e) for e in store.read_outbox("events-1", 0, 10)[0]] == items[:1] + items
+    assert {c: encode_state(s) for c, s in store.load_many(list(states)).items()} == states
     store.close()
 
 

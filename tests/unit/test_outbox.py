@@ -444,3 +444,47 @@ def test_entries_handed_over_by_their_commit_go_out_unread_and_a_relay_behind_th
     assert all(a is b for a, b in zip(out[12:112], handed))               # the objects handed over, not decoded
     assert handed_reads <= 3, handed_reads                                 # 25 commits, 100 triggers: next to no read
     assert store.load_cursors(P)["list"] == 115 and store.outbox_tail(P).length == 0   # cursor saved, outbox trimmed
+
+
+def test_a_filtered_sinks_relay_behind_uses_what_it_was_handed_across_a_commit_with_nothing_for_it() -> None:
+    """Review of issue 15: the relay kept handed entries only while their seqs ran on, so a
+    commit holding none of a filtered sink's statuses (passed as a skip, not handed) cleared what
+    a relay still behind had been handed, and it read all of it back from the outbox. Entries on
+    both sides of such a commit are delivered as handed: no read, the very objects, in order."""
+    reads = {"read": 0}
+
+    class Counting(InMemoryStore):
+        def read_outbox(self, partition: str, after: int, count: int):
+            reads["read"] += 1
+            return super().read_outbox(partition, after, count)
+
+        def advance(self, partition, sink, seq, sinks, count):
+            reads["read"] += 1
+            return super().advance(partition, sink, seq, sinks, count)
+
+    store = Counting()
+    out: list = []
+    group = RelayGroup([SinkSpec("list", lambda: ListSink(out), statuses=frozenset({"sent"}))], lambda: store,
+                       batch_size=50, backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
+    offset = None
+
+    def commit(items: list) -> None:
+        nonlocal offset
+        entries = encode_items(items)
+        tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
+        offset = (offset or 0) + 1
+        assert tail is not None
+        first = tail.last_seq - len(entries) + 1
+        handed = [(msgspec.structs.replace(e, seq=first + i), item) for i, (e, item) in enumerate(zip(entries, items))]
+        group.notify(P, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries), handed)
+
+    sent = [trigger(0), trigger(1), trigger(4)]
+    commit(sent[:2])                                                  # seqs 1-2: for the sink
+    commit([trigger(2, Status.SUPPRESSED), trigger(3, Status.HELD_OUT)])   # seqs 3-4: nothing for it
+    commit([sent[2], trigger(5, Status.SUPPRESSED)])                 # seqs 5-6: one for it
+    group.attach(P)                                                   # the relay starts behind all three
+    wait_for(lambda: group.passed(P) == 6)
+    group.detach(P)
+    assert [t.trigger_id for t in out] == ["t0", "t1", "t4"] and all(a is b for a, b in zip(out, sent))
+    assert reads["read"] == 0, reads
+    assert store.load_cursors(P)["list"] == 6

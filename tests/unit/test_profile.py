@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import orjson
+import pytest
 
 from engine.core.evaluate import Evaluator
 from engine.core.times import format_ts, parse_ts
@@ -186,3 +187,35 @@ def test_a_worker_stuck_in_its_batch_does_not_hold_requests_forever(tmp_path):
         waited = time.monotonic() - started
     assert answers and answers[0][0] == 200 and orjson.loads(answers[0][1])["source"] == "redis"
     assert LOCK_WAIT_S <= waited < LOCK_WAIT_S + 5
+
+
+def test_a_worker_that_ended_or_was_replaced_is_not_read_any_more(tmp_path):
+    """Review: a partition that ended here (stopped, failed, revoked) left its worker in the
+    profile API, whose cache then answered an old state after another owner had committed newer
+    ones. Once its partition ends the answer is Redis's, and a new worker of the partition
+    replaces the old one."""
+    from engine.operators.profile_api import CUSTOMERS
+    from engine.operators.source import EnginePartition
+
+    worker, store, live = _worker(tmp_path)
+    CUSTOMERS.configure(live, lambda: store, None)
+    try:
+        CUSTOMERS.watch(worker)
+        worker.process(Batch(worker, worker.event_log.read(100), False, T0, False))
+        worker.commit(len(EVENTS))
+        assert orjson.loads(CUSTOMERS.answer("/customers/c-1", {})[1])["source"] == "cache"
+        newer = state_of(live.rules, EVENTS[:1])   # what another process, the partition's owner now, committed
+        store.save_many({"c-1": newer})
+        partition = EnginePartition(worker, 100, 10, 1000, exit_at_end=True)
+        with pytest.raises(StopIteration):
+            partition._end()
+        body = orjson.loads(CUSTOMERS.answer("/customers/c-1", {})[1])
+        assert (body["source"], body["aggregates"]["lifetime_spend"]) == ("redis", 0)   # not the cache's 120.5
+
+        (tmp_path / "again").mkdir()
+        again, _, _ = _worker(tmp_path / "again")   # the partition's worker after a restart of its part
+        CUSTOMERS.watch(worker)
+        CUSTOMERS.watch(again)
+        assert CUSTOMERS._workers == [again]
+    finally:
+        CUSTOMERS.configure(live, lambda: store, None)   # no worker left watched for the other tests

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connectors.webhook_body import BatchTemplate, BodyTemplate, TemplateError, UrlTemplate
+from connectors.webhook_body import (
+    FIELDS,
+    BatchTemplate,
+    BodyTemplate,
+    TemplateError,
+    UrlTemplate,
+    _getter,
+    _parts,
+    _Where,
+    has_placeholder,
+)
 from engine.actions.trigger import SENT, SUPPRESSED, Trigger
 from engine.operators.settings import SettingsError, load_settings
 
@@ -104,3 +117,69 @@ def test_a_bad_template_stops_the_settings_at_start_up_naming_sink_setting_and_p
     assert "body at $.events[0].time, character 1: unknown field '{fired}'" in text and "$.sinks.webhook" in text
     env = {"TRIGGERS_SINKS__WEBHOOK__URL": "http://h/x", "TRIGGERS_SINKS__WEBHOOK__BODY": '{"name": "{action}"}'}
     assert load_settings(None, env=env).sinks.webhook.body == '{"name": "{action}"}'   # a variable works too
+
+
+def test_escaped_braces_around_and_between_placeholders() -> None:
+    """`{{`/`}}` are read before a placeholder's brace, as in the rules' payload templates."""
+    assert render('{"a": "{{{customer_id}}}", "b": "}}{{", "c": "{{}}", "d": "{{{{x}}}}", "e": "{{ {channel}}}"}') \
+        == {"a": "{c-1029}", "b": "}{", "c": "{}", "d": "{{x}}", "e": "{ email}"}
+    for lone in ('{"a": "{{{customer_id}}"}', '{"a": "{{customer_id}"}', '{"a": "x}}}"}'):
+        with pytest.raises(TemplateError, match="a lone '}'"):
+            BodyTemplate(lone)
+
+
+_OLD_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def _old_parts(text: str) -> list:
+    """The hand-written splitter webhook_body had before it used the rules' `split_template`."""
+    where = _Where("url", "")
+    parts: list = []
+    pos, literal = 0, ""
+    for m in _OLD_TOKEN.finditer(text):
+        literal += text[pos:m.start()]
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            literal += token[0]
+        elif token in ("{", "}"):
+            raise where.error(f"a lone '{token}': write '{token * 2}' for a literal brace, or "
+                              "'{field}' for a placeholder", m.start())
+        else:
+            name = (m.group(1) or "").strip()
+            if not name:
+                raise where.error("an empty placeholder '{}'", m.start())
+            if any(c in name for c in "!:[]"):
+                raise where.error(f"'{token}': a placeholder is a field name only (no conversion, format "
+                                  "or index)", m.start())
+            if literal:
+                parts.append(literal)
+                literal = ""
+            parts.append((name, _getter(name, where, m.start(), FIELDS)))
+    literal += text[pos:]
+    return [*parts, literal] if literal else parts
+
+
+def _outcome(split) -> object:
+    try:
+        return [p if isinstance(p, str) else p[0] for p in split()]
+    except TemplateError as e:
+        return str(e)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["{", "}", "{{", "}}", "customer_id", "payload.sku", " ", "x", "nope", ":", "[0]",
+                                 "items", "."]), max_size=12).map("".join))
+def test_placeholders_are_split_as_the_hand_written_splitter_did(text: str) -> None:
+    """Without quotes (a field name holds none) the shared splitter gives what the old one gave:
+    the same pieces, or the same error at the same character."""
+    assert _outcome(lambda: _parts(text, _Where("url", ""), FIELDS)) == _outcome(lambda: _old_parts(text))
+    assert has_placeholder(text) == any(m.group(1) is not None or m.group(0) in "{}" for m in _OLD_TOKEN.finditer(text))
+
+
+def test_a_quote_in_a_placeholder_is_still_an_error() -> None:
+    """Where the splitters differ: the shared one skips quoted strings inside `{...}` (payload
+    expressions hold them); a field name holds no quote, so both refuse these, if not alike."""
+    for text in ('{"}"}', "{'}", '{"a"}', "{customer_id'}"):
+        with pytest.raises(TemplateError):
+            UrlTemplate(text)
