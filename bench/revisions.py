@@ -9,6 +9,7 @@ tree, on the same input, and the ratio of each round is reported with the median
     python -m bench.revisions --baseline c75ce00 --live --events-live 200000          # live, Redis state
     python -m bench.revisions --baseline c75ce00 --kafka --events-live 100000 --same-rules   # through Kafka
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
+    python -m bench.revisions --baseline HEAD --compiled --events /tmp/w300k.jsonl   # compiled core vs pure
     python -m bench.revisions --baseline 11e591f --kafka-latency --rounds 3    # through Kafka, 20,000 events/s
     python -m bench.revisions --baseline 11e591f --kafka-latency --same-rules  # the same, both on 11e591f's rules
 
@@ -47,6 +48,12 @@ def extract(revision: str, into: Path) -> Path:
     archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
+
+
+def compile_tree(work: Path) -> Path:
+    """A copy of the current tree with its core compiled by mypyc (scripts/compile.sh)."""
+    subprocess.run(["bash", str(ROOT / "scripts" / "compile.sh"), str(work / "compiled")], check=True)
+    return work / "compiled" / "tree"
 
 
 def backtest(tree: Path, events: str, work: Path, rules: Path | None = None) -> float:
@@ -148,12 +155,15 @@ def main() -> None:
                         "at --rate events/s (p50 and p99 per round, ratio of p99)")
     parser.add_argument("--rate", type=float, default=20_000)
     parser.add_argument("--events-latency", type=int, default=100_000)
+    parser.add_argument("--compiled", action="store_true", help="run the current tree with its core compiled "
+                        "(scripts/compile.sh, in a copy) instead of as pure Python; with --baseline HEAD, the "
+                        "compiled core against the pure one")
     parser.add_argument("--callgrind", type=int, metavar="N", help="count (valgrind) instead of timing: the cost "
                         "of one backtest event at event N of --events")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        trees = {"baseline": extract(args.baseline, work), "current": ROOT}
+        trees = {"baseline": extract(args.baseline, work), "current": compile_tree(work) if args.compiled else ROOT}
         if args.callgrind is not None:
             counts = {name: callgrind(tree, args.events, args.callgrind, work) for name, tree in trees.items()}
             for key in ("Ir", "D1mr", "D1mw"):

@@ -8,11 +8,13 @@ it costs no import of Bytewax or librdkafka. The rules' own hash is `triggers va
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
+from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["PACKAGE", "PrintVersion", "engine_version", "version_line"]
+__all__ = ["PACKAGE", "PrintVersion", "core_build", "engine_version", "version_line"]
 
 PACKAGE = "trigger-engine"
 _LIBRARIES = ("bytewax", "confluent-kafka", "redis", "msgspec")
@@ -26,15 +28,23 @@ def engine_version() -> str:
         return "unknown"
 
 
+def core_build() -> str:
+    """`compiled core` when the evaluation core runs as mypyc's C extensions (setup.py), else
+    `pure-Python core`. Found by where the module would load from, without importing it."""
+    spec = importlib.util.find_spec("engine.core.evaluate")
+    origin = spec.origin if spec is not None else None
+    return "compiled core" if origin and origin.endswith(tuple(EXTENSION_SUFFIXES)) else "pure-Python core"
+
+
 def version_line() -> str:
-    """`triggers 0.1.0 (Python 3.11.7; bytewax 0.21.1, confluent-kafka 2.6.1, ...)`."""
+    """`triggers 0.1.0 (Python 3.11.7, pure-Python core; bytewax 0.21.1, confluent-kafka 2.6.1, ...)`."""
     libs = []
     for name in _LIBRARIES:
         try:
             libs.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             libs.append(f"{name} missing")
-    return f"triggers {engine_version()} (Python {platform.python_version()}; {', '.join(libs)})"
+    return f"triggers {engine_version()} (Python {platform.python_version()}, {core_build()}; {', '.join(libs)})"
 
 
 class PrintVersion(argparse.Action):

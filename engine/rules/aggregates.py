@@ -24,7 +24,7 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from engine.events.model import MAX_EXACT, Event, add_amount, amount
 from engine.rules.model import Aggregate
@@ -119,7 +119,7 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
 
 def _windowed(agg: Aggregate) -> tuple[Update, Read]:
     name, window = agg.name, agg.window
-    field = cast(str, agg.field)   # read only when is_sum, and a sum always names its field
+    field = agg.field or ""   # read only when is_sum, and a sum always names its field (a checked cast when compiled)
     assert window
     bucket_ms = -(-window // WINDOW_BUCKETS)   # ceil
     is_sum = agg.kind == "sum"
@@ -175,7 +175,7 @@ def by_key(value: Any) -> str | None:
 
 def _keyed(agg: Aggregate) -> tuple[Update, Read]:
     name, by = agg.name, agg.by
-    field = cast(str, agg.field)   # read only when is_sum, and a sum always names its field
+    field = agg.field or ""   # read only when is_sum, and a sum always names its field (a checked cast when compiled)
     assert by is not None
     is_sum = agg.kind == "sum"
 

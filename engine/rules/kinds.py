@@ -13,7 +13,7 @@ quiet-hours mode, attribution window), so the policy never reads the rule's sour
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -103,8 +103,12 @@ class CompiledStep:
         self.unless = unless
 
 
-class CompiledRule(ABC):
+class CompiledRule:
     """The interface of every kind. `rule` is the source (explain reads its text and lines).
+
+    Its abstract methods are checked by mypy, not by an `ABC` metaclass: compiled by mypyc
+    (setup.py), `isinstance` of a subclass's instance against another subclass of an ABC
+    answers wrong (a `CrossingRule` was no `ImmediateRule`).
 
     `matched`: the rule's condition held on `ev` (for a crossing, turned true): send, wait or
     start. `fired`: one of its stored (or, for inactivity, implicit) deadlines is due; it appends

@@ -57,6 +57,12 @@ def test_version_names_the_package_and_its_libraries():
     line = res.stdout.strip()
     assert line.startswith(f"triggers {version('trigger-engine')} (Python ")
     assert f"bytewax {version('bytewax')}" in line and f"confluent-kafka {version('confluent-kafka')}" in line
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    import engine.core.evaluate as core  # the same tree's core, as this process loaded it
+
+    compiled = core.__file__ is not None and core.__file__.endswith(tuple(EXTENSION_SUFFIXES))
+    assert ("compiled core" if compiled else "pure-Python core") in line
 
 
 def test_every_command_lists_its_exit_status_in_help():

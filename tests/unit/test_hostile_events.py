@@ -188,13 +188,17 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
     events, _ = EventDecoder().decode_batch([(msg("p1", "purchase", {"amount": 10}), "t:1")])
     replay.feed(events)
     before = encode_state(replay.store.get("c-1"))
-    original = replay.evaluator.decide
+    # The bug is injected as a rule's condition (an attribute, assignable in a compiled core too)
+    vip = replay.evaluator.rules.by_id["vip-5000"]
+    original = vip.cond
 
-    def broken(state, customer_id, moment, out, allow_defer=True):
+    def broken(state, ev, now):
+        if ev.event_id != "p2":   # the restore replays p1 with the same rules: it goes well
+            return original(state, ev, now)
         state.aggs["lifetime_spend"] = "poisoned"   # a half-applied change, then the failure
         raise ZeroDivisionError("injected")
 
-    monkeypatch.setattr(replay.evaluator, "decide", broken)
+    monkeypatch.setattr(vip, "cond", broken)
     out: list = []
     replay.emit = out.extend
     events, _ = EventDecoder().decode_batch([(msg("p2", "purchase", {"amount": 5000}), "t:2")])
@@ -202,7 +206,7 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
     assert len(dead) == 1 and dead[0].stage is Stage.EVALUATE and "ZeroDivisionError: injected" in dead[0].reason
     assert json.loads(dead[0].raw)["event_id"] == "p2"
     assert encode_state(replay.store.get("c-1")) == before and out == []
-    monkeypatch.setattr(replay.evaluator, "decide", original)
+    monkeypatch.setattr(vip, "cond", original)
     events, _ = EventDecoder().decode_batch([(msg("p3", "purchase", {"amount": 5000}), "t:3")])
     replay.feed(events)
     assert [t.rule_id for t in out] == ["vip-5000"] and replay.store.get("c-1").aggs["lifetime_spend"] == 5010
@@ -211,17 +215,15 @@ def test_an_engine_error_dead_letters_the_event_and_restores_the_state(monkeypat
 def test_a_state_that_cannot_be_stored_is_refused_with_its_event(monkeypatch) -> None:
     """A bug that puts an unstorable value into a state (as a 2^64 amount once did) is found at
     the next checkpoint; the event behind it is dead-lettered and the state is rebuilt without it."""
-    from engine.core.evaluate import Evaluator
+    vip = BUNDLED.by_id["vip-5000"]   # a condition every purchase evaluates
+    real = vip.cond
 
-    real = Evaluator.on_event
-
-    def buggy(self, state, ev, out):
-        state = real(self, state, ev, out)
+    def buggy(state, ev, now):
         if ev.event_id == "p1":
             state.profile["oops"] = 2**70   # no msgpack integer holds it
-        return state
+        return real(state, ev, now)
 
-    monkeypatch.setattr(Evaluator, "on_event", buggy)   # the replays hit the same bug
+    monkeypatch.setattr(vip, "cond", buggy)   # the replays (same rules) hit the same bug
     replay = Replay(BUNDLED, lambda out: None)
     dead: list[DeadLetter] = []
     replay.dead_letter = dead.extend
