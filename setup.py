@@ -27,6 +27,7 @@ COMPILED_MODULES = [
     "engine/core/schedule.py",
     "engine/core/session.py",
     "engine/core/times.py",
+    "engine/operators/partition.py",
     "engine/policy/attribution.py",
     "engine/policy/contact.py",
     "engine/policy/timing.py",
@@ -34,6 +35,7 @@ COMPILED_MODULES = [
     "engine/rules/journey.py",
     "engine/rules/kinds.py",
     "engine/state/engagement.py",
+    "engine/state/redis.py",
 ]
 
 

@@ -98,3 +98,14 @@ def shared_data() -> Path:
             "on a laptop, put the data files in ../shared/data"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def compiled_modules() -> list[str]:
+    """setup.py's COMPILED_MODULES (the core mypyc compiles), as module names, read without
+    running setup()."""
+    source = (REPO_ROOT / "setup.py").read_text()
+    start = source.index("COMPILED_MODULES = [")
+    namespace: dict = {}
+    exec(source[start:source.index("]", start) + 1], namespace)   # the list literal alone
+    return [m.removesuffix(".py").replace("/", ".") for m in namespace["COMPILED_MODULES"]]

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -53,7 +53,7 @@ class _Rules(Collector):
     def __init__(self) -> None:
         self.live_rules: LiveRules | None = None
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         version = GaugeMetricFamily("triggers_rules_version", "Rules reloads applied since start (0: the rules "
                                     "of the start)")
         valid = GaugeMetricFamily("triggers_rules_valid", "1 when the rules files on disk are the rules applied, "
@@ -104,7 +104,7 @@ class _Relays(Collector):
         with self._lock:
             return list(self._relays)
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         lag = GaugeMetricFamily("triggers_relay_lag", "Outbox entries committed but not yet passed by the sink's "
                                 "relay", labels=["sink", "partition"])
         delivered = CounterMetricFamily("triggers_relay_delivered", "Items a relay delivered to its sink",

@@ -11,34 +11,12 @@ as lift counts it: engine.policy.customers).
 
 from __future__ import annotations
 
-import msgspec
-
 from engine.events.model import Event, amount
+from engine.policy.outcomes import RuleOutcome
 from engine.rules.model import Attribution
 from engine.state.customer import CustomerState, OpenTrigger
 
 MAX_OPEN = 16   # open triggers kept per customer; the oldest close first
-
-
-class RuleOutcome(msgspec.Struct):
-    """Per-rule counters: what the policy decided, and what the customers did afterwards."""
-
-    sent: int = 0
-    held_out: int = 0
-    suppressed: dict[str, int] = {}     # reason -> count
-    responded: int = 0                  # sent triggers followed by a response event
-    converted: int = 0                  # sent triggers followed by a conversion
-    revenue: float = 0.0
-    held_out_responded: int = 0
-    held_out_converted: int = 0
-    held_out_revenue: float = 0.0
-
-    def add(self, other: RuleOutcome) -> None:
-        for f in ("sent", "held_out", "responded", "converted", "revenue", "held_out_responded",
-                  "held_out_converted", "held_out_revenue"):
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-        for reason, n in other.suppressed.items():
-            self.suppressed[reason] = self.suppressed.get(reason, 0) + n
 
 
 class Attributor:

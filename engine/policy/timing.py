@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
+from engine.policy.outcomes import TimingScore
 from engine.rules.model import Policy
 from engine.state.customer import CustomerState
 from engine.state.engagement import ChannelStats, local_hour, peek, read, record_response, record_send
@@ -70,19 +69,6 @@ def hour_words(choice: HourChoice) -> str:
                 f" responses; top hours {top})")
     return (f"{choice.hour:02d}:00 local, the population's best hour (the customer has {choice.responses}"
             f" responses, too few; the population's top hours {top})")
-
-
-class TimingScore(msgspec.Struct):
-    """Per rule (SPEC §3b): of its sends with `send_time: best` or `channel: best`, how often the
-    chosen hour and channel held the customer's next response, against sending at once on the
-    default channel. A response counts within `RESPONSE_WINDOW` of when the send was first due."""
-
-    sends: int = 0              # sent triggers of the rule that chose an hour or a channel
-    responded: int = 0          # of them, those followed by a response
-    hour_hits: int = 0          # the next response on the channel came in the hour it was sent in
-    hour_hits_at_once: int = 0  # ... in the hour it was first due in (sending at once)
-    channel_hits: int = 0       # the next response came on the channel chosen
-    channel_hits_default: int = 0   # ... on the default channel (the first the customer could get)
 
 
 RESPONSE_WINDOW = 7 * DAY_MS

@@ -308,6 +308,7 @@ class RedisStore:
         """The partition's next offset; an engine's older keys (no hash tag) are renamed first."""
         keys = [self.offset_key(partition), self.deadline_key(partition),
                 f"{self._offset_key_head}{partition}", f"{self.prefix}:t:{partition}"]
+        value: Any
         if self._load_offset_script is not None:
             value = self._load_offset_script(keys=keys)
         else:   # cluster: the legacy keys sit in other slots; copied, then deleted
