@@ -392,24 +392,30 @@ def test_a_commit_after_the_relays_read_ahead_is_not_missed() -> None:
     group.detach("b")
 
 
+class _CountingReads(InMemoryStore):
+    """An in-memory store counting the relays' reads of the outbox (and cursor advances)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = {"read": 0}
+
+    def read_outbox(self, partition: str, after: int, count: int):
+        self.reads["read"] += 1
+        return super().read_outbox(partition, after, count)
+
+    def advance(self, partition, sink, seq, sinks, count):
+        self.reads["read"] += 1
+        return super().advance(partition, sink, seq, sinks, count)
+
+
 def test_entries_handed_over_by_their_commit_go_out_unread_and_a_relay_behind_them_reads_the_outbox() -> None:
     """Issue 15, live CPU: a relay read every commit's entries back from Redis and decoded them,
     right after the commit in the same process had them in hand. Handed over with `notify`, they
     are delivered as they are (the very item objects, no read of the outbox); entries the relay
     was not handed (written before it started, or past a gap) are read from the outbox as before,
     so it delivers everything, in order, once."""
-    reads = {"read": 0}
-
-    class Counting(InMemoryStore):
-        def read_outbox(self, partition: str, after: int, count: int):
-            reads["read"] += 1
-            return super().read_outbox(partition, after, count)
-
-        def advance(self, partition, sink, seq, sinks, count):
-            reads["read"] += 1
-            return super().advance(partition, sink, seq, sinks, count)
-
-    store = Counting()
+    store = _CountingReads()
+    reads = store.reads
     out: list = []
     group = RelayGroup([SinkSpec("list", lambda: ListSink(out))], lambda: store, batch_size=5,
                        backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
@@ -451,18 +457,8 @@ def test_a_filtered_sinks_relay_behind_uses_what_it_was_handed_across_a_commit_w
     commit holding none of a filtered sink's statuses (passed as a skip, not handed) cleared what
     a relay still behind had been handed, and it read all of it back from the outbox. Entries on
     both sides of such a commit are delivered as handed: no read, the very objects, in order."""
-    reads = {"read": 0}
-
-    class Counting(InMemoryStore):
-        def read_outbox(self, partition: str, after: int, count: int):
-            reads["read"] += 1
-            return super().read_outbox(partition, after, count)
-
-        def advance(self, partition, sink, seq, sinks, count):
-            reads["read"] += 1
-            return super().advance(partition, sink, seq, sinks, count)
-
-    store = Counting()
+    store = _CountingReads()
+    reads = store.reads
     out: list = []
     group = RelayGroup([SinkSpec("list", lambda: ListSink(out), statuses=frozenset({"sent"}))], lambda: store,
                        batch_size=50, backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
