@@ -261,15 +261,7 @@ def test_a_commit_with_nothing_for_a_sink_is_passed_without_a_read() -> None:
     dead_relay = group.relays[1]
     group.attach(P)
     wait_for(lambda: group.passed(P) == 0)
-    offset = None
-
-    def commit(items: list) -> None:
-        nonlocal offset
-        entries = encode_items(items)
-        tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
-        offset = (offset or 0) + 1
-        assert tail is not None
-        group.notify(P, tail.last_seq, tail.last_seq - len(entries) + 1, frozenset((e.kind, e.status) for e in entries))
+    commit = _Commits(store, group, hand=False)
 
     reads.clear()
     started = time.monotonic()
@@ -392,6 +384,24 @@ def test_a_commit_after_the_relays_read_ahead_is_not_missed() -> None:
     group.detach("b")
 
 
+class _Commits:
+    """Commits of items to partition P's outbox, told to the relay group as a live worker tells
+    it: the entries' seqs and contents, and (`hand`) the entries with their items."""
+
+    def __init__(self, store: InMemoryStore, group: RelayGroup, hand: bool = True) -> None:
+        self.store, self.group, self.hand, self.offset = store, group, hand, None
+
+    def __call__(self, items: list, hand: bool | None = None) -> None:
+        entries = encode_items(items)
+        tail = self.store.commit(P, {}, (self.offset or 0) + 1, {}, expected_offset=self.offset, outbox=entries)
+        self.offset = (self.offset or 0) + 1
+        assert tail is not None
+        first = tail.last_seq - len(entries) + 1
+        handed = ([(msgspec.structs.replace(e, seq=first + i), item) for i, (e, item) in enumerate(zip(entries, items))]
+                  if (self.hand if hand is None else hand) else [])
+        self.group.notify(P, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries), handed)
+
+
 class _CountingReads(InMemoryStore):
     """An in-memory store counting the relays' reads of the outbox (and cursor advances)."""
 
@@ -419,17 +429,7 @@ def test_entries_handed_over_by_their_commit_go_out_unread_and_a_relay_behind_th
     out: list = []
     group = RelayGroup([SinkSpec("list", lambda: ListSink(out))], lambda: store, batch_size=5,
                        backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
-    offset = None
-
-    def commit(items: list, hand: bool = True) -> None:
-        nonlocal offset
-        entries = encode_items(items)
-        tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
-        offset = (offset or 0) + 1
-        assert tail is not None
-        first = tail.last_seq - len(entries) + 1
-        handed = [(msgspec.structs.replace(e, seq=first + i), item) for i, (e, item) in enumerate(zip(entries, items))]
-        group.notify(P, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries), handed if hand else [])
+    commit = _Commits(store, group)
 
     before = [trigger(n) for n in range(12)]
     commit(before, hand=False)          # before the relay started: only the outbox has them
@@ -462,17 +462,7 @@ def test_a_filtered_sinks_relay_behind_uses_what_it_was_handed_across_a_commit_w
     out: list = []
     group = RelayGroup([SinkSpec("list", lambda: ListSink(out), statuses=frozenset({"sent"}))], lambda: store,
                        batch_size=50, backoff_base_s=0.001, backoff_max_s=0.005, idle_s=0.05)
-    offset = None
-
-    def commit(items: list) -> None:
-        nonlocal offset
-        entries = encode_items(items)
-        tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
-        offset = (offset or 0) + 1
-        assert tail is not None
-        first = tail.last_seq - len(entries) + 1
-        handed = [(msgspec.structs.replace(e, seq=first + i), item) for i, (e, item) in enumerate(zip(entries, items))]
-        group.notify(P, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries), handed)
+    commit = _Commits(store, group)
 
     sent = [trigger(0), trigger(1), trigger(4)]
     commit(sent[:2])                                                  # seqs 1-2: for the sink
