@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from engine.cli.common import CommandError, check_events_file, exit_status
+from engine.cli.common import CommandError, check_events_file, exit_status, read_settings
 
 EXIT_STATUS = {
     0: "every event of FILE was delivered to the topic",
@@ -75,13 +75,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run_produce(args: argparse.Namespace) -> int:
     from engine.operators.logs import setup_logging
-    from engine.operators.settings import SettingsError, load_settings
 
     overrides = {"kafka.brokers": args.brokers.split(",") if args.brokers else None, "kafka.topic": args.topic}
-    try:
-        settings = load_settings(args.config, overrides=overrides)
-    except SettingsError as e:
-        raise CommandError(str(e)) from None
+    settings = read_settings(args.config, overrides)
     if args.timeout <= 0:
         raise CommandError(f"--timeout must be positive, got {args.timeout:g}")
     check_events_file(args.events)

@@ -12,7 +12,7 @@ import logging
 import signal
 from typing import Any
 
-from engine.cli.common import CommandError, exit_status, load_rules
+from engine.cli.common import CommandError, exit_status, load_rules, read_settings
 from engine.cli.version import engine_version
 
 RUN_DESCRIPTION = """\
@@ -134,8 +134,6 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 def _settings(args: argparse.Namespace):
     """The settings of the run: the file, then TRIGGERS_* variables, then the flags."""
-    from engine.operators.settings import SettingsError, load_settings
-
     overrides = {
         "rules": args.rules,
         "kafka.brokers": args.brokers.split(",") if args.brokers else None,
@@ -147,10 +145,7 @@ def _settings(args: argparse.Namespace):
         "addresses": args.addresses.split(";") if args.addresses else None,
         "exit_at_end": args.exit_at_end,
     }
-    try:
-        return load_settings(args.config, overrides=overrides)
-    except SettingsError as e:
-        raise CommandError(str(e)) from None
+    return read_settings(args.config, overrides)
 
 
 def _start(settings, rules, accept_state_loss: bool, log: logging.Logger):
