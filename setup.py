@@ -53,4 +53,5 @@ def _ext_modules() -> list:
     return mypycify(COMPILED_MODULES, opt_level="3")
 
 
-setup(ext_modules=_ext_modules())
+if __name__ == "__main__":   # as pip, build and `python setup.py` run it; tests import the list above
+    setup(ext_modules=_ext_modules())

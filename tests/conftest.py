@@ -8,6 +8,7 @@ so CI cannot go green without having run them. Only the optional shared data may
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +103,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def compiled_modules() -> list[str]:
-    """setup.py's COMPILED_MODULES (the core mypyc compiles), as module names, read without
-    running setup()."""
-    source = (REPO_ROOT / "setup.py").read_text()
-    start = source.index("COMPILED_MODULES = [")
-    namespace: dict = {}
-    exec(source[start:source.index("]", start) + 1], namespace)   # the list literal alone
-    return [m.removesuffix(".py").replace("/", ".") for m in namespace["COMPILED_MODULES"]]
+    """setup.py's COMPILED_MODULES (the core mypyc compiles), as module names; setup.py runs
+    setup() only as a script."""
+    listed = runpy.run_path(str(REPO_ROOT / "setup.py"), run_name="setup_modules")["COMPILED_MODULES"]
+    return [m.removesuffix(".py").replace("/", ".") for m in listed]
