@@ -11,7 +11,9 @@ partition built here (on the worker, so in the process, that owns it), deliver f
 
 The outbox is bounded (`relay.outbox_max_entries` per partition): past it the partition reads
 nothing and commits nothing new (it pauses, says so in the log and on /healthz) until its relays
-have brought it down to `RESUME_SHARE` of the bound.
+have brought it down to `RESUME_SHARE` of the bound. Within a batch of the bound it reads no
+more records than the outbox has room for, so a batch overshoots it by only its events' triggers
+beyond one each.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class EnginePartition(StatefulSourcePartition):
         if self._outbox_full():
             return []
         now = now_ms()
-        records = worker.event_log.read(self.batch_size)
+        records = worker.event_log.read(self._read_size())
         if records:
             worker.next_offset = max(worker.next_offset, records[-1][1] + 1)   # a re-read after a restart starts below it
             self._awake = None
@@ -152,6 +154,13 @@ class EnginePartition(StatefulSourcePartition):
         """Every relay has passed everything committed to this partition's outbox (a bounded run
         ends only then)."""
         return self.relays is None or self.relays.passed(self.worker.name) >= self.worker.outbox_tail.last_seq
+
+    def _read_size(self) -> int:
+        """`batch_size`, or fewer records when the outbox has less room than that: the bound is
+        checked between batches, so one batch of a backlog (after a pause, a full one) could
+        otherwise overshoot it by all the triggers of `batch_size` events."""
+        room = self.outbox_max_entries - self.worker.outbox_tail.length - len(self.worker.outbox)
+        return self.batch_size if room >= self.batch_size else max(1, room)
 
     def _outbox_full(self) -> bool:
         """Whether the partition pauses: its outbox is at the bound (checked after each commit,
