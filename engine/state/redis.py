@@ -186,11 +186,10 @@ class RedisStore:
     and a re-read event before it is skipped: state effects stay exactly-once), or outbox
     entries written twice (that commit's triggers re-sent, with their ids). Population counts
     (`population`) written before a crash are counted again. The partition's keys share one
-    slot (their hash tag): the outbox's entries go in one pipeline, and after the states the
-    population, index, clock and offset in another, the offset its last command (a pipeline
-    runs in order on one connection), so a commit is a handful of round trips whatever it
-    holds: the offset's check, the outbox's tail and entries, one MSET per node, the rest. (A
-    later cluster commit could write outbox and offset in one script.)
+    slot (their hash tag), so the first and the last write are the single node's commit script
+    run on that slot: the offset's check with the outbox entries, and (checked again) the
+    population, index, clock and offset. Each is atomic, and a commit is three round trips and
+    one MSET per node whatever it holds.
 
     Not thread-safe in the sense of batching: use one store per worker (the redis-py client
     underneath has a connection pool and may be shared).
@@ -209,7 +208,7 @@ class RedisStore:
         self.client: Any = (
             RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
         )
-        self._commit_script = None if cluster else self.client.register_script(_COMMIT_LUA)
+        self._commit_script = self.client.register_script(_COMMIT_LUA)
         self._load_offset_script = None if cluster else self.client.register_script(_LOAD_OFFSET_LUA)
         self._read_outbox_script = self.client.register_script(_READ_OUTBOX_LUA)
         self._save_cursor_script = self.client.register_script(_SAVE_CURSOR_LUA)
@@ -337,8 +336,8 @@ class RedisStore:
         customer's earliest deadline (None: none pending), which decides its place in the
         index. `expected_offset` is the partition's offset as this engine last committed it
         (None: none yet); a store holding anything else raises `StateLost` and writes
-        nothing. Single node: one Lua script, one round trip, atomic. Cluster: the check,
-        then the outbox, the states and the partition's other keys, each a pipeline (see above).
+        nothing. Single node: one Lua script, one round trip, atomic. Cluster: the check with the
+        outbox, the states, the partition's other keys (see above).
         """
         due: dict[str, int] = {}
         idle: list[str] = list(unindex or ())
@@ -348,37 +347,27 @@ class RedisStore:
                 idle.append(cid)
             else:
                 due[cid] = when
-        key = self.deadline_key(partition)
-        offset_key = self.offset_key(partition)
         if self.cluster:
-            # In this order, so that a crash between two steps loses nothing: the outbox first (a
-            # crash after it re-sends this commit's triggers, with their ids), then the states
-            # (fenced by the worker: a re-read event they hold is skipped), the offset last.
-            stored = self.load_offset(partition)
-            if stored != expected_offset:
-                raise StateLost(partition, expected_offset, stored)
-            tail = self._append_nonatomic(partition, outbox)
+            # Slot by slot, in this order, so that a crash between two steps loses nothing: the
+            # offset's check with the outbox (a crash after it re-sends this commit's triggers, with
+            # their ids), the states (fenced by the worker: a re-read event they hold is skipped),
+            # then the partition's other keys with the offset, checked again. The first and the last
+            # step are each the commit script on the partition's slot (its keys share a hash tag):
+            # atomic, so no step is ever half applied (a pipeline's commands could be, during a slot
+            # migration, and a second engine that took the partition over in between is refused).
+            tail = self._run_commit(partition, expected_offset, None, None, {}, {}, outbox, None, [])
             self.save_many_encoded(images)
-            # The rest is the partition's slot (its hash tag): one pipeline, one round trip, in
-            # this order on one connection, the offset last.
-            pipe = self.client.pipeline(transaction=False)
-            for (channel, day), hours in (population or {}).items():
-                day_key = self.population_key(partition, day)
-                for hour, n in enumerate(hours):
-                    if n:
-                        pipe.hincrby(day_key, f"{channel}:{hour}", n)
-                pipe.expire(day_key, POPULATION_TTL_S)
-            if due:
-                pipe.zadd(key, due)
-            if idle:
-                pipe.zrem(key, *idle)
-            if clock is not None:
-                pipe.set(self.clock_key(partition), encode_clock(clock))
-            if offset is not None:
-                pipe.set(offset_key, offset)
-            if len(pipe):
-                pipe.execute()
+            self._run_commit(partition, expected_offset, offset, clock, {}, due, (), population, idle)
             return tail
+        return self._run_commit(partition, expected_offset, offset, clock, images, due, outbox, population, idle)
+
+    def _run_commit(self, partition: str, expected_offset: int | None, offset: int | None,
+                    clock: PartitionClock | None, images: Mapping[str, bytes], due: Mapping[str, int],
+                    outbox: Sequence[OutboxEntry], population: PopulationCounts | None,
+                    idle: list[str]) -> OutboxTail | None:
+        """The commit script: nothing unless the stored offset is `expected_offset`; then the
+        states, the index, the outbox's entries, the population, and the offset and clock when
+        given. Every key but the states' is the partition's (one slot in a cluster)."""
         head = self._state_key_head
         args: list[Any] = ["" if expected_offset is None else str(expected_offset),
                            "" if offset is None else str(offset),
@@ -393,7 +382,8 @@ class RedisStore:
         args.append(len(outbox))
         for entry in outbox:
             args += (entry.kind.value, entry.status, entry.data)
-        keys = [offset_key, key, self.outbox_key(partition), self.clock_key(partition)]
+        keys = [self.offset_key(partition), self.deadline_key(partition), self.outbox_key(partition),
+                self.clock_key(partition)]
         at = len(args)
         args.append(0)
         for (channel, day), hours in (population or {}).items():
@@ -403,24 +393,10 @@ class RedisStore:
                     args += (len(keys), f"{channel}:{hour}", n)
                     args[at] += 1
         args.extend(idle)
-        assert self._commit_script is not None   # registered in __init__ unless cluster
         ok, stored, *tail = self._commit_script(keys=keys, args=args)
         if not ok:
             raise StateLost(partition, expected_offset, int(stored) if stored else None)
         return OutboxTail(tail[0], tail[1]) if outbox else None
-
-    def _append_nonatomic(self, partition: str, outbox: Sequence[OutboxEntry]) -> OutboxTail | None:
-        """Cluster: the entries after the outbox's last, their XADDs in one pipeline (see the class docstring)."""
-        if not outbox:
-            return None
-        key = self.outbox_key(partition)
-        seq = self.outbox_tail(partition).last_seq
-        pipe = self.client.pipeline(transaction=False)   # one key: one round trip, in order
-        for entry in outbox:
-            seq += 1
-            pipe.xadd(key, {"kind": entry.kind.value, "status": entry.status, "data": entry.data}, id=f"{seq}-0")
-        pipe.xlen(key)
-        return OutboxTail(seq, pipe.execute()[-1])
 
     # -- the outbox ----------------------------------------------------------------------------
 

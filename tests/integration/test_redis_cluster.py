@@ -11,6 +11,7 @@ the kill -9 test of `test_crash.py` runs against this cluster too."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 import redis
 from harness import ROOT, create_topic, produce, read_topic, run_engine, trigger_key, unique, write_config
 
@@ -22,7 +23,7 @@ from engine.rules.compiler import load_and_compile
 from engine.state.customer import CustomerState, encode_state
 from engine.state.outbox import decode_item, encode_items
 from engine.state.redis import RedisStore
-from engine.state.store import PartitionClock
+from engine.state.store import PartitionClock, StateLost
 
 SAMPLE = ROOT / "examples" / "sample-events.jsonl"
 
@@ -54,14 +55,17 @@ def test_a_cluster_commit_writes_the_partitions_keys_in_one_round_trip_after_the
                                                                                      monkeypatch):
     """Review of issue 15: after the states a cluster commit set the population, the deadline index
     (ZADD, ZREM), the clock and the offset one round trip each, and the outbox one XADD per entry.
-    The partition's keys share one slot: each group is one pipeline, the offset its last command
-    (the states' writes come before it, SPEC §6). A round trip is one write to a node's socket."""
+    Then each group was one pipeline; now the first and the last write are the commit script on
+    the partition's slot (its keys share a hash tag), atomic: the offset's check with the outbox,
+    and after the states, checked again, the rest with the offset. A round trip is one write to a
+    node's socket."""
     store = RedisStore(redis_cluster_url, unique("rt"), cluster=True)
     states = {f"c{i}": encode_state(CustomerState(last_ts=i)) for i in range(50)}
     nodes = {store.client.get_node_from_key(store.state_key(c)).name for c in states}
     items = [Trigger(f"t{i}", "r", f"c{i}", "a", "email", Status.SENT, None, "2026-01-01T00:00:00.000Z", f"e{i}")
              for i in range(5)]
-    # the first commit (no offset stored before it) opens the connections: their handshakes are not counted
+    # the first commit (no offset stored before it) opens the connections and loads the script:
+    # those round trips are not counted
     store.commit("events-1", states, 1, {}, outbox=encode_items(items[:1]), clock=PartitionClock(1, 1, 1))
     written: list[list[bytes]] = []
     send = redis.connection.AbstractConnection.send_packed_command
@@ -78,18 +82,46 @@ def test_a_cluster_commit_writes_the_partitions_keys_in_one_round_trip_after_the
                         outbox=encode_items(items), clock=PartitionClock(5, 6, 8),
                         population={("email", 20000): [1] + [0] * 23})
     monkeypatch.undo()
-    # the offset's GET and the outbox's tail, the outbox's entries, the states (one MSET per node), the rest
-    assert len(written) == 2 + 1 + len(nodes) + 1, [w[0][:60] for w in written]
+    # the check with the outbox's entries, the states (one MSET per node), the rest with the offset
+    assert len(written) == 1 + len(nodes) + 1, [w[0][:60] for w in written]
+    first, last = b"".join(written[0]), b"".join(written[-1])
+    assert first.startswith(b"*") and b"EVALSHA" in first and b"MSET" not in first
+    assert b"EVALSHA" in last and store.offset_key("events-1").encode() in last
+    assert all(b"MSET" in b"".join(w) for w in written[1:-1])
     assert tail is not None and tail.last_seq == 6
-    last = b"".join(written[-1])   # population, index, clock, then the offset: the pipeline's last command
-    offset_key = store.offset_key("events-1").encode()
-    assert [c in last for c in (b"HINCRBY", b"EXPIRE", b"ZADD", b"ZREM", b"SET")] == [True] * 5
-    assert last.endswith(b"SET\r\n$%d\r\n%s\r\n$1\r\n8\r\n" % (len(offset_key), offset_key))
     assert store.load_offset("events-1") == 8 and store.load_clock("events-1") == PartitionClock(5, 6, 8)
     assert store.due_customers("events-1", 1000) == ["c1"]
     assert store.load_population(["events-1"], [20000]) == {("email", 20000): [1] + [0] * 23}
     assert [decode_item(e) for e in store.read_outbox("events-1", 0, 10)[0]] == items[:1] + items
     assert {c: encode_state(s) for c, s in store.load_many(list(states)).items()} == states
+    store.close()
+
+
+def test_a_cluster_commit_writes_nothing_after_the_states_once_another_engine_took_the_partition(
+        redis_cluster_url, monkeypatch):
+    """The partition's other keys were a pipeline written whatever happened after the offset's
+    check: an engine that took the partition over while this one wrote its states (a rebalance,
+    a second replica) got its index, clock and offset overwritten by the older engine. The last
+    write is checked and atomic now: it writes nothing and the older engine learns it lost the
+    partition (`StateLost`), as on a single node."""
+    store = RedisStore(redis_cluster_url, unique("tk"), cluster=True)
+    store.commit("events-2", {"c0": encode_state(CustomerState(last_ts=1))}, 5, {"c0": 50},
+                 clock=PartitionClock(1, 1, 5))
+    save = store.save_many_encoded
+
+    def taken_over_meanwhile(images):
+        save(images)
+        store.client.set(store.offset_key("events-2"), 40)   # the other engine's commit
+
+    monkeypatch.setattr(store, "save_many_encoded", taken_over_meanwhile)
+    with pytest.raises(StateLost) as lost:
+        store.commit("events-2", {"c1": encode_state(CustomerState(last_ts=2))}, 9, {"c1": 90}, expected_offset=5,
+                     clock=PartitionClock(2, 2, 9), population={("email", 20000): [3] + [0] * 23})
+    assert lost.value.found == 40
+    assert store.load_offset("events-2") == 40                      # the other engine's, untouched
+    assert store.load_clock("events-2") == PartitionClock(1, 1, 5)
+    assert store.due_customers("events-2", 1000) == ["c0"]          # no entry of the older engine's
+    assert store.load_population(["events-2"], [20000]) == {}
     store.close()
 
 
