@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.cli.common import exit_status, load_rules
+from engine.cli.common import exit_status, load_rules, read_settings
 from engine.offline.explain import ExplainError, UnknownCustomer, explain_customer, print_explanation
 from engine.state.customer import CustomerState
+
+if TYPE_CHECKING:
+    from engine.operators.settings import RedisSettings
 
 DESCRIPTION = """\
 Explain one customer: the state the rules read (aggregates at the explain time, profile,
@@ -25,8 +28,11 @@ step, the wait it is in (its deadline, the awaited event and match, where yes an
 how the latest walk ended, and, from a backtest, why the walk took each branch.
 
 From a backtest (--events): only this customer's events are replayed; the explain time is
-their last event, --until or --at. Live (--redis-url): the state the engine keeps in Redis,
-read only; the explain time is now or --at.
+their last event, --until or --at. Live (--config or --redis-url): the state the engine keeps in
+Redis, read only; the explain time is now or --at. With --config the rules and Redis are the
+engine's settings, read as `triggers run --config FILE` reads them (the file, then TRIGGERS_*
+variables: URL, prefix, cluster, username, password, TLS); --rules, --redis-url, --prefix and
+--cluster override them.
 """
 
 EPILOG = """\
@@ -35,9 +41,10 @@ examples:
   triggers explain --rules rules/ --events events.jsonl --customer c-31 --rule cart-abandoned --json
   triggers explain --rules rules/ --events events.jsonl --customer c-31 --until 2026-02-01T00:00:00Z
   triggers explain --rules rules/ --redis-url redis://127.0.0.1:6379/0 --prefix te --customer c-31
+  triggers explain --config triggers.toml --customer c-31
 """
 EXIT_STATUS = {0: "explained", 1: "no such customer (no events, no state) or invalid rules",
-               2: "bad usage (no such rule or events file, a bad time, Redis unreachable)"}
+               2: "bad usage (no such rule or events file, a bad time, invalid settings, Redis unreachable)"}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -47,13 +54,16 @@ def add_parser(subparsers: Any) -> None:
         description=DESCRIPTION, epilog=EPILOG + "\n" + exit_status(EXIT_STATUS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--rules", required=True, metavar="RULES_DIR", help="rules directory (or one file)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--events", metavar="FILE", help="backtest: JSONL events, native or Segment form ('-' = stdin)")
-    source.add_argument("--redis-url", metavar="URL", help="live: the Redis holding the engine's state, "
-                        "e.g. redis://127.0.0.1:6379/0")
-    p.add_argument("--prefix", default="te", help="live: the key prefix of the engine's state (default: te)")
-    p.add_argument("--cluster", action="store_true", help="live: --redis-url names a node of a Redis Cluster")
+    p.add_argument("--rules", metavar="RULES_DIR", help="rules directory (or one file); required unless --config "
+                   "names the engine's")
+    p.add_argument("--events", metavar="FILE", help="backtest: JSONL events, native or Segment form ('-' = stdin)")
+    p.add_argument("--config", metavar="FILE", help="live: the engine's settings file (TOML), as for `triggers "
+                   "run`: rules and redis.* (credentials, TLS) come from it")
+    p.add_argument("--redis-url", metavar="URL", help="live: the Redis holding the engine's state, "
+                   "e.g. redis://127.0.0.1:6379/0; overrides redis.url")
+    p.add_argument("--prefix", help="live: the key prefix of the engine's state; overrides redis.prefix (default: te)")
+    p.add_argument("--cluster", action="store_true", default=None, help="live: the Redis URL names a node of a "
+                   "Redis Cluster; overrides redis.cluster")
     p.add_argument("--customer", required=True, metavar="ID", help="the customer id")
     p.add_argument("--rule", metavar="ID", help="explain only this rule")
     p.add_argument("--until", metavar="TIME", help="backtest: events after it (RFC 3339) are not replayed")
@@ -65,10 +75,24 @@ def add_parser(subparsers: Any) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     err = sys.stderr
-    if args.redis_url and args.until:
+    live = args.config is not None or args.redis_url is not None
+    if live == (args.events is not None):
+        print("triggers explain: give --events FILE (a backtest) or --config / --redis-url (live), one of them",
+              file=err)
+        return 2
+    if not live and (args.prefix is not None or args.cluster):
+        print("triggers explain: --prefix and --cluster read the live state (--config or --redis-url)", file=err)
+        return 2
+    if live and args.until:
         print("triggers explain: --until applies to a backtest (--events); live, use --at", file=err)
         return 2
-    rules = load_rules(args.rules, prog="triggers explain")
+    settings = read_settings(args.config, {"rules": args.rules, "redis.url": args.redis_url,
+                                           "redis.prefix": args.prefix, "redis.cluster": args.cluster}) \
+        if live else None
+    if settings is None and args.rules is None:
+        print("triggers explain: --rules is required with --events", file=err)
+        return 2
+    rules = load_rules(settings.rules if settings is not None else args.rules, prog="triggers explain")
     if rules is None:
         return 1
     try:
@@ -78,7 +102,8 @@ def run_explain(args: argparse.Namespace) -> int:
         else:
             if args.rule is not None and args.rule not in rules.by_id:   # before touching Redis
                 explain_customer(rules, args.customer, state=CustomerState(), rule_id=args.rule)
-            state, where = _load_live(args)
+            assert settings is not None
+            state, where = _load_live(settings.redis, args.customer)
             explanation = explain_customer(rules, args.customer, state=state, rule_id=args.rule, at=args.at,
                                            where=where)
     except ExplainError as e:
@@ -91,27 +116,30 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_live(args: argparse.Namespace) -> tuple[CustomerState, str]:
+def _load_live(settings: RedisSettings, customer: str) -> tuple[CustomerState, str]:
+    """The customer's state in the Redis the settings name (connected as every command connects:
+    `RedisStore.from_settings`); read once, never written. Messages show the URL without a password."""
     import redis
 
     from engine.state.redis import RedisStore
 
+    shown = settings.shown()
     try:
-        store = RedisStore(args.redis_url, prefix=args.prefix, cluster=args.cluster)
+        store = RedisStore.from_settings(settings)
     except ValueError as e:
-        raise ExplainError(f"--redis-url {args.redis_url!r}: {e}") from None
-    key = store.state_key(args.customer)
+        raise ExplainError(f"Redis at {shown}: {e}") from None
+    key = store.state_key(customer)
     try:
-        states = store.load_many([args.customer])
+        states = store.load_many([customer])
     except redis.RedisError as e:
-        raise ExplainError(f"cannot read {key} from Redis at {args.redis_url}: {e}") from None
+        raise ExplainError(f"cannot read {key} from Redis at {shown}: {type(e).__name__}: {e}") from None
     except msgspec.DecodeError as e:
-        raise UnknownCustomer(f"{key} in Redis at {args.redis_url} is not an engine state: {e}") from None
+        raise UnknownCustomer(f"{key} in Redis at {shown} is not an engine state: {e}") from None
     finally:
         store.close()
-    state = states.get(args.customer)
+    state = states.get(customer)
     if state is None:
-        raise UnknownCustomer(f"no state for customer '{args.customer}' in Redis at {args.redis_url} "
-                              f"(key {key}; is --prefix {args.prefix!r} the engine's?)")
-    return state, f"{args.redis_url} key {key}"
+        raise UnknownCustomer(f"no state for customer '{customer}' in Redis at {shown} "
+                              f"(key {key}; is --prefix {settings.prefix!r} the engine's?)")
+    return state, f"{shown} key {key}"
 

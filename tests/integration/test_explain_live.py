@@ -1,4 +1,4 @@
-"""`triggers explain --redis-url`: a customer's live state, read from the real Redis."""
+"""`triggers explain --redis-url` and `--config`: a customer's live state, read from the real Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import uuid
 
 import msgspec
 import pytest
+from harness import OwnRedis
 
+from engine.cli.common import CommandError
 from engine.cli.explain import add_parser
 from engine.core.evaluate import Evaluator
 from engine.core.times import format_ts, parse_ts
@@ -123,3 +125,41 @@ def test_explain_live_redis_unreachable(live, capsys):
     assert cli(["explain", "--rules", str(rules_dir), "--redis-url", "redis://127.0.0.1:1/0",
                 "--customer", "c-live"]) == 2
     assert "cannot read te:s:{c-live} from Redis at redis://127.0.0.1:1/0" in capsys.readouterr().err
+
+
+def test_explain_live_with_config_uses_the_engines_settings(tmp_path, capsys):
+    """Review of issue 15: export and backfill took the engine's settings file, explain only
+    --redis-url/--prefix/--cluster, so a Redis whose password is in `redis.password` (not in the
+    URL, as the settings reference advises) could not be explained live. `--config` reads the
+    settings as `triggers run` does; messages show the URL without a password."""
+    password = "Expl41n-pw-9c"
+    own = OwnRedis(tmp_path, password=password).start()
+    try:
+        rules_dir = tmp_path / "rules"
+        rules_dir.mkdir()
+        (rules_dir / "rules.yaml").write_text(RULES)
+        rules = load_and_compile(rules_dir)
+        out: list = []
+        state = Evaluator(rules).on_event(None, Event("e1", "purchase", "c-cfg", T0, {"amount": 4200}), out)
+        store = RedisStore(own.url, prefix="cfg", connection={"password": password})
+        store.save_many({"c-cfg": state})
+        store.close()
+        config = tmp_path / "triggers.toml"
+        config.write_text(f'rules = "{rules_dir}"\n[redis]\nurl = "{own.url}"\nprefix = "cfg"\n'
+                          f'password = "{password}"\n')
+        assert cli(["explain", "--config", str(config), "--customer", "c-cfg", "--at", format_ts(T0 + MIN)]) == 0
+        res = capsys.readouterr()
+        assert "lifetime_spend = 4200 → false" in res.out
+        assert f"live state from {own.url} key cfg:s:{{c-cfg}}" in res.out and password not in res.out + res.err
+        # the flags override the file's: another prefix holds no such customer
+        assert cli(["explain", "--config", str(config), "--prefix", "other", "--customer", "c-cfg"]) == 1
+        assert "--prefix 'other'" in capsys.readouterr().err
+        # the URL alone: no password, no way in
+        assert cli(["explain", "--rules", str(rules_dir), "--redis-url", own.url, "--prefix", "cfg",
+                    "--customer", "c-cfg"]) == 2
+        assert "AuthenticationError" in capsys.readouterr().err
+        with pytest.raises(CommandError, match="not_a_setting"):   # invalid settings refuse (exit 2 in `triggers`)
+            config.write_text(config.read_text() + "not_a_setting = 1\n")
+            cli(["explain", "--config", str(config), "--customer", "c-cfg"])
+    finally:
+        own.close()

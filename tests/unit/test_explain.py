@@ -313,11 +313,28 @@ def test_cli_errors(setup, tmp_path, capsys):
     assert "--until" in capsys.readouterr().err
 
 
+def test_cli_one_source_of_state(setup, capsys):
+    """A backtest (--events) or the live state (--config and/or --redis-url): exactly one, and the
+    live-only flags refused with --events (they would be ignored in silence)."""
+    rules_path, events_path = setup
+    assert cli(["explain", "--rules", str(rules_path), "--customer", "c1"]) == 2
+    assert "give --events FILE (a backtest) or --config / --redis-url (live)" in capsys.readouterr().err
+    assert cli(["explain", "--rules", str(rules_path), "--events", str(events_path), "--redis-url",
+                "redis://127.0.0.1:1/0", "--customer", "c1"]) == 2
+    assert "one of them" in capsys.readouterr().err
+    assert cli(["explain", "--rules", str(rules_path), "--events", str(events_path), "--prefix", "x",
+                "--customer", "c1"]) == 2
+    assert "--prefix and --cluster read the live state" in capsys.readouterr().err
+    assert cli(["explain", "--events", str(events_path), "--customer", "c1"]) == 2
+    assert "--rules is required with --events" in capsys.readouterr().err
+
+
 def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         cli(["explain", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "--redis-url" in text and "--customer c-31" in text
+    assert "triggers explain --config triggers.toml --customer c-31" in text
 
 
 # -- told by the policy, not rebuilt from the trigger list ----------------------------------------
