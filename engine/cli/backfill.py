@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import CommandError, check_events_file, exit_status, load_rules, read_settings
+from engine.cli.common import CommandError, add_redis_options, check_events_file, exit_status, load_rules, read_settings, redis_overrides
 
 if TYPE_CHECKING:
     from engine.operators.settings import KafkaSource
@@ -49,11 +49,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--rules", metavar="RULES_DIR", help="the rules the live engine will run; overrides the "
                    "settings' rules (default: rules)")
     p.add_argument("--events", required=True, metavar="HISTORY", help="JSONL events, native or Segment form")
-    p.add_argument("--redis-url", metavar="URL", help="the live engine's Redis; overrides redis.url "
-                   "(default: redis://127.0.0.1:6379/0)")
-    p.add_argument("--prefix", help="the live engine's key prefix; overrides redis.prefix (default: te)")
-    p.add_argument("--cluster", action="store_true", default=None, help="the Redis URL names a node of a Redis "
-                   "Cluster; overrides redis.cluster")
+    add_redis_options(p, "the live engine's")
     p.add_argument("--topic", help="the live engine's topic; overrides kafka.topic (default: customer-events)")
     p.add_argument("--partitions", required=True, type=int, metavar="N", help="the topic's partitions")
     p.add_argument("--brokers", metavar="HOST:PORT,...", help="Kafka, for the topic's current end; overrides "
@@ -79,8 +75,7 @@ def run_backfill(args: argparse.Namespace) -> int:
     if args.partitions < 1:
         raise CommandError("--partitions must be at least 1")
     settings = read_settings(args.config, {
-        "rules": args.rules, "redis.url": args.redis_url, "redis.prefix": args.prefix, "redis.cluster": args.cluster,
-        "kafka.topic": args.topic, "kafka.brokers": args.brokers.split(",") if args.brokers else None})
+        **redis_overrides(args), "kafka.topic": args.topic, "kafka.brokers": args.brokers.split(",") if args.brokers else None})
     r, topic = settings.redis, settings.kafka.topic
     check_events_file(args.events)
     rules = load_rules(settings.rules, prog="triggers backfill")

@@ -8,6 +8,7 @@ cannot work; 1: invalid rules). Rules errors are printed here, every one as
 
 from __future__ import annotations
 
+import argparse
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -23,8 +24,8 @@ from engine.rules.errors import MAX_ERRORS, RulesInvalid
 if TYPE_CHECKING:
     from engine.operators.settings import Settings
 
-__all__ = ["BROKEN_PIPE", "CommandError", "check_events_file", "exit_status", "load_rules", "parse_until",
-           "print_rules_invalid", "read_input", "read_settings"]
+__all__ = ["BROKEN_PIPE", "CommandError", "add_redis_options", "check_events_file", "exit_status", "load_rules",
+           "parse_until", "print_rules_invalid", "read_input", "read_settings", "redis_overrides"]
 
 BROKEN_PIPE = 141   # 128 + SIGPIPE: what a shell reports for a tool whose reader went away (`| head`)
 
@@ -70,6 +71,22 @@ def read_settings(config: str | None, overrides: Mapping[str, Any]) -> Settings:
         return load_settings(config, overrides=overrides)
     except SettingsError as e:
         raise CommandError(str(e)) from None
+
+
+def add_redis_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--redis-url, --prefix and --cluster, over the settings' redis.*: where the engine's state is,
+    the same three flags for every command that reads it (`whose`: "the engine's", ...)."""
+    parser.add_argument("--redis-url", metavar="URL", help=f"{whose} Redis; overrides redis.url "
+                        "(default: redis://127.0.0.1:6379/0)")
+    parser.add_argument("--prefix", help=f"{whose} key prefix; overrides redis.prefix (default: te)")
+    parser.add_argument("--cluster", action="store_true", default=None, help="the Redis URL names a node of a "
+                        "Redis Cluster; overrides redis.cluster")
+
+
+def redis_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings `--rules` and `add_redis_options`' flags override (None: not given)."""
+    return {"rules": args.rules, "redis.url": args.redis_url, "redis.prefix": args.prefix,
+            "redis.cluster": args.cluster}
 
 
 def parse_until(text: str | None) -> int | None:

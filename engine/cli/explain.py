@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.cli.common import exit_status, load_rules, read_settings
+from engine.cli.common import add_redis_options, exit_status, load_rules, read_settings, redis_overrides
 from engine.offline.explain import ExplainError, UnknownCustomer, explain_customer, print_explanation
 from engine.state.customer import CustomerState
 
@@ -59,11 +59,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--events", metavar="FILE", help="backtest: JSONL events, native or Segment form ('-' = stdin)")
     p.add_argument("--config", metavar="FILE", help="live: the engine's settings file (TOML), as for `triggers "
                    "run`: rules and redis.* (credentials, TLS) come from it")
-    p.add_argument("--redis-url", metavar="URL", help="live: the Redis holding the engine's state, "
-                   "e.g. redis://127.0.0.1:6379/0; overrides redis.url")
-    p.add_argument("--prefix", help="live: the key prefix of the engine's state; overrides redis.prefix (default: te)")
-    p.add_argument("--cluster", action="store_true", default=None, help="live: the Redis URL names a node of a "
-                   "Redis Cluster; overrides redis.cluster")
+    add_redis_options(p, "live: the engine's")
     p.add_argument("--customer", required=True, metavar="ID", help="the customer id")
     p.add_argument("--rule", metavar="ID", help="explain only this rule")
     p.add_argument("--until", metavar="TIME", help="backtest: events after it (RFC 3339) are not replayed")
@@ -86,9 +82,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if live and args.until:
         print("triggers explain: --until applies to a backtest (--events); live, use --at", file=err)
         return 2
-    settings = read_settings(args.config, {"rules": args.rules, "redis.url": args.redis_url,
-                                           "redis.prefix": args.prefix, "redis.cluster": args.cluster}) \
-        if live else None
+    settings = read_settings(args.config, redis_overrides(args)) if live else None
     if settings is None and args.rules is None:
         print("triggers explain: --rules is required with --events", file=err)
         return 2

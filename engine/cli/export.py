@@ -8,7 +8,7 @@ import sys
 from contextlib import nullcontext
 from typing import IO, Any
 
-from engine.cli.common import CommandError, exit_status, load_rules, read_settings
+from engine.cli.common import CommandError, add_redis_options, exit_status, load_rules, read_settings, redis_overrides
 
 DESCRIPTION = """\
 Write the customer states the live engine keeps in Redis as JSONL, one object per customer, in
@@ -41,11 +41,7 @@ def add_parser(subparsers: Any) -> None:
                    "rules and redis.* (credentials, TLS) come from it")
     p.add_argument("--rules", metavar="RULES_DIR", help="the rules the engine runs (they say what the aggregates "
                    "are and how to read them); overrides the settings' rules (default: rules)")
-    p.add_argument("--redis-url", metavar="URL", help="the Redis holding the engine's state; overrides redis.url "
-                   "(default: redis://127.0.0.1:6379/0)")
-    p.add_argument("--prefix", help="the key prefix of the engine's state; overrides redis.prefix (default: te)")
-    p.add_argument("--cluster", action="store_true", default=None, help="the Redis URL names a node of a Redis "
-                   "Cluster; overrides redis.cluster")
+    add_redis_options(p, "the engine's")
     p.add_argument("--customer", metavar="ID", help="only this customer")
     p.add_argument("--at", metavar="TIME", help="read the values at this time (RFC 3339); default: now")
     p.add_argument("--out", default="-", metavar="FILE", help="where to write ('-' = stdout, the default)")
@@ -58,8 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
     from engine.core.times import now_ms, parse_ts
     from engine.state.redis import RedisStore
 
-    settings = read_settings(args.config, {"rules": args.rules, "redis.url": args.redis_url,
-                                           "redis.prefix": args.prefix, "redis.cluster": args.cluster})
+    settings = read_settings(args.config, redis_overrides(args))
     r = settings.redis
     rules = load_rules(settings.rules, prog="triggers export")
     if rules is None:
