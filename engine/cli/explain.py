@@ -83,7 +83,7 @@ def run_explain(args: argparse.Namespace) -> int:
         print("triggers explain: --until applies to a backtest (--events); live, use --at", file=err)
         return 2
     settings = read_settings(args.config, redis_overrides(args)) if live else None
-    if settings is None and args.rules is None:
+    if not live and args.rules is None:
         print("triggers explain: --rules is required with --events", file=err)
         return 2
     rules = load_rules(settings.rules if settings is not None else args.rules, prog="triggers explain")

@@ -188,7 +188,7 @@ class RedisStore:
     (`population`) written before a crash are counted again. The partition's keys share one
     slot (their hash tag), so the first and the last write are the single node's commit script
     run on that slot: the offset's check with the outbox entries, and (checked again) the
-    population, index, clock and offset. Each is atomic, and a commit is three round trips and
+    population, index, clock and offset. Each is atomic, and a commit is two script calls and
     one MSET per node whatever it holds.
 
     Not thread-safe in the sense of batching: use one store per worker (the redis-py client

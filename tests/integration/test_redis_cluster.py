@@ -87,6 +87,9 @@ def test_a_cluster_commit_writes_the_partitions_keys_in_one_round_trip_after_the
     first, last = b"".join(written[0]), b"".join(written[-1])
     assert first.startswith(b"*") and b"EVALSHA" in first and b"MSET" not in first
     assert b"EVALSHA" in last and store.offset_key("events-1").encode() in last
+    # population, index (ZADD c1, ZREM c3), clock and offset 8 all travel in that last, atomic write
+    assert all(part in last for part in (b"email:0", b"c1", b"c3", store.clock_key("events-1").encode(),
+                                         store.deadline_key("events-1").encode(), b"$1\r\n8\r\n"))
     assert all(b"MSET" in b"".join(w) for w in written[1:-1])
     assert tail is not None and tail.last_seq == 6
     assert store.load_offset("events-1") == 8 and store.load_clock("events-1") == PartitionClock(5, 6, 8)
