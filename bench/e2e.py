@@ -151,8 +151,8 @@ class Pace:
     that its start-up (Bytewax, Redis, the first look at each partition) is not counted as the
     events' wait, as the Kafka run waits for /healthz before it produces."""
 
-    def __init__(self) -> None:
-        self.start: float | None = None
+    def __init__(self, start: float | None = None) -> None:
+        self.start = start   # a fixed wall-clock start, or None: the first call starts it
 
     def now(self) -> float:
         """Seconds since the clock started (it starts at the first call)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from bytewax.testing import run_main
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.e2e import PacedLog
+from bench.e2e import Pace, PacedLog
 from connectors.base import Sink
 from engine.events.decode import read_jsonl
 from engine.operators.flow import build_flow
@@ -67,11 +67,12 @@ def paced_flow(redis_url: str, rules_dir: Path, lines: list[bytes], rate: float,
             cid = ""
         name = f"ops-{zlib.crc32(cid.encode()) % PARTITIONS}"
         parts[name].append(raw)
-        release[name].append(t0 + i / rate)
+        release[name].append(i / rate)
+    pace = Pace(t0)   # released from t0 on, whenever the engine starts reading
     prefix = f"ops{uuid.uuid4().hex[:6]}"
     settings = Settings(rules=str(rules_dir), exit_at_end=True, commit_interval_ms=100, reload_interval_ms=200)
     return build_flow(settings, load_and_compile(rules_dir), partitions=sorted(parts),
-                      open_log=lambda name, start: PacedLog(name, parts[name], release[name], start),
+                      open_log=lambda name, start: PacedLog(name, parts[name], release[name], pace, start),
                       store=lambda: RedisStore(redis_url, prefix), sinks={"list": lambda _w: ListSink(out)},
                       dead_letters=lambda _w: ListSink(dead))
 
