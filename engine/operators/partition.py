@@ -46,6 +46,9 @@ IN_FLIGHT_MS = 1000
 EAGER_COMMIT_S = 0.01
 
 
+EMPTY: frozenset[str] = frozenset()
+
+
 class Fatal(EngineError):
     """A condition waiting cannot fix (Redis refused the credentials): the run stops, exit 2."""
 
@@ -53,7 +56,7 @@ class Fatal(EngineError):
 class Batch:
     """What the source hands the evaluate step: raw records and the clock they were read at."""
 
-    __slots__ = ("worker", "records", "caught_up", "now", "scan_index", "backlog")
+    __slots__ = ("worker", "records", "caught_up", "now", "scan_index", "backlog", "decoded")
 
     def __init__(self, worker: PartitionWorker, records: list[Record], caught_up: bool,
                  now: int, scan_index: bool, backlog: bool = False) -> None:
@@ -63,6 +66,7 @@ class Batch:
         self.now = now                  # wall clock, epoch ms
         self.scan_index = scan_index    # also look for due customers in Redis's deadline index
         self.backlog = backlog          # the read was cut at the batch size: more records are waiting
+        self.decoded: tuple | None = None   # (rules version, `_decode`'s result), by `prefetch`
 
 
 class PartitionStats:
@@ -117,6 +121,7 @@ class PartitionWorker:
         self.has_committed = has_offset         # the store holds an offset for this partition
         self.stats = PartitionStats()
         self.failed = False                     # a fatal error stopped this partition's work
+        self._asked: set[str] | frozenset[str] = EMPTY   # looked for by `prefetch` for the next batch
         self.lock = threading.RLock()           # held while states change; the profile API reads under it
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
@@ -171,7 +176,11 @@ class PartitionWorker:
         out: list = []
         if batch.records and self.first_record_at is None:
             self.first_record_at = time.time()
-        events, dead, offsets = self._decode(batch.records)
+        ahead = batch.decoded
+        if ahead is not None and ahead[0] == self.rules_version:
+            events, dead, offsets = ahead[1]
+        else:
+            events, dead, offsets = self._decode(batch.records)
         if self.reread_below:
             events, dead, offsets = self._skip_applied(batch.records, events, dead, offsets)
         session = self.session
@@ -189,6 +198,7 @@ class PartitionWorker:
                 events, offsets = self._skip_fenced(events, offsets)
             refused = session.apply(events, out, offsets)
             dead += session.take_rejected()
+        self._asked = EMPTY   # (only this batch's events were asked for)
         self._fire_due(batch, out, dead)
         self.dirty.update(session.take_fired())
         stats = self.stats
@@ -285,10 +295,35 @@ class PartitionWorker:
             return False
         return not self._redis(lambda: self.store.due_customers(self.name, now, 1), "deadline index lookup")
 
+    def wanted(self, batch: Batch) -> list[str]:
+        """Decode `batch` ahead (kept on it) and name its customers not cached, for `prefetch`."""
+        if not batch.records or self.failed or self.live_rules.version != self.rules_version:
+            return []
+        decoded = self._decode(batch.records)
+        batch.decoded = (self.rules_version, decoded)
+        cache = self.cache
+        return [cid for cid in {e.customer_id for e in decoded[0]} if cid not in cache]
+
+    def preloaded(self, asked: list[str], images: dict[str, bytes]) -> None:
+        """The states `prefetch` read for `asked` (the customers absent from Redis are new): the
+        next `_load` does not ask for them again."""
+        with self.lock:
+            known, cache, asked_ = self.session.loaded, self.cache, set(asked)
+            for cid, image in images.items():
+                if cid not in cache:
+                    try:
+                        state = decode_state(image)
+                    except Exception:   # left to `_load`, which meets it where the batch's errors are handled
+                        asked_.discard(cid)
+                        continue
+                    known(cid, state, image)
+            self._asked = asked_
+
     def _load(self, customer_ids: set[str]) -> None:
         """Bring states into the cache, and their deadlines into the local index: a cached
         customer is only looked for there (the Redis index scan skips cached customers)."""
-        missing = [cid for cid in customer_ids if cid not in self.cache]
+        asked, self._asked = self._asked, EMPTY
+        missing = [cid for cid in customer_ids if cid not in self.cache and cid not in asked]
         if not missing:
             return
         loaded = self._redis(lambda: self.store.load_many_encoded(missing), "state load")
