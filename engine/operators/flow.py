@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import bytewax.operators as op
-import redis
 from bytewax.dataflow import Dataflow
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -116,23 +115,28 @@ def prefetch(batches: list[Batch]) -> None:
     partition: the batches of several partitions often arrive together, and at 20,000 events/s
     these round trips were most of the dataflow thread's time. The log is keyed by customer and a
     state key is the customer's, so one store reads for all partitions whose stores read the same
-    place (`RedisStore.reads`; any other store only for its own partitions). A failure here is
-    left to each partition's own load, which retries or stops."""
+    place (`PartitionStore.reads`; a store without it only for its own partitions). Only a
+    partition's first batch here is read ahead: a later one follows states the first changes.
+    Any failure is left to each partition's own load, which retries or stops as it does for
+    every read."""
     groups: dict[object, list[tuple[Batch, list[str]]]] = {}
+    seen: set[int] = set()
     for b in batches:
-        ids = b.worker.wanted(b)
-        if ids:
-            store = b.worker.store
-            groups.setdefault(getattr(store, "reads", None) or id(store), []).append((b, ids))
+        worker = b.worker
+        if id(worker) in seen:
+            continue
+        seen.add(id(worker))
+        if ids := worker.wanted(b):
+            groups.setdefault(getattr(worker.store, "reads", None) or id(worker.store), []).append((b, ids))
     for wanted in groups.values():
         if len(wanted) < 2:
             continue   # one partition's load is as cheap in its own pass
         try:
             images = wanted[0][0].worker.store.load_many_encoded([cid for _, ids in wanted for cid in ids])
-        except redis.RedisError:   # an outage, or refused credentials
+        except Exception:   # met again, and handled, by the partition's own load
             continue
         for b, ids in wanted:
-            b.worker.preloaded(ids, {cid: images[cid] for cid in ids if cid in images})
+            b.worker.preloaded(ids, images)
 
 
 def build_flow(settings: Settings, rules: CompiledRules, partitions: list[str] | None = None,

@@ -305,19 +305,20 @@ class PartitionWorker:
         return [cid for cid in {e.customer_id for e in decoded[0]} if cid not in cache]
 
     def preloaded(self, asked: list[str], images: dict[str, bytes]) -> None:
-        """The states `prefetch` read for `asked` (the customers absent from Redis are new): the
-        next `_load` does not ask for them again."""
+        """The states `prefetch` read for `asked` (the customers absent from `images` are new):
+        the next `_load` does not ask for them again. An image that does not decode is left to it."""
         with self.lock:
-            known, cache, asked_ = self.session.loaded, self.cache, set(asked)
-            for cid, image in images.items():
-                if cid not in cache:
-                    try:
-                        state = decode_state(image)
-                    except Exception:   # left to `_load`, which meets it where the batch's errors are handled
-                        asked_.discard(cid)
-                        continue
-                    known(cid, state, image)
-            self._asked = asked_
+            known, cache, found = self.session.loaded, self.cache, set(asked)
+            for cid in asked:
+                if cid in cache or (image := images.get(cid)) is None:
+                    continue
+                try:
+                    state = decode_state(image)
+                except Exception:   # `_load` meets it where the batch's errors are handled
+                    found.discard(cid)
+                    continue
+                known(cid, state, image)
+            self._asked = found
 
     def _load(self, customer_ids: set[str]) -> None:
         """Bring states into the cache, and their deadlines into the local index: a cached

@@ -201,7 +201,7 @@ class RedisStore:
         password, TLS files), so credentials need not be written into the URL."""
         self.prefix = prefix
         self.cluster = cluster
-        self.reads = (url, prefix, cluster)   # stores equal in this read the same states (`prefetch`)
+        self.reads = (url, prefix, cluster)   # see `PartitionStore`
         self.atomic = not cluster   # a cluster commit writes slot after slot (see `commit`)
         # States are msgpack bytes: responses must stay bytes whatever the URL says.
         # hiredis parses the replies when it is installed (a project dependency).

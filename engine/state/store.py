@@ -80,6 +80,10 @@ class PartitionStore(Protocol):
     and fails with the store's own transient errors (Redis: `engine.state.redis.REDIS_ERRORS`),
     which the caller retries; the store does not retry.
 
+    `reads` (optional): stores with equal `reads` read the same states, so one of them may read
+    for several partitions at once (`engine.operators.flow.prefetch`; `RedisStore`: its URL,
+    prefix and mode). Without it a store reads only for the partitions it was opened for.
+
     `atomic`: whether a commit is one atomic step. When it is not (Redis Cluster: the slots are
     written one after the other), the states are written before the offset, each stamped with
     the offset it was committed at (`CustomerState.fence`), and the worker skips a re-read event

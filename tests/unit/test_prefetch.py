@@ -106,3 +106,25 @@ def test_partitions_with_stores_of_their_own_read_each_their_own(tmp_path: Path)
     assert run(tmp_path, {"q-0": a, "q-1": b}, {"q-0": [purchase("a2", "c1", 20_000)],
                                                  "q-1": [purchase("b2", "c2", 20_000)]},
                together=True) == [("second-purchase", "c1"), ("second-purchase", "c2")]
+
+
+def test_a_partitions_second_batch_in_the_same_call_follows_its_first(tmp_path: Path) -> None:
+    """Two batches of one partition in one call (beside another partition's): the second is not
+    read ahead (the first changes the states it reads) and sees what the first applied."""
+    (tmp_path / "rules.yaml").write_text(RULES)
+    store = CountingStore()
+    run(tmp_path, store, {"p-0": [purchase("a1", "c1", 10_000)], "p-1": []}, together=True)   # c1 stored
+    live = LiveRules(tmp_path, load_and_compile(tmp_path), watch=False)
+    w0 = PartitionWorker(MemoryLog("q-0", [purchase("a2", "c1", 20_000), purchase("a3", "c3", 20_000)]),
+                         store, live, 0)
+    w1 = PartitionWorker(MemoryLog("q-1", [purchase("b1", "c2", 20_000)]), store, live, 0)
+    out: list = []
+    for w in (w0, w1):
+        w.on_outbox = lambda _name, _last, _first, _kinds, handed: out.extend(
+            (item.rule_id, item.customer_id) for _, item in handed)
+    first, second, other = Batch(w0, w0.event_log.read(1), False, 100_000, False), \
+        Batch(w0, w0.event_log.read(1), True, 100_000, False), Batch(w1, w1.event_log.read(10), True, 100_000, False)
+    store.asked.clear()
+    _evaluate([first, other, second])
+    assert second.decoded is None
+    assert sorted(out) == [("first-purchase", "c2"), ("first-purchase", "c3"), ("second-purchase", "c1")]
