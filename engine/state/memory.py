@@ -113,8 +113,10 @@ class InMemoryStore:
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
                expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
-               clock: PartitionClock | None = None, population: PopulationCounts | None = None) -> OutboxTail | None:
-        """The Redis store's commit (`engine.state.store.PartitionStore.commit`), in memory."""
+               clock: PartitionClock | None = None, population: PopulationCounts | None = None,
+               commit_id: str = "") -> OutboxTail | None:
+        """The Redis store's commit (`engine.state.store.PartitionStore.commit`), in memory: no
+        reply is lost here, so `commit_id` is not needed."""
         with self._lock:
             return self._commit(partition, images, offset, next_due, unindex, expected_offset, outbox, clock,
                                 population)

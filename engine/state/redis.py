@@ -16,6 +16,10 @@ Keys (the layout other tools and operators rely on):
   - relay cursors: ``{prefix}:r:{{{partition}}}``, a hash: sink name -> the seq it passed;
   - event-time clock: ``{prefix}:c:{{{partition}}}``, JSON ``[frontier, newest, replay_from]``
     (`engine.state.store.PartitionClock`), written with the offset;
+  - the last commit: ``{prefix}:k:{{{partition}}}``, ``<commit id> <step> <seq> <length>``, so that
+    a commit retried after its reply was lost (the connection dropped after Redis ran it) is
+    found applied, instead of refused as state loss (the stored offset is then its new one) or
+    writing its outbox entries twice;
   - the population's responses (SPEC §3b) the partition's customers gave on a UTC day:
     ``{prefix}:p:{{{partition}}}:{day}``, a hash ``<channel>:<local hour>`` -> count, written with
     the offset (so counted exactly once), expiring `POPULATION_TTL_S` after its last write.
@@ -71,14 +75,25 @@ local function last_seq(key)
 end
 """
 
-# KEYS: offset key, deadline index key, outbox key, clock key, then the population's day keys.
-# ARGV: expected stored offset ("" = none), new offset ("" = leave it), clock ("" = leave it), n, n
-# state key/value pairs, m, m index score/member pairs, k, k outbox kind/status/data triples, q, q
-# population key index/field/increment triples, members to unindex. Returns {1, "", last seq, outbox length}
-# ({..., -1, -1} without entries), or {0, stored offset} when the offset is not the expected one.
+# KEYS: offset key, deadline index key, outbox key, clock key, last commit key, then the
+# population's day keys. ARGV: expected stored offset ("" = none), new offset ("" = leave it), clock
+# ("" = leave it), commit id ("" = none), step, n, n state key/value pairs, m, m index score/member
+# pairs, k, k outbox kind/status/data triples, q, q population key index/field/increment triples,
+# members to unindex. Returns {1, "", last seq, outbox length} ({..., -1, -1} without entries), or
+# {0, stored offset} when the offset is not the expected one. A commit id recorded with this step or
+# a later one: applied already (a retry whose first reply was lost), its reply again, nothing written.
 # Arguments go to MSET/ZADD/ZREM in chunks: Lua's unpack() has a stack limit of a few thousand.
 POPULATION_TTL_S = 90 * 86_400   # a day's population counts are read for 32 days after it (wall clock here)
 _COMMIT_LUA = _LAST_SEQ_LUA + f"local POPULATION_TTL_S = {POPULATION_TTL_S}\n" + """
+local done = ARGV[4] ~= '' and redis.call('GET', KEYS[5])
+local done_seq, done_length = nil, nil
+if done then
+  local id, step, seq, length = string.match(done, '^(%S+) (%d+) (%-?%d+) (%-?%d+)$')
+  if id == ARGV[4] then
+    if tonumber(step) >= tonumber(ARGV[5]) then return {1, '', tonumber(seq), tonumber(length)} end
+    done_seq, done_length = tonumber(seq), tonumber(length)   -- an earlier step of this commit
+  end
+end
 local stored = redis.call('GET', KEYS[1]) or ''
 if stored ~= ARGV[1] then return {0, stored} end
 local function chunked(cmd, key, from, to, step)
@@ -89,8 +104,8 @@ local function chunked(cmd, key, from, to, step)
     i = j + 1
   end
 end
-local n = tonumber(ARGV[4])
-local at = 5
+local n = tonumber(ARGV[6])
+local at = 7
 chunked('MSET', nil, at, at + 2 * n - 1, 1000)
 at = at + 2 * n
 local m = tonumber(ARGV[at])
@@ -121,6 +136,10 @@ end
 chunked('ZREM', KEYS[2], at, #ARGV, 1000)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
+if ARGV[4] ~= '' then
+  if k == 0 and done_seq then seq, length = done_seq, done_length end   -- the first step's entries
+  redis.call('SET', KEYS[5], ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. seq .. ' ' .. length)
+end
 return {1, '', seq, length}
 """
 
@@ -260,6 +279,10 @@ class RedisStore:
     def deadline_key(self, partition: str) -> str:
         return f"{self.prefix}:t:{{{partition}}}"
 
+    def commit_key(self, partition: str) -> str:
+        """The key holding a partition's last commit id (see the module docstring)."""
+        return f"{self.prefix}:k:{{{partition}}}"
+
     def clock_key(self, partition: str) -> str:
         return f"{self.prefix}:c:{{{partition}}}"
 
@@ -328,7 +351,8 @@ class RedisStore:
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
                expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
-               clock: PartitionClock | None = None, population: PopulationCounts | None = None) -> OutboxTail | None:
+               clock: PartitionClock | None = None, population: PopulationCounts | None = None,
+               commit_id: str = "") -> OutboxTail | None:
         """A partition's batch: its encoded states, its next offset, its clock, its deadline index,
         its outbox entries and its population counts, at once; the outbox's tail after it when
         entries were written.
@@ -337,8 +361,10 @@ class RedisStore:
         customer's earliest deadline (None: none pending), which decides its place in the
         index. `expected_offset` is the partition's offset as this engine last committed it
         (None: none yet); a store holding anything else raises `StateLost` and writes
-        nothing. Single node: one Lua script, one round trip, atomic. Cluster: the check with the
-        outbox, the states, the partition's other keys (see above).
+        nothing. `commit_id` (unique to the commit, the same on its retries): a commit found
+        applied already returns what it returned then, and writes nothing again. Single node: one
+        Lua script, one round trip, atomic. Cluster: the check with the outbox, the states, the
+        partition's other keys (see above).
         """
         due: dict[str, int] = {}
         idle: list[str] = list(unindex or ())
@@ -356,23 +382,26 @@ class RedisStore:
             # step are each the commit script on the partition's slot (its keys share a hash tag):
             # atomic, so no step is ever half applied (a pipeline's commands could be, during a slot
             # migration, and a second engine that took the partition over in between is refused).
-            tail = self._run_commit(partition, expected_offset, None, None, {}, {}, outbox, None, [])
+            # A retry with the commit's id skips the steps that ran (the states' MSET is idempotent).
+            tail = self._run_commit(partition, expected_offset, None, None, {}, {}, outbox, None, [], commit_id, 1)
             self.save_many_encoded(images)
-            self._run_commit(partition, expected_offset, offset, clock, {}, due, (), population, idle)
+            self._run_commit(partition, expected_offset, offset, clock, {}, due, (), population, idle, commit_id, 2)
             return tail
-        return self._run_commit(partition, expected_offset, offset, clock, images, due, outbox, population, idle)
+        return self._run_commit(partition, expected_offset, offset, clock, images, due, outbox, population, idle,
+                                commit_id, 2)
 
     def _run_commit(self, partition: str, expected_offset: int | None, offset: int | None,
                     clock: PartitionClock | None, images: Mapping[str, bytes], due: Mapping[str, int],
                     outbox: Sequence[OutboxEntry], population: PopulationCounts | None,
-                    idle: list[str]) -> OutboxTail | None:
+                    idle: list[str], commit_id: str = "", step: int = 2) -> OutboxTail | None:
         """The commit script: nothing unless the stored offset is `expected_offset`; then the
         states, the index, the outbox's entries, the population, and the offset and clock when
-        given. Every key but the states' is the partition's (one slot in a cluster)."""
+        given. Every key but the states' is the partition's (one slot in a cluster). `commit_id`
+        recorded at `step` or later: applied already, nothing written."""
         head = self._state_key_head
         args: list[Any] = ["" if expected_offset is None else str(expected_offset),
                            "" if offset is None else str(offset),
-                           b"" if clock is None else encode_clock(clock), len(images)]
+                           b"" if clock is None else encode_clock(clock), commit_id, step, len(images)]
         for cid, image in images.items():
             args.append(f"{head}{cid}}}")
             args.append(image)
@@ -384,7 +413,7 @@ class RedisStore:
         for entry in outbox:
             args += (entry.kind.value, entry.status, entry.data)
         keys = [self.offset_key(partition), self.deadline_key(partition), self.outbox_key(partition),
-                self.clock_key(partition)]
+                self.clock_key(partition), self.commit_key(partition)]
         at = len(args)
         args.append(0)
         for (channel, day), hours in (population or {}).items():

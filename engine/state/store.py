@@ -112,14 +112,18 @@ class PartitionStore(Protocol):
     def commit(self, partition: str, images: Mapping[str, bytes], offset: int | None,
                next_due: Mapping[str, int | None], unindex: list[str] | None = None,
                expected_offset: int | None = None, outbox: Sequence[OutboxEntry] = (),
-               clock: PartitionClock | None = None, population: PopulationCounts | None = None) -> OutboxTail | None:
+               clock: PartitionClock | None = None, population: PopulationCounts | None = None,
+               commit_id: str = "") -> OutboxTail | None:
         """Write the batch's encoded states, the partition's next `offset` (None: leave it), its
         `clock` (None: leave it), its deadline index, its `outbox` entries and the `population`
         counts its customers added (summed into the stored ones) at once: each customer of `images` is indexed at
         its `next_due` (None: taken out), `unindex` are taken out, the entries are appended in
         order and numbered after the outbox's last. Conditional: when the partition's stored
         offset is not `expected_offset` (None: no offset), raise `StateLost` and write nothing.
-        Returns the outbox's tail after the commit when it wrote entries, else None."""
+        Returns the outbox's tail after the commit when it wrote entries, else None.
+        `commit_id` is unique to the commit and the same on its retries: a store whose reply
+        can be lost after it applied a commit (over a network) finds it applied, returns the
+        same and writes nothing again, rather than refusing it as state loss."""
         ...
 
     def outbox_tail(self, partition: str) -> OutboxTail:

@@ -351,3 +351,62 @@ class LateProxy:
         self._stop.set()
         for s in self._sockets:
             s.close()
+
+
+class ReplyLosingProxy(LateProxy):
+    """A `LateProxy`, open at once, that on `lose_reply_to(marker)` forwards the next request
+    holding `marker` and then closes that connection instead of passing the reply on: the
+    command ran on the server, the client saw a connection error (a network blip mid-reply)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self._marker: bytes | None = None
+        self._losing: set[int] = set()   # ids of the upstream sockets whose next reply is dropped
+        self.lost = 0
+        self.open()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        self._marker = marker
+
+    def _accept(self, server: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                if self._marker is not None and self._marker in data:
+                    self._marker = None
+                    self._losing.add(id(upstream))
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if id(upstream) in self._losing:
+                    self._losing.discard(id(upstream))
+                    self.lost += 1
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        for s in (upstream, client):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

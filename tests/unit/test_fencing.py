@@ -44,7 +44,7 @@ class SlotBySlot(InMemoryStore):
         self.commits = 0
 
     def commit(self, partition, images, offset, next_due, unindex=None, expected_offset=None, outbox=(),
-               clock=None, population=None):
+               clock=None, population=None, commit_id=""):
         self.commits += 1
         if self.commits == self.crash_at:
             if self.load_offset(partition) != expected_offset:
