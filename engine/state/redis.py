@@ -16,7 +16,7 @@ Keys (the layout other tools and operators rely on):
   - relay cursors: ``{prefix}:r:{{{partition}}}``, a hash: sink name -> the seq it passed;
   - event-time clock: ``{prefix}:c:{{{partition}}}``, JSON ``[frontier, newest, replay_from]``
     (`engine.state.store.PartitionClock`), written with the offset;
-  - the last commit: ``{prefix}:k:{{{partition}}}``, ``<commit id> <step> <seq> <length>``, so that
+  - the last commit: ``{prefix}:k:{{{partition}}}``, ``<commit id> <step> <seq> <length> <offset>``, so that
     a commit retried after its reply was lost (the connection dropped after Redis ran it) is
     found applied, instead of refused as state loss (the stored offset is then its new one) or
     writing its outbox entries twice;
@@ -81,20 +81,22 @@ end
 # pairs, k, k outbox kind/status/data triples, q, q population key index/field/increment triples,
 # members to unindex. Returns {1, "", last seq, outbox length} ({..., -1, -1} without entries), or
 # {0, stored offset} when the offset is not the expected one. A commit id recorded with this step or
-# a later one: applied already (a retry whose first reply was lost), its reply again, nothing written.
+# a later one, and the offset as that step left it: applied already (a retry whose first reply was
+# lost), its reply again, nothing written. The record: id, step, seq, length, offset after ("-": none).
 # Arguments go to MSET/ZADD/ZREM in chunks: Lua's unpack() has a stack limit of a few thousand.
 POPULATION_TTL_S = 90 * 86_400   # a day's population counts are read for 32 days after it (wall clock here)
 _COMMIT_LUA = _LAST_SEQ_LUA + f"local POPULATION_TTL_S = {POPULATION_TTL_S}\n" + """
+local stored = redis.call('GET', KEYS[1]) or ''
 local done = ARGV[4] ~= '' and redis.call('GET', KEYS[5])
 local done_seq, done_length = nil, nil
 if done then
-  local id, step, seq, length = string.match(done, '^(%S+) (%d+) (%-?%d+) (%-?%d+)$')
-  if id == ARGV[4] then
+  local id, step, seq, length, after = string.match(done, '^(%S+) (%d+) (%-?%d+) (%-?%d+) (%S+)$')
+  -- this commit's, and nothing moved the offset since (else the offset's check below decides)
+  if id == ARGV[4] and after == (stored == '' and '-' or stored) then
     if tonumber(step) >= tonumber(ARGV[5]) then return {1, '', tonumber(seq), tonumber(length)} end
     done_seq, done_length = tonumber(seq), tonumber(length)   -- an earlier step of this commit
   end
 end
-local stored = redis.call('GET', KEYS[1]) or ''
 if stored ~= ARGV[1] then return {0, stored} end
 local function chunked(cmd, key, from, to, step)
   local i = from
@@ -138,7 +140,10 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
 if ARGV[4] ~= '' then
   if k == 0 and done_seq then seq, length = done_seq, done_length end   -- the first step's entries
-  redis.call('SET', KEYS[5], ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. seq .. ' ' .. length)
+  local after = ARGV[2] ~= '' and ARGV[2] or (stored == '' and '-' or stored)
+  redis.call('SET', KEYS[5], string.format('%s %s %d %d %s', ARGV[4], ARGV[5], seq, length, after))
+else
+  redis.call('DEL', KEYS[5])   -- a writer without ids (backfill): no retry may take its writes for its own
 end
 return {1, '', seq, length}
 """

@@ -362,6 +362,7 @@ class ReplyLosingProxy(LateProxy):
         super().__init__(target)
         self._marker: bytes | None = None
         self._losing: set[int] = set()   # ids of the upstream sockets whose next reply is dropped
+        self._lock = threading.Lock()
         self.lost = 0
         self.open()
 
@@ -388,9 +389,10 @@ class ReplyLosingProxy(LateProxy):
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         try:
             while data := client.recv(65536):
-                if self._marker is not None and self._marker in data:
-                    self._marker = None
-                    self._losing.add(id(upstream))
+                with self._lock:
+                    if self._marker is not None and self._marker in data:
+                        self._marker = None
+                        self._losing.add(id(upstream))
                 upstream.sendall(data)
         except OSError:
             pass

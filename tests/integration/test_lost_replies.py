@@ -16,7 +16,7 @@ from engine.rules.compiler import load_and_compile
 from engine.rules.reload import LiveRules
 from engine.state.outbox import ItemKind, OutboxEntry
 from engine.state.redis import RedisStore
-from engine.state.store import PartitionClock
+from engine.state.store import PartitionClock, StateLost
 from engine.testing import MemoryLog
 
 RULES = """aggregates:
@@ -89,14 +89,15 @@ def test_a_commit_whose_reply_is_lost_is_applied_once(redis_url, redis_client):
         for _ in range(2):
             store.commit("p-0", {}, 20, {}, expected_offset=20, outbox=entries("d"), clock=clock, commit_id="x-3")
         assert len(store.read_outbox("p-0", 0, 10)[0]) == 4
-        # an engine that lost its reply is not another engine: one that wrote over it is refused still
+        # an engine that lost its reply is not another engine: a retry after someone else moved the
+        # offset is refused; after a writer without ids (backfill) it is checked as a new commit
         redis_client.set(store.offset_key("p-0"), 99)
-        try:
-            store.commit("p-0", {}, 30, {}, expected_offset=20, clock=clock, commit_id="x-4")
-        except Exception as e:
-            assert type(e).__name__ == "StateLost"
-        else:
-            raise AssertionError("a foreign offset was written over")
+        with pytest.raises(StateLost):
+            store.commit("p-0", {}, 20, {}, expected_offset=20, outbox=entries("d"), clock=clock, commit_id="x-3")
+        redis_client.set(store.offset_key("p-0"), 20)
+        store.commit("p-0", {"c1": b"\x82"}, None, {}, expected_offset=20)
+        store.commit("p-0", {}, 20, {}, expected_offset=20, outbox=entries("d"), clock=clock, commit_id="x-3")
+        assert len(store.read_outbox("p-0", 0, 10)[0]) == 5
     finally:
         proxy.close()
 
@@ -114,6 +115,14 @@ def test_a_commit_retried_after_it_was_applied_is_not_applied_again(redis_cluste
             assert (tail.last_seq, tail.length) == (2, 2)
             assert store.load_offset("p-0") == 20 and store.load_many_encoded(["c1"]) == {"c1": b"\x81"}
         assert store.due_customers("p-0", 10) == ["c1"]
+        # another writer moved the offset since: the retry is refused, and writes nothing
+        store.client.set(store.offset_key("p-0"), 77)
+        store.save_many_encoded({"c1": b"\x99"})
+        with pytest.raises(StateLost):
+            store.commit("p-0", {"c1": b"\x81"}, 20, {"c1": 5}, expected_offset=10, outbox=entries("b"),
+                         clock=clock, commit_id="y-2")
+        assert store.load_many_encoded(["c1"]) == {"c1": b"\x99"}
+        store.client.set(store.offset_key("p-0"), 20)
         if not store.cluster:
             continue
         # the first step applied, the second not (the engine crashed, or redis-py gave up, in
