@@ -153,6 +153,8 @@ class Receiver:
         self._answering.set()
         self._count = 0
         self._lock = threading.Lock()
+        self._holed: set[int] = set()    # ids of the upstream sockets whose replies stopped
+        self._close = True
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -363,6 +365,8 @@ class ReplyLosingProxy(LateProxy):
         self._marker: bytes | None = None
         self._losing: set[int] = set()   # ids of the upstream sockets whose next reply is dropped
         self._lock = threading.Lock()
+        self._holed: set[int] = set()    # ids of the upstream sockets whose replies stopped
+        self._close = True
         self.lost = 0
         self.open()
 
@@ -370,8 +374,11 @@ class ReplyLosingProxy(LateProxy):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def lose_reply_to(self, marker: bytes) -> None:
+    def lose_reply_to(self, marker: bytes, close: bool = True) -> None:
+        """`close=False`: the connection stays open and no reply comes back on it any more (a
+        partition after the request, a stalled server: no reset); new connections are forwarded."""
         self._marker = marker
+        self._close = close
 
     def _accept(self, server: socket.socket) -> None:
         while not self._stop.is_set():
@@ -401,9 +408,14 @@ class ReplyLosingProxy(LateProxy):
         try:
             while data := upstream.recv(65536):
                 if id(upstream) in self._losing:
-                    self._losing.discard(id(upstream))
-                    self.lost += 1
-                    break
+                    if self._close:
+                        self._losing.discard(id(upstream))
+                        self.lost += 1
+                        break
+                    self.lost += id(upstream) not in self._holed
+                    self._holed.add(id(upstream))
+                if id(upstream) in self._holed:
+                    continue
                 client.sendall(data)
         except OSError:
             pass

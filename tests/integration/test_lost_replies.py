@@ -5,6 +5,7 @@ entries twice."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,28 @@ def test_a_commit_retried_after_it_was_applied_is_not_applied_again(redis_cluste
         assert store.load_offset("p-0") == 30
         assert (tail.last_seq, tail.length) == (3, 3)
         assert len(store.read_outbox("p-0", 0, 10)[0]) == 3
+
+
+def test_a_commit_that_times_out_after_redis_ran_it_is_not_state_loss(redis_url, tmp_path: Path):
+    """The request gets through, the reply never comes, the connection stays open (a partition
+    after the request, a server that stalls): redis-py's socket timeout (5 s by default) ends the
+    wait and the engine retries on a new connection. Before commit ids the retry met the commit's
+    own offset and stopped the engine for state loss; a commit slower than the timeout did too."""
+    (tmp_path / "rules.yaml").write_text(RULES)
+    proxy, url = proxied(redis_url)
+    try:
+        live = LiveRules(tmp_path, load_and_compile(tmp_path), watch=False)
+        log = MemoryLog("p-0", [purchase(n) for n in range(1, 7)])
+        store = RedisStore(url, unique("stall"))
+        worker = PartitionWorker(log, store, live, 0)
+        worker.process(Batch(worker, log.read(3), False, 100_000, False))
+        proxy.lose_reply_to(b"EVALSHA", close=False)
+        done = threading.Event()
+        threading.Thread(target=lambda: (worker.process(Batch(worker, log.read(3), False, 100_000, False)),
+                                         done.set()), daemon=True).start()
+        assert done.wait(30), "the commit still waits for a reply that never comes"
+        assert proxy.lost == 1
+        assert not worker.failed and worker.committed_offset == 6 and worker.stats.redis_retries >= 1
+        assert len(store.read_outbox("p-0", 0, 100)[0]) == 6
+    finally:
+        proxy.close()
