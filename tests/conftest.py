@@ -1,5 +1,5 @@
 """Session fixtures: the real Redis and Kafka (started or reused through scripts/services.sh),
-a clean Redis database per test, and the shared event data.
+a clean Redis database per test, the shared event data, and the smallest rules file.
 
 Integration tests never skip when a service cannot start: they fail with the script's output,
 so CI cannot go green without having run them. Only the optional shared data may be absent.
@@ -107,3 +107,20 @@ def compiled_modules() -> list[str]:
     setup() only as a script."""
     listed = runpy.run_path(str(REPO_ROOT / "setup.py"), run_name="setup_modules")["COMPILED_MODULES"]
     return [m.removesuffix(".py").replace("/", ".") for m in listed]
+
+
+@pytest.fixture
+def first_purchase_rules(tmp_path: Path) -> Path:
+    """`tmp_path/rules.yaml` with the smallest rules a live test needs: a purchase count and a
+    rule that fires on a customer's first purchase."""
+    path = tmp_path / "rules.yaml"
+    path.write_text("""aggregates:
+  purchases: {count: purchase}
+rules:
+  - id: first-purchase
+    type: threshold
+    on: purchase
+    if: purchases == 1
+    then: {action: thanks, channel: email}
+""")
+    return path

@@ -153,8 +153,6 @@ class Receiver:
         self._answering.set()
         self._count = 0
         self._lock = threading.Lock()
-        self._holed: set[int] = set()    # ids of the upstream sockets whose replies stopped
-        self._close = True
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -344,11 +342,15 @@ class LateProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            LateProxy._shut(src, dst)
+
+    @staticmethod
+    def _shut(*sockets: socket.socket) -> None:
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self._timer is not None:
@@ -366,10 +368,9 @@ class ReplyLosingProxy(LateProxy):
     def __init__(self, target: str) -> None:
         super().__init__(target)
         self._marker: bytes | None = None
-        self._losing: set[int] = set()   # ids of the upstream sockets whose next reply is dropped
-        self._lock = threading.Lock()
-        self._holed: set[int] = set()    # ids of the upstream sockets whose replies stopped
         self._close = True
+        self._losing: dict[int, bool] = {}   # upstream socket id -> close it (else: silent) at its next reply
+        self._lock = threading.Lock()
         self.lost = 0
         self.open()
 
@@ -380,8 +381,8 @@ class ReplyLosingProxy(LateProxy):
     def lose_reply_to(self, marker: bytes, close: bool = True) -> None:
         """`close=False`: the connection stays open and no reply comes back on it any more (a
         partition after the request, a stalled server: no reset); new connections are forwarded."""
-        self._marker = marker
-        self._close = close
+        with self._lock:
+            self._marker, self._close = marker, close
 
     def _forward(self, client: socket.socket, upstream: socket.socket) -> None:
         threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
@@ -393,7 +394,7 @@ class ReplyLosingProxy(LateProxy):
                 with self._lock:
                     if self._marker is not None and self._marker in data:
                         self._marker = None
-                        self._losing.add(id(upstream))
+                        self._losing[id(upstream)] = self._close
                 upstream.sendall(data)
         except OSError:
             pass
@@ -401,20 +402,13 @@ class ReplyLosingProxy(LateProxy):
     def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
         try:
             while data := upstream.recv(65536):
-                if id(upstream) in self._losing:
-                    if self._close:
-                        self._losing.discard(id(upstream))
-                        self.lost += 1
-                        break
-                    self.lost += id(upstream) not in self._holed
-                    self._holed.add(id(upstream))
-                if id(upstream) in self._holed:
-                    continue
+                close = self._losing.pop(id(upstream), None)
+                if close is not None:
+                    self.lost += 1
+                    if not close:
+                        return   # both stay open, nothing more is passed on
+                    break
                 client.sendall(data)
         except OSError:
             pass
-        for s in (upstream, client):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._shut(upstream, client)

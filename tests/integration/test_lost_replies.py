@@ -20,16 +20,6 @@ from engine.state.redis import RedisStore
 from engine.state.store import PartitionClock, StateLost
 from engine.testing import MemoryLog
 
-RULES = """aggregates:
-  purchases: {count: purchase}
-rules:
-  - id: first-purchase
-    type: threshold
-    on: purchase
-    if: purchases == 1
-    then: {action: thanks, channel: email}
-"""
-
 
 def entries(*names: str) -> list[OutboxEntry]:
     return [OutboxEntry(ItemKind.TRIGGER, "sent", f'{{"id": "{n}"}}'.encode()) for n in names]
@@ -45,11 +35,10 @@ def proxied(redis_url: str) -> tuple[ReplyLosingProxy, str]:
     return proxy, f"{proxy.url}/{redis_url.rsplit('/', 1)[1]}"
 
 
-def test_the_engine_goes_on_after_a_commits_reply_is_lost(redis_url, tmp_path: Path):
+def test_the_engine_goes_on_after_a_commits_reply_is_lost(redis_url, tmp_path: Path, first_purchase_rules):
     """The reproduction: a partition worker commits through a connection that drops after Redis
     ran the commit. Before commit ids, its retry met its own offset, reported state loss and
     stopped the engine ("Restore Redis from its persistence ...")."""
-    (tmp_path / "rules.yaml").write_text(RULES)
     proxy, url = proxied(redis_url)
     try:
         live = LiveRules(tmp_path, load_and_compile(tmp_path), watch=False)
@@ -135,12 +124,12 @@ def test_a_commit_retried_after_it_was_applied_is_not_applied_again(redis_cluste
         assert len(store.read_outbox("p-0", 0, 10)[0]) == 3
 
 
-def test_a_commit_that_times_out_after_redis_ran_it_is_not_state_loss(redis_url, tmp_path: Path):
+def test_a_commit_that_times_out_after_redis_ran_it_is_not_state_loss(redis_url, tmp_path: Path,
+                                                                      first_purchase_rules):
     """The request gets through, the reply never comes, the connection stays open (a partition
     after the request, a server that stalls): redis-py's socket timeout (5 s by default) ends the
     wait and the engine retries on a new connection. Before commit ids the retry met the commit's
     own offset and stopped the engine for state loss; a commit slower than the timeout did too."""
-    (tmp_path / "rules.yaml").write_text(RULES)
     proxy, url = proxied(redis_url)
     try:
         live = LiveRules(tmp_path, load_and_compile(tmp_path), watch=False)

@@ -16,16 +16,6 @@ from engine.rules.reload import LiveRules
 from engine.state.memory import InMemoryStore
 from engine.testing import MemoryLog
 
-RULES = """aggregates:
-  purchases: {count: purchase}
-rules:
-  - id: first-purchase
-    type: threshold
-    on: purchase
-    if: purchases == 1
-    then: {action: thanks, channel: email}
-"""
-
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
@@ -36,8 +26,7 @@ def purchase(event_id: str, customer: str, ts: int) -> bytes:
             f'"properties": {{}}}}').encode()
 
 
-def test_late_and_duplicate_events_are_counted_per_partition(tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text(RULES)
+def test_late_and_duplicate_events_are_counted_per_partition(tmp_path: Path, first_purchase_rules: Path) -> None:
     lines = [purchase("p1", "c1", 10_000), purchase("p1", "c1", 10_000),   # a re-delivery
              purchase("p2", "c2", 20_000), purchase("p3", "c3", 15_000),   # 5 s behind the newest: late
              purchase("p2", "c2", 20_000)]
@@ -51,19 +40,19 @@ def test_late_and_duplicate_events_are_counted_per_partition(tmp_path: Path) -> 
     assert worker.stats.triggers == 3   # one first purchase each: the duplicates fired nothing
 
 
-def test_rules_valid_is_0_from_a_rejected_change_until_a_valid_one(tmp_path: Path) -> None:
-    rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text(RULES)
+def test_rules_valid_is_0_from_a_rejected_change_until_a_valid_one(tmp_path: Path, first_purchase_rules: Path) -> None:
+    rules_file = first_purchase_rules
+    rules = rules_file.read_text()
     live = LiveRules(tmp_path, load_and_compile(tmp_path), interval_s=0)
     metrics.track_rules(live)
     assert (sample("triggers_rules_valid"), sample("triggers_rules_rejected_total")) == (1, 0)
 
-    rules_file.write_text(RULES.replace("purchases == 1", "purchases =="))
+    rules_file.write_text(rules.replace("purchases == 1", "purchases =="))
     live.poll()
     assert (sample("triggers_rules_valid"), sample("triggers_rules_rejected_total")) == (0, 1)
     assert sample("triggers_rules_version") == 0           # the old rules still run
 
-    rules_file.write_text(RULES.replace("purchases == 1", "purchases == 2"))
+    rules_file.write_text(rules.replace("purchases == 1", "purchases == 2"))
     os.utime(rules_file, ns=(1, 1))                          # a new fingerprint even within the mtime's grain
     live.poll()
     assert (sample("triggers_rules_valid"), sample("triggers_rules_rejected_total")) == (1, 1)
