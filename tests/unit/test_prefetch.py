@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine.operators.flow import _evaluate
 from engine.operators.partition import Batch, PartitionWorker
 from engine.rules.compiler import load_and_compile
@@ -13,20 +15,19 @@ from engine.rules.reload import LiveRules
 from engine.state.memory import InMemoryStore
 from engine.testing import MemoryLog
 
-RULES = """aggregates:
-  purchases: {count: purchase}
-rules:
-  - id: first-purchase
-    type: threshold
-    on: purchase
-    if: purchases == 1
-    then: {action: thanks, channel: email}
-  - id: second-purchase
+SECOND_PURCHASE = """  - id: second-purchase
     type: threshold
     on: purchase
     if: purchases == 2
     then: {action: again, channel: email}
 """
+
+
+@pytest.fixture
+def rules(first_purchase_rules: Path) -> Path:
+    """The first-purchase rules, and a rule for the second purchase."""
+    first_purchase_rules.write_text(first_purchase_rules.read_text() + SECOND_PURCHASE)
+    return first_purchase_rules
 
 
 class CountingStore(InMemoryStore):
@@ -65,8 +66,7 @@ def run(tmp_path: Path, store: CountingStore | dict[str, CountingStore], lines: 
     return sorted(out)
 
 
-def test_one_read_for_the_batches_of_several_partitions_same_triggers(tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text(RULES)
+def test_one_read_for_the_batches_of_several_partitions_same_triggers(tmp_path: Path, rules: Path) -> None:
     first = {"p-0": [purchase("a1", "c1", 10_000)], "p-1": [purchase("b1", "c2", 10_000)], "p-2": []}
     second = {"q-0": [purchase("a2", "c1", 20_000), purchase("a3", "c3", 20_000)],   # other partitions'
               "q-1": [purchase("b2", "c2", 20_000), purchase("b3", "c4", 20_000)],   # names: no offsets yet
@@ -87,19 +87,17 @@ def test_one_read_for_the_batches_of_several_partitions_same_triggers(tmp_path: 
                                                  ("first-purchase", "c5")])
 
 
-def test_a_single_partition_reads_in_its_own_pass(tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text(RULES)
+def test_a_single_partition_reads_in_its_own_pass(tmp_path: Path, rules: Path) -> None:
     store = CountingStore()
     lines = {"p-0": [purchase("a1", "c1", 10_000)], "p-1": [purchase("b1", "c2", 10_000)]}
     assert run(tmp_path, store, {"p-0": lines["p-0"], "p-1": []}, together=True) == [("first-purchase", "c1")]
     assert store.asked == [["c1"]]
 
 
-def test_partitions_with_stores_of_their_own_read_each_their_own(tmp_path: Path) -> None:
+def test_partitions_with_stores_of_their_own_read_each_their_own(tmp_path: Path, rules: Path) -> None:
     """A store factory may open a store per partition that holds only that partition's states
     (`StoreFactory`): one partition's store must not be asked for another's customers, who would
     then look new (a first purchase again)."""
-    (tmp_path / "rules.yaml").write_text(RULES)
     a, b = CountingStore(), CountingStore()
     run(tmp_path, {"p-0": a, "p-1": b}, {"p-0": [purchase("a1", "c1", 10_000)],
                                           "p-1": [purchase("b1", "c2", 10_000)]}, together=True)
@@ -108,10 +106,9 @@ def test_partitions_with_stores_of_their_own_read_each_their_own(tmp_path: Path)
                together=True) == [("second-purchase", "c1"), ("second-purchase", "c2")]
 
 
-def test_a_partitions_second_batch_in_the_same_call_follows_its_first(tmp_path: Path) -> None:
+def test_a_partitions_second_batch_in_the_same_call_follows_its_first(tmp_path: Path, rules: Path) -> None:
     """Two batches of one partition in one call (beside another partition's): the second is not
     read ahead (the first changes the states it reads) and sees what the first applied."""
-    (tmp_path / "rules.yaml").write_text(RULES)
     store = CountingStore()
     run(tmp_path, store, {"p-0": [purchase("a1", "c1", 10_000)], "p-1": []}, together=True)   # c1 stored
     live = LiveRules(tmp_path, load_and_compile(tmp_path), watch=False)
