@@ -127,9 +127,8 @@ class PartitionWorker:
         self._stats_at = time.monotonic()
         self.first_record_at: float | None = None   # wall clock, for the end-of-run summary
         self.last_commit_at: float | None = None
-        # a commit's id, the same on its retries (`PartitionStore.commit`): this worker's, then a count
+        # a commit's id, the same on its retries (`PartitionStore.commit`): this worker's, then the count
         self._commit_ids = f"{secrets.token_hex(6)}-"
-        self._commits_begun = 0
         self._committed_at = 0.0   # monotonic, for the eager commits of `process`
         self._m_events = metrics.EVENTS.labels(self.name)
         self._m_commits = metrics.COMMITS.labels(self.name)
@@ -372,8 +371,7 @@ class PartitionWorker:
         orphans = list(self.orphans)
         expected = self.committed_offset if self.has_committed else None
         population = self.population.take_pending()   # a commit that fails for good stops the run
-        self._commits_begun += 1
-        commit_id = f"{self._commit_ids}{self._commits_begun}"
+        commit_id = f"{self._commit_ids}{self.stats.commits + 1}"   # counted once it succeeds: retries share it
         tail = self._redis(lambda: self.store.commit(self.name, states, offset, due, unindex=orphans,
                                                      expected_offset=expected, outbox=entries, clock=clock,
                                                      population=population, commit_id=commit_id),

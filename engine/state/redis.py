@@ -87,12 +87,13 @@ end
 POPULATION_TTL_S = 90 * 86_400   # a day's population counts are read for 32 days after it (wall clock here)
 _COMMIT_LUA = _LAST_SEQ_LUA + f"local POPULATION_TTL_S = {POPULATION_TTL_S}\n" + """
 local stored = redis.call('GET', KEYS[1]) or ''
+local stored_shown = stored == '' and '-' or stored   -- as the last commit's record writes it
 local done = ARGV[4] ~= '' and redis.call('GET', KEYS[5])
 local done_seq, done_length = nil, nil
 if done then
   local id, step, seq, length, after = string.match(done, '^(%S+) (%d+) (%-?%d+) (%-?%d+) (%S+)$')
   -- this commit's, and nothing moved the offset since (else the offset's check below decides)
-  if id == ARGV[4] and after == (stored == '' and '-' or stored) then
+  if id == ARGV[4] and after == stored_shown then
     if tonumber(step) >= tonumber(ARGV[5]) then return {1, '', tonumber(seq), tonumber(length)} end
     done_seq, done_length = tonumber(seq), tonumber(length)   -- an earlier step of this commit
   end
@@ -140,7 +141,7 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
 if ARGV[4] ~= '' then
   if k == 0 and done_seq then seq, length = done_seq, done_length end   -- the first step's entries
-  local after = ARGV[2] ~= '' and ARGV[2] or (stored == '' and '-' or stored)
+  local after = ARGV[2] ~= '' and ARGV[2] or stored_shown
   redis.call('SET', KEYS[5], string.format('%s %s %d %d %s', ARGV[4], ARGV[5], seq, length, after))
 else
   redis.call('DEL', KEYS[5])   -- a writer without ids (backfill): no retry may take its writes for its own
