@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from test_metrics import RULES as ONE_RULE  # one threshold rule on purchases (tests/unit is on the path)
 
 from engine.actions.trigger import Status, Trigger
 from engine.events.decode import DeadLetter
@@ -281,7 +280,8 @@ def test_a_commit_with_nothing_for_a_sink_is_passed_without_a_read() -> None:
     assert reads["relay-kafka"] >= 50 and dead_reads <= 2 * looks + 4, (reads, looks)
 
 
-def test_a_batch_that_read_everything_commits_at_once_and_a_backlog_waits_for_the_interval(tmp_path: Path) -> None:
+def test_a_batch_that_read_everything_commits_at_once_and_a_backlog_waits_for_the_interval(tmp_path: Path,
+                                                                                          first_purchase_rules: Path) -> None:
     """Issue 11, latency: a trigger leaves only once committed. A batch that drained the log
     commits its triggers at once; a full batch (more records waiting) shares a commit per
     EAGER_COMMIT_S with the next ones."""
@@ -290,7 +290,6 @@ def test_a_batch_that_read_everything_commits_at_once_and_a_backlog_waits_for_th
     from engine.rules.reload import LiveRules
     from engine.testing import MemoryLog
 
-    (tmp_path / "rules.yaml").write_text(ONE_RULE)
     rules = load_and_compile(tmp_path)
     lines = [b'{"event_id": "p%d", "type": "purchase", "customer_id": "c%d", "ts": %d, "properties": {}}'
              % (i, i, 1_000 + i) for i in range(4)]
