@@ -60,20 +60,8 @@ def one_round(client: redis.Redis, mode: str, states: int, entries: int, commits
     outer = usec.get("cmdstat_evalsha", 0) + usec.get("cmdstat_exec", 0)
     inner = sum(v for name, v in usec.items() if name not in ("cmdstat_evalsha", "cmdstat_exec", "cmdstat_multi",
                                                               "cmdstat_config|resetstat"))
-    for keys in _batches(client.scan_iter(match=f"{prefix}:*", count=5_000)):
-        client.delete(*keys)
+    client.delete(*client.scan_iter(match=f"{prefix}:*", count=5_000))   # about states × commits keys
     return wall, outer / commits / 1000, inner / commits / 1000
-
-
-def _batches(it, size: int = 5_000):
-    batch = []
-    for key in it:
-        batch.append(key)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def main() -> None:
