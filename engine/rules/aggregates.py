@@ -180,9 +180,11 @@ def _keyed(agg: Aggregate) -> tuple[Update, Read]:
     is_sum = agg.kind == "sum"
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
-        key = by_key(ev.properties.get(by))
-        if key is None:
-            return
+        key = ev.properties.get(by)
+        if key.__class__ is not str:   # (by_key inlined for text, the common case)
+            key = by_key(key)
+            if key is None:
+                return
         value = amount(ev.properties.get(field)) if is_sum else 1
         if not value:
             return   # a sum's missing or bad amount adds nothing, and makes no key
@@ -240,9 +242,11 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
     assert by is not None and half_life
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
-        key = by_key(ev.properties.get(by))
-        if key is None:
-            return   # missing, or an object or array: names no single category
+        key = ev.properties.get(by)
+        if key.__class__ is not str:   # (by_key inlined for text, the common case)
+            key = by_key(key)
+            if key is None:
+                return   # missing, or an object or array: names no single category
         entry = aggs.get(name)
         if entry is None:
             aggs[name] = [ev.ts, {key: 1.0}]
@@ -255,10 +259,14 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
                 scores[k] *= factor
             entry[0] = ev.ts
             exponent = 0.0
-        scores[key] = scores.get(key, 0.0) + 2.0**exponent
-        if len(scores) > DECAYED_KEYS:
-            weakest = min(scores, key=lambda k: (scores[k], k))
-            del scores[weakest]
+        score = scores.get(key)
+        if score is not None:   # a key it holds: nothing to evict
+            scores[key] = score + 2.0**exponent
+            return
+        scores[key] = 2.0**exponent
+        if len(scores) > DECAYED_KEYS:   # the lowest score goes (ties: the smallest key)
+            low = min(scores.values())
+            del scores[min([k for k, v in scores.items() if v == low])]
 
     def read(st: CustomerState, now: int) -> Any:
         entry = st.aggs.get(name)

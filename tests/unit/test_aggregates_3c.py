@@ -7,21 +7,25 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.actions.trigger import Trigger
 from engine.core.times import format_ts, now_ms, parse_ts
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.offline.backtest import Replay
-from engine.rules.aggregates import BY_KEYS
+from engine.rules.aggregates import BY_KEYS, DECAYED_KEYS, compile_aggregate
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
+from engine.rules.model import Aggregate, Source
 from engine.state.customer import encode_state
 from engine.testing import run_in_memory
 
 T0 = parse_ts("2026-03-02T10:00:00Z")
 MIN = 60_000
 DAY = 24 * 60 * MIN
+HOUR = 60 * MIN
 
 
 def compile_yaml(tmp_path: Path, text: str) -> CompiledRules:
@@ -359,3 +363,40 @@ def test_validate_events_checks_the_types_of_inactive_of(tmp_path):
     warnings = missing_types(load_rules(tmp_path), Counter({"purchase": 3, "product_view": 9}))
     assert len(warnings) == 1 and "rule 'no-purchase-60d' inactive of 'purchse'" in warnings[0]
     assert "did you mean 'purchase'" in warnings[0]
+
+
+# -- decayed counts and by-keys against a plain model ---------------------------------------
+
+def decayed_model(views: list[tuple[int, object]], half_life: int) -> dict[str, float]:
+    """What `interest` holds, written the obvious way: every key's score rebased to the first
+    event's time, at most DECAYED_KEYS keys, the lowest score dropped (ties: the smallest key)."""
+    ref, scores = None, {}
+    for ts, category in views:
+        key = category if isinstance(category, str) else None if category is None or isinstance(
+            category, (dict, list)) else str(category)
+        if key is None:
+            continue
+        if ref is None:
+            ref = ts
+        scores[key] = scores.get(key, 0.0) + 2.0 ** ((ts - ref) / half_life)
+        if len(scores) > DECAYED_KEYS:
+            del scores[min(scores, key=lambda k: (scores[k], k))]
+    return scores
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.one_of(st.sampled_from("abcdefghijkl"), st.integers(0, 3),
+                                                         st.none(), st.just([1]))), min_size=9, max_size=60))
+def test_a_decayed_count_keeps_what_the_plain_model_keeps(views):
+    """Equal steps and equal keys make ties of scores: the smallest key goes first."""
+    agg = Aggregate(name="interest", kind="decayed_count", on=("v",), by="category", half_life=HOUR,
+                    source=Source("hand.yaml", 1))
+    update, _ = compile_aggregate(agg)
+    aggs: dict = {}
+    timed = [(step * HOUR // 4, category) for step, category in sorted(views, key=lambda v: v[0])]
+    for i, (ts, category) in enumerate(timed):
+        update(aggs, Event(f"e{i}", "v", "c1", ts, {"category": category}))
+    expected = decayed_model(timed, HOUR)
+    assert set(aggs.get("interest", [0, {}])[1]) == set(expected)
+    for key, score in expected.items():
+        assert aggs["interest"][1][key] == pytest.approx(score)
