@@ -15,32 +15,26 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
+import msgspec
 
 from engine.events.decode import EventDecoder, read_jsonl
 from engine.offline.backtest import BATCH, Replay
-from engine.rules.compiler import CompiledRules, load_and_compile
-from engine.rules.yaml_lines import RulesYamlLoader  # YAML 1.2 scalars: `on:` is a key, not true
+from engine.rules.compiler import CompiledRules, compile_rules
+from engine.rules.loader import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def layered_rules(rules_dir: Path, into: Path) -> dict[str, CompiledRules]:
-    """The three rule sets: none, the folder's aggregates only, the folder itself."""
-    none, aggregates = into / "none", into / "aggregates"
-    none.mkdir()
-    aggregates.mkdir()
-    (none / "rules.yaml").write_text("rules: []\n")
-    found: dict = {}
-    for path in sorted(rules_dir.glob("*.y*ml")):
-        found.update((yaml.load(path.read_text(), RulesYamlLoader) or {}).get("aggregates") or {})
-    (aggregates / "rules.yaml").write_text(yaml.safe_dump({"aggregates": found, "rules": []}))
-    return {"no rules": load_and_compile(none), "aggregates only": load_and_compile(aggregates),
-            "all rules": load_and_compile(rules_dir)}
+def layered_rules(rules_dir: Path) -> dict[str, CompiledRules]:
+    """The three rule sets, from one reading of the folder: its aggregates and policy without
+    its rules, neither, and the folder as it is."""
+    ruleset = load_rules(rules_dir)
+    return {"no rules": compile_rules(msgspec.structs.replace(ruleset, rules=(), aggregates={})),
+            "aggregates only": compile_rules(msgspec.structs.replace(ruleset, rules=())),
+            "all rules": compile_rules(ruleset)}
 
 
 def replay_us(rules: CompiledRules, batches: list[list]) -> float:
@@ -64,14 +58,13 @@ def main() -> None:
     lines = [line for _, line in zip(range(args.limit), read_jsonl(args.events))]
     decoder = EventDecoder()
     batches = [decoder.decode_batch(lines[i:i + BATCH])[0] for i in range(0, len(lines), BATCH)]
-    with tempfile.TemporaryDirectory() as tmp:
-        sets = layered_rules(Path(args.rules), Path(tmp))
-        runs: dict[str, list[float]] = {name: [] for name in sets}
-        for n in range(args.rounds):
-            for name, rules in sets.items():
-                runs[name].append(replay_us(rules, batches))
-            print(f"round {n + 1}: " + ", ".join(f"{name} {runs[name][-1]:.2f}" for name in sets) + " µs/event",
-                  flush=True)
+    sets = layered_rules(Path(args.rules))
+    runs: dict[str, list[float]] = {name: [] for name in sets}
+    for n in range(args.rounds):
+        for name, rules in sets.items():
+            runs[name].append(replay_us(rules, batches))
+        print(f"round {n + 1}: " + ", ".join(f"{name} {runs[name][-1]:.2f}" for name in sets) + " µs/event",
+              flush=True)
     medians = {name: statistics.median(v) for name, v in runs.items()}
     total = medians["all rules"]
     print(f"\n{len(lines):,} events, {args.rounds} interleaved rounds, medians (µs per event):")

@@ -10,8 +10,8 @@ from engine.events.model import Event
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_layers_are_no_rules_the_aggregates_alone_and_the_whole_folder(tmp_path):
-    sets = layered_rules(ROOT / "rules", tmp_path)
+def test_the_layers_are_no_rules_the_aggregates_alone_and_the_whole_folder():
+    sets = layered_rules(ROOT / "rules")
     full, aggregates, none = sets["all rules"], sets["aggregates only"], sets["no rules"]
     assert full.rules and not aggregates.rules and not none.rules
     assert set(aggregates.ruleset.aggregates) == set(full.ruleset.aggregates) and full.ruleset.aggregates
