@@ -15,7 +15,7 @@ from engine.core.times import format_ts, now_ms, parse_ts
 from engine.events.decode import EventDecoder
 from engine.events.model import Event
 from engine.offline.backtest import Replay
-from engine.rules.aggregates import BY_KEYS, DECAYED_KEYS, compile_aggregate
+from engine.rules.aggregates import BY_KEYS, DECAYED_KEYS, by_key, compile_aggregate
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.rules.errors import RulesInvalid
 from engine.rules.model import Aggregate, Source
@@ -372,8 +372,7 @@ def decayed_model(views: list[tuple[int, object]], half_life: int) -> dict[str, 
     event's time, at most DECAYED_KEYS keys, the lowest score dropped (ties: the smallest key)."""
     ref, scores = None, {}
     for ts, category in views:
-        key = category if isinstance(category, str) else None if category is None or isinstance(
-            category, (dict, list)) else str(category)
+        key = by_key(category)
         if key is None:
             continue
         if ref is None:
