@@ -430,3 +430,17 @@ def test_engagement_bytes_are_those_of_every_earlier_release_over_a_long_random_
 
     assert [digest(s) for s in range(4)] == ["4f66eb1194619452", "209862cbe20ae2cc", "be54b44f07c1c586",
                                              "02c2b5006298f158"]
+
+
+def test_engagement_rounding_is_the_builtin_round_bit_for_bit():
+    """The encoder's own rounding (a generic call is slow compiled) against `round`: exact ties,
+    both sides of them, and random values over the range it rounds."""
+    import random
+
+    from engine.state.engagement import _round
+
+    values = [k / 2 for k in range(0, 1200)] + [k / 2 + d for k in range(0, 600) for d in (-1e-9, 1e-9)]
+    values += [2.0**52 - 0.5, 2.0**52, 2.0**53, 0.49999999999999994, 1e-300]
+    rnd = random.Random(7)
+    values += [rnd.uniform(0, 4096) for _ in range(20_000)] + [rnd.random() * 16 for _ in range(5_000)]
+    assert [_round(v) for v in values] == [round(v) for v in values]
