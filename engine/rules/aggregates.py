@@ -149,15 +149,16 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
                 buckets.sort()
 
     def read(st: CustomerState, now: int) -> Any:
-        buckets = st.aggs.get(name)
+        buckets: list[list[Any]] | None = st.aggs.get(name)
         if not buckets:
             return 0
         first = (now - window) // bucket_ms   # the bucket holding `now - window` still counts
         current = now // bucket_ms
-        total = 0
-        for b, v in buckets:
+        total: Any = 0
+        for item in buckets:   # indexed, not unpacked: compiled, unpacking a list is a generic iteration
+            b: int = item[0]
             if first <= b <= current:
-                total += v
+                total += item[1]
         return total
 
     return update, read
@@ -228,11 +229,13 @@ def decayed_top(agg: Aggregate) -> Read:
         entry = st.aggs.get(name)
         if entry is None:
             return None
-        best_key, best = None, -1.0
-        for k, v in entry[1].items():
+        scores: dict[str, float] = entry[1]   # typed: compiled, the comparisons are native
+        best_key = ""
+        best = -1.0
+        for k, v in scores.items():
             if v > best or (v == best and k < best_key):
                 best_key, best = k, v
-        return best_key
+        return best_key if best >= 0.0 else None
 
     return top
 
@@ -247,17 +250,20 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
             key = by_key(key)
             if key is None:
                 return   # missing, or an object or array: names no single category
+        ts = ev.ts
         entry = aggs.get(name)
         if entry is None:
-            aggs[name] = [ev.ts, {key: 1.0}]
+            aggs[name] = [ts, {key: 1.0}]
             return
-        scores = entry[1]
-        exponent = (ev.ts - entry[0]) / half_life
+        # Typed locals: compiled (setup.py), the arithmetic and the dict's calls are native.
+        ref: int = entry[0]
+        scores: dict[str, float] = entry[1]
+        exponent: float = (ts - ref) / half_life
         if exponent > _REBASE_AFTER:
             factor = 2.0 ** -exponent
             for k in scores:
                 scores[k] *= factor
-            entry[0] = ev.ts
+            entry[0] = ts
             exponent = 0.0
         score = scores.get(key)
         if score is not None:   # a key it holds: nothing to evict
