@@ -34,6 +34,7 @@ COMPILED_MODULES = [
     "engine/rules/aggregates.py",
     "engine/rules/journey.py",
     "engine/rules/kinds.py",
+    "engine/rules/plan.py",
     "engine/state/engagement.py",
     "engine/state/redis.py",
 ]

@@ -39,6 +39,7 @@ from engine.policy.contact import DEFERRED, Candidate, ContactPolicy, Decision
 from engine.policy.timing import Population
 from engine.rules.compiler import MAX_TIMERS_PER_RULE, CompiledRules
 from engine.rules.kinds import CompiledAction, CompiledRule, InactiveRule, RecurringRule, SeriesRule
+from engine.rules.plan import EventPlan
 from engine.state.customer import Consent, CustomerState, Deferred, Timer
 from engine.state.engagement import local_hour
 
@@ -90,6 +91,7 @@ class Evaluator:
         self._idle_min_wait = min((r.wait for r in rules.inactive if not r.of), default=0)
         self._idle_of = rules.inactive_of   # their stretch starts at the latest event of their types
         self._idle_of_ids = frozenset(r.id for r in self._idle_of)
+        self._plans: dict[str, EventPlan] = {}   # the rules' plans, read here without a call (compiled: natively)
 
     def next_due(self, state: CustomerState, recurring_until: int | None = None) -> int | None:
         """The customer's earliest deadline, stored or implicit (inactivity), for wake-up indexes.
@@ -175,7 +177,9 @@ class Evaluator:
         if self.observer is not None:
             self.observer.event_applied(ev)
 
-        plan = self.rules.plan(ev.type)
+        plan = self._plans.get(ev.type)
+        if plan is None:
+            plan = self._plans[ev.type] = self.rules.plan(ev.type)
         aggs = state.aggs
         for update in plan.updates:
             update(aggs, ev)

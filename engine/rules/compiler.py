@@ -52,6 +52,7 @@ from engine.rules.model import (
     Source,
     Unless,
 )
+from engine.rules.plan import EventPlan
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -63,30 +64,6 @@ MAX_EXPRESSIONS = 5_000
 MAX_EXPRESSION_TEXT = 250_000
 
 Fn = Callable[..., Any]
-
-
-class EventPlan:
-    """What an event of one type does: aggregates to update, rules to run, timers it may cancel."""
-
-    __slots__ = ("updates", "filtered", "rules", "cancels", "profile", "consent", "responds", "idle_of", "journeys",
-                 "engagement", "special")
-
-    def __init__(self, updates: tuple[Update, ...], filtered: tuple[StateUpdate, ...], rules: tuple[CompiledRule, ...],
-                 cancels: bool, profile: bool, consent: bool, responds: bool,
-                 idle_of: tuple[InactiveRule, ...] = (), journeys: tuple[JourneyRule, ...] = (),
-                 engagement: int = -1) -> None:
-        self.updates = updates
-        self.filtered = filtered      # aggregates with a `where:`: they read the state (its profile)
-        self.rules = rules
-        self.cancels = cancels
-        self.profile = profile
-        self.consent = consent
-        self.responds = responds      # a response or conversion: attribute it to open triggers
-        self.idle_of = idle_of        # `inactive … of:` rules this type re-arms
-        self.journeys = journeys      # journeys this type exits or answers a wait of
-        self.engagement = engagement  # a response of the policy's channel of this index (SPEC §3b); -1: none
-        self.special = (cancels or profile or consent or responds or bool(idle_of) or bool(journeys)
-                        or engagement >= 0)   # one test on the common path
 
 
 class CompiledRules:
