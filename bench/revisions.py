@@ -10,6 +10,7 @@ tree, on the same input, and the ratio of each round is reported with the median
     python -m bench.revisions --baseline c75ce00 --kafka --events-live 100000 --same-rules   # through Kafka
     python -m bench.revisions --baseline c75ce00 --events /tmp/w1m.jsonl --callgrind 100000
     python -m bench.revisions --baseline HEAD --compiled --events /tmp/w300k.jsonl   # compiled core vs pure
+    python -m bench.revisions --baseline 90c8c98 --compiled --compiled-baseline --events /tmp/w300k.jsonl   # both compiled
     python -m bench.revisions --baseline 11e591f --kafka-latency --rounds 3    # through Kafka, 20,000 events/s
     python -m bench.revisions --baseline 11e591f --kafka-latency --same-rules  # the same, both on 11e591f's rules
 
@@ -54,6 +55,20 @@ def compile_tree(work: Path) -> Path:
     """A copy of the current tree with its core compiled by mypyc (scripts/compile.sh)."""
     subprocess.run(["bash", str(ROOT / "scripts" / "compile.sh"), str(work / "compiled")], check=True)
     return work / "compiled" / "tree"
+
+
+def compile_extracted(tree: Path) -> Path:
+    """An extracted revision with its core compiled in place, by its own setup.py (as
+    scripts/compile.sh does for a copy of this tree)."""
+    setup = tree / "setup.py"
+    if not setup.is_file() or "COMPILED_MODULES" not in setup.read_text():
+        raise SystemExit(f"revision {tree.name} has no compiled core (setup.py's COMPILED_MODULES): "
+                         "leave out --compiled-baseline")
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "-j", "2"], cwd=tree,
+                          env={**ENV, "TRIGGERS_COMPILE": "1"}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"compiling revision {tree.name} failed:\n{done.stderr[-3000:]}")
+    return tree
 
 
 def backtest(tree: Path, events: str, work: Path, rules: Path | None = None) -> float:
@@ -158,12 +173,16 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="run the current tree with its core compiled "
                         "(scripts/compile.sh, in a copy) instead of as pure Python; with --baseline HEAD, the "
                         "compiled core against the pure one")
+    parser.add_argument("--compiled-baseline", action="store_true", help="also the baseline with its core compiled "
+                        "(its own setup.py; revisions since the compiled core): compiled against compiled")
     parser.add_argument("--callgrind", type=int, metavar="N", help="count (valgrind) instead of timing: the cost "
                         "of one backtest event at event N of --events")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        trees = {"baseline": extract(args.baseline, work), "current": compile_tree(work) if args.compiled else ROOT}
+        baseline = extract(args.baseline, work)
+        trees = {"baseline": compile_extracted(baseline) if args.compiled_baseline else baseline,
+                 "current": compile_tree(work) if args.compiled else ROOT}
         if args.callgrind is not None:
             counts = {name: callgrind(tree, args.events, args.callgrind, work) for name, tree in trees.items()}
             for key in ("Ir", "D1mr", "D1mw"):

@@ -98,8 +98,10 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
         if field == "ts":
 
             def update(aggs: dict[str, Any], ev: Event) -> None:
-                if ev.ts > aggs.get(name, 0):   # a late event does not move it back
-                    aggs[name] = ev.ts
+                ts = ev.ts
+                last: int = aggs.get(name, 0)   # typed: compiled, a native comparison
+                if ts > last:   # a late event does not move it back
+                    aggs[name] = ts
 
         else:
 
@@ -127,14 +129,15 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
     def update(aggs: dict[str, Any], ev: Event) -> None:
         value = amount(ev.properties.get(field)) if is_sum else 1
         bucket = ev.ts // bucket_ms
-        buckets = aggs.get(name)
+        buckets: list[list[Any]] | None = aggs.get(name)   # typed: compiled, native list calls
         if buckets is None:
             aggs[name] = [[bucket, value]]
             return
         last = buckets[-1]
-        if last[0] == bucket:
+        head: int = last[0]
+        if head == bucket:
             last[1] = add_amount(last[1], value) if is_sum else last[1] + 1   # a count stays a small int
-        elif last[0] < bucket:
+        elif head < bucket:
             buckets.append([bucket, value])
             oldest = bucket - WINDOW_BUCKETS
             if buckets[0][0] < oldest:
@@ -144,7 +147,7 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
                 if b[0] == bucket:
                     b[1] = add_amount(b[1], value) if is_sum else b[1] + 1
                     return
-            if bucket >= last[0] - WINDOW_BUCKETS:
+            if bucket >= head - WINDOW_BUCKETS:
                 buckets.append([bucket, value])
                 buckets.sort()
 
@@ -251,11 +254,11 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
             if key is None:
                 return   # missing, or an object or array: names no single category
         ts = ev.ts
-        entry = aggs.get(name)
+        # Typed locals: compiled (setup.py), the arithmetic, the list's and the dict's calls are native.
+        entry: list[Any] | None = aggs.get(name)
         if entry is None:
             aggs[name] = [ts, {key: 1.0}]
             return
-        # Typed locals: compiled (setup.py), the arithmetic and the dict's calls are native.
         ref: int = entry[0]
         scores: dict[str, float] = entry[1]
         exponent: float = (ts - ref) / half_life
