@@ -172,7 +172,7 @@ class IsolatedEvaluator:
     def _replay(customer_id: str, state: CustomerState | None, call: Entry, scratch: Evaluator
                 ) -> CustomerState | None:
         """One journaled call again, on an evaluator of the same rules whose counts are thrown away."""
-        if call.__class__ is Event:
+        if type(call) is Event:
             return scratch.on_event(state, call, [])
         if state is not None:
             now, recurring_until = call   # type: ignore[misc]
@@ -211,7 +211,7 @@ class IsolatedEvaluator:
                 last_good = None if state is None else encode_state(state)
             except Exception as exc:
                 state = None if last_good is None else decode_state(last_good)
-                if call.__class__ is Event:
+                if type(call) is Event:
                     ev: Event = call
                     what = f"event {ev.event_id!r} of customer {customer_id!r}"
                     dead.append(DeadLetter(self._reason(Stage.STORE, exc, what), f"{self.where} event {ev.event_id}",

@@ -23,6 +23,7 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -67,13 +68,13 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
             # add_amount(aggs.get(name, 0), amount(value)), inlined for JSON numbers: a call costs
             # more than the addition on this path
             value = ev.properties.get(field)
-            cls = value.__class__
+            cls = type(value)
             if cls is not float and cls is not int:
                 value = amount(value)
                 if not value:
                     return
             total = aggs.get(name, 0) + value
-            if total.__class__ is float:
+            if type(total) is float:
                 if total - total != 0:   # it would overflow to infinity: the amount is ignored
                     return
             elif not -MAX_EXACT <= total <= MAX_EXACT:
@@ -170,9 +171,9 @@ def _windowed(agg: Aggregate) -> tuple[Update, Read]:
 def by_key(value: Any) -> str | None:
     """The key an event's property names: text as is, a number or boolean as Python writes it
     (`7`, `2.5`, `True`); an object, an array or a missing value names none."""
-    if value.__class__ is str:
+    if type(value) is str:
         return value
-    if value is None or value.__class__ is dict or value.__class__ is list:
+    if value is None or type(value) is dict or type(value) is list:
         return None
     return str(value)
 
@@ -185,7 +186,7 @@ def _keyed(agg: Aggregate) -> tuple[Update, Read]:
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
         key = ev.properties.get(by)
-        if key.__class__ is not str:   # (by_key inlined for text, the common case)
+        if type(key) is not str:   # (by_key inlined for text, the common case)
             key = by_key(key)
             if key is None:
                 return
@@ -249,7 +250,7 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
 
     def update(aggs: dict[str, Any], ev: Event) -> None:
         key = ev.properties.get(by)
-        if key.__class__ is not str:   # (by_key inlined for text, the common case)
+        if type(key) is not str:   # (by_key inlined for text, the common case)
             key = by_key(key)
             if key is None:
                 return   # missing, or an object or array: names no single category
@@ -263,16 +264,16 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
         scores: dict[str, float] = entry[1]
         exponent: float = (ts - ref) / half_life
         if exponent > _REBASE_AFTER:
-            factor = 2.0 ** -exponent
+            factor = math.pow(2.0, -exponent)   # math.pow: compiled, C's pow (as `**` calls it) without a generic call
             for k in scores:
                 scores[k] *= factor
             entry[0] = ts
             exponent = 0.0
         score = scores.get(key)
         if score is not None:   # a key it holds: nothing to evict
-            scores[key] = score + 2.0**exponent
+            scores[key] = score + math.pow(2.0, exponent)
             return
-        scores[key] = 2.0**exponent
+        scores[key] = math.pow(2.0, exponent)
         if len(scores) > DECAYED_KEYS:   # the lowest score goes (ties: the smallest key)
             low = min(scores.values())
             del scores[min([k for k, v in scores.items() if v == low])]
@@ -282,7 +283,7 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
         if entry is None:
             return {}
         ref, scores = entry
-        factor = 2.0 ** (-(now - ref) / half_life)
+        factor = math.pow(2.0, -(now - ref) / half_life)
         return {k: v * factor for k, v in scores.items()}
 
     return update, read
