@@ -100,7 +100,9 @@ def compile_aggregate(agg: Aggregate) -> tuple[Update, Read]:
 
             def update(aggs: dict[str, Any], ev: Event) -> None:
                 ts = ev.ts
-                last: int = aggs.get(name, 0)   # typed: compiled, a native comparison
+                # typed: compiled, a native comparison; float, not int, so that a number another
+                # kind of the same name left (a reload that changed it) compares as before
+                last: float = aggs.get(name, 0)
                 if ts > last:   # a late event does not move it back
                     aggs[name] = ts
 

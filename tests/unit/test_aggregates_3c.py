@@ -399,3 +399,21 @@ def test_a_decayed_count_keeps_what_the_plain_model_keeps(views):
     assert set(aggs.get("interest", [0, {}])[1]) == set(expected)
     for key, score in expected.items():
         assert aggs["interest"][1][key] == pytest.approx(score)
+
+
+def test_values_another_kind_of_the_same_name_left_are_read_as_before():
+    """A reload that changes an aggregate's kind keeps its stored value: the compiled core types
+    some values (setup.py), and a number where a `last: ts` is kept, or whole numbers where a
+    decayed count keeps its scores, must work as they do in the pure core."""
+    last, _ = compile_aggregate(Aggregate(name="seen", kind="last", field="ts", on=("*",),
+                                          source=Source("hand.yaml", 1)))
+    aggs: dict = {"seen": 2.5e12}   # a sum's float, from the rules before the reload
+    last(aggs, Event("e1", "v", "c1", T0, {}))
+    assert aggs["seen"] == 2.5e12   # later than T0: kept
+    last(aggs, Event("e2", "v", "c1", 2_600_000_000_000, {}))
+    assert aggs["seen"] == 2_600_000_000_000
+    decayed, read = compile_aggregate(Aggregate(name="interest", kind="decayed_count", on=("v",), by="category",
+                                                half_life=HOUR, source=Source("hand.yaml", 1)))
+    aggs = {"interest": [T0, {"a": 1, "b": 2}]}   # whole-number scores
+    decayed(aggs, Event("e3", "v", "c1", T0, {"category": "a"}))
+    assert aggs["interest"][1] == {"a": 2.0, "b": 2}
