@@ -5,8 +5,9 @@
 #
 # No container registry is reachable here, so the Dockerfile's base (FROM python:…-slim-bookworm)
 # is a STAND-IN made locally: Debian bookworm (debootstrap --variant=minbase) with Debian's python3
-# (3.11.2, not the official image's 3.11.x build) in a venv at /usr/local, so that `python`, `pip`
-# and installed scripts are where the official image has them. It is imported under the name the
+# (3.11.2, not the official image's 3.11.x build) and its headers (python3-dev: the official image
+# has Python's, and the build stage compiles the core against them) in a venv at /usr/local, so
+# that `python`, `pip` and installed scripts are where the official image has them. It is imported under the name the
 # FROM line expects and cached in podman's image store (labelled; made once, reused after).
 # Runtime recipe (shared/docs/containers.md): podman with runc, explicit ulimits, host network.
 #
@@ -69,6 +70,11 @@ standin_of() { podman image inspect --format "{{index .Labels \"$STANDIN_LABEL\"
 if [[ ${TE_REBUILD_BASE:-} == 1 ]] && podman image exists "$BASE"; then
     podman rmi -f "$BASE" "docker.io/library/$BASE" >/dev/null 2>&1 || true
 fi
+# A stand-in made before the build stage compiled the core lacks Python's headers: make it anew.
+kind="$(standin_of "$BASE" || true)"
+if [[ -n $kind && $kind != "<no value>" && $kind != *-headers ]]; then
+    podman rmi -f "$BASE" "docker.io/library/$BASE" >/dev/null 2>&1 || true
+fi
 if podman image exists "$BASE"; then
     kind="$(standin_of "$BASE")"
     if [[ -n $kind && $kind != "<no value>" ]]; then
@@ -80,7 +86,7 @@ else
     say "base $BASE: not here and no registry to pull it from: making a STAND-IN with debootstrap (takes minutes)"
     work="$(mktemp -d /var/tmp/container_check-base.XXXXXX)"
     trap 'rm -rf "$work"' EXIT
-    heavy debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    heavy debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates \
         bookworm "$work/rootfs" ${TE_DEBIAN_MIRROR:+"$TE_DEBIAN_MIRROR"} >"$work/debootstrap.log" 2>&1 ||
         fail "debootstrap of the stand-in base failed: $(tail -n 3 "$work/debootstrap.log")"
     # python, pip and installed scripts in /usr/local/bin, as in the official image (a venv, so
@@ -91,7 +97,7 @@ else
     heavy tar -C "$work/rootfs" -c . | podman import \
         --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
-        --change "LABEL $STANDIN_LABEL=debootstrap-bookworm-python-$py" \
+        --change "LABEL $STANDIN_LABEL=debootstrap-bookworm-python-$py-headers" \
         --change 'CMD ["python3"]' - "$BASE" >"$work/import.log" 2>&1 ||
         fail "podman import of the stand-in base failed: $(tail -n 3 "$work/import.log")"
     podman tag "$BASE" "docker.io/library/$BASE"      # found locally however the short name resolves
@@ -116,6 +122,8 @@ heavy "${PODMAN[@]}" build "${build_args[@]}" . >/tmp/container_check-build.log 
 say "built $IMAGE in $((SECONDS - build_start)) s ($(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
 version="$("${PODMAN[@]}" run --rm "${RUNOPTS[@]}" "$IMAGE" --version 2>&1)" || fail "triggers --version in the image: $version"
 say "in the image: $version; runs as $("${PODMAN[@]}" run --rm "${RUNOPTS[@]}" --entrypoint id "$IMAGE" -un)"
+[[ $version == *"compiled core"* ]] ||
+    fail "the image runs the pure-Python core, not the compiled one the Dockerfile's build stage makes: $version"
 
 # -- the engine against the local Kafka and Redis ---------------------------------------------
 out="$(mktemp -d /tmp/container_check-out.XXXXXX)"

@@ -45,6 +45,21 @@ def test_dockerfile_installs_pinned_versions_as_non_root():
     assert version("msgspec") == pins["msgspec"]
 
 
+def test_the_image_is_built_with_the_compiled_core_from_what_setup_py_compiles():
+    """The build stage compiles by default and copies setup.py and every module it compiles; the
+    image installs the wheel it made (whether that wheel holds the C extensions is checked by
+    the build itself and by scripts/container_check.sh, which fails on a pure-Python image)."""
+    from setup import COMPILED_MODULES
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    _, build, image = re.split(r"^FROM ", dockerfile, flags=re.M)
+    assert " AS build" in build and "ARG TRIGGERS_COMPILE=1" in build and "--no-build-isolation" in build
+    copied = re.findall(r"^COPY (\S+)/ ", build, re.M) + re.findall(r"^COPY ([^\n]*) \./$", build, re.M)[0].split()
+    assert "setup.py" in copied
+    assert all(module.split("/")[0] in copied for module in COMPILED_MODULES), (COMPILED_MODULES, copied)
+    assert "COPY --from=build /wheels/" in image and "COPY engine/" not in image   # no pure source beside it
+
+
 def test_the_scale_out_compose_file_is_one_cluster_of_valid_settings_on_enough_partitions():
     """deploy/compose-scale.yaml: every engine replica loads as valid settings, the replicas are
     process 0..N-1 of one address list naming them in order, share one Redis Cluster and prefix,
