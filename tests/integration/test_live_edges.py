@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -27,6 +28,42 @@ def test_a_committed_offset_beyond_the_end_is_refused(kafka_bootstrap):
     log = KafkaPartitionLog([kafka_bootstrap], topic, 0, start=2)
     assert not log.end_reached()
     log.close()
+
+
+def _read_up_to(log: KafkaPartitionLog, n: int, within_s: float = 10.0) -> int:
+    got, deadline = 0, time.monotonic() + within_s
+    while got < n and time.monotonic() < deadline:
+        got += len(log.read(n - got))
+    return got
+
+
+def test_the_lag_is_read_without_waiting_for_the_broker(kafka_bootstrap):
+    """The source asks for its lag every few seconds per partition, on the dataflow thread. Asked
+    of the broker, the answer waited behind the fetch in flight, which the broker holds up to
+    `fetch.wait.max.ms` (500 ms) at the end of a partition: 450-500 ms per call, the engine
+    stalled meanwhile (a tenth of a 100,000-event run through Kafka). It is the high watermark
+    of the latest fetch response now: correct, and at once."""
+    topic = create_topic(kafka_bootstrap, unique("lag"), partitions=1)
+    produce(kafka_bootstrap, topic, [b'{"customer_id": "c1"}'] * 1000)
+    log = KafkaPartitionLog([kafka_bootstrap], topic, 0, start=None)
+    try:
+        assert _read_up_to(log, 400) == 400
+        deadline = time.monotonic() + 10
+        while log.lag() != 600 and time.monotonic() < deadline:   # 0 until the first fetch response
+            time.sleep(0.01)
+        assert log.lag() == 600
+        assert _read_up_to(log, 600) == 600
+        took = []
+        for _ in range(5):   # caught up: the consumer's fetch waits at the broker for new records
+            log.read(100)
+            started = time.perf_counter()
+            lag = log.lag()
+            took.append(time.perf_counter() - started)
+            time.sleep(0.05)
+        assert lag == 0
+        assert max(took) < 0.05, [f"{t * 1000:.0f} ms" for t in took]
+    finally:
+        log.close()
 
 
 def test_index_entries_without_a_state_are_removed(redis_url, redis_client):
