@@ -25,11 +25,9 @@ COPY pyproject.toml README.md constraints.txt setup.py ./
 COPY engine/ engine/
 COPY connectors/ connectors/
 COPY bench/ bench/
+# `pip install .` for the dependencies (mypy reads their types); the wheel is built apart.
 RUN pip install --no-cache-dir -c constraints.txt . setuptools wheel $([ "$TRIGGERS_COMPILE" = 1 ] && echo mypy) \
- && TRIGGERS_COMPILE="$TRIGGERS_COMPILE" pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels . \
- && if [ "$TRIGGERS_COMPILE" = 1 ]; then \
-        python -m zipfile -l /wheels/trigger_engine-*.whl | grep -q 'engine/core/session.*\.so' \
-        || { echo "the wheel holds no compiled core: see the mypyc output above" >&2; exit 1; }; fi
+ && TRIGGERS_COMPILE="$TRIGGERS_COMPILE" pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels .
 
 FROM python:3.11.11-slim-bookworm
 
@@ -42,12 +40,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 triggers \
  && useradd --system --uid 10001 --gid triggers --home-dir /app --shell /usr/sbin/nologin triggers
 
+# A compiling build that fell back on pure Python (setup.py says why in the build's output)
+# fails here, by the engine's own report of which core it runs.
+ARG TRIGGERS_COMPILE=1
 WORKDIR /app
 COPY constraints.txt ./
 COPY --from=build /wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir -c constraints.txt /tmp/wheels/trigger_engine-*.whl \
  && rm -rf /tmp/wheels \
- && triggers --version
+ && triggers --version \
+ && { [ "$TRIGGERS_COMPILE" != 1 ] || triggers --version | grep -q "compiled core"; }
 COPY rules/ rules/
 COPY examples/ examples/
 

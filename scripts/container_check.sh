@@ -7,8 +7,9 @@
 # is a STAND-IN made locally: Debian bookworm (debootstrap --variant=minbase) with Debian's python3
 # (3.11.2, not the official image's 3.11.x build) and its headers (python3-dev: the official image
 # has Python's, and the build stage compiles the core against them) in a venv at /usr/local, so
-# that `python`, `pip` and installed scripts are where the official image has them. It is imported under the name the
-# FROM line expects and cached in podman's image store (labelled; made once, reused after).
+# that `python`, `pip` and installed scripts are where the official image has them. It is
+# imported under the name the FROM line expects and cached in podman's image store (labelled;
+# made once, reused after).
 # Runtime recipe (shared/docs/containers.md): podman with runc, explicit ulimits, host network.
 #
 # usage: scripts/container_check.sh        exit 0: verified; 1: a step failed (the reason is
@@ -67,12 +68,11 @@ RUNOPTS=(--network host --ulimit "nofile=$NOFILE:$NOFILE" --ulimit "nproc=$NPROC
 
 # -- the stand-in base image ------------------------------------------------------------------
 standin_of() { podman image inspect --format "{{index .Labels \"$STANDIN_LABEL\"}}" "$1" 2>/dev/null; }
-if [[ ${TE_REBUILD_BASE:-} == 1 ]] && podman image exists "$BASE"; then
-    podman rmi -f "$BASE" "docker.io/library/$BASE" >/dev/null 2>&1 || true
-fi
-# A stand-in made before the build stage compiled the core lacks Python's headers: make it anew.
+# Made anew when asked, or when it is a stand-in from before the build stage compiled the core
+# (without Python's headers).
 kind="$(standin_of "$BASE" || true)"
-if [[ -n $kind && $kind != "<no value>" && $kind != *-headers ]]; then
+if podman image exists "$BASE" &&
+    [[ ${TE_REBUILD_BASE:-} == 1 || (-n $kind && $kind != "<no value>" && $kind != *-headers) ]]; then
     podman rmi -f "$BASE" "docker.io/library/$BASE" >/dev/null 2>&1 || true
 fi
 if podman image exists "$BASE"; then
