@@ -98,6 +98,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 explain_customer(rules, args.customer, state=CustomerState(), rule_id=args.rule)
             assert settings is not None
             state, where = _load_live(settings.redis, args.customer)
+            rules.conform(state, args.customer)   # as the engine reads it (values of an older definition dropped)
             explanation = explain_customer(rules, args.customer, state=state, rule_id=args.rule, at=args.at,
                                            where=where)
     except ExplainError as e:

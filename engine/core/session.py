@@ -57,7 +57,7 @@ from engine.events.decode import DeadLetter
 from engine.events.model import Event
 from engine.policy.timing import Population
 from engine.rules.compiler import CompiledRules
-from engine.state.customer import CustomerState
+from engine.state.customer import CustomerState, encode_state
 
 BEGINNING = -(2**62)     # the frontier and clock before any event
 MAX_HELD = 1_000_000     # events held for ordering at most; past it the oldest are applied early
@@ -357,13 +357,17 @@ class Session:
     # -- the caller's store: loads, checkpoints, evictions, reloads -------------------------------
 
     def loaded(self, customer_id: str, state: CustomerState, image: bytes) -> None:
-        """A state the caller read from its store, with the bytes it was stored as (its image)."""
+        """A state the caller read from its store, with the bytes it was stored as (its image).
+        Aggregate values another definition of their name left are dropped first (`conform`);
+        the image is then the state as these rules read it, where a rebuild starts."""
+        if self.evaluator.rules.conform(state, customer_id):
+            image = encode_state(state)
         self.states[customer_id] = state
         self.isolated.loaded(customer_id, image)
         self.deadlines.update(customer_id, self.evaluator.next_due(state))
 
     def checkpoint(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
-        """Encode these customers' states for storing (None: every customer changed since the last
+        """Encode these customers' states for storing (`checkpoint_changed`: every customer changed since the last
         checkpoint). A state that does not encode is replaced by the state without the event
         that made it so, that event dead-lettered into `rejected`."""
         images, replaced, dead = self.isolated.checkpoint(customer_ids, self.states.get)
@@ -385,6 +389,7 @@ class Session:
         """Evaluate with other rules from now on (a reload); the journal is checkpointed first.
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
         re-indexed."""
+        before = self.evaluator.rules
         self.evaluator = Evaluator(rules, self.observer, self.population, due_fired_before=True)
         self.lateness = rules.lateness
         if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
@@ -392,6 +397,11 @@ class Session:
         replaced, dead = self.isolated.use(self.evaluator, self.states.get)
         self._replace(replaced)
         self.rejected += dead
+        if rules.reshapes(before):   # values the old definitions left, in shapes the new cannot read
+            conform, image = rules.conform, self.isolated.loaded
+            for cid, state in self.states.items():
+                if conform(state, cid):
+                    image(cid, encode_state(state))   # checkpointed above: the journal starts again here
         update, next_due = self.deadlines.update, self.evaluator.next_due
         for cid, state in self.states.items():
             update(cid, next_due(state))

@@ -19,6 +19,9 @@ lookups of the declaration: `update(aggs, event)` and `read(state, now_ms)`. Val
   over the key's events; the value at time t is score * 2^(-(t - ref) / half_life). Storing
   scores against one reference keeps one float per key, exact, with no per-key timestamps.
   Only the DECAYED_KEYS highest keys are kept, so a stale interest eventually drops out.
+
+A value another definition of the same name stored (rules edited) is read as this one's if it
+has this one's shape (`value_fits`), and dropped otherwise (`CompiledRules.conform`).
 """
 
 from __future__ import annotations
@@ -289,3 +292,80 @@ def _decayed(agg: Aggregate) -> tuple[Update, Read]:
         return {k: v * factor for k, v in scores.items()}
 
     return update, read
+
+
+# -- stored values of another definition ---------------------------------------------------------
+
+class Fit:
+    """What a stored value of an aggregate must look like for its update and read to take it.
+    `shape` names the check: definitions with the same shape keep each other's values."""
+
+    __slots__ = ("shape", "check")
+
+    def __init__(self, shape: tuple, check: Callable[[Any, int], bool]) -> None:
+        self.shape = shape
+        self.check = check   # (value, the customer's latest event time) -> whether it fits
+
+
+def value_fits(agg: Aggregate) -> Fit | None:
+    """The `Fit` of `agg`'s stored values (None: any value, the `last` of a property). A value
+    stored under the same name by another definition (a reload or a restart with rules that
+    changed the aggregate's kind, its `by` or its `window`) can have another shape: read as this
+    one's, every event of the customer would fail, or a window's events be lost. A count read as
+    a sum fits; so does a window's list of buckets of another width as long as no bucket lies
+    after the customer's latest event in this width (a shorter width: the old buckets lie before
+    this window and drop out; a longer one would put them in the future, where every new event
+    counts as late and is lost)."""
+    if agg.kind in ("sum", "count"):
+        if agg.by:
+            return Fit(("keyed",), _keyed_fits)
+        if agg.window:
+            bucket_ms = -(-agg.window // WINDOW_BUCKETS)   # as `_windowed`
+
+            def windowed_fits(value: Any, last_ts: int) -> bool:
+                return _windowed_fits(value, last_ts // bucket_ms)
+
+            return Fit(("windowed", bucket_ms), windowed_fits)
+        return Fit(("number",), _is_number)
+    if agg.kind == "last":
+        return Fit(("number",), _is_number) if agg.field == "ts" else None
+    if agg.kind == "decayed_count":
+        return Fit(("decayed",), _decayed_fits)
+    return None
+
+
+def _is_number(value: Any, last_ts: int = 0) -> bool:
+    cls = type(value)
+    return cls is int or cls is float
+
+
+def _windowed_fits(value: Any, latest: int) -> bool:
+    """`[[bucket, value], ...]`, never empty (the update reads the latest bucket), no bucket after `latest`."""
+    if type(value) is not list or not value:
+        return False
+    for item in value:
+        if type(item) is not list or len(item) != 2 or not _is_number(item[1]):
+            return False
+        bucket = item[0]
+        if type(bucket) is not int or bucket > latest:
+            return False
+    return True
+
+
+def _scores_fit(scores: Any) -> bool:
+    if type(scores) is not dict:
+        return False
+    for key, score in scores.items():
+        if type(key) is not str or not _is_number(score):
+            return False
+    return True
+
+
+def _keyed_fits(value: Any, last_ts: int) -> bool:
+    """`{key: value}`."""
+    return _scores_fit(value)
+
+
+def _decayed_fits(value: Any, last_ts: int) -> bool:
+    """`[ref_ms, {key: score}]`."""
+    return type(value) is list and len(value) == 2 and type(value[0]) is int and _scores_fit(value[1])

@@ -7,12 +7,14 @@ Each rule becomes the class of its kind (engine.rules.kinds), decided here from 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from engine.events.model import CONSENT_EVENT
 from engine.rules.aggregates import (
+    Fit,
     Read,
     StateUpdate,
     Update,
@@ -20,6 +22,7 @@ from engine.rules.aggregates import (
     decayed_top,
     filtered,
     keyed_read,
+    value_fits,
 )
 from engine.rules.errors import MAX_ERRORS, RuleError, RulesInvalid, error_limit, exception_text
 from engine.rules.expr import CompiledExpr, Env, ExprError, compile_expr, compile_template, reserved_name_problem
@@ -53,6 +56,9 @@ from engine.rules.model import (
     Unless,
 )
 from engine.rules.plan import EventPlan
+from engine.state.customer import CustomerState
+
+log = logging.getLogger("engine.rules")
 
 PROFILE_EVENTS = frozenset({"identify", "profile"})
 MAX_TIMERS_PER_RULE = 8     # concurrent waits of one rule for one customer (delay, matched absence)
@@ -69,8 +75,11 @@ Fn = Callable[..., Any]
 class CompiledRules:
     def __init__(self, ruleset: RuleSet, readers: dict[str, Read], updates: list[tuple[tuple[str, ...], Update]],
                  rules: list[CompiledRule], profile_attrs: frozenset[str],
-                 filtered: list[tuple[tuple[str, ...], StateUpdate]] | None = None) -> None:
+                 filtered: list[tuple[tuple[str, ...], StateUpdate]] | None = None,
+                 fits: dict[str, Fit] | None = None) -> None:
         self.ruleset = ruleset
+        self.fits = fits or {}   # aggregate name -> the shape its stored value must have (`conform`)
+        self._reset_logged: set[str] = set()
         self.readers = readers
         self._updates = updates
         self._filtered = filtered or []
@@ -95,6 +104,35 @@ class CompiledRules:
         self.uses_population = any(a.best_time for r in rules for a in r.actions())
         self.drain_span = max((_span(r.rule) for r in rules if not r.dated), default=0)
         self._plans: dict[str, EventPlan] = {}
+
+    def conform(self, state: CustomerState, customer_id: str) -> bool:
+        """Drop the stored aggregate values another definition of their name left in a shape these
+        rules cannot read (`engine.rules.aggregates.value_fits`): the aggregate starts again from
+        no events for this customer, instead of every event of the customer failing. True when
+        something was dropped. Called for each state loaded from a store and, after a reload that
+        changed a check (`reshapes`), for each state held; not per event."""
+        aggs = state.aggs
+        if not aggs:
+            return False
+        dropped = False
+        latest = state.last_ts
+        for name, fit in self.fits.items():
+            value = aggs.get(name)
+            if value is not None and not fit.check(value, latest):
+                del aggs[name]
+                dropped = True
+                if name not in self._reset_logged:
+                    self._reset_logged.add(name)
+                    log.warning("aggregate '%s': customer %r holds a value of another definition of the name "
+                                "(%s), which these rules cannot read: it starts again from no events (logged once "
+                                "per aggregate and rules version)", name, customer_id, _shape(value))
+        return dropped
+
+    def reshapes(self, before: CompiledRules) -> bool:
+        """Whether values kept under `before` may not fit these rules (an aggregate whose shape
+        check changed, or is new: a state can hold a value from rules older than `before`)."""
+        shapes = {name: fit.shape for name, fit in before.fits.items()}
+        return any(shapes.get(name) != fit.shape for name, fit in self.fits.items())
 
     def plan(self, event_type: str) -> EventPlan:
         """The plan for an event type, built on first sight and cached (types are few)."""
@@ -121,6 +159,12 @@ class CompiledRules:
 
 
 DAY_MS = 86_400_000
+
+
+def _shape(value: Any) -> str:
+    """A stored value's shape for a log line, bounded (a value can be a long list)."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def _span(rule: Rule) -> int:
@@ -214,6 +258,7 @@ def compile_rules(ruleset: RuleSet, left_out: LeftOut = NOTHING_LEFT_OUT) -> Com
     readers: dict[str, Read] = {}
     updates: list[tuple[tuple[str, ...], Update]] = []
     filtered_updates: list[tuple[tuple[str, ...], StateUpdate]] = []
+    fits: dict[str, Fit] = {}
     profile_attrs: set[str] = {"timezone"}   # recurring dates and quiet hours are local time
     budget = _Budget()
     stopped = False   # the bound on expressions was passed (and reported): nothing more is compiled
@@ -229,6 +274,8 @@ def compile_rules(ruleset: RuleSet, left_out: LeftOut = NOTHING_LEFT_OUT) -> Com
                                     f" ({exception_text(exc)})"))
             continue
         readers[agg.name] = read
+        if (fit := value_fits(agg)) is not None:
+            fits[agg.name] = fit
         if agg.where is None:
             updates.append((agg.on, update))
             continue
@@ -259,7 +306,7 @@ def compile_rules(ruleset: RuleSet, left_out: LeftOut = NOTHING_LEFT_OUT) -> Com
     if errors:
         errors.sort(key=lambda e: (e.file, e.line))
         raise RulesInvalid(errors + [error_limit(errors[-1])] if len(errors) >= MAX_ERRORS else errors)
-    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs), filtered_updates)
+    return CompiledRules(ruleset, readers, updates, compiled, frozenset(profile_attrs), filtered_updates, fits)
 
 
 class _Budget:

@@ -402,7 +402,8 @@ def test_a_decayed_count_keeps_what_the_plain_model_keeps(views):
 
 
 def test_values_another_kind_of_the_same_name_left_are_read_as_before():
-    """A reload that changes an aggregate's kind keeps its stored value: the compiled core types
+    """A reload that changes an aggregate's kind keeps a stored value of the same shape
+    (`value_fits`; other shapes are dropped, tests/unit/test_aggregate_redefined.py): the compiled core types
     some values (setup.py), and a number where a `last: ts` is kept, or whole numbers where a
     decayed count keeps its scores, must work as they do in the pure core."""
     last, _ = compile_aggregate(Aggregate(name="seen", kind="last", field="ts", on=("*",),

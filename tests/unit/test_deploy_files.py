@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,8 +50,9 @@ def test_the_image_is_built_with_the_compiled_core_from_what_setup_py_compiles()
     """The build stage compiles by default and copies setup.py and every module it compiles; the
     image installs the wheel it made (whether that wheel holds the C extensions is checked by
     the build itself and by scripts/container_check.sh, which fails on a pure-Python image)."""
-    from setup import COMPILED_MODULES
-
+    # setup.py runs setup() only as a script; read as conftest's `compiled_modules` does, so the
+    # test does not depend on the repository root being on sys.path (plain `pytest` does not add it)
+    COMPILED_MODULES = runpy.run_path(str(ROOT / "setup.py"), run_name="setup_modules")["COMPILED_MODULES"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     _, build, image = re.split(r"^FROM ", dockerfile, flags=re.M)
     assert " AS build" in build and "ARG TRIGGERS_COMPILE=1" in build and "--no-build-isolation" in build
