@@ -172,7 +172,11 @@ class PartitionWorker:
         if self.live_rules.version != self.rules_version:   # a reload: new batches use the new rules
             self.rules_version = self.live_rules.version
             # cached customers are re-indexed now (inactivity deadlines follow from the rules),
-            # the others as their states are written next
+            # the others as their states are written next. `use` checkpoints the journal, which
+            # the next commit takes its customers from: the customers changed since the last
+            # commit are kept as dirty first, or their changes would not be written while the
+            # offset moves past their events.
+            self.dirty.update(self.session.isolated.journal)
             self.session.use(self.live_rules.rules)
             self._use_population(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
