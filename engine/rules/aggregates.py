@@ -335,8 +335,10 @@ def value_fits(agg: Aggregate) -> Fit | None:
 
 
 def _is_number(value: Any, last_ts: int = 0) -> bool:
+    """An int or a float other than NaN (which no update makes, and which `min` of the decayed
+    count's eviction cannot order)."""
     cls = type(value)
-    return cls is int or cls is float
+    return cls is int or (cls is float and value == value)
 
 
 def _windowed_fits(value: Any, latest: int) -> bool:

@@ -22,6 +22,7 @@ from engine.offline.backtest import Replay
 from engine.rules.aggregates import value_fits
 from engine.rules.compiler import CompiledRules, load_and_compile
 from engine.state.customer import decode_state, encode_state
+from engine.testing import InMemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = parse_ts("2026-03-02T10:00:00Z")
@@ -178,3 +179,43 @@ def test_a_window_of_another_length_counts_every_event_after_the_change(tmp_path
     state = session.states["c1"]
     assert session.take_rejected() == []
     assert new.readers["x"](state, state.last_ts) == 3   # before, growing widths: 0, the three lost as late
+
+
+def test_export_and_the_profile_read_a_stored_state_as_the_engine_does(tmp_path):
+    """`triggers export` and the profile API read states from Redis without the engine's session:
+    a redefined aggregate's old value must not show there while the engine reads it as dropped."""
+    import io
+
+    import orjson
+
+    from engine.cli.export import _export
+    from engine.offline.profile import Source, customer_profile
+
+    old, new = rules_with(tmp_path, "count"), rules_with(tmp_path, "keyed")
+    writer = Session(old, "test")
+    writer.apply(views(0, 3), [])
+    image = writer.checkpoint(["c1"])["c1"]
+
+    store = InMemoryStore()
+    store.commit("p-0", {"c1": image}, 1, {"c1": None})
+    sink = io.BytesIO()
+    assert _export(new, store, T0, "c1", sink) == 1
+    assert orjson.loads(sink.getvalue())["aggregates"]["x"] == {}   # before: 3, the old count
+    engine_view = Session(new, "test")
+    engine_view.loaded("c1", decode_state(image), image)
+    assert customer_profile(new, "c1", engine_view.states["c1"], T0, Source.CACHE).aggregates["x"] == {}
+
+
+def test_nan_does_not_fit(tmp_path):
+    """No update makes NaN; a decayed count of NaN scores could not evict (`min` finds no lowest)."""
+    rules = load_and_compile(_all_rules(tmp_path))
+    nan = float("nan")
+    assert not rules.fits["x_decayed"].check([T0, {"a": nan}], T0)
+    assert not rules.fits["x_count"].check(nan, T0) and rules.fits["x_count"].check(2.5, T0)
+
+
+def _all_rules(tmp_path: Path) -> Path:
+    folder = tmp_path / "all"
+    folder.mkdir()
+    (folder / "rules.yaml").write_text(ALL)
+    return folder
