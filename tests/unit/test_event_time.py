@@ -120,20 +120,24 @@ def backtest(rules: CompiledRules, lines: list[bytes], batch: int = 1000, drain:
 
 
 def live(path: Path, rules: CompiledRules, lines: list[bytes], partitions: int = 1,
-         batch_sizes: tuple[int, ...] = (1000,), crashes: frozenset[int] = frozenset()) -> tuple[list[Trigger], dict]:
+         batch_sizes: tuple[int, ...] = (1000,), crashes: frozenset[int] = frozenset(),
+         reloads: frozenset[int] = frozenset(), epoch: int = 1) -> tuple[list[Trigger], dict]:
     """The live source partitions on the in-memory log and store, stepped as Bytewax steps them
-    (poll -> evaluate -> epoch end -> the next poll commits). `crashes`: after these polls a
-    partition's worker is dropped with what it did since its last commit and rebuilt from the
-    store, as after a kill -9. Returns the triggers of the partitions' outboxes (what the relays
-    deliver: committed, so a crash loses and repeats none) and the states."""
+    (poll -> evaluate -> epoch end -> the next poll commits; an epoch of `epoch` polls). `crashes`:
+    after these polls a partition's worker is dropped with what it did since its last commit and
+    rebuilt from the store, as after a kill -9. `reloads`: after these polls the rules are
+    reloaded (the same rules, read again: nothing may change). Returns the triggers of the
+    partitions' outboxes (what the relays deliver: committed, so a crash loses and repeats none)
+    and the states."""
     store = InMemoryStore()
     decoder = EventDecoder()
     parts: dict[str, list[bytes]] = {f"p-{i}": [] for i in range(partitions)}
     for raw in lines:
         cid = decoder.decode(raw, "t").customer_id   # type: ignore[union-attr]
         parts[f"p-{zlib.crc32(cid.encode()) % partitions}"].append(raw)
+    live_rules = LiveRules(path, rules, watch=False)
     source = EngineSource(sorted(parts), lambda name, start: MemoryLog(name, parts[name], start), lambda: store,
-                          LiveRules(path, rules, watch=False), exit_at_end=True)
+                          live_rules, exit_at_end=True)
     polls = 0
     for name in sorted(parts):
         part = source.build_part("events", name, None)
@@ -146,8 +150,11 @@ def live(path: Path, rules: CompiledRules, lines: list[bytes], partitions: int =
                 break
             for b in batches:
                 b.worker.process(b)
-            part.snapshot()
             polls += 1
+            if polls % epoch == 0:
+                part.snapshot()
+            if polls in reloads:   # what `LiveRules.poll` does on a change that validates
+                live_rules.rules, live_rules.version = load_and_compile(path), live_rules.version + 1
             if polls in crashes:
                 part = source.build_part("events", name, None)   # the epoch in flight is lost
     triggers = [item for name in parts for entry in store.read_outbox(name, 0, 10**9)[0]
@@ -298,17 +305,18 @@ def test_any_arrival_within_the_lateness_gives_the_sorted_streams_triggers_in_th
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=disordered(), partitions=st.integers(1, 3), sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
-       crashes=st.frozensets(st.integers(1, 30), max_size=3))
+       crashes=st.frozensets(st.integers(1, 30), max_size=3), reloads=st.frozensets(st.integers(1, 12), max_size=2),
+       epoch=st.integers(1, 4))
 def test_any_arrival_within_the_lateness_gives_the_sorted_streams_triggers_live(rule_sets, case, partitions, sizes,
-                                                                               crashes):
-    """Through the live source partitions, with random poll-batch sizes, partition counts and
-    crashes (restart from the committed offset, clock and held events): the sorted stream's
-    triggers, and the backtest's final states."""
+                                                                               crashes, reloads, epoch):
+    """Through the live source partitions, with random poll-batch sizes, partition counts, epoch
+    lengths, crashes (restart from the committed offset, clock and held events) and hot reloads:
+    the sorted stream's triggers, and the backtest's final states."""
     lateness, in_order, arrived = case
     path, rules = rule_sets[lateness]
     _, plain = rule_sets[None]
     expected = backtest(plain, in_order, drain=True)   # the bounded live run's clock ends at the wall clock
-    triggers, states = live(path, rules, arrived, partitions, tuple(sizes), crashes)
+    triggers, states = live(path, rules, arrived, partitions, tuple(sizes), crashes, reloads, epoch)
     assert same_triggers(triggers, expected)
     replay = Replay(plain, lambda out: None, drain=True)
     replay.feed(decode(in_order))
