@@ -239,12 +239,14 @@ class PartitionWorker:
 
     def _decode(self, records: list[Record]) -> tuple[list, list[DeadLetter], list[int] | None]:
         """Events, dead letters and the events' offsets, which only holding events for ordering
-        (and the re-read after a restart) needs: None otherwise, at no cost per event."""
+        (and the re-read after a restart) needs: None otherwise, at no cost per event. The
+        population's ceiling (`send_time: best`) holds events too, and it can be set after this
+        decode (by the batch's population refresh): with a population, offsets always."""
         where = self.event_log.where
         keys = [r[2] for r in records] if self.event_log.keyed else None
         session = self.session
         positions: list[int] | None = ([] if session.lateness or session.held or self.reread_below or self.fencing
-                                       else None)
+                                       or session.cap is not None or self.population_sync is not None else None)
         events, dead = self.decoder.decode_batch(((raw, f"{where}@{offset}") for raw, offset, _ in records), keys,
                                                  positions)
         return events, dead, None if positions is None else [records[i][1] for i in positions]
