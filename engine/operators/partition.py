@@ -191,7 +191,7 @@ class PartitionWorker:
         if self.reread_below:
             events, dead, offsets = self._skip_applied(batch.records, events, dead, offsets)
         session = self.session
-        dead += session.take_rejected()   # found by the last commit's storability check
+        dead += session.take_rejected()   # found by a reload's checkpoint (a commit's go out with it)
         refused = 0   # events the core refused (dead-lettered too)
         late = session.late
         counters = session.evaluator.counters   # replaced only by a reload, above
@@ -363,7 +363,6 @@ class PartitionWorker:
         if not self.dirty and offset == self.committed_offset and not self.orphans and not self.outbox and not new_day:
             return False
         started = time.perf_counter()
-        entries = encode_items(self.outbox)
         if self.fencing:
             # the offset the state holds every event before: the commit's, or the customer's first
             # event still held back for ordering (with `lateness`; it is re-read after a crash)
@@ -371,7 +370,12 @@ class PartitionWorker:
             for cid in self.dirty:
                 if (st := cache.get(cid)) is not None:
                     st.fence = min(offset, held.get(cid, offset))
-        states = session.checkpoint(self.dirty)   # its dead letters go out with the next commit
+        states = session.checkpoint(self.dirty)
+        if rejected := session.take_rejected():   # an event whose state could not be stored: this commit drops it
+            metrics.count_dead_letters(self.name, rejected)
+            self.stats.dead_letters += len(rejected)
+            self.outbox += rejected   # so its dead letter is in the same commit, not in the next one
+        entries = encode_items(self.outbox)
         next_due = session.next_due
         due = {cid: next_due(cid) for cid in states}
         orphans = list(self.orphans)

@@ -237,6 +237,37 @@ def test_a_state_that_cannot_be_stored_is_refused_with_its_event(monkeypatch) ->
     assert replay.summary(0, 1.0).dead_letters == 1
 
 
+
+def test_live_the_dead_letter_of_an_unstorable_state_is_in_the_commit_that_drops_its_event(monkeypatch) -> None:
+    """Found in review: the live commit dead-lettered the event at its storability check but left
+    the dead letter for the next commit, after moving the offset past the event: a kill -9 in
+    between, or a stop (which commits and ends), lost it, and the event was in no state and no
+    dead letter. Now it is in the outbox of that very commit."""
+    from engine.operators.partition import Batch, PartitionWorker
+    from engine.rules.reload import LiveRules
+    from engine.state.outbox import decode_item
+    from engine.testing import InMemoryStore, MemoryLog
+
+    vip = BUNDLED.by_id["vip-5000"]
+    real = vip.cond
+
+    def buggy(state, ev, now):
+        if ev.event_id == "p1":
+            state.profile["oops"] = 2**70   # no msgpack integer holds it
+        return real(state, ev, now)
+
+    monkeypatch.setattr(vip, "cond", buggy)
+    lines = [msg(f"p{i}", "purchase", {"amount": 1}) for i in range(3)]
+    store = InMemoryStore()
+    worker = PartitionWorker(MemoryLog("p-0", lines), store, LiveRules(ROOT / "rules", BUNDLED, watch=False), 0)
+    worker.process(Batch(worker, worker.event_log.read(10), False, T0, False))
+    worker.commit(3)   # the epoch's commit; the worker is gone after it (a kill -9, or the stop's last commit)
+    assert store.load_offset("p-0") == 3 and store.states["c-1"].aggs["purchases"] == 2
+    dead = [item for entry in store.read_outbox("p-0", 0, 100)[0]
+            if isinstance(item := decode_item(entry), DeadLetter)]
+    assert [(d.stage, json.loads(d.raw)["event_id"]) for d in dead] == [(Stage.STORE, "p1")]
+    assert worker.session.rejected == [] and worker.stats.dead_letters == 1
+
 # --- the invariant: any JSON in any field is applied or dead-lettered, and the state stores ----
 
 json_values = st.recursive(
