@@ -385,11 +385,16 @@ class Session:
         self.isolated.forget(customer_id)
         self.deadlines.forget(customer_id)
 
-    def use(self, rules: CompiledRules) -> None:
+    def use(self, rules: CompiledRules) -> list[str]:
         """Evaluate with other rules from now on (a reload); the journal is checkpointed first.
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
-        re-indexed."""
+        re-indexed. Returns the customers held here that the caller must write although no event
+        changed them: their earliest deadline moved (a store's deadline index follows a state's
+        write: unwritten, an evicted or restarted customer's new deadline would never fire), or
+        a redefined aggregate's value was dropped."""
         before = self.evaluator.rules
+        old_due = self.evaluator.next_due
+        dues = {cid: old_due(state) for cid, state in self.states.items()}
         self.evaluator = Evaluator(rules, self.observer, self.population, due_fired_before=True)
         self.lateness = rules.lateness
         if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
@@ -397,14 +402,20 @@ class Session:
         replaced, dead = self.isolated.use(self.evaluator, self.states.get)
         self._replace(replaced)
         self.rejected += dead
+        changed: list[str] = []
         if rules.reshapes(before):   # values the old definitions left, in shapes the new cannot read
             conform, image = rules.conform, self.isolated.loaded
             for cid, state in self.states.items():
                 if conform(state, cid):
                     image(cid, encode_state(state))   # checkpointed above: the journal starts again here
+                    changed.append(cid)
         update, next_due = self.deadlines.update, self.evaluator.next_due
         for cid, state in self.states.items():
-            update(cid, next_due(state))
+            due = next_due(state)
+            update(cid, due)
+            if due != dues.get(cid):
+                changed.append(cid)
+        return changed
 
     def take_rejected(self) -> list[DeadLetter]:
         rejected, self.rejected = self.rejected, []

@@ -177,7 +177,7 @@ class PartitionWorker:
             # commit are kept as dirty first, or their changes would not be written while the
             # offset moves past their events.
             self.dirty.update(self.session.isolated.journal)
-            self.session.use(self.live_rules.rules)
+            self.dirty.update(self.session.use(self.live_rules.rules))   # deadlines moved: the index is written with them
             self._use_population(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
         out: list = []
