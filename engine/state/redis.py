@@ -373,7 +373,9 @@ class RedisStore:
         partition's other keys (see above).
         """
         due: dict[str, int] = {}
-        idle: list[str] = list(unindex or ())
+        # a customer to unindex (found without a state) that this commit writes keeps its new
+        # deadline: the script removes after it adds, the in-memory store the other way round
+        idle: list[str] = [cid for cid in unindex or () if cid not in images]
         for cid in images:
             when = next_due.get(cid)
             if when is None:
