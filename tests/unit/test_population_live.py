@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -70,9 +71,12 @@ def backtest(compiled: CompiledRules, lines: list[bytes]) -> list[Trigger]:
 
 
 def live(path: Path, compiled: CompiledRules, parts: dict[str, list[bytes]], sizes: dict[str, int],
-         crash_at: int | None = None, seed: int = 0) -> tuple[list[Trigger], InMemoryStore]:
-    """Every partition polled in a random interleaving, each with its own batch size; `crash_at`:
-    after that many polls partition 0's worker is dropped uncommitted and rebuilt (a kill -9)."""
+         crash_at: int | None = None, seed: int = 0, pick: Callable[[int, list[str]], str] | None = None,
+         crashed: str = "p-0", clocks: list | None = None) -> tuple[list[Trigger], InMemoryStore]:
+    """Every partition polled in a random interleaving (or as `pick(poll, running)` says), each
+    with its own batch size; `crash_at`: after that many polls the `crashed` partition's worker
+    is dropped uncommitted and rebuilt (a kill -9). `clocks` gets its committed clock after
+    each poll."""
     store = InMemoryStore()
     source = EngineSource(sorted(parts), lambda name, start: MemoryLog(name, parts[name], start), lambda: store,
                           LiveRules(path, compiled, watch=False), exit_at_end=True)
@@ -82,7 +86,7 @@ def live(path: Path, compiled: CompiledRules, parts: dict[str, list[bytes]], siz
         if not running:
             break
         assert polls < 200_000, "the partitions never finished"
-        name = rng.choice(sorted(running))
+        name = pick(polls, sorted(running)) if pick is not None else rng.choice(sorted(running))
         part = running[name]
         part.batch_size = sizes[name]
         try:
@@ -93,8 +97,10 @@ def live(path: Path, compiled: CompiledRules, parts: dict[str, list[bytes]], siz
         for b in batches:
             b.worker.process(b)
         part.snapshot()
-        if polls == crash_at and "p-0" in running:
-            running["p-0"] = source.build_part("events", "p-0", None)
+        if clocks is not None:
+            clocks.append(store._clocks.get(crashed))
+        if polls == crash_at and crashed in running:
+            running[crashed] = source.build_part("events", crashed, None)
     triggers = [item for name in parts for entry in store.read_outbox(name, 0, 10**9)[0]
                 if isinstance(item := decode_item(entry), Trigger)]
     return triggers, store
@@ -170,35 +176,10 @@ def test_the_ceiling_holds_events_in_order_and_the_committed_clock_is_what_was_a
     assert format_ts(session.applied_through) == "1970-01-13T00:00:00.000Z"
 
 
-def ahead(path: Path, compiled: CompiledRules, parts: dict[str, list[bytes]], crash_at: int | None
-          ) -> tuple[list[Trigger], InMemoryStore, list]:
-    """p-1 polled nine times for each poll of p-0 (batches of 3), so its events wait for p-0's
-    days behind the ceiling; `crash_at`: after that poll p-1's worker is dropped and rebuilt."""
-    store = InMemoryStore()
-    source = EngineSource(sorted(parts), lambda name, start: MemoryLog(name, parts[name], start), lambda: store,
-                          LiveRules(path, compiled, watch=False), exit_at_end=True, batch_size=3)
-    running = {name: source.build_part("events", name, None) for name in sorted(parts)}
-    clocks = []
-    for polls in itertools.count(1):
-        if not running:
-            break
-        assert polls < 200_000, "the partitions never finished"
-        name = "p-0" if "p-0" in running and (polls % 10 == 0 or "p-1" not in running) else "p-1"
-        part = running[name]
-        try:
-            batches = part.next_batch()
-        except StopIteration:
-            del running[name]
-            continue
-        for b in batches:
-            b.worker.process(b)
-        part.snapshot()
-        clocks.append(store._clocks.get("p-1"))
-        if polls == crash_at and "p-1" in running:
-            running["p-1"] = source.build_part("events", "p-1", None)
-    triggers = [item for name in parts for entry in store.read_outbox(name, 0, 10**9)[0]
-                if isinstance(item := decode_item(entry), Trigger)]
-    return triggers, store, clocks
+
+def p1_ahead(poll: int, running: list[str]) -> str:
+    """p-1 polled nine times for each poll of p-0, so its events wait for p-0's days behind the ceiling."""
+    return "p-0" if "p-0" in running and (poll % 10 == 0 or "p-1" not in running) else "p-1"
 
 
 @pytest.mark.parametrize("crash_at", [None, 1, 2, 3, 5, 8])
@@ -210,7 +191,9 @@ def test_events_the_ceiling_holds_are_re_read_after_a_crash(rules, crash_at):
     path, compiled = rules
     crowd, newcomers = crowd_and_newcomers()
     expected = backtest(compiled, crowd + newcomers)
-    triggers, _, clocks = ahead(path, compiled, {"p-0": crowd, "p-1": newcomers}, crash_at)
+    clocks: list = []
+    triggers, _ = live(path, compiled, {"p-0": crowd, "p-1": newcomers}, {"p-0": 3, "p-1": 3}, crash_at,
+                       pick=p1_ahead, crashed="p-1", clocks=clocks)
     assert all(c.replay_from is None or c.replay_from >= 0 for c in clocks if c is not None)
     key = msgspec.json.encode
     assert sorted(set(map(key, triggers))) == sorted(map(key, expected))
