@@ -57,12 +57,16 @@ class Fatal(EngineError):
 class Batch:
     """What the source hands the evaluate step: raw records and the clock they were read at."""
 
-    __slots__ = ("worker", "records", "caught_up", "now", "scan_index", "backlog", "decoded")
+    __slots__ = ("worker", "records", "caught_up", "now", "scan_index", "backlog", "decoded", "end")
 
     def __init__(self, worker: PartitionWorker, records: list[Record], caught_up: bool,
-                 now: int, scan_index: bool, backlog: bool = False) -> None:
+                 now: int, scan_index: bool, backlog: bool = False, end: int | None = None) -> None:
         self.worker = worker
         self.records = records          # (value, offset, key)
+        # the offset after every record handed out with and before this batch (the source's
+        # `next_offset` when it made it): what a commit after this batch stands for. Records
+        # given: after the last one; none given and no `end`: the committed offset.
+        self.end = records[-1][1] + 1 if records else end
         self.caught_up = caught_up      # the log had nothing more: the clock may move to `now`
         self.now = now                  # wall clock, epoch ms
         self.scan_index = scan_index    # also look for due customers in Redis's deadline index
@@ -158,7 +162,11 @@ class PartitionWorker:
                 if self.outbox and (not batch.backlog or time.monotonic() - self._committed_at >= EAGER_COMMIT_S):
                     # Everything before this batch's end is evaluated (batches come in order on this
                     # worker): its states and the offset after it commit together, as at an epoch's end.
-                    self.commit(batch.records[-1][1] + 1 if batch.records else self.committed_offset)
+                    # An empty batch (the clock's tick) stands for the records of the batches before
+                    # it, evaluated but perhaps not committed yet: committing the committed offset
+                    # again would store their effects under an offset before them, and a crash
+                    # would apply them twice (found by the live property with two-poll epochs).
+                    self.commit(batch.end if batch.end is not None else self.committed_offset)
         except Fatal as e:
             SHUTDOWN.request(str(e), fatal=True)
         except StateLost as e:

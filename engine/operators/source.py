@@ -148,7 +148,8 @@ class EnginePartition(StatefulSourcePartition):
                 self._lag.set(worker.event_log.lag())
         # A bounded run treats the start-up end as "caught up", so its clock reaches the wall clock.
         caught_up = worker.event_log.caught_up() or (self.exit_at_end and worker.event_log.end_reached())
-        return [Batch(worker, records, caught_up, now, scan, backlog=len(records) >= self.batch_size)]
+        return [Batch(worker, records, caught_up, now, scan, backlog=len(records) >= self.batch_size,
+                      end=worker.next_offset)]
 
     def _relayed(self) -> bool:
         """Every relay has passed everything committed to this partition's outbox (a bounded run
