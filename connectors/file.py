@@ -55,7 +55,9 @@ class FileSink(Sink):
         self._text: IO[Any] | None = None  # a text stream whose binary buffer we write to
         self._str_only = False  # a text stream without a binary buffer (e.g. StringIO)
         if self._owns_file:
-            self._fh: IO[Any] = open(config.path, "ab" if config.append else "wb")
+            # unbuffered: a write that fails (a full disk) leaves no bytes behind in a buffer that
+            # a later flush would write after the batch's retry (`write_durably`)
+            self._fh: IO[Any] = open(config.path, "ab" if config.append else "wb", buffering=0)
             if config.append:
                 self._end_torn_line()
         else:
@@ -91,9 +93,30 @@ class FileSink(Sink):
             self._text.flush()  # keep order with what was printed to the same stream as text
         if self._str_only:
             self._fh.write(data.decode("utf-8"))
+        elif self._owns_file:
+            view = memoryview(data)
+            while view:   # an unbuffered write may take part of it
+                view = view[self._fh.write(view):]
         else:
             self._fh.write(data)
         self.stats.delivered += len(items)
+
+    def write_durably(self, items: Sequence[msgspec.Struct]) -> None:
+        """`write_batch` and `settle`; on an `OSError` (a full disk) a file is cut back to what it
+        held before the batch and the error raised, so that a retry appends the batch once (before,
+        each retry added a copy of it that a later flush wrote out). A file that cannot even be
+        cut back (a lost mount) keeps what reached it: its lines may then come twice."""
+        mark = os.fstat(self._fh.fileno()).st_size if self._owns_file and not self._closed else None
+        try:
+            self.write_batch(items)
+            self.settle()
+        except OSError:
+            if mark is not None:
+                try:
+                    os.ftruncate(self._fh.fileno(), mark)
+                except OSError:
+                    pass
+            raise
 
     def deliver(self, items: Sequence[msgspec.Struct]) -> list[Failure]:
         """Append and make durable (`settle`): delivered once on disk. An `OSError` (a full
@@ -101,8 +124,7 @@ class FileSink(Sink):
         tries again (a torn last line stays one bad line, as after a crash)."""
         before = self.stats.delivered
         try:
-            self.write_batch(items)
-            self.settle()
+            self.write_durably(items)
         except OSError as e:
             self.stats.delivered = before
             why = f"cannot write {self.config.path}: {e.strerror or e}"

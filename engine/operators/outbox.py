@@ -548,8 +548,7 @@ class Relay:
             try:
                 if self._dead_letters is None:
                     self._dead_letters = FileSink(FileSinkConfig(path=path, append=True))
-                self._dead_letters.write_batch(letters)
-                self._dead_letters.settle()   # the only record of them once the cursor moves on
+                self._dead_letters.write_durably(letters)   # the only record of them once the cursor moves on
                 break
             except OSError as e:   # a full disk: the batch waits, nothing is skipped
                 self.stats.failing(f"cannot write the dead-letter file {path}: {e.strerror or e}")

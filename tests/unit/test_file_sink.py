@@ -139,3 +139,52 @@ def test_dash_with_text_only_stream() -> None:
         sink.write_batch([_trigger(1), _trigger(2)])
     assert [msgspec.json.decode(line, type=Trigger) for line in buf.getvalue().splitlines()] == [_trigger(1), _trigger(2)]
     assert not buf.closed
+
+
+FULL_DISK = r'''
+import resource, signal, sys
+import msgspec
+from connectors.file import FileSink, FileSinkConfig
+from engine.actions.trigger import Status, Trigger
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG instead
+path, how = sys.argv[1], sys.argv[2]
+items = [Trigger(f"t{n}", "r", f"c{n}", "a", "email", Status.SENT, None, "2026-01-01T00:00:00.000Z", f"e{n}")
+         for n in range(3)]
+sink = FileSink(FileSinkConfig(path=path, append=True))
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))   # "the disk is full": nothing past 200 bytes
+for _ in range(6):   # the relay's retries while the disk stays full
+    if how == "deliver":
+        assert sink.deliver(items), "the write should fail"
+    else:
+        try:
+            sink.write_durably(items)
+            raise SystemExit("the write should fail")
+        except OSError:
+            pass
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))   # room again
+if how == "deliver":
+    assert sink.deliver(items) == []
+else:
+    sink.write_durably(items)
+sink.close()
+print(" ".join(msgspec.json.decode(line)["trigger_id"] for line in open(path, "rb")))
+'''
+
+
+@pytest.mark.parametrize("how", ["deliver", "write_durably"])   # a file sink's relay; a relay's dead-letter file
+def test_a_full_disk_leaves_the_batch_once_after_its_retries(tmp_path: Path, how: str) -> None:
+    """Found in review: a failed write left its bytes in the file object's buffer, and every
+    retry added the batch again, all written once the disk had room: 18 lines for 3 triggers
+    (a dead-letter file: `triggers resend` sent each refused trigger 7 times). The disk is full
+    for real here (a file size limit, in a child process)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"trigger_id":"before"}\n')
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(path), how], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["before", "t0", "t1", "t2"]
