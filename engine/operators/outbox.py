@@ -235,6 +235,7 @@ class Relay:
         self._skips: dict[str, list[tuple[int, int]]] = {}
         self._skip_saved: dict[str, float] = {}   # partition -> when a skipped cursor was last saved
         self._unsaved: set[str] = set()           # partitions whose cursor moved by skips only, not saved yet
+        self._detached: dict[str, int] = {}       # such cursors of partitions detached since (saved at `_close`)
         # partition -> the latest contiguous entries commits handed over (see HANDED_BATCHES)
         self._handed: dict[str, deque[tuple[OutboxEntry, Trigger | DeadLetter]]] = {}
         self._handed_max = HANDED_BATCHES * batch_size
@@ -251,6 +252,13 @@ class Relay:
     # -- control, from other threads ---------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the relay's thread; one that stopped (its last partition ended here) starts anew."""
+        if self._thread.is_alive():
+            return
+        if self._thread.ident is not None:   # ran and stopped: a thread runs once
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"relay-{self.spec.name}", daemon=True)
+        self.stats.state = RelayState.OK
         self._thread.start()
 
     def attach(self, partition: str) -> None:
@@ -264,7 +272,9 @@ class Relay:
         with self._lock:
             if partition in self._partitions:
                 self._partitions.remove(partition)
-            self._cursors.pop(partition, None)
+            cursor = self._cursors.pop(partition, None)
+            if partition in self._unsaved and cursor is not None:
+                self._detached[partition] = cursor   # moved by skips only: `_close` still saves it
             self._read_ahead.pop(partition, None)
             self._handed.pop(partition, None)
             self._drained.discard(partition)
@@ -609,16 +619,22 @@ class Relay:
     def _close(self) -> None:
         if self._unsaved and self._store is not None:   # cursors moved by skips: saved once, best effort
             for partition in list(self._unsaved):
+                cursor = self._cursors.get(partition, self._detached.get(partition))
+                if cursor is None:
+                    continue
                 try:
-                    self._store.save_cursor(partition, self.name, self._cursors[partition], self._sinks)
-                except (*REDIS_ERRORS, KeyError):
+                    self._store.save_cursor(partition, self.name, cursor, self._sinks)
+                    self._unsaved.discard(partition)
+                except REDIS_ERRORS:
                     pass
+        self._detached.clear()
         for closing in (self._connector, self._dead_letters):
             if closing is not None:
                 try:
                     closing.close()
                 except OSError as e:
                     log.error("relay %s: closing: %s", self.name, e)
+        self._connector = self._dead_letters = None   # a relay started again opens them anew
 
 
 class RelayGroup:
@@ -634,16 +650,20 @@ class RelayGroup:
         self._lock = threading.Lock()
         self._attached: set[str] = set()
         self._started = False
+        self._watched = False   # `on_relay` told of every relay (once, however often they start)
         self.on_relay: Callable[[Relay], None] | None = None   # metrics and health watch each relay
 
     def attach(self, partition: str) -> None:
+        """Start the relays with the first partition, and again for one attached after the
+        last had ended here (`detach` stopped them: its worker's partition ended first)."""
         with self._lock:
             if not self._started:
                 self._started = True
                 for relay in self.relays:
-                    if self.on_relay is not None:
+                    if self.on_relay is not None and not self._watched:
                         self.on_relay(relay)
                     relay.start()
+                self._watched = True
             self._attached.add(partition)
         for relay in self.relays:
             relay.attach(partition)
@@ -652,11 +672,11 @@ class RelayGroup:
         """A partition that ended here; when it was the last, the relays stop (after their batch)."""
         for relay in self.relays:
             relay.detach(partition)
-        with self._lock:
+        with self._lock:   # held while they stop: an `attach` meanwhile waits, then starts them again
             self._attached.discard(partition)
-            last = not self._attached and self._started
-        if last:
-            self.stop()
+            if not self._attached and self._started:
+                self._started = False
+                self.stop()
 
     def notify(self, partition: str, last_seq: int, first_seq: int = 0, contents: Contents | None = None,
                handed: Handed = ()) -> None:

@@ -473,3 +473,54 @@ def test_a_filtered_sinks_relay_behind_uses_what_it_was_handed_across_a_commit_w
     assert [t.trigger_id for t in out] == ["t0", "t1", "t4"] and all(a is b for a, b in zip(out, sent))
     assert reads["read"] == 0, reads
     assert store.load_cursors(P)["list"] == 6
+
+
+def commit_and_notify(store: InMemoryStore, group: RelayGroup, items: list) -> None:
+    """A commit of `items` to the outbox of P and its notify, with the entries handed over, as
+    the partition worker does."""
+    offset = store.load_offset(P)
+    entries = encode_items(items)
+    tail = store.commit(P, {}, (offset or 0) + 1, {}, expected_offset=offset, outbox=entries)
+    assert tail is not None
+    first = tail.last_seq - len(entries) + 1
+    group.notify(P, tail.last_seq, first, frozenset((e.kind, e.status) for e in entries),
+                 [(msgspec.structs.replace(e, seq=first + i), item) for i, (e, item) in enumerate(zip(entries, items))])
+
+
+def test_relays_start_again_for_a_partition_attached_after_the_last_one_ended() -> None:
+    """Found in review: the last partition's end stopped the relays for good, so a partition
+    attached after it in the same process (another worker's, with --workers) was never relayed
+    and a bounded run never ended."""
+    store, out = InMemoryStore(), []
+    group = RelayGroup([SinkSpec("list", lambda: ListSink(out))], lambda: store, 5, 0.001, 0.005, 0.02)
+    group.attach(P)
+    commit_and_notify(store, group, [trigger(1), trigger(2)])
+    wait_for(lambda: group.passed(P) == 2)
+    group.detach(P)   # the last partition here ended: the relays stop
+    assert not group.relays[0]._thread.is_alive()
+    group.attach(P)
+    commit_and_notify(store, group, [trigger(3), trigger(4)])
+    wait_for(lambda: group.passed(P) == 4)
+    assert [t.trigger_id for t in out] == ["t1", "t2", "t3", "t4"] and store.load_cursors(P) == {"list": 4}
+    group.stop()
+
+
+def test_a_cursor_moved_by_skips_alone_is_saved_when_its_partition_ends() -> None:
+    """Found in review: a relay that passes commits holding nothing for its sink (the dead
+    letters' relay, commits of triggers only) saves that cursor at most every SKIP_SAVE_S and
+    once at the end; the end detached the partition first and forgot the cursor, so it was never
+    saved and the outbox was never trimmed below it."""
+    store, out, dead = InMemoryStore(), [], []
+    group = RelayGroup([SinkSpec("list", lambda: ListSink(out)),
+                        SinkSpec("dead_letters", lambda: ListSink(dead), ItemKind.DEAD_LETTER)],
+                       lambda: store, 20, 0.001, 0.005, 0.05)
+    group.attach(P)
+    wait_for(lambda: all(r.passed(P) is not None for r in group.relays))   # cursors loaded: skips count from here
+    commit_and_notify(store, group, [trigger(0)])
+    wait_for(lambda: store.load_cursors(P).get("dead_letters") == 1)   # the first skip is saved at once
+    for n in range(1, 5):   # the next ones within SKIP_SAVE_S: saved later, or at the end
+        commit_and_notify(store, group, [trigger(n)])
+    wait_for(lambda: group.passed(P) == 5)
+    group.detach(P)   # what a partition's end does on a stop
+    assert store.load_cursors(P) == {"list": 5, "dead_letters": 5}
+    assert store.outbox_tail(P).length == 0   # trimmed below both
