@@ -80,8 +80,9 @@ def add_parser(subparsers: Any) -> None:
                           "default: run until stopped")
     run.add_argument("--accept-state-loss", action="store_true",
                      help="when Redis has lost committed state (the start-up check refuses, exit 2), resume at "
-                          "the offsets recorded in Kafka anyway: the lost customers' states start empty and "
-                          "nothing is re-sent")
+                          "the offsets recorded in Kafka anyway: the lost customers' states start empty and the "
+                          "lost range is not replayed (a Redis restored from an older copy can still send some of "
+                          "its triggers again, with their trigger_ids)")
     run.set_defaults(handler=run_live)
 
 

@@ -11,7 +11,7 @@ records, per partition:
 | ----------- | ---------- | ------------------------------------------- | ------------------- |
 | none        | none       | a first deployment                          | starts at `kafka.start` (earliest or latest), logged loudly |
 | offset R    | none or ≤ R| normal (Kafka's record trails by a commit)  | resumes at R        |
-| none, or R < K | offset K | Redis lost states committed before K        | refuses: exit 2, unless `--accept-state-loss` (resume at K, the lost states start empty, nothing is re-sent) |
+| none, or R < K | offset K | Redis lost states committed before K        | refuses: exit 2, unless `--accept-state-loss` (resume at K, the lost states start empty, the lost range is not replayed) |
 
 It also warns loudly when Redis runs without persistence or may evict keys.
 """
@@ -29,6 +29,7 @@ from engine.errors import EngineError
 from engine.operators.logs import kafka_logger
 from engine.operators.settings import Settings
 from engine.state.redis import REDIS_ERRORS, REDIS_FATAL, RedisStore
+from engine.state.store import PartitionClock, encode_clock
 
 log = logging.getLogger("engine.resume")
 
@@ -132,8 +133,16 @@ def _plan(settings: Settings, store: RedisStore, partitions: list[str], accept_s
             have = "no committed offset" if r is None else f"offset {r}"
             if accept_state_loss:
                 store.client.set(store.offset_key(p), k)
+                # The clock Redis kept is as old as its offset: its `replay_from` would re-read from
+                # there the events after its frontier as held for ordering, i.e. replay the lost range
+                # (and send its triggers again). Events before the recorded offset are not re-read.
+                clock = store.load_clock(p)
+                if clock is not None and clock.replay_from < k:
+                    store.client.set(store.clock_key(p), encode_clock(PartitionClock(clock.frontier, clock.newest, k)))
                 log.warning("partition %s: Redis has %s but %d was committed: --accept-state-loss given, resuming at "
-                            "%d; states committed before it that Redis lost start empty; nothing is re-sent", p, have,
+                            "%d; states committed before it that Redis lost start empty; the lost range is not "
+                            "replayed (an older copy's states and outbox can still send some of its triggers again, "
+                            "with their trigger_ids)", p, have,
                             k, k)
             else:
                 log.error("partition %s: Redis has %s, but offset %d was committed (recorded in Kafka's consumer "
@@ -156,4 +165,4 @@ def _plan(settings: Settings, store: RedisStore, partitions: list[str], accept_s
             "or failed over to a stale replica. Resuming would apply those events again to missing states and send "
             "their triggers again, so the engine does not start. Choose: restore Redis from its AOF/RDB or a backup "
             "and start again; or start with --accept-state-loss to resume at the recorded offsets (the lost "
-            "customers' states start empty; nothing is re-sent).")
+            "customers' states start empty; the lost range is not replayed).")

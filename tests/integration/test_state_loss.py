@@ -79,3 +79,36 @@ def test_redis_restarted_without_persistence_mid_run_is_detected(kafka_bootstrap
         assert again.returncode == 2 and "lost committed state" in again.stderr.strip().splitlines()[-1]
     finally:
         own.close()
+
+
+def test_accepting_a_loss_after_an_older_copy_came_back_does_not_replay_the_lost_range(kafka_bootstrap, redis_url,
+                                                                                       redis_client, tmp_path):
+    """Found in review: Redis restored from an older copy (an RDB file, a stale replica) holds
+    that copy's clock too. With --accept-state-loss the offset moved to Kafka's record, but the
+    old clock's `replay_from` made the start re-read the whole lost range as events held back
+    for ordering and apply the ones after its frontier again: 13,604 triggers sent twice in a
+    60,000-event run whose copy was taken mid-backlog. The copy here is taken between two runs,
+    its clock set back as a copy taken mid-backlog has it."""
+    from engine.state.store import PartitionClock, encode_clock
+
+    lines = [raw for raw, _ in read_jsonl(SAMPLE)]
+    topic = create_topic(kafka_bootstrap, unique("stale-events"))
+    produce(kafka_bootstrap, topic, lines[:2500])
+    sink, prefix = unique("stale-triggers"), unique("stale")
+    cfg = write_config(tmp_path / "c.toml", topic=topic, redis_url=redis_url, prefix=prefix, sink_topic=sink,
+                       dead_topic=unique("d"))
+    run_engine(cfg)
+    store = RedisStore(redis_url, prefix)
+    copy = {key: redis_client.dump(key) for key in redis_client.scan_iter(match=f"{prefix}:*")}
+    partitions = sorted(store.load_offsets())
+    produce(kafka_bootstrap, topic, lines[2500:])
+    run_engine(cfg)   # Kafka's record moves on
+    for key in redis_client.scan_iter(match=f"{prefix}:*"):
+        redis_client.delete(key)
+    for key, value in copy.items():
+        redis_client.restore(key, 0, value)
+    for p in partitions:   # mid-backlog: the frontier early in the data, held events from the start
+        redis_client.set(store.clock_key(p), encode_clock(PartitionClock(1, 1, 0)))
+    accepted = run_engine(cfg, "--accept-state-loss")
+    assert "--accept-state-loss given, resuming at" in accepted.stderr
+    assert "re-reading offsets" not in accepted.stderr   # before: every partition re-read its lost range
