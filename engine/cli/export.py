@@ -105,7 +105,6 @@ def _export(rules: Any, store: Any, at: int, customer: str | None, sink: IO[byte
             except msgspec.DecodeError as e:
                 print(f"triggers export: skipped {store.state_key(cid)}: not an engine state ({e})", file=sys.stderr)
                 continue
-            rules.conform(state, cid)   # as the engine reads it (a redefined aggregate's old value dropped)
             lines.append(encode_profile(customer_profile(rules, cid, state, at, Source.REDIS)))
         if lines:
             sink.write(b"\n".join(lines) + b"\n")

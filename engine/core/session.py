@@ -388,10 +388,12 @@ class Session:
     def use(self, rules: CompiledRules) -> list[str]:
         """Evaluate with other rules from now on (a reload); the journal is checkpointed first.
         Deadlines that follow from the rules (inactivity) may have moved: every state here is
-        re-indexed. Returns the customers held here that the caller must write although no event
-        changed them: their earliest deadline moved (a store's deadline index follows a state's
-        write: unwritten, an evicted or restarted customer's new deadline would never fire), or
-        a redefined aggregate's value was dropped."""
+        re-indexed. Returns the customers held here that the caller must write: those the journal
+        it checkpoints held (changed since the last checkpoint: a caller that takes its dirty
+        customers from the journal would no longer see them), those whose earliest deadline moved
+        (a store's deadline index follows a state's write: unwritten, an evicted or restarted
+        customer's new deadline would never fire), and those whose redefined aggregate's value
+        was dropped."""
         before = self.evaluator.rules
         old_due = self.evaluator.next_due
         dues = {cid: old_due(state) for cid, state in self.states.items()}
@@ -399,10 +401,10 @@ class Session:
         self.lateness = rules.lateness
         if self.newest - self.lateness > self.frontier:   # a shorter lateness: the frontier moves on
             self.frontier = self.newest - self.lateness
+        changed: list[str] = list(self.isolated.journal)
         replaced, dead = self.isolated.use(self.evaluator, self.states.get)
         self._replace(replaced)
         self.rejected += dead
-        changed: list[str] = []
         if rules.reshapes(before):   # values the old definitions left, in shapes the new cannot read
             conform, image = rules.conform, self.isolated.loaded
             for cid, state in self.states.items():

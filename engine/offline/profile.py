@@ -70,7 +70,10 @@ class CustomerProfile(msgspec.Struct):
 
 def customer_profile(rules: CompiledRules, customer_id: str, state: CustomerState, at: int,
                      source: Source = Source.REDIS, top: int = 5) -> CustomerProfile:
-    """The profile of `state` at `at` (epoch ms). `top`: interests kept per decayed count."""
+    """The profile of `state` at `at` (epoch ms). `top`: interests kept per decayed count. The
+    state is read as the engine reads it: values a redefined aggregate's older definition left
+    are dropped from it first (`CompiledRules.conform`; the callers pass a decoded copy)."""
+    rules.conform(state, customer_id)
     values = read_aggregates(rules, state, at)
     interests: dict[str, list[Interest]] = {}
     for agg in rules.ruleset.aggregates.values():

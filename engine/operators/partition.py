@@ -180,12 +180,11 @@ class PartitionWorker:
         if self.live_rules.version != self.rules_version:   # a reload: new batches use the new rules
             self.rules_version = self.live_rules.version
             # cached customers are re-indexed now (inactivity deadlines follow from the rules),
-            # the others as their states are written next. `use` checkpoints the journal, which
-            # the next commit takes its customers from: the customers changed since the last
-            # commit are kept as dirty first, or their changes would not be written while the
-            # offset moves past their events.
-            self.dirty.update(self.session.isolated.journal)
-            self.dirty.update(self.session.use(self.live_rules.rules))   # deadlines moved: the index is written with them
+            # the others as their states are written next. `use` checkpoints the journal the next
+            # commit takes its customers from, and names those to write (changed since the last
+            # commit, deadlines moved): unwritten, their changes would be lost while the offset
+            # moves past their events, or their new deadlines never reach the store's index.
+            self.dirty.update(self.session.use(self.live_rules.rules))
             self._use_population(self.live_rules.rules)
             log.info("%s: now evaluating rules version %d", self.name, self.rules_version)
         out: list = []

@@ -318,7 +318,7 @@ def value_fits(agg: Aggregate) -> Fit | None:
     counts as late and is lost)."""
     if agg.kind in ("sum", "count"):
         if agg.by:
-            return Fit(("keyed",), _keyed_fits)
+            return Fit(("keyed",), _scores_fit)
         if agg.window:
             bucket_ms = -(-agg.window // WINDOW_BUCKETS)   # as `_windowed`
 
@@ -354,18 +354,14 @@ def _windowed_fits(value: Any, latest: int) -> bool:
     return True
 
 
-def _scores_fit(scores: Any) -> bool:
+def _scores_fit(scores: Any, last_ts: int = 0) -> bool:
+    """`{key: number}`: a by-aggregate's value, a decayed count's scores."""
     if type(scores) is not dict:
         return False
     for key, score in scores.items():
         if type(key) is not str or not _is_number(score):
             return False
     return True
-
-
-def _keyed_fits(value: Any, last_ts: int) -> bool:
-    """`{key: value}`."""
-    return _scores_fit(value)
 
 
 def _decayed_fits(value: Any, last_ts: int) -> bool:
